@@ -1,0 +1,475 @@
+//! The broker's single-threaded epoll loop: the frontend's socket, each run's init pidfd
+//! and control socket, and the deadlines of STOP's grace period.
+//!
+//! Hostile input policy: a message that is *semantically* wrong (unknown id, wrong state,
+//! a descriptor that is not a sealed memfd, a NUL inside argv) is refused with a reply and
+//! the broker goes on: such messages can come from a correct frontend racing with a
+//! session's exit. A message that is *structurally* wrong (undecodable, oversized,
+//! truncated, wrong descriptor count, a bad hello) cannot come from a correct frontend;
+//! it means the frontend is compromised or broken, so the broker fails closed: it kills
+//! every session and exits non-zero, and the daemon with it.
+
+use crate::init::{self, InitMsg, InitPlan};
+use crate::sys;
+use mio::unix::SourceFd;
+use mio::{Events, Interest, Poll, Token};
+use nix::fcntl::{fcntl, FcntlArg, OFlag, SealFlag};
+use shared::{
+    ExitStatus, Refusal, Reply, Request, SessionId, StartSpec, Tube, TubeError, Usage, MAGIC, WIRE_VERSION,
+};
+use std::collections::HashMap;
+use std::ffi::CString;
+use std::os::fd::{AsFd, AsRawFd, OwnedFd};
+use std::time::{Duration, Instant};
+
+const FRONTEND: Token = Token(0);
+/// How long the init gets to kill and reap its namespace before we SIGKILL it.
+const KILL_SAFETY: Duration = Duration::from_secs(2);
+/// Most sessions the broker holds, whatever the frontend asks (a second line of defence).
+const MAX_SESSIONS: usize = 65_536;
+
+/// Broker errors: all of them end the broker (fail closed).
+#[derive(Debug, thiserror::Error)]
+pub enum BrokerError {
+    /// The frontend's socket failed or carried a structurally bad message.
+    #[error("frontend link: {0}")]
+    Link(#[from] TubeError),
+    /// The first message was not a valid hello.
+    #[error("bad hello from the frontend: {0}")]
+    Hello(String),
+    /// epoll failed.
+    #[error("event loop: {0}")]
+    Poll(#[from] std::io::Error),
+}
+
+struct Run {
+    init_pidfd: OwnedFd,
+    ctl: Tube,
+    slot: Option<u32>,
+    /// Tag of the START request while the init has not said "running" yet.
+    start_tag: Option<u64>,
+    outcome: Option<(ExitStatus, Usage)>,
+    /// The init reported that setup or exec failed: the run never started.
+    failed: bool,
+    term_deadline: Option<Instant>,
+    kill_deadline: Option<Instant>,
+    /// Pipes' read ends, handed to the frontend with "started".
+    stdout: Option<OwnedFd>,
+    stderr: Option<OwnedFd>,
+}
+
+struct Session {
+    memfd: OwnedFd,
+    run: Option<Run>,
+    /// Tag of a DELETE waiting for the run to end.
+    delete_tag: Option<u64>,
+}
+
+/// The broker's state.
+pub struct Broker {
+    poll: Poll,
+    tube: Tube,
+    sessions: HashMap<SessionId, Session>,
+    /// Token → session whose run owns the token (pidfd tokens are odd, ctl tokens even).
+    tokens: HashMap<Token, SessionId>,
+    next_token: usize,
+    free_slots: Vec<u32>,
+    single_uid: bool,
+    shutting_down: bool,
+}
+
+impl Broker {
+    /// Takes the socket, waits for the hello and answers it.
+    pub fn new(sock: OwnedFd, session_uids: u32) -> Result<Self, BrokerError> {
+        let tube = Tube::new(sock)?;
+        let poll = Poll::new()?;
+        poll.registry().register(&mut SourceFd(&tube.as_raw_fd()), FRONTEND, Interest::READABLE)?;
+        let mut b = Broker {
+            poll,
+            tube,
+            sessions: HashMap::new(),
+            tokens: HashMap::new(),
+            next_token: 1,
+            free_slots: (0..session_uids).rev().collect(),
+            single_uid: session_uids == 0,
+            shutting_down: false,
+        };
+        b.hello()?;
+        Ok(b)
+    }
+
+    fn hello(&mut self) -> Result<(), BrokerError> {
+        let mut events = Events::with_capacity(4);
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                return Err(BrokerError::Hello("no hello within 10 s".into()));
+            }
+            self.poll.poll(&mut events, Some(left))?;
+            if let Some((tag, req)) = self.tube.recv::<Request>()? {
+                let Request::Hello { magic, version } = req else {
+                    return Err(BrokerError::Hello("first message is not a hello".into()));
+                };
+                if magic != MAGIC || version != WIRE_VERSION {
+                    return Err(BrokerError::Hello(format!("magic {magic:?} version {version}, want {WIRE_VERSION}")));
+                }
+                let mut warnings = Vec::new();
+                if self.single_uid {
+                    warnings.push("sessions share one uid: the broker's user namespace maps a single uid (rootless mode)".into());
+                }
+                self.tube.send(tag, Reply::Hello { magic: MAGIC, version: WIRE_VERSION, warnings })?;
+                return Ok(());
+            }
+        }
+    }
+
+    /// Serves until shutdown (Ok) or until the frontend is gone or hostile (Err). Either
+    /// way every session is dead when this returns.
+    pub fn run(mut self) -> Result<(), BrokerError> {
+        let result = self.serve();
+        self.kill_everything();
+        result
+    }
+
+    fn serve(&mut self) -> Result<(), BrokerError> {
+        let mut events = Events::with_capacity(256);
+        loop {
+            if self.shutting_down && self.sessions.values().all(|s| s.run.is_none()) {
+                return Ok(());
+            }
+            let timeout = self.next_deadline().map(|d| d.saturating_duration_since(Instant::now()));
+            match self.poll.poll(&mut events, timeout) {
+                Ok(()) => {}
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+                Err(e) => return Err(e.into()),
+            }
+            for ev in events.iter() {
+                match ev.token() {
+                    FRONTEND => {
+                        if ev.is_writable() {
+                            self.tube.flush()?;
+                        }
+                        while let Some((tag, req)) = self.tube.recv::<Request>()? {
+                            self.handle(tag, req)?;
+                        }
+                    }
+                    t => self.on_run_event(t)?,
+                }
+            }
+            self.fire_deadlines();
+            let interest =
+                if self.tube.wants_write() { Interest::READABLE | Interest::WRITABLE } else { Interest::READABLE };
+            self.poll.registry().reregister(&mut SourceFd(&self.tube.as_raw_fd()), FRONTEND, interest)?;
+        }
+    }
+
+    fn refuse(&mut self, tag: u64, refusal: Refusal, message: impl Into<String>) -> Result<(), BrokerError> {
+        self.tube.send(tag, Reply::Refused { refusal, message: message.into() })?;
+        Ok(())
+    }
+
+    fn handle(&mut self, tag: u64, req: Request) -> Result<(), BrokerError> {
+        match req {
+            Request::Hello { .. } => Err(BrokerError::Hello("second hello".into())),
+            Request::Load { id, memfd } => {
+                if self.shutting_down {
+                    return self.refuse(tag, Refusal::InvalidState, "the broker is shutting down");
+                }
+                if self.sessions.contains_key(&id) {
+                    return self.refuse(tag, Refusal::InvalidState, "session id already exists");
+                }
+                if self.sessions.len() >= MAX_SESSIONS {
+                    return self.refuse(tag, Refusal::LimitReached, "the broker holds too many sessions");
+                }
+                if let Err(why) = check_sealed_memfd(&memfd) {
+                    return self.refuse(tag, Refusal::BadRequest, why);
+                }
+                self.sessions.insert(id, Session { memfd, run: None, delete_tag: None });
+                self.tube.send(tag, Reply::Loaded { id })?;
+                Ok(())
+            }
+            Request::Start { id, spec } => self.start(tag, id, spec),
+            Request::Stop { id, grace_ms } => {
+                let Some(run) = self.sessions.get_mut(&id).and_then(|s| s.run.as_mut()) else {
+                    return self.refuse_missing_run(tag, id);
+                };
+                if run.term_deadline.is_none() && run.kill_deadline.is_none() {
+                    let _ = sys::pidfd_signal(run.init_pidfd.as_fd(), libc::SIGTERM);
+                    run.term_deadline = Some(Instant::now() + Duration::from_millis(grace_ms));
+                }
+                self.tube.send(tag, Reply::Accepted { id })?;
+                Ok(())
+            }
+            Request::Kill { id } => {
+                let Some(run) = self.sessions.get_mut(&id).and_then(|s| s.run.as_mut()) else {
+                    return self.refuse_missing_run(tag, id);
+                };
+                request_kill(run);
+                self.tube.send(tag, Reply::Accepted { id })?;
+                Ok(())
+            }
+            Request::Delete { id } => {
+                let Some(s) = self.sessions.get_mut(&id) else {
+                    return self.refuse(tag, Refusal::NotFound, "no such session in the broker");
+                };
+                if s.delete_tag.is_some() {
+                    return self.refuse(tag, Refusal::InvalidState, "session is already being deleted");
+                }
+                match s.run.as_mut() {
+                    Some(run) => {
+                        request_kill(run);
+                        s.delete_tag = Some(tag);
+                    }
+                    None => {
+                        self.sessions.remove(&id);
+                        self.tube.send(tag, Reply::Deleted { id })?;
+                    }
+                }
+                Ok(())
+            }
+            Request::Shutdown { grace_ms } => {
+                self.shutting_down = true;
+                let deadline = Instant::now() + Duration::from_millis(grace_ms);
+                for run in self.sessions.values_mut().filter_map(|s| s.run.as_mut()) {
+                    if run.term_deadline.is_none() && run.kill_deadline.is_none() {
+                        let _ = sys::pidfd_signal(run.init_pidfd.as_fd(), libc::SIGTERM);
+                        run.term_deadline = Some(deadline);
+                    }
+                }
+                Ok(())
+            }
+        }
+    }
+
+    fn refuse_missing_run(&mut self, tag: u64, id: SessionId) -> Result<(), BrokerError> {
+        if self.sessions.contains_key(&id) {
+            self.refuse(tag, Refusal::InvalidState, "session is not running")
+        } else {
+            self.refuse(tag, Refusal::NotFound, "no such session in the broker")
+        }
+    }
+
+    fn start(&mut self, tag: u64, id: SessionId, spec: StartSpec) -> Result<(), BrokerError> {
+        if self.shutting_down {
+            return self.refuse(tag, Refusal::InvalidState, "the broker is shutting down");
+        }
+        let Some(session) = self.sessions.get(&id) else {
+            return self.refuse(tag, Refusal::NotFound, "no such session in the broker");
+        };
+        if session.run.is_some() || session.delete_tag.is_some() {
+            return self.refuse(tag, Refusal::InvalidState, "session is running");
+        }
+        let (argv, env) = match (to_cstrings(&spec.argv), to_cstrings(&spec.env)) {
+            (Ok(a), Ok(e)) if !a.is_empty() => (a, e),
+            _ => return self.refuse(tag, Refusal::BadRequest, "argv must be non-empty; argv and env must not contain NUL"),
+        };
+        let slot = if self.single_uid {
+            None
+        } else {
+            match self.free_slots.pop() {
+                Some(s) => Some(s),
+                None => return self.refuse(tag, Refusal::LimitReached, "every session uid is in use"),
+            }
+        };
+        match self.spawn(session, argv, env, &spec, slot) {
+            Ok(mut run) => {
+                run.start_tag = Some(tag);
+                let base = self.next_token;
+                self.next_token += 2;
+                let (tp, tc) = (Token(base), Token(base + 1));
+                self.poll.registry().register(&mut SourceFd(&run.init_pidfd.as_raw_fd()), tp, Interest::READABLE)?;
+                self.poll.registry().register(&mut SourceFd(&run.ctl.as_raw_fd()), tc, Interest::READABLE)?;
+                self.tokens.insert(tp, id);
+                self.tokens.insert(tc, id);
+                if let Some(s) = self.sessions.get_mut(&id) {
+                    s.run = Some(run);
+                }
+                Ok(())
+            }
+            Err(message) => {
+                if let Some(s) = slot {
+                    self.free_slots.push(s);
+                }
+                self.refuse(tag, Refusal::Internal, message)
+            }
+        }
+    }
+
+    fn spawn(
+        &self,
+        session: &Session,
+        argv: Vec<CString>,
+        env: Vec<CString>,
+        spec: &StartSpec,
+        slot: Option<u32>,
+    ) -> Result<Run, String> {
+        let err = |what: &str, e: nix::Error| format!("{what}: {e}");
+        let (out_r, out_w) = nix::unistd::pipe2(OFlag::O_CLOEXEC).map_err(|e| err("pipe", e))?;
+        let (err_r, err_w) = nix::unistd::pipe2(OFlag::O_CLOEXEC).map_err(|e| err("pipe", e))?;
+        let (in_r, in_w) = nix::unistd::pipe2(OFlag::O_CLOEXEC).map_err(|e| err("pipe", e))?;
+        drop(in_w);
+        let (ctl_parent, ctl_child) = shared::tube::socketpair().map_err(|e| err("socketpair", e))?;
+        let memfd = session.memfd.try_clone().map_err(|e| format!("dup: {e}"))?;
+        let plan = InitPlan {
+            ctl: ctl_child,
+            memfd,
+            stdin: in_r,
+            stdout: out_w,
+            stderr: err_w,
+            argv,
+            env,
+            ns_uid: slot.map(policy::identity::IdPlan::session_ns_uid),
+            limits: policy::rlimits::session(&spec.limits),
+        };
+        let flags = libc::CLONE_NEWPID | libc::CLONE_NEWNS | libc::CLONE_NEWNET | libc::CLONE_NEWIPC | libc::CLONE_NEWUTS;
+        match sys::fork_into(flags) {
+            Err(e) => Err(format!("cannot create the session's namespaces: {e}")),
+            Ok(sys::Forked::Child) => init::run(plan),
+            Ok(sys::Forked::Parent { pidfd, .. }) => Ok(Run {
+                init_pidfd: pidfd,
+                ctl: Tube::new(ctl_parent).map_err(|e| e.to_string())?,
+                slot,
+                start_tag: None,
+                outcome: None,
+                failed: false,
+                term_deadline: None,
+                kill_deadline: None,
+                stdout: Some(out_r),
+                stderr: Some(err_r),
+            }),
+        }
+    }
+
+    fn on_run_event(&mut self, token: Token) -> Result<(), BrokerError> {
+        let Some(&id) = self.tokens.get(&token) else { return Ok(()) };
+        let Some(run) = self.sessions.get_mut(&id).and_then(|s| s.run.as_mut()) else { return Ok(()) };
+        // Read whatever the init said (a hostile or dead init only ends its own run).
+        let mut replies = Vec::new();
+        loop {
+            match run.ctl.recv::<InitMsg>() {
+                Ok(Some((_, InitMsg::Running { ns_pid, pidfd }))) => {
+                    if let (Some(tag), Some(stdout), Some(stderr)) = (run.start_tag.take(), run.stdout.take(), run.stderr.take())
+                    {
+                        replies.push((tag, Reply::Started { id, ns_pid, pidfd, stdout, stderr }));
+                    }
+                }
+                Ok(Some((_, InitMsg::Failed { message }))) => {
+                    run.failed = true;
+                    if let Some(tag) = run.start_tag.take() {
+                        replies.push((tag, Reply::Refused { refusal: Refusal::Internal, message }));
+                    }
+                }
+                Ok(Some((_, InitMsg::Exited { status, usage }))) => run.outcome = Some((status, usage)),
+                Ok(None) => break,
+                Err(_) => break,
+            }
+        }
+        for (tag, reply) in replies {
+            self.tube.send(tag, reply)?;
+        }
+        self.try_finish(id)
+    }
+
+    /// If the run's init has exited, reap it and report.
+    fn try_finish(&mut self, id: SessionId) -> Result<(), BrokerError> {
+        let Some(session) = self.sessions.get_mut(&id) else { return Ok(()) };
+        let Some(run) = session.run.as_mut() else { return Ok(()) };
+        match sys::reap_pidfd(run.init_pidfd.as_fd()) {
+            Ok(sys::Reaped::Running) => return Ok(()),
+            Ok(_) => {}
+            Err(e) => eprintln!("debuglantern-broker: waitid on a session init: {e}"),
+        }
+        // Drain what the init sent just before it exited.
+        while let Ok(Some((_, msg))) = run.ctl.recv::<InitMsg>() {
+            if let InitMsg::Exited { status, usage } = msg {
+                run.outcome = Some((status, usage));
+            }
+        }
+        let run = session.run.take().expect("checked above");
+        let delete_tag = session.delete_tag.take();
+        let _ = self.poll.registry().deregister(&mut SourceFd(&run.init_pidfd.as_raw_fd()));
+        let _ = self.poll.registry().deregister(&mut SourceFd(&run.ctl.as_raw_fd()));
+        self.tokens.retain(|_, v| *v != id);
+        if let Some(s) = run.slot {
+            self.free_slots.push(s);
+        }
+        if let Some(tag) = run.start_tag {
+            // Never started: the init failed before saying "running" or said why.
+            self.tube.send(
+                tag,
+                Reply::Refused { refusal: Refusal::Internal, message: "the session's init died during setup".into() },
+            )?;
+        } else if !run.failed {
+            // If the init vanished without a report it was SIGKILLed by us (kill safety).
+            let (status, usage) = run.outcome.unwrap_or((ExitStatus::Signal(libc::SIGKILL), Usage::default()));
+            self.tube.send(0, Reply::Exited { id, status, usage })?;
+        }
+        if let Some(tag) = delete_tag {
+            self.sessions.remove(&id);
+            self.tube.send(tag, Reply::Deleted { id })?;
+        }
+        Ok(())
+    }
+
+    fn next_deadline(&self) -> Option<Instant> {
+        self.sessions
+            .values()
+            .filter_map(|s| s.run.as_ref())
+            .flat_map(|r| [r.term_deadline, r.kill_deadline])
+            .flatten()
+            .min()
+    }
+
+    fn fire_deadlines(&mut self) {
+        let now = Instant::now();
+        for run in self.sessions.values_mut().filter_map(|s| s.run.as_mut()) {
+            if run.term_deadline.is_some_and(|d| d <= now) {
+                request_kill(run);
+            }
+            if run.kill_deadline.is_some_and(|d| d <= now) {
+                let _ = sys::pidfd_signal(run.init_pidfd.as_fd(), libc::SIGKILL);
+                run.kill_deadline = None;
+            }
+        }
+    }
+
+    /// Fail closed: SIGKILL every init (each takes its namespace with it) and reap them.
+    fn kill_everything(&mut self) {
+        for run in self.sessions.values().filter_map(|s| s.run.as_ref()) {
+            let _ = sys::pidfd_signal(run.init_pidfd.as_fd(), libc::SIGKILL);
+        }
+        for run in self.sessions.values().filter_map(|s| s.run.as_ref()) {
+            let fd = run.init_pidfd.as_raw_fd();
+            let mut pfd = [nix::poll::PollFd::new(run.init_pidfd.as_fd(), nix::poll::PollFlags::POLLIN)];
+            let _ = nix::poll::poll(&mut pfd, nix::poll::PollTimeout::from(5000u16));
+            let _ = fd;
+            let _ = sys::reap_pidfd(run.init_pidfd.as_fd());
+        }
+    }
+}
+
+/// Asks the init to SIGKILL its whole namespace (it then reports the status and usage);
+/// if it has not exited within [`KILL_SAFETY`], it is SIGKILLed itself.
+fn request_kill(run: &mut Run) {
+    run.term_deadline = None;
+    if run.kill_deadline.is_none() {
+        let _ = sys::pidfd_signal(run.init_pidfd.as_fd(), libc::SIGUSR1);
+        run.kill_deadline = Some(Instant::now() + KILL_SAFETY);
+    }
+}
+
+fn to_cstrings(v: &[Vec<u8>]) -> Result<Vec<CString>, ()> {
+    v.iter().map(|b| CString::new(b.clone()).map_err(drop)).collect()
+}
+
+/// The broker accepts only a memfd sealed against every change: what runs is byte for byte
+/// what the frontend validated and hashed.
+fn check_sealed_memfd(fd: &OwnedFd) -> Result<(), String> {
+    let want = SealFlag::F_SEAL_WRITE | SealFlag::F_SEAL_GROW | SealFlag::F_SEAL_SHRINK | SealFlag::F_SEAL_SEAL;
+    match fcntl(fd.as_raw_fd(), FcntlArg::F_GET_SEALS) {
+        Ok(bits) if SealFlag::from_bits_truncate(bits).contains(want) => Ok(()),
+        Ok(bits) => Err(format!("memfd seals are {bits:#x}, want write|grow|shrink|seal")),
+        Err(_) => Err("descriptor is not a sealable memfd".into()),
+    }
+}

@@ -1,0 +1,265 @@
+//! The session's init: PID 1 of the session's PID namespace. It is a forked copy of the
+//! broker (never an exec), so it runs our code, not the user's. It
+//!
+//! 1. keeps only the descriptors it needs, takes the session's identity and rlimits;
+//! 2. forks the program (which becomes ns pid 2) and `fexecve`s the sealed memfd;
+//! 3. tells the broker "running" (with a pidfd of the program) or why exec failed;
+//! 4. forwards SIGTERM to every process of the session, reaps everything (orphans
+//!    reparent to it), and on SIGUSR1 kills every process of the session;
+//! 5. when the program has exited: kills what is left, reaps it, reports the program's
+//!    status and the tree's resource use, and exits. Its exit tears the namespace down.
+//!
+//! Signals sent to PID 1 from inside the namespace are dropped unless PID 1 handles them;
+//! init blocks them and takes them with `sigwait`, so the program cannot kill it.
+
+use crate::sys;
+use nix::sys::signal::{kill, SigSet, Signal};
+use nix::sys::wait::{waitpid, WaitPidFlag, WaitStatus};
+use nix::unistd::Pid;
+use shared::{ExitStatus, Message, Tube, Usage, WireError};
+use std::ffi::CString;
+use std::os::fd::{AsRawFd, OwnedFd};
+
+/// Messages from a session's init to the broker.
+#[derive(Debug)]
+pub enum InitMsg {
+    /// The program was exec'd.
+    Running {
+        /// Its pid inside the session's namespace.
+        ns_pid: u32,
+        /// A pidfd for it.
+        pidfd: OwnedFd,
+    },
+    /// Setup or exec failed; the run never started.
+    Failed {
+        /// What failed, for the user.
+        message: String,
+    },
+    /// The program exited and everything was reaped.
+    Exited {
+        /// The program's status.
+        status: ExitStatus,
+        /// The whole tree's resource use.
+        usage: Usage,
+    },
+}
+
+/// Encodable form of [`InitMsg`].
+#[derive(bincode::Encode, bincode::Decode, Debug)]
+pub enum InitWire {
+    /// See [`InitMsg::Running`].
+    Running {
+        /// Pid in the session namespace.
+        ns_pid: u32,
+    },
+    /// See [`InitMsg::Failed`].
+    Failed {
+        /// Reason.
+        message: String,
+    },
+    /// See [`InitMsg::Exited`].
+    Exited {
+        /// Status.
+        status: ExitStatus,
+        /// Usage.
+        usage: Usage,
+    },
+}
+
+impl Message for InitMsg {
+    type Wire = InitWire;
+
+    fn into_wire(self) -> (InitWire, Vec<OwnedFd>) {
+        match self {
+            InitMsg::Running { ns_pid, pidfd } => (InitWire::Running { ns_pid }, vec![pidfd]),
+            InitMsg::Failed { message } => (InitWire::Failed { message }, vec![]),
+            InitMsg::Exited { status, usage } => (InitWire::Exited { status, usage }, vec![]),
+        }
+    }
+
+    fn from_wire(wire: InitWire, mut fds: Vec<OwnedFd>) -> Result<Self, WireError> {
+        let expected = usize::from(matches!(wire, InitWire::Running { .. }));
+        if fds.len() != expected {
+            return Err(WireError::FdCount { kind: "init", expected, got: fds.len() });
+        }
+        Ok(match wire {
+            InitWire::Running { ns_pid } => InitMsg::Running { ns_pid, pidfd: fds.remove(0) },
+            InitWire::Failed { message } => InitMsg::Failed { message },
+            InitWire::Exited { status, usage } => InitMsg::Exited { status, usage },
+        })
+    }
+}
+
+/// Everything the init needs, prepared by the broker before the fork.
+pub struct InitPlan {
+    /// The init's end of its control socket to the broker.
+    pub ctl: OwnedFd,
+    /// The sealed program image.
+    pub memfd: OwnedFd,
+    /// Read end of an empty pipe whose write end is closed: stdin.
+    pub stdin: OwnedFd,
+    /// Write end of the stdout pipe.
+    pub stdout: OwnedFd,
+    /// Write end of the stderr pipe.
+    pub stderr: OwnedFd,
+    /// argv and environment.
+    pub argv: Vec<CString>,
+    /// Environment.
+    pub env: Vec<CString>,
+    /// Uid (and gid) inside the broker's user namespace; `None` in single-uid mode, where
+    /// the session keeps uid 0 of that namespace but loses every capability.
+    pub ns_uid: Option<u32>,
+    /// Rlimits to apply.
+    pub limits: Vec<policy::rlimits::Limit>,
+}
+
+/// What the program's process needs to exec.
+struct Image {
+    memfd: OwnedFd,
+    stdin: OwnedFd,
+    stdout: OwnedFd,
+    stderr: OwnedFd,
+    argv: Vec<CString>,
+    env: Vec<CString>,
+}
+
+/// Signals the init takes with `sigwait`.
+fn init_signals() -> SigSet {
+    let mut s = SigSet::empty();
+    for sig in [Signal::SIGCHLD, Signal::SIGTERM, Signal::SIGINT, Signal::SIGHUP, Signal::SIGUSR1] {
+        s.add(sig);
+    }
+    s
+}
+
+/// Runs the init. Never returns.
+pub fn run(plan: InitPlan) -> ! {
+    // Block our signals first: a STOP may arrive at any moment after clone3.
+    let _ = init_signals().thread_block();
+    sys::close_all_except(&[
+        plan.ctl.as_raw_fd(),
+        plan.memfd.as_raw_fd(),
+        plan.stdin.as_raw_fd(),
+        plan.stdout.as_raw_fd(),
+        plan.stderr.as_raw_fd(),
+    ]);
+    let InitPlan { ctl, memfd, stdin, stdout, stderr, argv, env, ns_uid, limits } = plan;
+    let image = Image { memfd, stdin, stdout, stderr, argv, env };
+    let mut ctl = match Tube::new(ctl) {
+        Ok(t) => t,
+        Err(_) => sys::exit_now(120),
+    };
+    let fail = |ctl: &mut Tube, message: String| -> ! {
+        let _ = ctl.send(0, InitMsg::Failed { message });
+        sys::exit_now(121)
+    };
+    // If the broker dies, so do we (and with us the namespace).
+    if nix::sys::prctl::set_pdeathsig(Signal::SIGKILL).is_err() {
+        fail(&mut ctl, "cannot set the parent-death signal".into());
+    }
+    let _ = nix::unistd::sethostname("debuglantern");
+    if let Err(e) = take_identity(ns_uid) {
+        fail(&mut ctl, format!("cannot drop to the session identity: {e}"));
+    }
+    if let Err(e) = policy::rlimits::apply(&limits) {
+        fail(&mut ctl, format!("cannot apply limits: {e}"));
+    }
+
+    let (err_r, err_w) = match nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC) {
+        Ok(p) => p,
+        Err(e) => fail(&mut ctl, format!("pipe: {e}")),
+    };
+    let (child, pidfd) = match sys::fork_into(0) {
+        Err(e) => fail(&mut ctl, format!("cannot fork the program: {e}")),
+        Ok(sys::Forked::Child) => exec_program(&image, err_w),
+        Ok(sys::Forked::Parent { pid, pidfd }) => (pid, pidfd),
+    };
+    drop(err_w);
+    drop(image);
+    let mut errno = [0u8; 4];
+    match nix::unistd::read(err_r.as_raw_fd(), &mut errno) {
+        Ok(4) => {
+            let e = nix::errno::Errno::from_raw(i32::from_ne_bytes(errno));
+            let _ = waitpid(child, None);
+            let hint = match e {
+                nix::errno::Errno::ENOENT => " (its ELF interpreter is missing on the rig)",
+                nix::errno::Errno::EACCES => " (not executable)",
+                _ => "",
+            };
+            fail(&mut ctl, format!("cannot execute the program: {e}{hint}"));
+        }
+        _ => {}
+    }
+    drop(err_r);
+    if ctl.send(0, InitMsg::Running { ns_pid: child.as_raw() as u32, pidfd }).is_err() {
+        sys::exit_now(122);
+    }
+    supervise(child, &mut ctl)
+}
+
+/// Becomes the session's identity. Order matters: the bounding set and securebits need
+/// `CAP_SETPCAP`, the uid change needs `CAP_SETUID`, and the uid change itself clears the
+/// remaining capabilities.
+fn take_identity(ns_uid: Option<u32>) -> Result<(), String> {
+    sys::lock_out_capabilities().map_err(|e| format!("capability bounding set: {e}"))?;
+    if let Some(uid) = ns_uid {
+        let (u, g) = (nix::unistd::Uid::from_raw(uid), nix::unistd::Gid::from_raw(uid));
+        nix::unistd::setgroups(&[]).map_err(|e| format!("setgroups: {e}"))?;
+        nix::unistd::setresgid(g, g, g).map_err(|e| format!("setresgid: {e}"))?;
+        nix::unistd::setresuid(u, u, u).map_err(|e| format!("setresuid: {e}"))?;
+    }
+    sys::clear_capabilities().map_err(|e| format!("capabilities: {e}"))
+}
+
+/// In the program's process (ns pid 2): set up stdio and exec. Never returns.
+fn exec_program(plan: &Image, err_w: OwnedFd) -> ! {
+    sys::reset_signals();
+    let _ = nix::unistd::setsid();
+    let ok = nix::unistd::dup2(plan.stdin.as_raw_fd(), 0).is_ok()
+        && nix::unistd::dup2(plan.stdout.as_raw_fd(), 1).is_ok()
+        && nix::unistd::dup2(plan.stderr.as_raw_fd(), 2).is_ok();
+    let errno = if ok {
+        sys::close_all_except(&[plan.memfd.as_raw_fd(), err_w.as_raw_fd()]);
+        match nix::unistd::fexecve(plan.memfd.as_raw_fd(), &plan.argv, &plan.env) {
+            Err(e) => e,
+        }
+    } else {
+        nix::errno::Errno::last()
+    };
+    let _ = nix::unistd::write(&err_w, &(errno as i32).to_ne_bytes());
+    sys::exit_now(127)
+}
+
+/// Waits for signals until the program has exited, then cleans the namespace and reports.
+fn supervise(program: Pid, ctl: &mut Tube) -> ! {
+    let signals = init_signals();
+    let mut status = None;
+    loop {
+        // Reap everything that is ready; remember the program's status.
+        loop {
+            match waitpid(Pid::from_raw(-1), Some(WaitPidFlag::WNOHANG)) {
+                Ok(WaitStatus::Exited(pid, code)) if pid == program => status = Some(ExitStatus::Code(code)),
+                Ok(WaitStatus::Signaled(pid, sig, _)) if pid == program => status = Some(ExitStatus::Signal(sig as i32)),
+                Ok(WaitStatus::StillAlive) | Err(_) => break,
+                Ok(_) => {}
+            }
+        }
+        if let Some(status) = status {
+            // The program is gone: nothing else of the session may outlive it.
+            let _ = kill(Pid::from_raw(-1), Signal::SIGKILL);
+            while waitpid(Pid::from_raw(-1), None).is_ok() {}
+            let (user_us, sys_us, max_rss_kib) = sys::children_usage();
+            let _ = ctl.send(0, InitMsg::Exited { status, usage: Usage { user_us, sys_us, max_rss_kib } });
+            sys::exit_now(0);
+        }
+        match signals.wait() {
+            Ok(Signal::SIGTERM | Signal::SIGINT | Signal::SIGHUP) => {
+                let _ = kill(Pid::from_raw(-1), Signal::SIGTERM);
+            }
+            Ok(Signal::SIGUSR1) => {
+                let _ = kill(Pid::from_raw(-1), Signal::SIGKILL);
+            }
+            _ => {}
+        }
+    }
+}

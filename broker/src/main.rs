@@ -1,0 +1,59 @@
+//! `debuglantern-broker`: owns sessions. Started by the frontend's launcher (clone3 into
+//! new user, PID, mount, network, IPC and UTS namespaces, then exec), with its end of the
+//! SEQPACKET socketpair on fd 3. It never opens a network socket and never parses tar,
+//! ELF or JSON; it treats every message as hostile.
+//!
+//! Usage (by the launcher only): `debuglantern-broker --session-uids N`
+//! (N = 0: single-uid mode, every session runs as the broker's namespace root without
+//! capabilities).
+
+mod broker;
+mod init;
+mod sys;
+
+
+use std::os::fd::OwnedFd;
+
+/// The descriptor the launcher puts the broker's socket on.
+const SOCKET_FD: i32 = 3;
+
+fn main() {
+    let session_uids = match parse_args(std::env::args().skip(1)) {
+        Ok(n) => n,
+        Err(e) => {
+            eprintln!("debuglantern-broker: {e}");
+            std::process::exit(2);
+        }
+    };
+    // Sanitise: nothing inherited but stdio and our socket.
+    sys::close_all_except(&[SOCKET_FD]);
+    let sock: OwnedFd = match shared::os::adopt_inherited(SOCKET_FD) {
+        Ok(s) => s,
+        Err(e) => {
+            eprintln!("debuglantern-broker: no socket on fd {SOCKET_FD} ({e}); this binary is started by debuglantern");
+            std::process::exit(2);
+        }
+    };
+    let code = match broker::Broker::new(sock, session_uids).and_then(|b| b.run()) {
+        Ok(()) => 0,
+        Err(e) => {
+            eprintln!("debuglantern-broker: {e}; every session was killed");
+            1
+        }
+    };
+    std::process::exit(code);
+}
+
+fn parse_args(mut args: impl Iterator<Item = String>) -> Result<u32, String> {
+    let mut uids = None;
+    while let Some(a) = args.next() {
+        match a.as_str() {
+            "--session-uids" => {
+                let v = args.next().ok_or("--session-uids needs a value")?;
+                uids = Some(v.parse::<u32>().map_err(|e| format!("--session-uids {v}: {e}"))?);
+            }
+            other => return Err(format!("unknown argument {other:?}")),
+        }
+    }
+    uids.ok_or_else(|| "missing --session-uids".to_string())
+}

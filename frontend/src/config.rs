@@ -1,0 +1,241 @@
+//! Daemon configuration: built-in defaults, then a TOML file (`--config`), then flags.
+
+use clap::Parser;
+use serde::Deserialize;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+/// Command-line flags. Every setting can also come from the TOML file (same names with
+/// underscores); flags win.
+#[derive(Debug, Parser)]
+#[command(name = "debuglantern", version, about = "A hardened, shared test rig: upload, run, stop and debug programs in a jail")]
+pub struct Flags {
+    /// TOML configuration file.
+    #[arg(long)]
+    pub config: Option<PathBuf>,
+    /// Control address (default 127.0.0.1:4444).
+    #[arg(long, value_name = "ADDR:PORT")]
+    pub listen: Option<SocketAddr>,
+    /// Most sessions loaded at once (default 64).
+    #[arg(long)]
+    pub max_sessions: Option<usize>,
+    /// Most bytes of all loaded sessions together, e.g. 1G (default 1G).
+    #[arg(long, value_parser = parse_bytes)]
+    pub max_total_size: Option<u64>,
+    /// Largest single upload, e.g. 512M (default 512M).
+    #[arg(long, value_parser = parse_bytes)]
+    pub max_upload: Option<u64>,
+    /// Refused uploads up to this size are read and discarded so the connection stays
+    /// usable; larger ones close it (default 1G).
+    #[arg(long, value_parser = parse_bytes)]
+    pub drain_limit: Option<u64>,
+    /// Captured output kept per session, e.g. 1M (default 1M).
+    #[arg(long, value_parser = parse_bytes)]
+    pub log_buffer: Option<u64>,
+    /// Most client connections at once (default 4096).
+    #[arg(long)]
+    pub max_connections: Option<usize>,
+    /// STOP's grace period between SIGTERM and SIGKILL, e.g. 5s (default 5s).
+    #[arg(long, value_parser = humantime::parse_duration)]
+    pub stop_grace: Option<Duration>,
+    /// Default CPU seconds per process of a run (0 = unlimited; default 0).
+    #[arg(long)]
+    pub cpu_seconds: Option<u64>,
+    /// Default address-space limit per process, e.g. 4G (0 = unlimited; default 0).
+    #[arg(long, value_parser = parse_bytes)]
+    pub address_space: Option<u64>,
+    /// Default open-file limit per process (default 1024).
+    #[arg(long)]
+    pub open_files: Option<u64>,
+    /// Default process limit per session (default 512).
+    #[arg(long)]
+    pub processes: Option<u64>,
+    /// User the frontend drops to when started as root (default nobody).
+    #[arg(long)]
+    pub user: Option<String>,
+    /// First host uid of the broker's range when started as root (the broker; sessions
+    /// follow). Default 2100000000.
+    #[arg(long)]
+    pub uid_base: Option<u32>,
+    /// Refuse to start if anything of the jail cannot be had on this host.
+    #[arg(long)]
+    pub strict: bool,
+    /// Path of debuglantern-broker (default: next to this binary).
+    #[arg(long)]
+    pub broker: Option<PathBuf>,
+}
+
+/// The TOML file. Unknown keys are an error (a typo must not silently keep a default).
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FileConfig {
+    listen: Option<SocketAddr>,
+    max_sessions: Option<usize>,
+    max_total_size: Option<ByteSize>,
+    max_upload: Option<ByteSize>,
+    drain_limit: Option<ByteSize>,
+    log_buffer: Option<ByteSize>,
+    max_connections: Option<usize>,
+    stop_grace: Option<String>,
+    cpu_seconds: Option<u64>,
+    address_space: Option<ByteSize>,
+    open_files: Option<u64>,
+    processes: Option<u64>,
+    user: Option<String>,
+    uid_base: Option<u32>,
+    strict: Option<bool>,
+    broker: Option<PathBuf>,
+}
+
+/// A byte count in TOML: a number or a string like "512M".
+#[derive(Debug, Clone, Copy, Deserialize)]
+#[serde(try_from = "toml::Value")]
+struct ByteSize(u64);
+
+impl TryFrom<toml::Value> for ByteSize {
+    type Error = String;
+    fn try_from(v: toml::Value) -> Result<Self, String> {
+        match v {
+            toml::Value::Integer(i) if i >= 0 => Ok(ByteSize(i as u64)),
+            toml::Value::String(s) => parse_bytes(&s).map(ByteSize),
+            other => Err(format!("expected a byte count like 512M, got {other}")),
+        }
+    }
+}
+
+/// The effective configuration.
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// Control address.
+    pub listen: SocketAddr,
+    /// Most sessions.
+    pub max_sessions: usize,
+    /// Byte budget of all sessions.
+    pub max_total_size: u64,
+    /// Largest upload.
+    pub max_upload: u64,
+    /// Largest refused upload we still drain.
+    pub drain_limit: u64,
+    /// Log ring size per session.
+    pub log_buffer: usize,
+    /// Most connections.
+    pub max_connections: usize,
+    /// STOP grace.
+    pub stop_grace: Duration,
+    /// Default limits of a run.
+    pub limits: shared::RunLimits,
+    /// Frontend user when root.
+    pub user: String,
+    /// Broker uid base when root.
+    pub uid_base: u32,
+    /// Warnings are fatal.
+    pub strict: bool,
+    /// Broker binary.
+    pub broker: Option<PathBuf>,
+}
+
+/// Parses `123`, `64K`, `512M`, `1G`, `2T` (binary multiples; an optional trailing `B` or
+/// `iB`).
+pub fn parse_bytes(s: &str) -> Result<u64, String> {
+    let t = s.trim();
+    let t = t.strip_suffix("iB").or_else(|| t.strip_suffix('B')).unwrap_or(t);
+    let (num, mult) = match t.char_indices().last() {
+        Some((i, c)) if c.is_ascii_alphabetic() => {
+            let m: u64 = match c.to_ascii_uppercase() {
+                'K' => 1 << 10,
+                'M' => 1 << 20,
+                'G' => 1 << 30,
+                'T' => 1 << 40,
+                _ => return Err(format!("{s:?}: unknown unit {c:?} (use K, M, G or T)")),
+            };
+            (&t[..i], m)
+        }
+        _ => (t, 1),
+    };
+    let n: u64 = num.trim().parse().map_err(|_| format!("{s:?} is not a byte count like 512M"))?;
+    n.checked_mul(mult).ok_or_else(|| format!("{s:?} is too large"))
+}
+
+impl Config {
+    /// Merges defaults, the file named by `--config` and the flags.
+    pub fn load(flags: Flags) -> Result<Config, String> {
+        let file = match &flags.config {
+            Some(path) => {
+                let text = std::fs::read_to_string(path).map_err(|e| format!("cannot read {}: {e}", path.display()))?;
+                toml::from_str::<FileConfig>(&text).map_err(|e| format!("{}: {e}", path.display()))?
+            }
+            None => FileConfig::default(),
+        };
+        let grace = match (flags.stop_grace, &file.stop_grace) {
+            (Some(d), _) => d,
+            (None, Some(s)) => humantime::parse_duration(s).map_err(|e| format!("stop_grace {s:?}: {e}"))?,
+            (None, None) => Duration::from_secs(5),
+        };
+        let c = Config {
+            listen: flags.listen.or(file.listen).unwrap_or_else(|| "127.0.0.1:4444".parse().expect("literal")),
+            max_sessions: flags.max_sessions.or(file.max_sessions).unwrap_or(64),
+            max_total_size: flags.max_total_size.or(file.max_total_size.map(|b| b.0)).unwrap_or(1 << 30),
+            max_upload: flags.max_upload.or(file.max_upload.map(|b| b.0)).unwrap_or(512 << 20),
+            drain_limit: flags.drain_limit.or(file.drain_limit.map(|b| b.0)).unwrap_or(1 << 30),
+            log_buffer: flags.log_buffer.or(file.log_buffer.map(|b| b.0)).unwrap_or(1 << 20) as usize,
+            max_connections: flags.max_connections.or(file.max_connections).unwrap_or(4096),
+            stop_grace: grace,
+            limits: shared::RunLimits {
+                cpu_seconds: flags.cpu_seconds.or(file.cpu_seconds).unwrap_or(0),
+                address_space: flags.address_space.or(file.address_space.map(|b| b.0)).unwrap_or(0),
+                open_files: flags.open_files.or(file.open_files).unwrap_or(1024),
+                processes: flags.processes.or(file.processes).unwrap_or(512),
+            },
+            user: flags.user.or(file.user).unwrap_or_else(|| "nobody".into()),
+            uid_base: flags.uid_base.or(file.uid_base).unwrap_or(policy::identity::DEFAULT_UID_BASE),
+            strict: flags.strict || file.strict.unwrap_or(false),
+            broker: flags.broker.or(file.broker),
+        };
+        if c.max_sessions == 0 || c.max_sessions > 65_000 {
+            return Err(format!("max_sessions {} must be in 1..=65000", c.max_sessions));
+        }
+        if c.log_buffer < 4096 {
+            return Err("log_buffer must be at least 4K".into());
+        }
+        if c.max_upload > c.max_total_size {
+            return Err(format!(
+                "max_upload ({}) exceeds max_total_size ({}): no upload that large could ever be stored",
+                c.max_upload, c.max_total_size
+            ));
+        }
+        Ok(c)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn byte_counts() {
+        assert_eq!(parse_bytes("512M").unwrap(), 512 << 20);
+        assert_eq!(parse_bytes("1GiB").unwrap(), 1 << 30);
+        assert_eq!(parse_bytes("4096").unwrap(), 4096);
+        assert!(parse_bytes("12Q").is_err());
+        assert!(parse_bytes("-1").is_err());
+        assert!(parse_bytes("99999999999T").is_err());
+    }
+
+    #[test]
+    fn file_then_flags() {
+        let dir = std::env::temp_dir().join(format!("dl-config-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("c.toml");
+        std::fs::write(&path, "max_sessions = 7\nmax_upload = \"1M\"\nstop_grace = \"2s\"\n").unwrap();
+        let flags = Flags::parse_from(["debuglantern", "--config", path.to_str().unwrap(), "--max-sessions", "9"]);
+        let c = Config::load(flags).unwrap();
+        assert_eq!(c.max_sessions, 9);
+        assert_eq!(c.max_upload, 1 << 20);
+        assert_eq!(c.stop_grace, Duration::from_secs(2));
+        std::fs::write(&path, "max_sesions = 7\n").unwrap();
+        let err = Config::load(Flags::parse_from(["debuglantern", "--config", path.to_str().unwrap()])).unwrap_err();
+        assert!(err.contains("max_sesions"), "{err}");
+        std::fs::remove_dir_all(dir).unwrap();
+    }
+}

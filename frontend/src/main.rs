@@ -1,0 +1,75 @@
+//! `debuglantern`: the network-facing, unprivileged half of the rig. It binds the control
+//! socket, starts the broker (see `launcher`), drops its own privileges and serves the
+//! control protocol (see `server`).
+
+mod config;
+mod elf;
+mod launcher;
+mod protocol;
+mod server;
+mod session;
+mod sys;
+
+use clap::Parser;
+use nix::unistd::Uid;
+use std::process::ExitCode;
+
+fn main() -> ExitCode {
+    match run() {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("debuglantern: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn run() -> anyhow::Result<()> {
+    let cfg = config::Config::load(config::Flags::parse()).map_err(anyhow::Error::msg)?;
+    let root = Uid::effective().is_root();
+    let mut warnings = Vec::new();
+    // Resolve the frontend's user before anything starts: a typo must stop us here.
+    let drop_to = if root {
+        let (uid, gid) = resolve_user(&cfg.user)?;
+        let plan = policy::identity::IdPlan { frontend_uid: uid, uid_base: cfg.uid_base, session_slots: cfg.max_sessions as u32 };
+        plan.validate().map_err(anyhow::Error::msg)?;
+        Some((uid, gid))
+    } else {
+        warnings.push("rootless: the frontend and the broker run as the invoking user, and sessions share one uid".to_string());
+        None
+    };
+    let listener = std::net::TcpListener::bind(cfg.listen)
+        .map_err(|e| anyhow::anyhow!("cannot listen on {}: {e} (choose another address with --listen)", cfg.listen))?;
+    let local = listener.local_addr()?;
+    sys::raise_nofile();
+    policy::rlimits::apply(&policy::rlimits::daemon())?;
+    let broker = launcher::spawn(&cfg)?;
+    let broker_pid = broker.pid;
+    match drop_to {
+        Some((uid, gid)) => policy::identity::drop_to(uid, gid)?,
+        None => policy::identity::harden_process()?,
+    }
+    let strict = cfg.strict;
+    let server = server::Server::new(cfg, listener, broker, warnings.clone())?;
+    let all_warnings = server.warnings().to_vec();
+    for w in &all_warnings {
+        eprintln!("debuglantern: warning: {w}");
+    }
+    if strict && !all_warnings.is_empty() {
+        anyhow::bail!("--strict: refusing to start with {} warning(s)", all_warnings.len());
+    }
+    eprintln!("debuglantern: listening on {local} (broker pid {broker_pid}, uid {})", Uid::effective());
+    server.run()?;
+    eprintln!("debuglantern: every session stopped; exiting");
+    Ok(())
+}
+
+fn resolve_user(name: &str) -> anyhow::Result<(u32, u32)> {
+    if let Ok(uid) = name.parse::<u32>() {
+        return Ok((uid, uid));
+    }
+    match nix::unistd::User::from_name(name)? {
+        Some(u) => Ok((u.uid.as_raw(), u.gid.as_raw())),
+        None => anyhow::bail!("no user {name:?} on this host (pass --user NAME or a numeric uid)"),
+    }
+}

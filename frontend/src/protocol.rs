@@ -1,0 +1,376 @@
+//! The control protocol's request side (SPEC §3): one command per `\n`-terminated line
+//! (a trailing `\r` is ignored), at most [`MAX_LINE`] bytes, tokens separated by spaces,
+//! command names case-insensitive. This is a parser of untrusted input: it never panics,
+//! and every refusal carries an error code and a message a user can act on.
+
+use serde::Deserialize;
+use std::collections::BTreeMap;
+use uuid::Uuid;
+
+/// Longest accepted command line, without its `\n`.
+pub const MAX_LINE: usize = 4096;
+/// Most arguments a START may pass.
+pub const MAX_ARGS: usize = 256;
+/// Most environment variables a START may set.
+pub const MAX_ENV: usize = 256;
+
+/// Error codes of SPEC §3.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Code {
+    /// Malformed request.
+    BadRequest,
+    /// No such command.
+    UnknownCommand,
+    /// Not authenticated.
+    Unauthorized,
+    /// No such session (or not yours).
+    NotFound,
+    /// Not in this state.
+    InvalidState,
+    /// Over a size limit.
+    TooLarge,
+    /// Over a count or budget limit.
+    LimitReached,
+    /// Not an acceptable ELF.
+    InvalidElf,
+    /// Not an acceptable bundle.
+    InvalidBundle,
+    /// Not supported here.
+    Unsupported,
+    /// Our fault.
+    Internal,
+}
+
+impl Code {
+    /// The wire name.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Code::BadRequest => "bad_request",
+            Code::UnknownCommand => "unknown_command",
+            Code::Unauthorized => "unauthorized",
+            Code::NotFound => "not_found",
+            Code::InvalidState => "invalid_state",
+            Code::TooLarge => "too_large",
+            Code::LimitReached => "limit_reached",
+            Code::InvalidElf => "invalid_elf",
+            Code::InvalidBundle => "invalid_bundle",
+            Code::Unsupported => "unsupported",
+            Code::Internal => "internal",
+        }
+    }
+}
+
+/// A refusal: code and human text.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ProtoError {
+    /// Error code.
+    pub code: Code,
+    /// What went wrong and what to do about it.
+    pub message: String,
+}
+
+impl ProtoError {
+    /// Builds a refusal.
+    pub fn new(code: Code, message: impl Into<String>) -> Self {
+        ProtoError { code, message: message.into() }
+    }
+}
+
+fn bad(message: impl Into<String>) -> ProtoError {
+    ProtoError::new(Code::BadRequest, message)
+}
+
+/// Optional START settings (`{"args":[...],"env":{...},"limits":{...}}`).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct StartOpts {
+    /// Arguments after `argv[0]`.
+    #[serde(default)]
+    pub args: Vec<String>,
+    /// The whole environment; `None` means the default one.
+    #[serde(default)]
+    pub env: Option<BTreeMap<String, String>>,
+    /// Per-run limits; they may only tighten the daemon's.
+    #[serde(default)]
+    pub limits: Option<LimitOpts>,
+}
+
+/// Per-START limits.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LimitOpts {
+    /// CPU seconds.
+    pub cpu_seconds: Option<u64>,
+    /// Address space, bytes.
+    pub address_space: Option<u64>,
+    /// Open files.
+    pub open_files: Option<u64>,
+    /// Processes.
+    pub processes: Option<u64>,
+}
+
+/// The size argument of UPLOAD, already checked to be a decimal number.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum UploadSize {
+    /// Fits in u64.
+    Bytes(u64),
+    /// A decimal number too large for u64: the client means more bytes than we will read.
+    Huge,
+}
+
+/// A parsed command.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Command {
+    /// `HELLO`
+    Hello,
+    /// `AUTH <token>`
+    Auth(String),
+    /// `UPLOAD <size> [exec_path]`
+    Upload {
+        /// Declared size.
+        size: UploadSize,
+        /// Bundle executable path.
+        exec_path: Option<String>,
+    },
+    /// `START <id> [--debug] [<json>]`
+    Start {
+        /// Session.
+        id: Uuid,
+        /// Start under gdbserver.
+        debug: bool,
+        /// Options.
+        opts: StartOpts,
+    },
+    /// `STOP <id>`
+    Stop(Uuid),
+    /// `KILL <id>`
+    Kill(Uuid),
+    /// `DEBUG <id>`
+    Debug(Uuid),
+    /// `LIST`
+    List,
+    /// `STATUS <id>`
+    Status(Uuid),
+    /// `DELETE <id>`
+    Delete(Uuid),
+    /// `LOGS <id> [--follow]`
+    Logs {
+        /// Session.
+        id: Uuid,
+        /// Stream until the run ends.
+        follow: bool,
+    },
+    /// `RECEIPT <id>`
+    Receipt(Uuid),
+    /// `EVENTS`
+    Events,
+}
+
+/// Parses one line (without its `\n`; a trailing `\r` is removed here). `Ok(None)` for an
+/// empty line, which is ignored.
+pub fn parse_line(line: &[u8]) -> Result<Option<Command>, ProtoError> {
+    let line = line.strip_suffix(b"\r").unwrap_or(line);
+    if line.len() > MAX_LINE {
+        return Err(bad(format!("line longer than {MAX_LINE} bytes")));
+    }
+    let line = std::str::from_utf8(line).map_err(|_| bad("command line is not valid UTF-8"))?;
+    if line.bytes().any(|b| b < 0x20 && b != b'\t') {
+        return Err(bad("command line contains control characters"));
+    }
+    let trimmed = line.trim_start_matches(' ');
+    if trimmed.trim().is_empty() {
+        return Ok(None);
+    }
+    let (name, rest) = split_token(trimmed);
+    let name = name.to_ascii_uppercase();
+    let mut args = Args { rest };
+    let cmd = match name.as_str() {
+        "HELLO" => Command::Hello,
+        "AUTH" => Command::Auth(args.required("token")?.to_string()),
+        "UPLOAD" => {
+            let size = parse_size(args.required("size")?)?;
+            let exec_path = args.next().map(str::to_string);
+            Command::Upload { size, exec_path }
+        }
+        "START" => {
+            let id = parse_id(args.required("session id")?)?;
+            let mut debug = false;
+            let mut opts = StartOpts::default();
+            while let Some(rest) = args.peek_rest() {
+                if rest.starts_with('{') {
+                    opts = parse_start_json(rest)?;
+                    args.rest = "";
+                    break;
+                }
+                match args.next() {
+                    Some(f) if f.eq_ignore_ascii_case("--debug") => debug = true,
+                    Some(f) => return Err(bad(format!("unexpected argument {f:?}: START <id> [--debug] [<json>]"))),
+                    None => break,
+                }
+            }
+            Command::Start { id, debug, opts }
+        }
+        "STOP" => Command::Stop(parse_id(args.required("session id")?)?),
+        "KILL" => Command::Kill(parse_id(args.required("session id")?)?),
+        "DEBUG" => Command::Debug(parse_id(args.required("session id")?)?),
+        "LIST" => Command::List,
+        "STATUS" => Command::Status(parse_id(args.required("session id")?)?),
+        "DELETE" => Command::Delete(parse_id(args.required("session id")?)?),
+        "LOGS" => {
+            let id = parse_id(args.required("session id")?)?;
+            let follow = match args.next() {
+                None => false,
+                Some(f) if f.eq_ignore_ascii_case("--follow") || f == "-f" => true,
+                Some(f) => return Err(bad(format!("unexpected argument {f:?}: LOGS <id> [--follow]"))),
+            };
+            Command::Logs { id, follow }
+        }
+        "RECEIPT" => Command::Receipt(parse_id(args.required("session id")?)?),
+        "EVENTS" => Command::Events,
+        _ => {
+            let shown: String = name.chars().take(32).collect();
+            return Err(ProtoError::new(
+                Code::UnknownCommand,
+                format!("unknown command {shown:?}; commands: HELLO AUTH UPLOAD START STOP KILL DEBUG LIST STATUS DELETE LOGS RECEIPT EVENTS"),
+            ));
+        }
+    };
+    if let Some(extra) = args.next() {
+        return Err(bad(format!("unexpected extra argument {extra:?}")));
+    }
+    Ok(Some(cmd))
+}
+
+struct Args<'a> {
+    rest: &'a str,
+}
+
+impl<'a> Args<'a> {
+    fn next(&mut self) -> Option<&'a str> {
+        let (tok, rest) = split_token(self.rest.trim_start_matches(' '));
+        self.rest = rest;
+        (!tok.is_empty()).then_some(tok)
+    }
+
+    fn peek_rest(&self) -> Option<&'a str> {
+        let r = self.rest.trim_start_matches(' ');
+        (!r.is_empty()).then_some(r)
+    }
+
+    fn required(&mut self, what: &str) -> Result<&'a str, ProtoError> {
+        self.next().ok_or_else(|| bad(format!("missing {what}")))
+    }
+}
+
+fn split_token(s: &str) -> (&str, &str) {
+    match s.find(' ') {
+        Some(i) => (&s[..i], &s[i + 1..]),
+        None => (s, ""),
+    }
+}
+
+fn parse_id(s: &str) -> Result<Uuid, ProtoError> {
+    if s.len() != 36 {
+        return Err(bad(format!("malformed session id {:?}: want a UUID like 123e4567-e89b-12d3-a456-426614174000", truncate(s))));
+    }
+    Uuid::parse_str(s).map_err(|_| bad(format!("malformed session id {:?}", truncate(s))))
+}
+
+fn truncate(s: &str) -> String {
+    s.chars().take(40).collect()
+}
+
+fn parse_size(s: &str) -> Result<UploadSize, ProtoError> {
+    if s.is_empty() || !s.bytes().all(|b| b.is_ascii_digit()) {
+        return Err(bad(format!("upload size {:?} is not a decimal byte count", truncate(s))));
+    }
+    Ok(s.parse::<u64>().map(UploadSize::Bytes).unwrap_or(UploadSize::Huge))
+}
+
+fn parse_start_json(s: &str) -> Result<StartOpts, ProtoError> {
+    let opts: StartOpts = serde_json::from_str(s).map_err(|e| bad(format!("START options are not valid JSON of the form {{\"args\":[..],\"env\":{{..}}}}: {e}")))?;
+    if opts.args.len() > MAX_ARGS {
+        return Err(bad(format!("more than {MAX_ARGS} arguments")));
+    }
+    if opts.args.iter().any(|a| a.contains('\0')) {
+        return Err(bad("an argument contains a NUL byte"));
+    }
+    if let Some(env) = &opts.env {
+        if env.len() > MAX_ENV {
+            return Err(bad(format!("more than {MAX_ENV} environment variables")));
+        }
+        for (k, v) in env {
+            if k.is_empty() || k.contains('=') || k.contains('\0') || v.contains('\0') {
+                return Err(bad(format!("invalid environment variable name or value {:?}", truncate(k))));
+            }
+        }
+    }
+    Ok(opts)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const ID: &str = "123e4567-e89b-12d3-a456-426614174000";
+
+    fn code(line: &str) -> Code {
+        parse_line(line.as_bytes()).unwrap_err().code
+    }
+
+    #[test]
+    fn commands_are_case_insensitive_and_cr_is_ignored() {
+        assert_eq!(parse_line(b"hello\r").unwrap(), Some(Command::Hello));
+        assert_eq!(parse_line(b"LiSt").unwrap(), Some(Command::List));
+        assert_eq!(parse_line(b"").unwrap(), None);
+        assert_eq!(parse_line(b"   ").unwrap(), None);
+    }
+
+    #[test]
+    fn upload_sizes() {
+        assert_eq!(
+            parse_line(b"UPLOAD 10").unwrap(),
+            Some(Command::Upload { size: UploadSize::Bytes(10), exec_path: None })
+        );
+        assert_eq!(
+            parse_line(b"UPLOAD 99999999999999999999").unwrap(),
+            Some(Command::Upload { size: UploadSize::Huge, exec_path: None })
+        );
+        assert_eq!(code("UPLOAD -1"), Code::BadRequest);
+        assert_eq!(code("UPLOAD 1e3"), Code::BadRequest);
+        assert_eq!(code("UPLOAD"), Code::BadRequest);
+        assert_eq!(code("UPLOAD +5"), Code::BadRequest);
+    }
+
+    #[test]
+    fn start_with_json_and_flags() {
+        let line = format!("start {ID} --debug {{\"args\":[\"a b\",\"c\"],\"env\":{{\"X\":\"1\"}}}}");
+        let Some(Command::Start { debug, opts, .. }) = parse_line(line.as_bytes()).unwrap() else { panic!() };
+        assert!(debug);
+        assert_eq!(opts.args, vec!["a b", "c"]);
+        assert_eq!(opts.env.unwrap()["X"], "1");
+        assert_eq!(code(&format!("START {ID} {{\"args\":1}}")), Code::BadRequest);
+        assert_eq!(code(&format!("START {ID} {{\"bogus\":1}}")), Code::BadRequest);
+        assert_eq!(code(&format!("START {ID} {{\"env\":{{\"A=B\":\"1\"}}}}")), Code::BadRequest);
+        assert_eq!(code(&format!("START {ID} --frobnicate")), Code::BadRequest);
+    }
+
+    #[test]
+    fn ids_and_unknowns() {
+        assert_eq!(code("STATUS 1234"), Code::BadRequest);
+        assert_eq!(code("STATUS zzzzzzzz-e89b-12d3-a456-426614174000"), Code::BadRequest);
+        assert_eq!(code("FROB"), Code::UnknownCommand);
+        assert_eq!(code(&format!("STOP {ID} extra")), Code::BadRequest);
+        assert_eq!(
+            parse_line(format!("logs {ID} --follow").as_bytes()).unwrap(),
+            Some(Command::Logs { id: Uuid::parse_str(ID).unwrap(), follow: true })
+        );
+    }
+
+    #[test]
+    fn garbage_is_a_bad_request() {
+        assert_eq!(parse_line(&[0xff, 0xfe, 0x00]).unwrap_err().code, Code::BadRequest);
+        assert_eq!(parse_line(b"LIST\0").unwrap_err().code, Code::BadRequest);
+        assert_eq!(parse_line(&[b'A'; MAX_LINE + 1]).unwrap_err().code, Code::BadRequest);
+    }
+}

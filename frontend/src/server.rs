@@ -1,0 +1,1101 @@
+//! The frontend's single-threaded epoll loop (mio, edge-triggered): the control listener,
+//! every client connection, the broker's socket and pidfd, each session's log pipes, and
+//! the termination signals.
+//!
+//! Each connection handles one command at a time: a command that needs the broker parks
+//! the connection (its later, pipelined commands wait in its buffer or in the kernel),
+//! so replies always come back in order, while every other connection keeps being served.
+
+use crate::config::Config;
+use crate::elf;
+use crate::protocol::{self, Code, Command, ProtoError, StartOpts, UploadSize};
+use crate::session::{self, LogRing, Session, State};
+use mio::net::{TcpListener, TcpStream};
+use mio::unix::SourceFd;
+use mio::{Events, Interest, Poll, Token};
+use nix::sys::signal::{SigSet, Signal};
+use nix::sys::signalfd::{SfdFlags, SignalFd};
+use serde_json::{json, Value};
+use sha2::{Digest, Sha256};
+use shared::{Refusal, Reply, Request, SessionId, StartSpec, Tube, TubeError, MAGIC, WIRE_VERSION};
+use std::collections::{BTreeMap, HashMap};
+use std::fs::File;
+use std::io::{ErrorKind, Read, Write};
+use std::net::SocketAddr;
+use std::os::fd::{AsFd, AsRawFd, OwnedFd};
+use std::time::{Duration, Instant, SystemTime};
+use uuid::Uuid;
+
+const LISTENER: Token = Token(0);
+const BROKER: Token = Token(1);
+const BROKER_PID: Token = Token(2);
+const SIGNALS: Token = Token(3);
+const FIRST_DYNAMIC: usize = 16;
+
+/// Largest JSON chunk of output per LOGS --follow line.
+const FOLLOW_CHUNK: usize = 64 * 1024;
+/// A connection's output buffer above which we stop producing more for it.
+const OUT_HIGH_WATER: usize = 1 << 20;
+/// Bytes of pipelined input buffered while a connection is parked.
+const IN_CAP: usize = 64 * 1024;
+
+/// Someone waiting for a run to end (STOP/KILL).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Waiter {
+    conn: Token,
+    wait: u64,
+}
+
+struct Upload {
+    memfd: File,
+    remaining: u64,
+    size: u64,
+    hasher: Sha256,
+}
+
+enum Mode {
+    /// Reading command lines.
+    Lines,
+    /// Reading the raw bytes of an upload.
+    Upload(Box<Upload>),
+    /// Discarding the bytes of a refused upload.
+    Drain(u64),
+    /// Parked until the broker answers (or a run ends); the number identifies the wait.
+    Waiting(u64),
+    /// Streaming a session's output.
+    Follow { id: Uuid, offset: u64 },
+}
+
+struct Conn {
+    stream: TcpStream,
+    peer: SocketAddr,
+    inbuf: Vec<u8>,
+    out: Vec<u8>,
+    out_pos: usize,
+    mode: Mode,
+    /// The peer sent EOF.
+    eof: bool,
+    /// Close once `out` is written.
+    closing: bool,
+    /// The socket failed; drop it.
+    dead: bool,
+}
+
+enum Op {
+    Load { upload_size: u64, sha256: String, elf: elf::ElfInfo, id: Uuid },
+    Start { id: Uuid, limits: shared::RunLimits },
+    Stop { id: Uuid },
+    Delete { id: Uuid },
+}
+
+struct Pending {
+    conn: Token,
+    wait: u64,
+    op: Op,
+}
+
+enum PipeOwner {
+    Log { id: Uuid, stream: usize, file: File },
+}
+
+/// The frontend.
+pub struct Server {
+    cfg: Config,
+    poll: Poll,
+    listener: Option<TcpListener>,
+    tube: Tube,
+    broker_pidfd: OwnedFd,
+    signals: SignalFd,
+    conns: HashMap<Token, Conn>,
+    pipes: HashMap<Token, PipeOwner>,
+    sessions: BTreeMap<Uuid, Session>,
+    pending: HashMap<u64, Pending>,
+    next_token: usize,
+    next_tag: u64,
+    next_wait: u64,
+    /// Sessions and bytes promised to uploads in progress.
+    reserved_sessions: usize,
+    reserved_bytes: u64,
+    /// Bytes of all loaded sessions.
+    loaded_bytes: u64,
+    warnings: Vec<String>,
+    scratch: Vec<u8>,
+    shutdown_deadline: Option<Instant>,
+}
+
+/// Why the daemon stops.
+#[derive(Debug, thiserror::Error)]
+pub enum ServeError {
+    /// The broker is gone or misbehaved: fail closed.
+    #[error("broker link failed: {0}")]
+    Broker(#[from] TubeError),
+    /// The broker exited.
+    #[error("the broker exited unexpectedly ({0})")]
+    BrokerExited(String),
+    /// The hello failed.
+    #[error("broker hello: {0}")]
+    Hello(String),
+    /// epoll or signalfd failed.
+    #[error("event loop: {0}")]
+    Io(#[from] std::io::Error),
+    /// Shutdown took too long.
+    #[error("the broker did not finish shutting down in time")]
+    ShutdownTimeout,
+}
+
+impl From<nix::Error> for ServeError {
+    fn from(e: nix::Error) -> Self {
+        ServeError::Io(e.into())
+    }
+}
+
+fn err_json(code: Code, message: impl Into<String>) -> Value {
+    json!({"ok": false, "error": code.as_str(), "message": message.into()})
+}
+
+fn proto_json(e: ProtoError) -> Value {
+    err_json(e.code, e.message)
+}
+
+fn id_of(u: &Uuid) -> SessionId {
+    SessionId(*u.as_bytes())
+}
+
+/// The host pid of a pidfd, from `/proc/self/fdinfo`.
+fn host_pid(pidfd: &OwnedFd) -> Option<i32> {
+    let info = std::fs::read_to_string(format!("/proc/self/fdinfo/{}", pidfd.as_raw_fd())).ok()?;
+    // -1 once the process has exited (it may already have).
+    info.lines().find_map(|l| l.strip_prefix("Pid:")).and_then(|v| v.trim().parse().ok()).filter(|&p: &i32| p > 0)
+}
+
+impl Server {
+    /// Sets up the loop around an already bound listener and a started broker, and does
+    /// the hello with the broker.
+    pub fn new(
+        cfg: Config,
+        listener: std::net::TcpListener,
+        broker: crate::launcher::Broker,
+        mut warnings: Vec<String>,
+    ) -> Result<Server, ServeError> {
+        listener.set_nonblocking(true)?;
+        let mut listener = TcpListener::from_std(listener);
+        let poll = Poll::new()?;
+        let mut tube = Tube::new(broker.sock)?;
+        let mut mask = SigSet::empty();
+        mask.add(Signal::SIGTERM);
+        mask.add(Signal::SIGINT);
+        mask.thread_block()?;
+        let signals = SignalFd::with_flags(&mask, SfdFlags::SFD_NONBLOCK | SfdFlags::SFD_CLOEXEC)?;
+        // Hello first, synchronously: nothing is served before the broker is known good.
+        tube.send(1, Request::Hello { magic: MAGIC, version: WIRE_VERSION })?;
+        let deadline = Instant::now() + Duration::from_secs(10);
+        let broker_warnings = loop {
+            let mut pfd = [nix::poll::PollFd::new(tube.as_fd(), nix::poll::PollFlags::POLLIN)];
+            nix::poll::poll(&mut pfd, nix::poll::PollTimeout::from(100u16))?;
+            match tube.recv::<Reply>()? {
+                Some((1, Reply::Hello { magic, version, warnings })) if magic == MAGIC && version == WIRE_VERSION => {
+                    break warnings
+                }
+                Some((_, other)) => return Err(ServeError::Hello(format!("unexpected answer {other:?}"))),
+                None if Instant::now() > deadline => return Err(ServeError::Hello("no answer within 10 s".into())),
+                None => {}
+            }
+        };
+        warnings.extend(broker_warnings);
+        let registry = poll.registry();
+        registry.register(&mut listener, LISTENER, Interest::READABLE)?;
+        registry.register(&mut SourceFd(&tube.as_raw_fd()), BROKER, Interest::READABLE)?;
+        registry.register(&mut SourceFd(&broker.pidfd.as_raw_fd()), BROKER_PID, Interest::READABLE)?;
+        registry.register(&mut SourceFd(&signals.as_raw_fd()), SIGNALS, Interest::READABLE)?;
+        Ok(Server {
+            cfg,
+            poll,
+            listener: Some(listener),
+            tube,
+            broker_pidfd: broker.pidfd,
+            signals,
+            conns: HashMap::new(),
+            pipes: HashMap::new(),
+            sessions: BTreeMap::new(),
+            pending: HashMap::new(),
+            next_token: FIRST_DYNAMIC,
+            next_tag: 2,
+            next_wait: 1,
+            reserved_sessions: 0,
+            reserved_bytes: 0,
+            loaded_bytes: 0,
+            warnings,
+            scratch: vec![0u8; 256 * 1024],
+            shutdown_deadline: None,
+        })
+    }
+
+    /// Serves until SIGTERM/SIGINT (Ok, after the broker stopped every session) or until
+    /// the broker fails (Err: the caller exits non-zero; the broker's death already took
+    /// every session with it).
+    pub fn run(mut self) -> Result<(), ServeError> {
+        let mut events = Events::with_capacity(1024);
+        loop {
+            let timeout = self.shutdown_deadline.map(|d| d.saturating_duration_since(Instant::now()));
+            match self.poll.poll(&mut events, timeout) {
+                Ok(()) => {}
+                Err(e) if e.kind() == ErrorKind::Interrupted => continue,
+                Err(e) => return Err(e.into()),
+            }
+            if self.shutdown_deadline.is_some_and(|d| Instant::now() >= d) {
+                return Err(ServeError::ShutdownTimeout);
+            }
+            let mut touched = Vec::new();
+            for ev in events.iter() {
+                match ev.token() {
+                    LISTENER => self.accept()?,
+                    BROKER => {
+                        if ev.is_writable() {
+                            self.tube.flush()?;
+                        }
+                        while let Some((tag, reply)) = self.tube.recv::<Reply>()? {
+                            self.on_broker(tag, reply, &mut touched);
+                        }
+                    }
+                    BROKER_PID => {
+                        let how = match shared::os::reap_pidfd(self.broker_pidfd.as_fd()) {
+                            Ok(shared::os::Reaped::Code(c)) => format!("exit code {c}"),
+                            Ok(shared::os::Reaped::Signal(s)) => format!("killed by signal {s}"),
+                            Ok(shared::os::Reaped::Running) => continue,
+                            Err(e) => format!("waitid: {e}"),
+                        };
+                        if self.shutdown_deadline.is_some() {
+                            return Ok(());
+                        }
+                        return Err(ServeError::BrokerExited(how));
+                    }
+                    SIGNALS => {
+                        while let Ok(Some(sig)) = self.signals.read_signal() {
+                            eprintln!("debuglantern: signal {}: stopping every session, then exiting", sig.ssi_signo);
+                            self.begin_shutdown()?;
+                        }
+                    }
+                    t if self.pipes.contains_key(&t) => self.read_pipe(t, &mut touched),
+                    t => {
+                        if let Some(c) = self.conns.get_mut(&t) {
+                            if ev.is_error() {
+                                c.dead = true;
+                            }
+                            if ev.is_read_closed() && !matches!(c.mode, Mode::Lines | Mode::Upload(_) | Mode::Drain(_)) {
+                                // Parked: nothing will be read from it; note the EOF now.
+                                c.eof = true;
+                            }
+                        }
+                        touched.push(t);
+                    }
+                }
+            }
+            touched.sort_unstable();
+            touched.dedup();
+            for t in touched {
+                self.drive(t);
+            }
+            let interest = if self.tube.wants_write() { Interest::READABLE | Interest::WRITABLE } else { Interest::READABLE };
+            self.poll.registry().reregister(&mut SourceFd(&self.tube.as_raw_fd()), BROKER, interest)?;
+        }
+    }
+
+    fn begin_shutdown(&mut self) -> Result<(), ServeError> {
+        if self.shutdown_deadline.is_some() {
+            return Ok(());
+        }
+        if let Some(mut l) = self.listener.take() {
+            let _ = self.poll.registry().deregister(&mut l);
+        }
+        let grace = self.cfg.stop_grace;
+        self.tube.send(0, Request::Shutdown { grace_ms: grace.as_millis() as u64 })?;
+        self.shutdown_deadline = Some(Instant::now() + grace + Duration::from_secs(5));
+        Ok(())
+    }
+
+    fn token(&mut self) -> Token {
+        let t = Token(self.next_token);
+        self.next_token += 1;
+        t
+    }
+
+    fn accept(&mut self) -> Result<(), ServeError> {
+        loop {
+            let Some(listener) = self.listener.as_ref() else { return Ok(()) };
+            let (mut stream, peer) = match listener.accept() {
+                Ok(s) => s,
+                Err(e) if e.kind() == ErrorKind::WouldBlock => return Ok(()),
+                Err(e) if matches!(e.raw_os_error(), Some(libc::EMFILE | libc::ENFILE | libc::ENOBUFS | libc::ENOMEM)) => {
+                    eprintln!("debuglantern: cannot accept: {e}");
+                    return Ok(());
+                }
+                Err(e) if e.kind() == ErrorKind::ConnectionAborted || e.kind() == ErrorKind::Interrupted => continue,
+                Err(e) => return Err(e.into()),
+            };
+            if self.conns.len() >= self.cfg.max_connections {
+                let line = format!("{}\n", err_json(Code::LimitReached, format!("the rig serves at most {} connections; try again later", self.cfg.max_connections)));
+                let _ = stream.write(line.as_bytes());
+                continue;
+            }
+            let _ = stream.set_nodelay(true);
+            let t = self.token();
+            self.poll.registry().register(&mut stream, t, Interest::READABLE | Interest::WRITABLE)?;
+            self.conns.insert(
+                t,
+                Conn {
+                    stream,
+                    peer,
+                    inbuf: Vec::new(),
+                    out: Vec::new(),
+                    out_pos: 0,
+                    mode: Mode::Lines,
+                    eof: false,
+                    closing: false,
+                    dead: false,
+                },
+            );
+        }
+    }
+
+    // ---- connections -------------------------------------------------------------------
+
+    fn send(&mut self, t: Token, v: &Value) {
+        if let Some(c) = self.conns.get_mut(&t) {
+            let mut line = serde_json::to_vec(v).unwrap_or_else(|_| br#"{"ok":false,"error":"internal"}"#.to_vec());
+            line.push(b'\n');
+            c.out.extend_from_slice(&line);
+        }
+    }
+
+    /// Replies and returns the connection to reading lines.
+    fn finish(&mut self, t: Token, v: &Value) {
+        self.send(t, v);
+        if let Some(c) = self.conns.get_mut(&t) {
+            c.mode = Mode::Lines;
+        }
+    }
+
+    /// Replies with an error and closes the connection: framing is lost.
+    fn fatal(&mut self, t: Token, v: &Value) {
+        self.send(t, v);
+        if let Some(c) = self.conns.get_mut(&t) {
+            c.closing = true;
+            c.mode = Mode::Lines;
+        }
+    }
+
+    /// Does everything a connection can do now: read, run commands, write.
+    fn drive(&mut self, t: Token) {
+        loop {
+            let Some(c) = self.conns.get_mut(&t) else { return };
+            if c.dead || c.closing {
+                break;
+            }
+            let progressed = match c.mode {
+                Mode::Lines => self.step_lines(t),
+                Mode::Upload(_) | Mode::Drain(_) => self.step_upload(t),
+                Mode::Waiting(_) => false,
+                Mode::Follow { .. } => self.pump_follow(t),
+            };
+            if !progressed {
+                break;
+            }
+        }
+        self.flush_conn(t);
+    }
+
+    /// Reads into the input buffer until it would block. Returns false at EOF or error.
+    fn fill(&mut self, t: Token) -> bool {
+        let Some(c) = self.conns.get_mut(&t) else { return false };
+        let mut got_any = false;
+        while c.inbuf.len() < IN_CAP {
+            match c.stream.read(&mut self.scratch[..IN_CAP]) {
+                Ok(0) => {
+                    c.eof = true;
+                    return got_any;
+                }
+                Ok(n) => {
+                    c.inbuf.extend_from_slice(&self.scratch[..n]);
+                    got_any = true;
+                }
+                Err(e) if e.kind() == ErrorKind::WouldBlock => return got_any,
+                Err(e) if e.kind() == ErrorKind::Interrupted => {}
+                Err(_) => {
+                    c.dead = true;
+                    return false;
+                }
+            }
+        }
+        got_any
+    }
+
+    fn step_lines(&mut self, t: Token) -> bool {
+        let Some(c) = self.conns.get_mut(&t) else { return false };
+        if let Some(nl) = c.inbuf.iter().position(|&b| b == b'\n') {
+            let line: Vec<u8> = c.inbuf.drain(..=nl).collect();
+            self.command(t, &line[..line.len() - 1]);
+            return true;
+        }
+        if c.inbuf.len() > protocol::MAX_LINE + 1 {
+            self.fatal(t, &err_json(Code::BadRequest, format!("line longer than {} bytes; closing the connection", protocol::MAX_LINE)));
+            return false;
+        }
+        if c.eof {
+            if !c.inbuf.is_empty() {
+                // A last line without '\n': take it as a command.
+                let line = std::mem::take(&mut c.inbuf);
+                self.command(t, &line);
+            }
+            if let Some(c) = self.conns.get_mut(&t) {
+                if matches!(c.mode, Mode::Lines) {
+                    c.closing = true;
+                }
+            }
+            return false;
+        }
+        self.fill(t) || self.conns.get(&t).is_some_and(|c| c.eof)
+    }
+
+    fn step_upload(&mut self, t: Token) -> bool {
+        let Some(c) = self.conns.get_mut(&t) else { return false };
+        let want = match &c.mode {
+            Mode::Upload(u) => u.remaining,
+            Mode::Drain(n) => *n,
+            _ => return false,
+        };
+        if want == 0 {
+            self.complete_upload(t);
+            return true;
+        }
+        let mut buf = std::mem::take(&mut self.scratch);
+        let cap = want.min(buf.len() as u64) as usize;
+        let got = if !c.inbuf.is_empty() {
+            // Bytes already buffered after the command line come first.
+            let n = cap.min(c.inbuf.len());
+            buf[..n].copy_from_slice(&c.inbuf[..n]);
+            c.inbuf.drain(..n);
+            Ok(n)
+        } else {
+            match c.stream.read(&mut buf[..cap]) {
+                Ok(0) => {
+                    c.eof = true;
+                    Err(true)
+                }
+                Ok(n) => Ok(n),
+                Err(e) if e.kind() == ErrorKind::WouldBlock => Err(false),
+                Err(e) if e.kind() == ErrorKind::Interrupted => Ok(0),
+                Err(_) => {
+                    c.dead = true;
+                    Err(true)
+                }
+            }
+        };
+        let progressed = match got {
+            Ok(n) => {
+                self.consume_upload(t, &buf[..n]);
+                true
+            }
+            Err(gone) => {
+                if gone {
+                    self.abort_upload(t);
+                }
+                false
+            }
+        };
+        self.scratch = buf;
+        progressed
+    }
+
+    fn consume_upload(&mut self, t: Token, data: &[u8]) {
+        let Some(c) = self.conns.get_mut(&t) else { return };
+        let failure = match &mut c.mode {
+            Mode::Drain(n) => {
+                *n -= data.len() as u64;
+                None
+            }
+            Mode::Upload(u) => {
+                u.remaining -= data.len() as u64;
+                u.hasher.update(data);
+                u.memfd.write_all(data).err().map(|e| (u.size, u.remaining, e))
+            }
+            _ => None,
+        };
+        if let Some((size, left, e)) = failure {
+            // Out of memory for the memfd, most likely: drop what we stored, skip the rest.
+            c.mode = Mode::Drain(left);
+            self.release(size);
+            eprintln!("debuglantern: cannot store an upload: {e}");
+            self.send(t, &err_json(Code::Internal, format!("cannot store the upload on the rig: {e}")));
+        }
+    }
+
+    fn release(&mut self, size: u64) {
+        self.reserved_sessions -= 1;
+        self.reserved_bytes -= size;
+    }
+
+    /// A client went away mid-upload: nothing of it stays.
+    fn abort_upload(&mut self, t: Token) {
+        let Some(c) = self.conns.get_mut(&t) else { return };
+        if let Mode::Upload(u) = std::mem::replace(&mut c.mode, Mode::Lines) {
+            self.release(u.size);
+        }
+        if let Some(c) = self.conns.get_mut(&t) {
+            c.closing = true;
+        }
+    }
+
+    fn complete_upload(&mut self, t: Token) {
+        let Some(c) = self.conns.get_mut(&t) else { return };
+        let Mode::Upload(u) = std::mem::replace(&mut c.mode, Mode::Lines) else {
+            // A drain finished: its error was sent when the upload was refused.
+            return;
+        };
+        let Upload { memfd, size, hasher, .. } = *u;
+        let sha256 = hex::encode(hasher.finalize());
+        if let Err(e) = crate::sys::seal(&memfd) {
+            self.release(size);
+            return self.finish(t, &err_json(Code::Internal, format!("cannot seal the upload: {e}")));
+        }
+        let info = match elf::validate(&memfd) {
+            Ok(i) => i,
+            Err(why) => {
+                self.release(size);
+                return self.finish(t, &err_json(Code::InvalidElf, why));
+            }
+        };
+        let id = Uuid::new_v4();
+        let tag = self.next_tag();
+        if let Err(e) = self.tube.send(tag, Request::Load { id: id_of(&id), memfd: memfd.into() }) {
+            eprintln!("debuglantern: broker link: {e}");
+            self.release(size);
+            return self.finish(t, &err_json(Code::Internal, "the broker is unavailable"));
+        }
+        self.park(t, tag, Op::Load { upload_size: size, sha256, elf: info, id });
+    }
+
+    fn next_tag(&mut self) -> u64 {
+        self.next_tag += 1;
+        self.next_tag
+    }
+
+    fn park(&mut self, t: Token, tag: u64, op: Op) {
+        let wait = self.next_wait;
+        self.next_wait += 1;
+        if let Some(c) = self.conns.get_mut(&t) {
+            c.mode = Mode::Waiting(wait);
+        }
+        self.pending.insert(tag, Pending { conn: t, wait, op });
+    }
+
+    fn flush_conn(&mut self, t: Token) {
+        let Some(c) = self.conns.get_mut(&t) else { return };
+        while c.out_pos < c.out.len() && !c.dead {
+            match c.stream.write(&c.out[c.out_pos..]) {
+                Ok(0) => c.dead = true,
+                Ok(n) => c.out_pos += n,
+                Err(e) if e.kind() == ErrorKind::WouldBlock => break,
+                Err(e) if e.kind() == ErrorKind::Interrupted => {}
+                Err(_) => c.dead = true,
+            }
+        }
+        if c.out_pos == c.out.len() {
+            c.out.clear();
+            c.out_pos = 0;
+        } else if c.out_pos > (1 << 16) {
+            c.out.drain(..c.out_pos);
+            c.out_pos = 0;
+        }
+        let parked = matches!(c.mode, Mode::Waiting(_) | Mode::Follow { .. });
+        let finished = c.closing && c.out.is_empty();
+        // A parked connection whose peer is gone is dropped when its answer comes.
+        if c.dead || finished || (c.eof && !parked && c.out.is_empty() && c.inbuf.is_empty()) {
+            self.close(t);
+        }
+    }
+
+    fn close(&mut self, t: Token) {
+        if let Some(mut c) = self.conns.remove(&t) {
+            let _ = self.poll.registry().deregister(&mut c.stream);
+            if let Mode::Upload(u) = c.mode {
+                self.release(u.size);
+            }
+        }
+    }
+
+    // ---- commands ----------------------------------------------------------------------
+
+    fn command(&mut self, t: Token, line: &[u8]) {
+        let cmd = match protocol::parse_line(line) {
+            Ok(Some(cmd)) => cmd,
+            Ok(None) => return,
+            Err(e) => return self.send(t, &proto_json(e)),
+        };
+        match cmd {
+            Command::Hello => {
+                let v = self.hello();
+                self.send(t, &v)
+            }
+            Command::Auth(_) => self.send(
+                t,
+                &err_json(Code::Unsupported, "authentication is not configured on this rig: every client on it is anonymous"),
+            ),
+            Command::Upload { size, exec_path } => self.upload(t, size, exec_path),
+            Command::Start { id, debug, opts } => self.start(t, id, debug, opts),
+            Command::Stop(id) => self.stop(t, id, false),
+            Command::Kill(id) => self.stop(t, id, true),
+            Command::Delete(id) => self.delete(t, id),
+            Command::List => {
+                let list: Vec<Value> = self.sessions.values().filter(|s| !s.deleting).map(Session::summary).collect();
+                self.send(t, &json!({"ok": true, "sessions": list}))
+            }
+            Command::Status(id) => match self.session(id) {
+                Ok(s) => {
+                    let mut v = json!({"ok": true});
+                    if let (Some(m), Value::Object(status)) = (v.as_object_mut(), s.status()) {
+                        m.extend(status);
+                    }
+                    self.send(t, &v)
+                }
+                Err(e) => self.send(t, &e),
+            },
+            Command::Logs { id, follow } => self.logs(t, id, follow),
+            Command::Debug(_) => self.send(t, &err_json(Code::Unsupported, "DEBUG is not implemented in this version of debuglantern")),
+            Command::Receipt(_) => self.send(t, &err_json(Code::Unsupported, "RECEIPT is not implemented in this version of debuglantern")),
+            Command::Events => self.send(t, &err_json(Code::Unsupported, "EVENTS is not implemented in this version of debuglantern")),
+        }
+    }
+
+    fn hello(&self) -> Value {
+        let c = &self.cfg;
+        json!({
+            "ok": true,
+            "server": "debuglantern",
+            "version": env!("CARGO_PKG_VERSION"),
+            "protocol": 1,
+            "auth_required": false,
+            "limits": {
+                "max_sessions": c.max_sessions,
+                "max_total_size": c.max_total_size,
+                "max_upload": c.max_upload,
+                "max_line": protocol::MAX_LINE,
+                "log_buffer": c.log_buffer,
+                "stop_grace_ms": c.stop_grace.as_millis() as u64,
+                "run": session::limits_json(&c.limits),
+            },
+            "warnings": self.warnings,
+        })
+    }
+
+    fn session(&self, id: Uuid) -> Result<&Session, Value> {
+        match self.sessions.get(&id) {
+            Some(s) if !s.deleting => Ok(s),
+            _ => Err(err_json(Code::NotFound, format!("no session {id}"))),
+        }
+    }
+
+    fn upload(&mut self, t: Token, size: UploadSize, exec_path: Option<String>) {
+        let size = match size {
+            UploadSize::Bytes(n) if n <= self.cfg.drain_limit || n <= self.cfg.max_upload => n,
+            _ => {
+                return self.fatal(
+                    t,
+                    &err_json(
+                        Code::TooLarge,
+                        format!("upload larger than {} bytes; closing the connection as its bytes cannot be skipped", self.cfg.drain_limit.max(self.cfg.max_upload)),
+                    ),
+                )
+            }
+        };
+        let refusal = if exec_path.is_some() {
+            Some(err_json(Code::Unsupported, "bundle uploads (UPLOAD <size> <exec_path>) are not implemented in this version; upload a single ELF binary"))
+        } else if size > self.cfg.max_upload {
+            Some(err_json(Code::TooLarge, format!("upload of {size} bytes exceeds the limit of {} bytes", self.cfg.max_upload)))
+        } else if self.sessions.len() + self.reserved_sessions >= self.cfg.max_sessions {
+            Some(err_json(Code::LimitReached, format!("the rig holds its maximum of {} sessions; DELETE one first", self.cfg.max_sessions)))
+        } else if self.loaded_bytes + self.reserved_bytes + size > self.cfg.max_total_size {
+            Some(err_json(
+                Code::LimitReached,
+                format!(
+                    "storing {size} more bytes would exceed the rig's total of {} bytes ({} in use); DELETE sessions first",
+                    self.cfg.max_total_size,
+                    self.loaded_bytes + self.reserved_bytes
+                ),
+            ))
+        } else {
+            None
+        };
+        if let Some(err) = refusal {
+            // Refused before storing a byte; the bytes are read and dropped.
+            self.send(t, &err);
+            if let Some(c) = self.conns.get_mut(&t) {
+                c.mode = Mode::Drain(size);
+            }
+            return;
+        }
+        let memfd = match crate::sys::memfd_for_upload() {
+            Ok(f) => f,
+            Err(e) => return self.send(t, &err_json(Code::Internal, format!("cannot create a memfd: {e}"))),
+        };
+        self.reserved_sessions += 1;
+        self.reserved_bytes += size;
+        if let Some(c) = self.conns.get_mut(&t) {
+            c.mode = Mode::Upload(Box::new(Upload { memfd, remaining: size, size, hasher: Sha256::new() }));
+        }
+    }
+
+    fn start(&mut self, t: Token, id: Uuid, debug: bool, opts: StartOpts) {
+        if debug {
+            return self.send(t, &err_json(Code::Unsupported, "START --debug is not implemented in this version of debuglantern"));
+        }
+        let s = match self.session(id) {
+            Ok(s) => s,
+            Err(e) => return self.send(t, &e),
+        };
+        if s.busy || s.state == State::Running {
+            return self.send(t, &err_json(Code::InvalidState, format!("session is {}; STOP it first", s.state.as_str())));
+        }
+        let mut argv = vec![b"program".to_vec()];
+        argv.extend(opts.args.into_iter().map(String::into_bytes));
+        let env: Vec<Vec<u8>> = match opts.env {
+            Some(env) => env.into_iter().map(|(k, v)| format!("{k}={v}").into_bytes()).collect(),
+            None => ["PATH=/usr/local/bin:/usr/bin:/bin", "HOME=/tmp", "TERM=dumb"].iter().map(|s| s.as_bytes().to_vec()).collect(),
+        };
+        let req = opts.limits.unwrap_or_default();
+        let limits = policy::rlimits::tighten(
+            self.cfg.limits,
+            shared::RunLimits {
+                cpu_seconds: req.cpu_seconds.unwrap_or(0),
+                address_space: req.address_space.unwrap_or(0),
+                open_files: req.open_files.unwrap_or(0),
+                processes: req.processes.unwrap_or(0),
+            },
+        );
+        let tag = self.next_tag();
+        if let Err(e) = self.tube.send(tag, Request::Start { id: id_of(&id), spec: StartSpec { argv, env, limits } }) {
+            eprintln!("debuglantern: broker link: {e}");
+            return self.send(t, &err_json(Code::Internal, "the broker is unavailable"));
+        }
+        if let Some(s) = self.sessions.get_mut(&id) {
+            s.busy = true;
+        }
+        self.park(t, tag, Op::Start { id, limits });
+    }
+
+    fn stop(&mut self, t: Token, id: Uuid, kill: bool) {
+        let s = match self.session(id) {
+            Ok(s) => s,
+            Err(e) => return self.send(t, &e),
+        };
+        if s.state != State::Running {
+            return self.send(t, &err_json(Code::InvalidState, format!("session is {}, not RUNNING", s.state.as_str())));
+        }
+        let tag = self.next_tag();
+        let req = if kill {
+            Request::Kill { id: id_of(&id) }
+        } else {
+            Request::Stop { id: id_of(&id), grace_ms: self.cfg.stop_grace.as_millis() as u64 }
+        };
+        if self.tube.send(tag, req).is_err() {
+            return self.send(t, &err_json(Code::Internal, "the broker is unavailable"));
+        }
+        self.park(t, tag, Op::Stop { id });
+        let wait = self.pending[&tag].wait;
+        if let Some(s) = self.sessions.get_mut(&id) {
+            s.exit_waiters.push(Waiter { conn: t, wait });
+        }
+    }
+
+    fn delete(&mut self, t: Token, id: Uuid) {
+        let s = match self.session(id) {
+            Ok(s) => s,
+            Err(e) => return self.send(t, &e),
+        };
+        if s.busy && s.state != State::Running {
+            return self.send(t, &err_json(Code::InvalidState, "session is starting; try again"));
+        }
+        let tag = self.next_tag();
+        if self.tube.send(tag, Request::Delete { id: id_of(&id) }).is_err() {
+            return self.send(t, &err_json(Code::Internal, "the broker is unavailable"));
+        }
+        if let Some(s) = self.sessions.get_mut(&id) {
+            s.deleting = true;
+        }
+        self.park(t, tag, Op::Delete { id });
+    }
+
+    fn logs(&mut self, t: Token, id: Uuid, follow: bool) {
+        let s = match self.session(id) {
+            Ok(s) => s,
+            Err(e) => return self.send(t, &e),
+        };
+        if !follow {
+            let (bytes, dropped) = s.logs.read_from(0, usize::MAX);
+            let (data, b64) = session::output_json(&bytes);
+            let mut v = json!({"ok": true, "id": id.to_string(), "state": s.state.as_str(), "data": data, "dropped": dropped, "truncated": dropped > 0});
+            if let Some(b) = b64 {
+                v["data_base64"] = b;
+            }
+            return self.send(t, &v);
+        }
+        let offset = 0;
+        if let Some(c) = self.conns.get_mut(&t) {
+            c.mode = Mode::Follow { id, offset };
+        }
+    }
+
+    /// Sends what a follower has not seen; ends the stream when the run is over and its
+    /// output is drained. Returns whether the connection went back to reading commands.
+    fn pump_follow(&mut self, t: Token) -> bool {
+        let Some(c) = self.conns.get(&t) else { return false };
+        let Mode::Follow { id, offset } = c.mode else { return false };
+        if c.out.len() - c.out_pos > OUT_HIGH_WATER {
+            return false;
+        }
+        let Some(s) = self.sessions.get(&id).filter(|s| !s.deleting) else {
+            self.finish(t, &json!({"ok": true, "id": id.to_string(), "end": true, "deleted": true}));
+            return true;
+        };
+        let mut lines = Vec::new();
+        let mut off = offset;
+        while off < s.logs.end() {
+            let (bytes, dropped) = s.logs.read_from(off, FOLLOW_CHUNK);
+            off += dropped + bytes.len() as u64;
+            let (data, b64) = session::output_json(&bytes);
+            let mut v = json!({"ok": true, "id": id.to_string(), "data": data, "dropped": dropped});
+            if let Some(b) = b64 {
+                v["data_base64"] = b;
+            }
+            lines.push(v);
+        }
+        let over = s.state != State::Running && s.pipes_open == 0 && !s.busy;
+        let end = over.then(|| json!({"ok": true, "id": id.to_string(), "end": true, "state": s.state.as_str(), "exit": s.exit.map(session::exit_json)}));
+        for v in &lines {
+            self.send(t, v);
+        }
+        if let Some(c) = self.conns.get_mut(&t) {
+            c.mode = Mode::Follow { id, offset: off };
+        }
+        match end {
+            Some(v) => {
+                self.finish(t, &v);
+                true
+            }
+            None => false,
+        }
+    }
+
+    // ---- broker ------------------------------------------------------------------------
+
+    /// Answers the connection parked on `wait`, if it still waits for it.
+    fn answer(&mut self, conn: Token, wait: u64, v: &Value, touched: &mut Vec<Token>) {
+        if let Some(c) = self.conns.get(&conn) {
+            if matches!(c.mode, Mode::Waiting(w) if w == wait) {
+                self.finish(conn, v);
+                touched.push(conn);
+            }
+        }
+    }
+
+    fn on_broker(&mut self, tag: u64, reply: Reply, touched: &mut Vec<Token>) {
+        if tag == 0 {
+            if let Reply::Exited { id, status, usage } = reply {
+                self.on_exited(Uuid::from_bytes(id.0), status, usage, touched);
+            }
+            return;
+        }
+        let Some(p) = self.pending.remove(&tag) else {
+            eprintln!("debuglantern: broker answered an unknown request {tag}");
+            return;
+        };
+        match (p.op, reply) {
+            (Op::Load { upload_size, sha256, elf, id }, Reply::Loaded { .. }) => {
+                self.release(upload_size);
+                self.loaded_bytes += upload_size;
+                let s = Session {
+                    id,
+                    state: State::Loaded,
+                    size: upload_size,
+                    sha256: sha256.clone(),
+                    elf: elf.clone(),
+                    created: SystemTime::now(),
+                    pid: None,
+                    ns_pid: None,
+                    exit: None,
+                    usage: None,
+                    limits: self.cfg.limits,
+                    runs: 0,
+                    started: None,
+                    ended: None,
+                    logs: LogRing::new(self.cfg.log_buffer),
+                    out_bytes: [0, 0],
+                    pipes_open: 0,
+                    busy: false,
+                    deleting: false,
+                    exit_waiters: Vec::new(),
+                };
+                self.sessions.insert(id, s);
+                let v = json!({"ok": true, "id": id.to_string(), "state": "LOADED", "kind": "binary", "size": upload_size, "sha256": sha256, "elf": elf});
+                self.answer(p.conn, p.wait, &v, touched);
+            }
+            (Op::Load { upload_size, .. }, Reply::Refused { message, .. }) => {
+                self.release(upload_size);
+                self.answer(p.conn, p.wait, &err_json(Code::Internal, format!("the broker refused the upload: {message}")), touched);
+            }
+            (Op::Start { id, limits }, Reply::Started { ns_pid, pidfd, stdout, stderr, .. }) => {
+                let pid = host_pid(&pidfd);
+                drop(pidfd);
+                let mut tokens = Vec::new();
+                for (stream, fd) in [stdout, stderr].into_iter().enumerate() {
+                    let t = self.token();
+                    let file = File::from(fd);
+                    let _ = nix::fcntl::fcntl(file.as_raw_fd(), nix::fcntl::FcntlArg::F_SETFL(nix::fcntl::OFlag::O_NONBLOCK));
+                    if self.poll.registry().register(&mut SourceFd(&file.as_raw_fd()), t, Interest::READABLE).is_ok() {
+                        self.pipes.insert(t, PipeOwner::Log { id, stream, file });
+                        tokens.push(t);
+                    }
+                }
+                let Some(s) = self.sessions.get_mut(&id) else { return };
+                s.busy = false;
+                s.state = State::Running;
+                s.pid = pid;
+                s.ns_pid = Some(ns_pid);
+                s.exit = None;
+                s.usage = None;
+                s.limits = limits;
+                s.runs += 1;
+                s.started = Some(SystemTime::now());
+                s.ended = None;
+                s.logs.clear();
+                s.out_bytes = [0, 0];
+                s.pipes_open = tokens.len() as u8;
+                let v = json!({"ok": true, "id": id.to_string(), "state": "RUNNING", "pid": pid, "ns_pid": ns_pid});
+                self.answer(p.conn, p.wait, &v, touched);
+                // Output may already be waiting: edge-triggered, so read it now.
+                for t in tokens {
+                    self.read_pipe(t, touched);
+                }
+            }
+            (Op::Start { id, .. }, Reply::Refused { refusal, message }) => {
+                if let Some(s) = self.sessions.get_mut(&id) {
+                    s.busy = false;
+                }
+                let code = match refusal {
+                    Refusal::NotFound => Code::NotFound,
+                    Refusal::InvalidState => Code::InvalidState,
+                    Refusal::LimitReached => Code::LimitReached,
+                    Refusal::BadRequest => Code::BadRequest,
+                    Refusal::Internal => Code::Internal,
+                };
+                self.answer(p.conn, p.wait, &err_json(code, message), touched);
+            }
+            (Op::Stop { .. }, Reply::Accepted { .. }) => {}
+            (Op::Stop { id }, Reply::Refused { message, .. }) => {
+                // Usually a race with the run's own exit, whose event came first.
+                if let Some(s) = self.sessions.get_mut(&id) {
+                    s.exit_waiters.retain(|w| w.wait != p.wait);
+                }
+                let state = self.sessions.get(&id).map(|s| s.state.as_str()).unwrap_or("gone");
+                self.answer(p.conn, p.wait, &err_json(Code::InvalidState, format!("session is {state}: {message}")), touched);
+            }
+            (Op::Delete { id }, Reply::Deleted { .. }) => {
+                if let Some(s) = self.sessions.remove(&id) {
+                    self.loaded_bytes -= s.size;
+                    for w in s.exit_waiters {
+                        self.answer(w.conn, w.wait, &err_json(Code::NotFound, "the session was deleted"), touched);
+                    }
+                }
+                self.drop_pipes_of(id);
+                self.answer(p.conn, p.wait, &json!({"ok": true, "id": id.to_string(), "deleted": true}), touched);
+                // Followers of the session end their stream.
+                touched.extend(self.conns.iter().filter(|(_, c)| matches!(c.mode, Mode::Follow { id: f, .. } if f == id)).map(|(t, _)| *t));
+            }
+            (Op::Delete { id }, Reply::Refused { message, .. }) => {
+                if let Some(s) = self.sessions.get_mut(&id) {
+                    s.deleting = false;
+                }
+                self.answer(p.conn, p.wait, &err_json(Code::Internal, format!("the broker refused to delete: {message}")), touched);
+            }
+            (_, other) => {
+                eprintln!("debuglantern: unexpected broker reply {other:?} to request {tag}");
+                self.answer(p.conn, p.wait, &err_json(Code::Internal, "unexpected answer from the broker"), touched);
+            }
+        }
+    }
+
+    fn on_exited(&mut self, id: Uuid, status: shared::ExitStatus, usage: shared::Usage, touched: &mut Vec<Token>) {
+        // Every process of the run is dead: the pipes hold their last bytes, then EOF.
+        let pipe_tokens: Vec<Token> =
+            self.pipes.iter().filter(|(_, p)| matches!(p, PipeOwner::Log { id: i, .. } if *i == id)).map(|(t, _)| *t).collect();
+        for t in pipe_tokens {
+            self.read_pipe(t, touched);
+        }
+        let Some(s) = self.sessions.get_mut(&id) else { return };
+        s.state = State::Stopped;
+        s.exit = Some(status);
+        s.usage = Some(usage);
+        s.ended = Some(SystemTime::now());
+        let waiters = std::mem::take(&mut s.exit_waiters);
+        let v = json!({"ok": true, "id": id.to_string(), "state": "STOPPED", "exit": session::exit_json(status), "limit_hit": s.limit_hit()});
+        for w in waiters {
+            self.answer(w.conn, w.wait, &v, touched);
+        }
+        touched.extend(self.conns.iter().filter(|(_, c)| matches!(c.mode, Mode::Follow { id: f, .. } if f == id)).map(|(t, _)| *t));
+    }
+
+    fn drop_pipes_of(&mut self, id: Uuid) {
+        let tokens: Vec<Token> =
+            self.pipes.iter().filter(|(_, p)| matches!(p, PipeOwner::Log { id: i, .. } if *i == id)).map(|(t, _)| *t).collect();
+        for t in tokens {
+            if let Some(PipeOwner::Log { file, .. }) = self.pipes.remove(&t) {
+                let _ = self.poll.registry().deregister(&mut SourceFd(&file.as_raw_fd()));
+            }
+        }
+    }
+
+    fn read_pipe(&mut self, t: Token, touched: &mut Vec<Token>) {
+        let Some(PipeOwner::Log { id, stream, file }) = self.pipes.get_mut(&t) else { return };
+        let (id, stream) = (*id, *stream);
+        let mut eof = false;
+        let mut got = false;
+        loop {
+            match file.read(&mut self.scratch) {
+                Ok(0) => {
+                    eof = true;
+                    break;
+                }
+                Ok(n) => {
+                    got = true;
+                    if let Some(s) = self.sessions.get_mut(&id) {
+                        s.logs.push(&self.scratch[..n]);
+                        s.out_bytes[stream] += n as u64;
+                    }
+                }
+                Err(e) if e.kind() == ErrorKind::WouldBlock => break,
+                Err(e) if e.kind() == ErrorKind::Interrupted => {}
+                Err(_) => {
+                    eof = true;
+                    break;
+                }
+            }
+        }
+        if eof {
+            if let Some(PipeOwner::Log { file, .. }) = self.pipes.remove(&t) {
+                let _ = self.poll.registry().deregister(&mut SourceFd(&file.as_raw_fd()));
+            }
+            if let Some(s) = self.sessions.get_mut(&id) {
+                s.pipes_open = s.pipes_open.saturating_sub(1);
+            }
+        }
+        if got || eof {
+            touched.extend(self.conns.iter().filter(|(_, c)| matches!(c.mode, Mode::Follow { id: f, .. } if f == id)).map(|(t, _)| *t));
+        }
+    }
+}
+
+impl Server {
+    /// Warnings of this daemon (degraded host, rootless mode, broker's).
+    pub fn warnings(&self) -> &[String] {
+        &self.warnings
+    }
+}

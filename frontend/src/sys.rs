@@ -1,0 +1,40 @@
+//! The frontend's raw system calls, each behind a safe function.
+#![allow(unsafe_code)]
+
+use nix::errno::Errno;
+use std::fs::File;
+use std::os::fd::{AsRawFd, FromRawFd};
+
+/// A new memfd for an upload: close-on-exec, sealable, and explicitly executable (the
+/// broker `fexecve`s it; newer kernels warn when neither MFD_EXEC nor MFD_NOEXEC_SEAL is
+/// given).
+pub fn memfd_for_upload() -> Result<File, Errno> {
+    const MFD_EXEC: libc::c_uint = 0x10;
+    let flags = libc::MFD_CLOEXEC | libc::MFD_ALLOW_SEALING;
+    // SAFETY: valid NUL-terminated name and flags.
+    let mut fd = unsafe { libc::memfd_create(c"debuglantern-upload".as_ptr(), flags | MFD_EXEC) };
+    if fd < 0 && Errno::last() == Errno::EINVAL {
+        // Kernels before 6.3 do not know MFD_EXEC; their memfds are executable anyway.
+        // SAFETY: as above.
+        fd = unsafe { libc::memfd_create(c"debuglantern-upload".as_ptr(), flags) };
+    }
+    if fd < 0 {
+        return Err(Errno::last());
+    }
+    // SAFETY: memfd_create returned a new descriptor we now own.
+    Ok(unsafe { File::from_raw_fd(fd) })
+}
+
+/// Seals a memfd against every change: what the broker runs is what we validated.
+pub fn seal(f: &File) -> Result<(), Errno> {
+    use nix::fcntl::{fcntl, FcntlArg, SealFlag};
+    let seals = SealFlag::F_SEAL_WRITE | SealFlag::F_SEAL_GROW | SealFlag::F_SEAL_SHRINK | SealFlag::F_SEAL_SEAL;
+    fcntl(f.as_raw_fd(), FcntlArg::F_ADD_SEALS(seals)).map(drop)
+}
+
+/// Raises the soft open-file limit to the hard one (1000 idle clients need fds).
+pub fn raise_nofile() {
+    if let Ok((_, hard)) = nix::sys::resource::getrlimit(nix::sys::resource::Resource::RLIMIT_NOFILE) {
+        let _ = nix::sys::resource::setrlimit(nix::sys::resource::Resource::RLIMIT_NOFILE, hard, hard);
+    }
+}

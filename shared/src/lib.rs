@@ -1,0 +1,14 @@
+//! The types that cross the frontend/broker socketpair, and the SEQPACKET "tube" that
+//! carries them with file descriptors attached (`SCM_RIGHTS`).
+//!
+//! Nothing heavy lives here: the broker links this crate, and the broker's dependency tree
+//! must stay free of parsers of untrusted formats.
+#![deny(missing_docs)]
+#![deny(unsafe_code)]
+
+pub mod os;
+pub mod tube;
+pub mod wire;
+
+pub use tube::{Tube, TubeError};
+pub use wire::*;

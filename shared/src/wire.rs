@@ -1,0 +1,432 @@
+//! Messages between the frontend (unprivileged, network-facing) and the broker (owner of
+//! sessions). Every message is one bincode-encoded [`Envelope`] per SEQPACKET packet, with
+//! its file descriptors attached. Descriptors never appear as integers in the encoded body:
+//! each message kind declares how many it carries, and [`Message::from_wire`] refuses a
+//! packet whose descriptor count does not match exactly.
+
+use bincode::{Decode, Encode};
+use std::os::fd::OwnedFd;
+
+/// First bytes of the hello exchanged by both halves.
+pub const MAGIC: [u8; 8] = *b"DBGLNTRN";
+/// Version of the frontend/broker protocol. Both halves come from one build; a mismatch
+/// means a stale binary, and both refuse to go on.
+pub const WIRE_VERSION: u32 = 1;
+/// Largest encoded message, in bytes. Checked before decoding.
+pub const MAX_MESSAGE: usize = 64 * 1024;
+/// Most descriptors one message may carry.
+pub const MAX_FDS: usize = 4;
+
+/// A session's identity: the 16 bytes of its UUID.
+#[derive(Encode, Decode, Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct SessionId(pub [u8; 16]);
+
+/// Resource limits applied to one run. Zero means "no limit of this kind".
+#[derive(Encode, Decode, Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct RunLimits {
+    /// `RLIMIT_CPU`, seconds.
+    pub cpu_seconds: u64,
+    /// `RLIMIT_AS`, bytes.
+    pub address_space: u64,
+    /// `RLIMIT_NOFILE`.
+    pub open_files: u64,
+    /// `RLIMIT_NPROC` (per session uid).
+    pub processes: u64,
+}
+
+/// What to run for a `Start`.
+#[derive(Encode, Decode, Debug, Clone, PartialEq, Eq)]
+pub struct StartSpec {
+    /// Full argv, `argv[0]` included. Each element is free of NUL bytes.
+    pub argv: Vec<Vec<u8>>,
+    /// Full environment as `KEY=VALUE` byte strings.
+    pub env: Vec<Vec<u8>>,
+    /// Limits for this run.
+    pub limits: RunLimits,
+}
+
+/// How a run ended.
+#[derive(Encode, Decode, Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ExitStatus {
+    /// The program called `exit(code)`.
+    Code(i32),
+    /// The program was killed by this signal.
+    Signal(i32),
+}
+
+/// Resources a run's whole process tree used (from `getrusage(RUSAGE_CHILDREN)` in the
+/// session's init, after everything was reaped).
+#[derive(Encode, Decode, Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct Usage {
+    /// User CPU time, microseconds.
+    pub user_us: u64,
+    /// System CPU time, microseconds.
+    pub sys_us: u64,
+    /// Largest resident set of any process of the tree, KiB.
+    pub max_rss_kib: u64,
+}
+
+/// Error kinds the broker reports; the frontend maps them to control-protocol codes.
+#[derive(Encode, Decode, Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Refusal {
+    /// No such session in the broker.
+    NotFound,
+    /// The session is not in a state that allows this.
+    InvalidState,
+    /// The request was well-formed but its content was refused (bad fd, bad argv).
+    BadRequest,
+    /// A broker-side limit was reached.
+    LimitReached,
+    /// The broker failed to do what was asked (spawn failure and the like).
+    Internal,
+}
+
+/// Frontend → broker.
+#[derive(Debug)]
+pub enum Request {
+    /// First message: who we are.
+    Hello {
+        /// Must be [`MAGIC`].
+        magic: [u8; 8],
+        /// Must be [`WIRE_VERSION`].
+        version: u32,
+    },
+    /// Take ownership of a sealed memfd holding a validated binary.
+    Load {
+        /// New session.
+        id: SessionId,
+        /// The sealed memfd (`F_SEAL_WRITE|F_SEAL_GROW|F_SEAL_SHRINK|F_SEAL_SEAL`).
+        memfd: OwnedFd,
+    },
+    /// Run a loaded session.
+    Start {
+        /// Session to run.
+        id: SessionId,
+        /// What to run.
+        spec: StartSpec,
+    },
+    /// SIGTERM the session's tree, SIGKILL after `grace_ms`.
+    Stop {
+        /// Session to stop.
+        id: SessionId,
+        /// Grace period before SIGKILL.
+        grace_ms: u64,
+    },
+    /// SIGKILL the session's tree.
+    Kill {
+        /// Session to kill.
+        id: SessionId,
+    },
+    /// Kill if running, then forget the session and close its memfd.
+    Delete {
+        /// Session to delete.
+        id: SessionId,
+    },
+    /// Stop everything (SIGTERM, SIGKILL after `grace_ms`) and exit.
+    Shutdown {
+        /// Grace period before SIGKILL.
+        grace_ms: u64,
+    },
+}
+
+/// Broker → frontend. Replies echo the tag of their request; events carry tag 0.
+#[derive(Debug)]
+pub enum Reply {
+    /// Answer to [`Request::Hello`].
+    Hello {
+        /// Must be [`MAGIC`].
+        magic: [u8; 8],
+        /// Must be [`WIRE_VERSION`].
+        version: u32,
+        /// What the broker could not set up (degraded host).
+        warnings: Vec<String>,
+    },
+    /// The memfd was accepted.
+    Loaded {
+        /// The session.
+        id: SessionId,
+    },
+    /// The session runs.
+    Started {
+        /// The session.
+        id: SessionId,
+        /// The program's pid inside the session's PID namespace.
+        ns_pid: u32,
+        /// A pidfd of the program (the frontend reads its host pid from fdinfo, then closes it).
+        pidfd: OwnedFd,
+        /// Read end of the program's stdout.
+        stdout: OwnedFd,
+        /// Read end of the program's stderr.
+        stderr: OwnedFd,
+    },
+    /// A run ended (event, tag 0). Sent once per run, after everything in it was reaped.
+    Exited {
+        /// The session.
+        id: SessionId,
+        /// How the program ended.
+        status: ExitStatus,
+        /// What the tree used.
+        usage: Usage,
+    },
+    /// The session is gone.
+    Deleted {
+        /// The session.
+        id: SessionId,
+    },
+    /// A request was accepted and is in progress (Stop: the grace period runs).
+    Accepted {
+        /// The session.
+        id: SessionId,
+    },
+    /// A request was refused.
+    Refused {
+        /// The kind of refusal.
+        refusal: Refusal,
+        /// Human-readable reason, lowercase.
+        message: String,
+    },
+}
+
+/// An encoded message: the tag, and the body without its descriptors.
+#[derive(Encode, Decode, Debug)]
+pub struct Envelope<W> {
+    /// Correlates a reply with its request; 0 for events.
+    pub tag: u64,
+    /// The body.
+    pub body: W,
+}
+
+/// Errors turning a wire body plus descriptors into a typed message.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum WireError {
+    /// The packet carried a different number of descriptors than its kind requires.
+    #[error("message {kind} needs {expected} file descriptors, got {got}")]
+    FdCount {
+        /// Message kind.
+        kind: &'static str,
+        /// Descriptors this kind carries.
+        expected: usize,
+        /// Descriptors that came.
+        got: usize,
+    },
+}
+
+/// A message that can be split into an encodable body and its descriptors.
+pub trait Message: Sized {
+    /// The encodable body.
+    type Wire: Encode + Decode<()>;
+    /// Splits into body and descriptors.
+    fn into_wire(self) -> (Self::Wire, Vec<OwnedFd>);
+    /// Joins body and descriptors, checking the descriptor count.
+    fn from_wire(wire: Self::Wire, fds: Vec<OwnedFd>) -> Result<Self, WireError>;
+}
+
+/// Encodable form of [`Request`].
+#[allow(missing_docs)]
+#[derive(Encode, Decode, Debug, Clone, PartialEq, Eq)]
+pub enum RequestWire {
+    Hello { magic: [u8; 8], version: u32 },
+    Load { id: SessionId },
+    Start { id: SessionId, spec: StartSpec },
+    Stop { id: SessionId, grace_ms: u64 },
+    Kill { id: SessionId },
+    Delete { id: SessionId },
+    Shutdown { grace_ms: u64 },
+}
+
+/// Encodable form of [`Reply`].
+#[allow(missing_docs)]
+#[derive(Encode, Decode, Debug, Clone, PartialEq, Eq)]
+pub enum ReplyWire {
+    Hello {
+        magic: [u8; 8],
+        version: u32,
+        warnings: Vec<String>,
+    },
+    Loaded {
+        id: SessionId,
+    },
+    Started {
+        id: SessionId,
+        ns_pid: u32,
+    },
+    Exited {
+        id: SessionId,
+        status: ExitStatus,
+        usage: Usage,
+    },
+    Deleted {
+        id: SessionId,
+    },
+    Accepted {
+        id: SessionId,
+    },
+    Refused {
+        refusal: Refusal,
+        message: String,
+    },
+}
+
+fn take_fds<const N: usize>(kind: &'static str, fds: Vec<OwnedFd>) -> Result<[OwnedFd; N], WireError> {
+    let got = fds.len();
+    <[OwnedFd; N]>::try_from(fds).map_err(|_| WireError::FdCount { kind, expected: N, got })
+}
+
+impl Message for Request {
+    type Wire = RequestWire;
+
+    fn into_wire(self) -> (RequestWire, Vec<OwnedFd>) {
+        match self {
+            Request::Hello { magic, version } => (RequestWire::Hello { magic, version }, vec![]),
+            Request::Load { id, memfd } => (RequestWire::Load { id }, vec![memfd]),
+            Request::Start { id, spec } => (RequestWire::Start { id, spec }, vec![]),
+            Request::Stop { id, grace_ms } => (RequestWire::Stop { id, grace_ms }, vec![]),
+            Request::Kill { id } => (RequestWire::Kill { id }, vec![]),
+            Request::Delete { id } => (RequestWire::Delete { id }, vec![]),
+            Request::Shutdown { grace_ms } => (RequestWire::Shutdown { grace_ms }, vec![]),
+        }
+    }
+
+    fn from_wire(wire: RequestWire, fds: Vec<OwnedFd>) -> Result<Self, WireError> {
+        Ok(match wire {
+            RequestWire::Hello { magic, version } => {
+                let [] = take_fds("hello", fds)?;
+                Request::Hello { magic, version }
+            }
+            RequestWire::Load { id } => {
+                let [memfd] = take_fds("load", fds)?;
+                Request::Load { id, memfd }
+            }
+            RequestWire::Start { id, spec } => {
+                let [] = take_fds("start", fds)?;
+                Request::Start { id, spec }
+            }
+            RequestWire::Stop { id, grace_ms } => {
+                let [] = take_fds("stop", fds)?;
+                Request::Stop { id, grace_ms }
+            }
+            RequestWire::Kill { id } => {
+                let [] = take_fds("kill", fds)?;
+                Request::Kill { id }
+            }
+            RequestWire::Delete { id } => {
+                let [] = take_fds("delete", fds)?;
+                Request::Delete { id }
+            }
+            RequestWire::Shutdown { grace_ms } => {
+                let [] = take_fds("shutdown", fds)?;
+                Request::Shutdown { grace_ms }
+            }
+        })
+    }
+}
+
+impl Message for Reply {
+    type Wire = ReplyWire;
+
+    fn into_wire(self) -> (ReplyWire, Vec<OwnedFd>) {
+        match self {
+            Reply::Hello { magic, version, warnings } => (ReplyWire::Hello { magic, version, warnings }, vec![]),
+            Reply::Loaded { id } => (ReplyWire::Loaded { id }, vec![]),
+            Reply::Started { id, ns_pid, pidfd, stdout, stderr } => {
+                (ReplyWire::Started { id, ns_pid }, vec![pidfd, stdout, stderr])
+            }
+            Reply::Exited { id, status, usage } => (ReplyWire::Exited { id, status, usage }, vec![]),
+            Reply::Deleted { id } => (ReplyWire::Deleted { id }, vec![]),
+            Reply::Accepted { id } => (ReplyWire::Accepted { id }, vec![]),
+            Reply::Refused { refusal, message } => (ReplyWire::Refused { refusal, message }, vec![]),
+        }
+    }
+
+    fn from_wire(wire: ReplyWire, fds: Vec<OwnedFd>) -> Result<Self, WireError> {
+        Ok(match wire {
+            ReplyWire::Hello { magic, version, warnings } => {
+                let [] = take_fds("hello", fds)?;
+                Reply::Hello { magic, version, warnings }
+            }
+            ReplyWire::Loaded { id } => {
+                let [] = take_fds("loaded", fds)?;
+                Reply::Loaded { id }
+            }
+            ReplyWire::Started { id, ns_pid } => {
+                let [pidfd, stdout, stderr] = take_fds("started", fds)?;
+                Reply::Started { id, ns_pid, pidfd, stdout, stderr }
+            }
+            ReplyWire::Exited { id, status, usage } => {
+                let [] = take_fds("exited", fds)?;
+                Reply::Exited { id, status, usage }
+            }
+            ReplyWire::Deleted { id } => {
+                let [] = take_fds("deleted", fds)?;
+                Reply::Deleted { id }
+            }
+            ReplyWire::Accepted { id } => {
+                let [] = take_fds("accepted", fds)?;
+                Reply::Accepted { id }
+            }
+            ReplyWire::Refused { refusal, message } => {
+                let [] = take_fds("refused", fds)?;
+                Reply::Refused { refusal, message }
+            }
+        })
+    }
+}
+
+/// The bincode configuration both halves use: fixed, with a decode limit.
+pub fn bincode_config() -> impl bincode::config::Config {
+    bincode::config::standard().with_limit::<MAX_MESSAGE>()
+}
+
+/// Decodes one body, refusing trailing bytes.
+pub fn decode_body<W: Decode<()>>(bytes: &[u8]) -> Result<Envelope<W>, String> {
+    if bytes.len() > MAX_MESSAGE {
+        return Err(format!("message of {} bytes exceeds {MAX_MESSAGE}", bytes.len()));
+    }
+    let (env, used): (Envelope<W>, usize) =
+        bincode::decode_from_slice(bytes, bincode_config()).map_err(|e| e.to_string())?;
+    if used != bytes.len() {
+        return Err(format!("{} trailing bytes after message", bytes.len() - used));
+    }
+    Ok(env)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn request_roundtrip() {
+        let spec = StartSpec { argv: vec![b"a".to_vec()], env: vec![b"A=1".to_vec()], limits: RunLimits::default() };
+        let wire = RequestWire::Start { id: SessionId([7; 16]), spec };
+        let bytes = bincode::encode_to_vec(Envelope { tag: 9, body: wire.clone() }, bincode_config()).unwrap();
+        let env: Envelope<RequestWire> = decode_body(&bytes).unwrap();
+        assert_eq!(env.tag, 9);
+        assert_eq!(env.body, wire);
+    }
+
+    #[test]
+    fn trailing_bytes_refused() {
+        let mut bytes =
+            bincode::encode_to_vec(Envelope { tag: 1, body: RequestWire::Kill { id: SessionId([0; 16]) } }, bincode_config())
+                .unwrap();
+        bytes.push(0);
+        assert!(decode_body::<RequestWire>(&bytes).unwrap_err().contains("trailing"));
+    }
+
+    #[test]
+    fn garbage_and_huge_lengths_refused() {
+        // A Vec length prefix claiming 2^60 elements must not allocate.
+        let bytes = [0u8, 2, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0x0f];
+        assert!(decode_body::<RequestWire>(&bytes).is_err());
+        assert!(decode_body::<RequestWire>(&[0xff; 40]).is_err());
+        assert!(decode_body::<RequestWire>(&vec![0u8; MAX_MESSAGE + 1]).is_err());
+    }
+
+    #[test]
+    fn fd_count_must_match() {
+        let err = Request::from_wire(RequestWire::Load { id: SessionId([0; 16]) }, vec![]).unwrap_err();
+        assert_eq!(err, WireError::FdCount { kind: "load", expected: 1, got: 0 });
+        let fd = std::fs::File::open("/dev/null").unwrap().into();
+        assert!(Request::from_wire(RequestWire::Kill { id: SessionId([0; 16]) }, vec![fd]).is_err());
+    }
+}
