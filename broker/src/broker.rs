@@ -14,9 +14,7 @@ use crate::sys;
 use mio::unix::SourceFd;
 use mio::{Events, Interest, Poll, Token};
 use nix::fcntl::{fcntl, FcntlArg, OFlag, SealFlag};
-use shared::{
-    ExitStatus, Refusal, Reply, Request, SessionId, StartSpec, Tube, TubeError, Usage, MAGIC, WIRE_VERSION,
-};
+use shared::{ExitStatus, Refusal, Reply, Request, SessionId, StartSpec, Tube, TubeError, Usage, MAGIC, WIRE_VERSION};
 use std::collections::HashMap;
 use std::ffi::CString;
 use std::os::fd::{AsFd, AsRawFd, OwnedFd};
@@ -32,13 +30,13 @@ const MAX_SESSIONS: usize = 65_536;
 #[derive(Debug, thiserror::Error)]
 pub enum BrokerError {
     /// The frontend's socket failed or carried a structurally bad message.
-    #[error("frontend link: {0}")]
+    #[error("frontend link")]
     Link(#[from] TubeError),
     /// The first message was not a valid hello.
     #[error("bad hello from the frontend: {0}")]
     Hello(String),
     /// epoll failed.
-    #[error("event loop: {0}")]
+    #[error("event loop")]
     Poll(#[from] std::io::Error),
 }
 
@@ -116,7 +114,9 @@ impl Broker {
                 }
                 let mut warnings = Vec::new();
                 if self.single_uid {
-                    warnings.push("sessions share one uid: the broker's user namespace maps a single uid (rootless mode)".into());
+                    warnings.push(
+                        "sessions share one uid: the broker's user namespace maps a single uid (rootless mode)".into(),
+                    );
                 }
                 self.tube.send(tag, Reply::Hello { magic: MAGIC, version: WIRE_VERSION, warnings })?;
                 return Ok(());
@@ -262,7 +262,13 @@ impl Broker {
         }
         let (argv, env) = match (to_cstrings(&spec.argv), to_cstrings(&spec.env)) {
             (Ok(a), Ok(e)) if !a.is_empty() => (a, e),
-            _ => return self.refuse(tag, Refusal::BadRequest, "argv must be non-empty; argv and env must not contain NUL"),
+            _ => {
+                return self.refuse(
+                    tag,
+                    Refusal::BadRequest,
+                    "argv must be non-empty; argv and env must not contain NUL",
+                )
+            }
         };
         let slot = if self.single_uid {
             None
@@ -322,7 +328,8 @@ impl Broker {
             ns_uid: slot.map(policy::identity::IdPlan::session_ns_uid),
             limits: policy::rlimits::session(&spec.limits),
         };
-        let flags = libc::CLONE_NEWPID | libc::CLONE_NEWNS | libc::CLONE_NEWNET | libc::CLONE_NEWIPC | libc::CLONE_NEWUTS;
+        let flags =
+            libc::CLONE_NEWPID | libc::CLONE_NEWNS | libc::CLONE_NEWNET | libc::CLONE_NEWIPC | libc::CLONE_NEWUTS;
         match sys::fork_into(flags) {
             Err(e) => Err(format!("cannot create the session's namespaces: {e}")),
             Ok(sys::Forked::Child) => init::run(plan),
@@ -349,7 +356,8 @@ impl Broker {
         loop {
             match run.ctl.recv::<InitMsg>() {
                 Ok(Some((_, InitMsg::Running { ns_pid, pidfd }))) => {
-                    if let (Some(tag), Some(stdout), Some(stderr)) = (run.start_tag.take(), run.stdout.take(), run.stderr.take())
+                    if let (Some(tag), Some(stdout), Some(stderr)) =
+                        (run.start_tag.take(), run.stdout.take(), run.stderr.take())
                     {
                         replies.push((tag, Reply::Started { id, ns_pid, pidfd, stdout, stderr }));
                     }

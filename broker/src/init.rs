@@ -177,18 +177,15 @@ pub fn run(plan: InitPlan) -> ! {
     drop(err_w);
     drop(image);
     let mut errno = [0u8; 4];
-    match nix::unistd::read(err_r.as_raw_fd(), &mut errno) {
-        Ok(4) => {
-            let e = nix::errno::Errno::from_raw(i32::from_ne_bytes(errno));
-            let _ = waitpid(child, None);
-            let hint = match e {
-                nix::errno::Errno::ENOENT => " (its ELF interpreter is missing on the rig)",
-                nix::errno::Errno::EACCES => " (not executable)",
-                _ => "",
-            };
-            fail(&mut ctl, format!("cannot execute the program: {e}{hint}"));
-        }
-        _ => {}
+    if let Ok(4) = nix::unistd::read(err_r.as_raw_fd(), &mut errno) {
+        let e = nix::errno::Errno::from_raw(i32::from_ne_bytes(errno));
+        let _ = waitpid(child, None);
+        let hint = match e {
+            nix::errno::Errno::ENOENT => " (its ELF interpreter is missing on the rig)",
+            nix::errno::Errno::EACCES => " (not executable)",
+            _ => "",
+        };
+        fail(&mut ctl, format!("cannot execute the program: {e}{hint}"));
     }
     drop(err_r);
     if ctl.send(0, InitMsg::Running { ns_pid: child.as_raw() as u32, pidfd }).is_err() {
@@ -220,9 +217,8 @@ fn exec_program(plan: &Image, err_w: OwnedFd) -> ! {
         && nix::unistd::dup2(plan.stderr.as_raw_fd(), 2).is_ok();
     let errno = if ok {
         sys::close_all_except(&[plan.memfd.as_raw_fd(), err_w.as_raw_fd()]);
-        match nix::unistd::fexecve(plan.memfd.as_raw_fd(), &plan.argv, &plan.env) {
-            Err(e) => e,
-        }
+        let Err(e) = nix::unistd::fexecve(plan.memfd.as_raw_fd(), &plan.argv, &plan.env);
+        e
     } else {
         nix::errno::Errno::last()
     };
@@ -239,7 +235,9 @@ fn supervise(program: Pid, ctl: &mut Tube) -> ! {
         loop {
             match waitpid(Pid::from_raw(-1), Some(WaitPidFlag::WNOHANG)) {
                 Ok(WaitStatus::Exited(pid, code)) if pid == program => status = Some(ExitStatus::Code(code)),
-                Ok(WaitStatus::Signaled(pid, sig, _)) if pid == program => status = Some(ExitStatus::Signal(sig as i32)),
+                Ok(WaitStatus::Signaled(pid, sig, _)) if pid == program => {
+                    status = Some(ExitStatus::Signal(sig as i32))
+                }
                 Ok(WaitStatus::StillAlive) | Err(_) => break,
                 Ok(_) => {}
             }

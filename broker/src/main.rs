@@ -11,7 +11,6 @@ mod broker;
 mod init;
 mod sys;
 
-
 use std::os::fd::OwnedFd;
 
 /// The descriptor the launcher puts the broker's socket on.
@@ -34,10 +33,16 @@ fn main() {
             std::process::exit(2);
         }
     };
+    // no_new_privs and not dumpable (inherited by every session), no core dumps.
+    if let Err(e) = policy::identity::harden_process().and_then(|()| policy::rlimits::apply(&policy::rlimits::daemon()))
+    {
+        eprintln!("debuglantern-broker: {e}");
+        std::process::exit(1);
+    }
     let code = match broker::Broker::new(sock, session_uids).and_then(|b| b.run()) {
         Ok(()) => 0,
         Err(e) => {
-            eprintln!("debuglantern-broker: {e}; every session was killed");
+            eprintln!("debuglantern-broker: {}; every session was killed", error_chain(&e));
             1
         }
     };
@@ -56,4 +61,15 @@ fn parse_args(mut args: impl Iterator<Item = String>) -> Result<u32, String> {
         }
     }
     uids.ok_or_else(|| "missing --session-uids".to_string())
+}
+
+/// "outer: inner: innermost".
+fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut s = e.to_string();
+    let mut cur = e.source();
+    while let Some(c) = cur {
+        s.push_str(&format!(": {c}"));
+        cur = c.source();
+    }
+    s
 }

@@ -9,7 +9,11 @@ use std::time::Duration;
 /// Command-line flags. Every setting can also come from the TOML file (same names with
 /// underscores); flags win.
 #[derive(Debug, Parser)]
-#[command(name = "debuglantern", version, about = "A hardened, shared test rig: upload, run, stop and debug programs in a jail")]
+#[command(
+    name = "debuglantern",
+    version,
+    about = "A hardened, shared test rig: upload, run, stop and debug programs in a jail"
+)]
 pub struct Flags {
     /// TOML configuration file.
     #[arg(long)]

@@ -95,9 +95,13 @@ pub fn validate(img: &(impl ReadAt + ?Sized)) -> Result<ElfInfo, String> {
             format!("{size} bytes is too short for an ELF header: truncated or not an ELF file")
         });
     }
-    let hdr_bytes = img.read_exact_at(0, header::header64::SIZEOF_EHDR).map_err(|e| format!("reading the ELF header: {e}"))?;
+    let hdr_bytes =
+        img.read_exact_at(0, header::header64::SIZEOF_EHDR).map_err(|e| format!("reading the ELF header: {e}"))?;
     if &hdr_bytes[..4] != b"\x7fELF" {
-        return Err("not an ELF file (no \\x7fELF magic); upload a compiled program, or a .tar.gz bundle with an exec path".into());
+        return Err(
+            "not an ELF file (no \\x7fELF magic); upload a compiled program, or a .tar.gz bundle with an exec path"
+                .into(),
+        );
     }
     let h: Header = goblin::elf::Elf::parse_header(&hdr_bytes).map_err(|e| format!("malformed ELF header: {e}"))?;
     let (want_machine, machine) = native_machine();
@@ -129,7 +133,11 @@ pub fn validate(img: &(impl ReadAt + ?Sized)) -> Result<ElfInfo, String> {
         return Err(format!("{phnum} program headers (at most {MAX_PHNUM})"));
     }
     if usize::from(h.e_phentsize) != program_header::program_header64::SIZEOF_PHDR {
-        return Err(format!("program header size {} (want {})", h.e_phentsize, program_header::program_header64::SIZEOF_PHDR));
+        return Err(format!(
+            "program header size {} (want {})",
+            h.e_phentsize,
+            program_header::program_header64::SIZEOF_PHDR
+        ));
     }
     let ph_len = phnum * program_header::program_header64::SIZEOF_PHDR;
     if h.e_phoff.checked_add(ph_len as u64).is_none_or(|end| end > size) {
@@ -153,7 +161,9 @@ pub fn validate(img: &(impl ReadAt + ?Sized)) -> Result<ElfInfo, String> {
                 if !in_file || ph.p_filesz == 0 || ph.p_filesz > MAX_INTERP {
                     return Err("malformed interpreter (PT_INTERP) segment".into());
                 }
-                let raw = img.read_exact_at(ph.p_offset, ph.p_filesz as usize).map_err(|e| format!("reading PT_INTERP: {e}"))?;
+                let raw = img
+                    .read_exact_at(ph.p_offset, ph.p_filesz as usize)
+                    .map_err(|e| format!("reading PT_INTERP: {e}"))?;
                 let raw = raw.strip_suffix(b"\0").unwrap_or(&raw);
                 let path = std::str::from_utf8(raw).map_err(|_| "interpreter path is not UTF-8".to_string())?;
                 if !path.starts_with('/') || path.bytes().any(|b| b < 0x20) {

@@ -24,15 +24,13 @@ pub struct Broker {
     pub pidfd: OwnedFd,
     /// Its pid.
     pub pid: i32,
-    /// Whether sessions get distinct uids.
-    pub distinct_uids: bool,
 }
 
 /// Errors starting the broker.
 #[derive(Debug, thiserror::Error)]
 pub enum LaunchError {
     /// The binary is missing.
-    #[error("cannot open the broker binary {path}: {source} (build it with `cargo build --workspace`, or pass --broker PATH)")]
+    #[error("cannot open the broker binary {path} (build it with `cargo build --workspace`, or pass --broker PATH)")]
     Binary {
         /// Where we looked.
         path: PathBuf,
@@ -40,7 +38,7 @@ pub enum LaunchError {
         source: std::io::Error,
     },
     /// A system call failed.
-    #[error("{what}: {source}")]
+    #[error("{what}")]
     Sys {
         /// What.
         what: String,
@@ -51,7 +49,7 @@ pub enum LaunchError {
     #[error("cannot create the broker's user namespace ({0}); debuglantern needs user namespaces (check kernel.unprivileged_userns_clone / user.max_user_namespaces, or run as root)")]
     NoUserNs(nix::Error),
     /// Writing the uid/gid maps failed.
-    #[error("cannot write the broker's {file}: {source}")]
+    #[error("cannot write the broker's {file}")]
     Map {
         /// Which file.
         file: &'static str,
@@ -83,7 +81,11 @@ pub fn spawn(cfg: &Config) -> Result<Broker, LaunchError> {
     let (sync_r, sync_w) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC).map_err(sys("pipe"))?;
     let root = Uid::effective().is_root();
     let session_uids = if root { cfg.max_sessions as u32 } else { 0 };
-    let argv = [c"debuglantern-broker".to_owned(), c"--session-uids".to_owned(), CString::new(session_uids.to_string()).expect("digits")];
+    let argv = [
+        c"debuglantern-broker".to_owned(),
+        c"--session-uids".to_owned(),
+        CString::new(session_uids.to_string()).expect("digits"),
+    ];
     let flags = libc::CLONE_NEWUSER
         | libc::CLONE_NEWPID
         | libc::CLONE_NEWNS
@@ -91,7 +93,9 @@ pub fn spawn(cfg: &Config) -> Result<Broker, LaunchError> {
         | libc::CLONE_NEWIPC
         | libc::CLONE_NEWUTS;
     match fork_into(flags) {
-        Err(e @ (nix::Error::EPERM | nix::Error::EINVAL | nix::Error::ENOSPC | nix::Error::EUSERS)) => Err(LaunchError::NoUserNs(e)),
+        Err(e @ (nix::Error::EPERM | nix::Error::EINVAL | nix::Error::ENOSPC | nix::Error::EUSERS)) => {
+            Err(LaunchError::NoUserNs(e))
+        }
         Err(e) => Err(LaunchError::Sys { what: "clone3 of the broker".into(), source: e }),
         Ok(Forked::Child) => {
             drop(sync_w);
@@ -107,7 +111,7 @@ pub fn spawn(cfg: &Config) -> Result<Broker, LaunchError> {
                 return Err(e);
             }
             File::from(sync_w).write_all(b"1").map_err(|e| LaunchError::Map { file: "sync pipe", source: e })?;
-            Ok(Broker { sock: ours, pidfd, pid: pid.as_raw(), distinct_uids: root })
+            Ok(Broker { sock: ours, pidfd, pid: pid.as_raw() })
         }
     }
 }
@@ -145,7 +149,9 @@ fn broker_child(sync_r: OwnedFd, sock: OwnedFd, binary: File, argv: &[CString]) 
     }
     let zero_g = Gid::from_raw(0);
     let zero_u = Uid::from_raw(0);
-    if let Err(e) = nix::unistd::setresgid(zero_g, zero_g, zero_g).and_then(|_| nix::unistd::setresuid(zero_u, zero_u, zero_u)) {
+    if let Err(e) =
+        nix::unistd::setresgid(zero_g, zero_g, zero_g).and_then(|_| nix::unistd::setresuid(zero_u, zero_u, zero_u))
+    {
         fail(format!("becoming root of the user namespace: {e}"));
     }
     // Own session: a Ctrl-C on the daemon's terminal must reach only the frontend.
@@ -165,8 +171,6 @@ fn broker_child(sync_r: OwnedFd, sock: OwnedFd, binary: File, argv: &[CString]) 
         fail(format!("placing the socket on fd 3: {e}"));
     }
     let env: [CString; 0] = [];
-    let e = match nix::unistd::fexecve(bin, argv, &env) {
-        Err(e) => e,
-    };
+    let Err(e) = nix::unistd::fexecve(bin, argv, &env);
     fail(format!("exec: {e}"))
 }

@@ -31,11 +31,17 @@ fn run() -> anyhow::Result<()> {
     // Resolve the frontend's user before anything starts: a typo must stop us here.
     let drop_to = if root {
         let (uid, gid) = resolve_user(&cfg.user)?;
-        let plan = policy::identity::IdPlan { frontend_uid: uid, uid_base: cfg.uid_base, session_slots: cfg.max_sessions as u32 };
+        let plan = policy::identity::IdPlan {
+            frontend_uid: uid,
+            uid_base: cfg.uid_base,
+            session_slots: cfg.max_sessions as u32,
+        };
         plan.validate().map_err(anyhow::Error::msg)?;
         Some((uid, gid))
     } else {
-        warnings.push("rootless: the frontend and the broker run as the invoking user, and sessions share one uid".to_string());
+        warnings.push(
+            "rootless: the frontend and the broker run as the invoking user, and sessions share one uid".to_string(),
+        );
         None
     };
     let listener = std::net::TcpListener::bind(cfg.listen)

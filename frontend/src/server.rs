@@ -21,7 +21,6 @@ use shared::{Refusal, Reply, Request, SessionId, StartSpec, Tube, TubeError, MAG
 use std::collections::{BTreeMap, HashMap};
 use std::fs::File;
 use std::io::{ErrorKind, Read, Write};
-use std::net::SocketAddr;
 use std::os::fd::{AsFd, AsRawFd, OwnedFd};
 use std::time::{Duration, Instant, SystemTime};
 use uuid::Uuid;
@@ -68,7 +67,6 @@ enum Mode {
 
 struct Conn {
     stream: TcpStream,
-    peer: SocketAddr,
     inbuf: Vec<u8>,
     out: Vec<u8>,
     out_pos: usize,
@@ -127,7 +125,7 @@ pub struct Server {
 #[derive(Debug, thiserror::Error)]
 pub enum ServeError {
     /// The broker is gone or misbehaved: fail closed.
-    #[error("broker link failed: {0}")]
+    #[error("broker link failed")]
     Broker(#[from] TubeError),
     /// The broker exited.
     #[error("the broker exited unexpectedly ({0})")]
@@ -136,7 +134,7 @@ pub enum ServeError {
     #[error("broker hello: {0}")]
     Hello(String),
     /// epoll or signalfd failed.
-    #[error("event loop: {0}")]
+    #[error("event loop")]
     Io(#[from] std::io::Error),
     /// Shutdown took too long.
     #[error("the broker did not finish shutting down in time")]
@@ -253,8 +251,16 @@ impl Server {
                         if ev.is_writable() {
                             self.tube.flush()?;
                         }
-                        while let Some((tag, reply)) = self.tube.recv::<Reply>()? {
-                            self.on_broker(tag, reply, &mut touched);
+                        loop {
+                            match self.tube.recv::<Reply>() {
+                                Ok(Some((tag, reply))) => self.on_broker(tag, reply, &mut touched),
+                                Ok(None) => break,
+                                // The broker closes its end when it has finished shutting down.
+                                Err(TubeError::PeerGone) if self.shutdown_deadline.is_some() => {
+                                    return self.await_broker_exit()
+                                }
+                                Err(e) => return Err(e.into()),
+                            }
                         }
                     }
                     BROKER_PID => {
@@ -264,7 +270,7 @@ impl Server {
                             Ok(shared::os::Reaped::Running) => continue,
                             Err(e) => format!("waitid: {e}"),
                         };
-                        if self.shutdown_deadline.is_some() {
+                        if self.shutdown_deadline.is_some() && how == "exit code 0" {
                             return Ok(());
                         }
                         return Err(ServeError::BrokerExited(how));
@@ -281,7 +287,8 @@ impl Server {
                             if ev.is_error() {
                                 c.dead = true;
                             }
-                            if ev.is_read_closed() && !matches!(c.mode, Mode::Lines | Mode::Upload(_) | Mode::Drain(_)) {
+                            if ev.is_read_closed() && !matches!(c.mode, Mode::Lines | Mode::Upload(_) | Mode::Drain(_))
+                            {
                                 // Parked: nothing will be read from it; note the EOF now.
                                 c.eof = true;
                             }
@@ -295,8 +302,27 @@ impl Server {
             for t in touched {
                 self.drive(t);
             }
-            let interest = if self.tube.wants_write() { Interest::READABLE | Interest::WRITABLE } else { Interest::READABLE };
+            let interest =
+                if self.tube.wants_write() { Interest::READABLE | Interest::WRITABLE } else { Interest::READABLE };
             self.poll.registry().reregister(&mut SourceFd(&self.tube.as_raw_fd()), BROKER, interest)?;
+        }
+    }
+
+    /// After the broker closed its socket during shutdown: wait for it to exit and report
+    /// whether it stopped everything cleanly.
+    fn await_broker_exit(&mut self) -> Result<(), ServeError> {
+        let deadline = self.shutdown_deadline.unwrap_or_else(Instant::now);
+        loop {
+            match shared::os::reap_pidfd(self.broker_pidfd.as_fd())? {
+                shared::os::Reaped::Code(0) => return Ok(()),
+                shared::os::Reaped::Code(c) => return Err(ServeError::BrokerExited(format!("exit code {c}"))),
+                shared::os::Reaped::Signal(s) => return Err(ServeError::BrokerExited(format!("killed by signal {s}"))),
+                shared::os::Reaped::Running if Instant::now() >= deadline => return Err(ServeError::ShutdownTimeout),
+                shared::os::Reaped::Running => {
+                    let mut pfd = [nix::poll::PollFd::new(self.broker_pidfd.as_fd(), nix::poll::PollFlags::POLLIN)];
+                    nix::poll::poll(&mut pfd, nix::poll::PollTimeout::from(100u16))?;
+                }
+            }
         }
     }
 
@@ -322,10 +348,12 @@ impl Server {
     fn accept(&mut self) -> Result<(), ServeError> {
         loop {
             let Some(listener) = self.listener.as_ref() else { return Ok(()) };
-            let (mut stream, peer) = match listener.accept() {
+            let (mut stream, _peer) = match listener.accept() {
                 Ok(s) => s,
                 Err(e) if e.kind() == ErrorKind::WouldBlock => return Ok(()),
-                Err(e) if matches!(e.raw_os_error(), Some(libc::EMFILE | libc::ENFILE | libc::ENOBUFS | libc::ENOMEM)) => {
+                Err(e)
+                    if matches!(e.raw_os_error(), Some(libc::EMFILE | libc::ENFILE | libc::ENOBUFS | libc::ENOMEM)) =>
+                {
                     eprintln!("debuglantern: cannot accept: {e}");
                     return Ok(());
                 }
@@ -333,7 +361,13 @@ impl Server {
                 Err(e) => return Err(e.into()),
             };
             if self.conns.len() >= self.cfg.max_connections {
-                let line = format!("{}\n", err_json(Code::LimitReached, format!("the rig serves at most {} connections; try again later", self.cfg.max_connections)));
+                let line = format!(
+                    "{}\n",
+                    err_json(
+                        Code::LimitReached,
+                        format!("the rig serves at most {} connections; try again later", self.cfg.max_connections)
+                    )
+                );
                 let _ = stream.write(line.as_bytes());
                 continue;
             }
@@ -344,7 +378,6 @@ impl Server {
                 t,
                 Conn {
                     stream,
-                    peer,
                     inbuf: Vec::new(),
                     out: Vec::new(),
                     out_pos: 0,
@@ -437,7 +470,13 @@ impl Server {
             return true;
         }
         if c.inbuf.len() > protocol::MAX_LINE + 1 {
-            self.fatal(t, &err_json(Code::BadRequest, format!("line longer than {} bytes; closing the connection", protocol::MAX_LINE)));
+            self.fatal(
+                t,
+                &err_json(
+                    Code::BadRequest,
+                    format!("line longer than {} bytes; closing the connection", protocol::MAX_LINE),
+                ),
+            );
             return false;
         }
         if c.eof {
@@ -638,7 +677,10 @@ impl Server {
             }
             Command::Auth(_) => self.send(
                 t,
-                &err_json(Code::Unsupported, "authentication is not configured on this rig: every client on it is anonymous"),
+                &err_json(
+                    Code::Unsupported,
+                    "authentication is not configured on this rig: every client on it is anonymous",
+                ),
             ),
             Command::Upload { size, exec_path } => self.upload(t, size, exec_path),
             Command::Start { id, debug, opts } => self.start(t, id, debug, opts),
@@ -660,9 +702,15 @@ impl Server {
                 Err(e) => self.send(t, &e),
             },
             Command::Logs { id, follow } => self.logs(t, id, follow),
-            Command::Debug(_) => self.send(t, &err_json(Code::Unsupported, "DEBUG is not implemented in this version of debuglantern")),
-            Command::Receipt(_) => self.send(t, &err_json(Code::Unsupported, "RECEIPT is not implemented in this version of debuglantern")),
-            Command::Events => self.send(t, &err_json(Code::Unsupported, "EVENTS is not implemented in this version of debuglantern")),
+            Command::Debug(_) => {
+                self.send(t, &err_json(Code::Unsupported, "DEBUG is not implemented in this version of debuglantern"))
+            }
+            Command::Receipt(_) => {
+                self.send(t, &err_json(Code::Unsupported, "RECEIPT is not implemented in this version of debuglantern"))
+            }
+            Command::Events => {
+                self.send(t, &err_json(Code::Unsupported, "EVENTS is not implemented in this version of debuglantern"))
+            }
         }
     }
 
@@ -702,7 +750,10 @@ impl Server {
                     t,
                     &err_json(
                         Code::TooLarge,
-                        format!("upload larger than {} bytes; closing the connection as its bytes cannot be skipped", self.cfg.drain_limit.max(self.cfg.max_upload)),
+                        format!(
+                            "upload larger than {} bytes; closing the connection as its bytes cannot be skipped",
+                            self.cfg.drain_limit.max(self.cfg.max_upload)
+                        ),
                     ),
                 )
             }
@@ -710,9 +761,15 @@ impl Server {
         let refusal = if exec_path.is_some() {
             Some(err_json(Code::Unsupported, "bundle uploads (UPLOAD <size> <exec_path>) are not implemented in this version; upload a single ELF binary"))
         } else if size > self.cfg.max_upload {
-            Some(err_json(Code::TooLarge, format!("upload of {size} bytes exceeds the limit of {} bytes", self.cfg.max_upload)))
+            Some(err_json(
+                Code::TooLarge,
+                format!("upload of {size} bytes exceeds the limit of {} bytes", self.cfg.max_upload),
+            ))
         } else if self.sessions.len() + self.reserved_sessions >= self.cfg.max_sessions {
-            Some(err_json(Code::LimitReached, format!("the rig holds its maximum of {} sessions; DELETE one first", self.cfg.max_sessions)))
+            Some(err_json(
+                Code::LimitReached,
+                format!("the rig holds its maximum of {} sessions; DELETE one first", self.cfg.max_sessions),
+            ))
         } else if self.loaded_bytes + self.reserved_bytes + size > self.cfg.max_total_size {
             Some(err_json(
                 Code::LimitReached,
@@ -746,20 +803,27 @@ impl Server {
 
     fn start(&mut self, t: Token, id: Uuid, debug: bool, opts: StartOpts) {
         if debug {
-            return self.send(t, &err_json(Code::Unsupported, "START --debug is not implemented in this version of debuglantern"));
+            return self.send(
+                t,
+                &err_json(Code::Unsupported, "START --debug is not implemented in this version of debuglantern"),
+            );
         }
         let s = match self.session(id) {
             Ok(s) => s,
             Err(e) => return self.send(t, &e),
         };
         if s.busy || s.state == State::Running {
-            return self.send(t, &err_json(Code::InvalidState, format!("session is {}; STOP it first", s.state.as_str())));
+            return self
+                .send(t, &err_json(Code::InvalidState, format!("session is {}; STOP it first", s.state.as_str())));
         }
         let mut argv = vec![b"program".to_vec()];
         argv.extend(opts.args.into_iter().map(String::into_bytes));
         let env: Vec<Vec<u8>> = match opts.env {
             Some(env) => env.into_iter().map(|(k, v)| format!("{k}={v}").into_bytes()).collect(),
-            None => ["PATH=/usr/local/bin:/usr/bin:/bin", "HOME=/tmp", "TERM=dumb"].iter().map(|s| s.as_bytes().to_vec()).collect(),
+            None => ["PATH=/usr/local/bin:/usr/bin:/bin", "HOME=/tmp", "TERM=dumb"]
+                .iter()
+                .map(|s| s.as_bytes().to_vec())
+                .collect(),
         };
         let req = opts.limits.unwrap_or_default();
         let limits = policy::rlimits::tighten(
@@ -788,7 +852,8 @@ impl Server {
             Err(e) => return self.send(t, &e),
         };
         if s.state != State::Running {
-            return self.send(t, &err_json(Code::InvalidState, format!("session is {}, not RUNNING", s.state.as_str())));
+            return self
+                .send(t, &err_json(Code::InvalidState, format!("session is {}, not RUNNING", s.state.as_str())));
         }
         let tag = self.next_tag();
         let req = if kill {
@@ -940,7 +1005,12 @@ impl Server {
             }
             (Op::Load { upload_size, .. }, Reply::Refused { message, .. }) => {
                 self.release(upload_size);
-                self.answer(p.conn, p.wait, &err_json(Code::Internal, format!("the broker refused the upload: {message}")), touched);
+                self.answer(
+                    p.conn,
+                    p.wait,
+                    &err_json(Code::Internal, format!("the broker refused the upload: {message}")),
+                    touched,
+                );
             }
             (Op::Start { id, limits }, Reply::Started { ns_pid, pidfd, stdout, stderr, .. }) => {
                 let pid = host_pid(&pidfd);
@@ -949,7 +1019,10 @@ impl Server {
                 for (stream, fd) in [stdout, stderr].into_iter().enumerate() {
                     let t = self.token();
                     let file = File::from(fd);
-                    let _ = nix::fcntl::fcntl(file.as_raw_fd(), nix::fcntl::FcntlArg::F_SETFL(nix::fcntl::OFlag::O_NONBLOCK));
+                    let _ = nix::fcntl::fcntl(
+                        file.as_raw_fd(),
+                        nix::fcntl::FcntlArg::F_SETFL(nix::fcntl::OFlag::O_NONBLOCK),
+                    );
                     if self.poll.registry().register(&mut SourceFd(&file.as_raw_fd()), t, Interest::READABLE).is_ok() {
                         self.pipes.insert(t, PipeOwner::Log { id, stream, file });
                         tokens.push(t);
@@ -996,7 +1069,12 @@ impl Server {
                     s.exit_waiters.retain(|w| w.wait != p.wait);
                 }
                 let state = self.sessions.get(&id).map(|s| s.state.as_str()).unwrap_or("gone");
-                self.answer(p.conn, p.wait, &err_json(Code::InvalidState, format!("session is {state}: {message}")), touched);
+                self.answer(
+                    p.conn,
+                    p.wait,
+                    &err_json(Code::InvalidState, format!("session is {state}: {message}")),
+                    touched,
+                );
             }
             (Op::Delete { id }, Reply::Deleted { .. }) => {
                 if let Some(s) = self.sessions.remove(&id) {
@@ -1008,13 +1086,23 @@ impl Server {
                 self.drop_pipes_of(id);
                 self.answer(p.conn, p.wait, &json!({"ok": true, "id": id.to_string(), "deleted": true}), touched);
                 // Followers of the session end their stream.
-                touched.extend(self.conns.iter().filter(|(_, c)| matches!(c.mode, Mode::Follow { id: f, .. } if f == id)).map(|(t, _)| *t));
+                touched.extend(
+                    self.conns
+                        .iter()
+                        .filter(|(_, c)| matches!(c.mode, Mode::Follow { id: f, .. } if f == id))
+                        .map(|(t, _)| *t),
+                );
             }
             (Op::Delete { id }, Reply::Refused { message, .. }) => {
                 if let Some(s) = self.sessions.get_mut(&id) {
                     s.deleting = false;
                 }
-                self.answer(p.conn, p.wait, &err_json(Code::Internal, format!("the broker refused to delete: {message}")), touched);
+                self.answer(
+                    p.conn,
+                    p.wait,
+                    &err_json(Code::Internal, format!("the broker refused to delete: {message}")),
+                    touched,
+                );
             }
             (_, other) => {
                 eprintln!("debuglantern: unexpected broker reply {other:?} to request {tag}");
@@ -1025,8 +1113,12 @@ impl Server {
 
     fn on_exited(&mut self, id: Uuid, status: shared::ExitStatus, usage: shared::Usage, touched: &mut Vec<Token>) {
         // Every process of the run is dead: the pipes hold their last bytes, then EOF.
-        let pipe_tokens: Vec<Token> =
-            self.pipes.iter().filter(|(_, p)| matches!(p, PipeOwner::Log { id: i, .. } if *i == id)).map(|(t, _)| *t).collect();
+        let pipe_tokens: Vec<Token> = self
+            .pipes
+            .iter()
+            .filter(|(_, p)| matches!(p, PipeOwner::Log { id: i, .. } if *i == id))
+            .map(|(t, _)| *t)
+            .collect();
         for t in pipe_tokens {
             self.read_pipe(t, touched);
         }
@@ -1040,12 +1132,18 @@ impl Server {
         for w in waiters {
             self.answer(w.conn, w.wait, &v, touched);
         }
-        touched.extend(self.conns.iter().filter(|(_, c)| matches!(c.mode, Mode::Follow { id: f, .. } if f == id)).map(|(t, _)| *t));
+        touched.extend(
+            self.conns.iter().filter(|(_, c)| matches!(c.mode, Mode::Follow { id: f, .. } if f == id)).map(|(t, _)| *t),
+        );
     }
 
     fn drop_pipes_of(&mut self, id: Uuid) {
-        let tokens: Vec<Token> =
-            self.pipes.iter().filter(|(_, p)| matches!(p, PipeOwner::Log { id: i, .. } if *i == id)).map(|(t, _)| *t).collect();
+        let tokens: Vec<Token> = self
+            .pipes
+            .iter()
+            .filter(|(_, p)| matches!(p, PipeOwner::Log { id: i, .. } if *i == id))
+            .map(|(t, _)| *t)
+            .collect();
         for t in tokens {
             if let Some(PipeOwner::Log { file, .. }) = self.pipes.remove(&t) {
                 let _ = self.poll.registry().deregister(&mut SourceFd(&file.as_raw_fd()));
@@ -1088,7 +1186,12 @@ impl Server {
             }
         }
         if got || eof {
-            touched.extend(self.conns.iter().filter(|(_, c)| matches!(c.mode, Mode::Follow { id: f, .. } if f == id)).map(|(t, _)| *t));
+            touched.extend(
+                self.conns
+                    .iter()
+                    .filter(|(_, c)| matches!(c.mode, Mode::Follow { id: f, .. } if f == id))
+                    .map(|(t, _)| *t),
+            );
         }
     }
 }

@@ -17,7 +17,7 @@ pub mod rlimits;
 #[derive(Debug, thiserror::Error)]
 pub enum PolicyError {
     /// A system call that applies the policy failed.
-    #[error("{what}: {source}")]
+    #[error("{what}")]
     Sys {
         /// What was being applied.
         what: &'static str,

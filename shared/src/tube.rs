@@ -32,7 +32,7 @@ pub enum TubeError {
     #[error("cannot encode message: {0}")]
     Encode(String),
     /// A socket call failed.
-    #[error("socketpair i/o: {0}")]
+    #[error("socketpair i/o")]
     Io(#[from] Errno),
 }
 
@@ -204,9 +204,11 @@ mod tests {
         let (mut a, mut b) = (Tube::new(a).unwrap(), Tube::new(b).unwrap());
         let fds: Vec<OwnedFd> = (0..MAX_FDS + 1).map(|_| std::fs::File::open("/dev/null").unwrap().into()).collect();
         a.send_raw(vec![1, 2, 3], fds).unwrap();
-        let r = b.recv::<Reply>(); assert!(matches!(r, Err(TubeError::Truncated)), "{r:?}");
+        let r = b.recv::<Reply>();
+        assert!(matches!(r, Err(TubeError::Truncated)), "{r:?}");
         a.send_raw(vec![0; MAX_MESSAGE + 10], vec![]).unwrap();
-        let r = b.recv::<Reply>(); assert!(matches!(r, Err(TubeError::Truncated)), "{r:?}");
+        let r = b.recv::<Reply>();
+        assert!(matches!(r, Err(TubeError::Truncated)), "{r:?}");
     }
 
     #[test]

@@ -238,33 +238,13 @@ pub enum RequestWire {
 #[allow(missing_docs)]
 #[derive(Encode, Decode, Debug, Clone, PartialEq, Eq)]
 pub enum ReplyWire {
-    Hello {
-        magic: [u8; 8],
-        version: u32,
-        warnings: Vec<String>,
-    },
-    Loaded {
-        id: SessionId,
-    },
-    Started {
-        id: SessionId,
-        ns_pid: u32,
-    },
-    Exited {
-        id: SessionId,
-        status: ExitStatus,
-        usage: Usage,
-    },
-    Deleted {
-        id: SessionId,
-    },
-    Accepted {
-        id: SessionId,
-    },
-    Refused {
-        refusal: Refusal,
-        message: String,
-    },
+    Hello { magic: [u8; 8], version: u32, warnings: Vec<String> },
+    Loaded { id: SessionId },
+    Started { id: SessionId, ns_pid: u32 },
+    Exited { id: SessionId, status: ExitStatus, usage: Usage },
+    Deleted { id: SessionId },
+    Accepted { id: SessionId },
+    Refused { refusal: Refusal, message: String },
 }
 
 fn take_fds<const N: usize>(kind: &'static str, fds: Vec<OwnedFd>) -> Result<[OwnedFd; N], WireError> {
@@ -406,9 +386,11 @@ mod tests {
 
     #[test]
     fn trailing_bytes_refused() {
-        let mut bytes =
-            bincode::encode_to_vec(Envelope { tag: 1, body: RequestWire::Kill { id: SessionId([0; 16]) } }, bincode_config())
-                .unwrap();
+        let mut bytes = bincode::encode_to_vec(
+            Envelope { tag: 1, body: RequestWire::Kill { id: SessionId([0; 16]) } },
+            bincode_config(),
+        )
+        .unwrap();
         bytes.push(0);
         assert!(decode_body::<RequestWire>(&bytes).unwrap_err().contains("trailing"));
     }
@@ -416,7 +398,8 @@ mod tests {
     #[test]
     fn garbage_and_huge_lengths_refused() {
         // A Vec length prefix claiming 2^60 elements must not allocate.
-        let bytes = [0u8, 2, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0x0f];
+        let bytes =
+            [0u8, 2, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0x0f];
         assert!(decode_body::<RequestWire>(&bytes).is_err());
         assert!(decode_body::<RequestWire>(&[0xff; 40]).is_err());
         assert!(decode_body::<RequestWire>(&vec![0u8; MAX_MESSAGE + 1]).is_err());
