@@ -1,1 +1,261 @@
-fn main() {}
+//! `debuglantern-bench`: the side-by-side benchmark of SPEC §10. Every figure is measured
+//! in one run against a peer on the same machine and printed as a ratio. Loopback only,
+//! bounded in count and time. Run as root (`scripts/bench`).
+
+use std::io::{Read, Write};
+use std::net::{TcpListener, TcpStream};
+use std::process::Command;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+use tests::{c_program, programs, Client, Daemon};
+
+const UPLOAD_MIB: usize = 256;
+
+fn main() {
+    if !nix::unistd::Uid::effective().is_root() {
+        eprintln!("debuglantern-bench: run as root (the daemon builds namespaces and uid maps): sudo scripts/bench");
+        std::process::exit(2);
+    }
+    let only = std::env::args().nth(1);
+    let want = |name: &str| only.as_deref().is_none_or(|o| o == name);
+    println!(
+        "debuglantern benchmark — {} — {} cores",
+        uname(),
+        std::thread::available_parallelism().map_or(1, |n| n.get())
+    );
+    println!();
+    if want("upload") {
+        upload();
+    }
+    if want("start") {
+        start_exit();
+    }
+    if want("control") {
+        control_plane();
+    }
+}
+
+fn uname() -> String {
+    let u = nix::sys::utsname::uname().unwrap();
+    format!("{} {} {}", u.sysname().to_string_lossy(), u.release().to_string_lossy(), u.machine().to_string_lossy())
+}
+
+fn median(v: &mut [f64]) -> f64 {
+    v.sort_by(|a, b| a.partial_cmp(b).unwrap());
+    v[v.len() / 2]
+}
+
+fn pct(v: &mut [f64], p: f64) -> f64 {
+    v.sort_by(|a, b| a.partial_cmp(b).unwrap());
+    v[((v.len() as f64 - 1.0) * p).round() as usize]
+}
+
+/// Sends `data` in 1 MiB writes.
+fn push(s: &mut TcpStream, data: &[u8]) {
+    for chunk in data.chunks(1 << 20) {
+        s.write_all(chunk).unwrap();
+    }
+}
+
+fn upload() {
+    // A valid static ELF padded to 256 MiB (bytes past the segments are allowed).
+    let mut img = c_program("bench_true", programs::TRUE, true);
+    img.resize(UPLOAD_MIB << 20, 0);
+    let mib = img.len() as f64 / (1 << 20) as f64;
+
+    // Peer: raw loopback TCP into a sink that discards (like `> /dev/null`).
+    let l = TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = l.local_addr().unwrap();
+    std::thread::spawn(move || {
+        for s in l.incoming() {
+            let mut s = s.unwrap();
+            std::thread::spawn(move || {
+                let mut buf = vec![0u8; 256 << 10];
+                let mut total = 0usize;
+                while total < UPLOAD_MIB << 20 {
+                    match s.read(&mut buf) {
+                        Ok(0) | Err(_) => break,
+                        Ok(n) => total += n,
+                    }
+                }
+                let _ = s.write_all(b"done\n");
+            });
+        }
+    });
+    let d = Daemon::start(&["--max-upload", "300M", "--max-total-size", "1G"]);
+    let (mut raw, mut ours) = (Vec::new(), Vec::new());
+    for _ in 0..3 {
+        let mut s = TcpStream::connect(addr).unwrap();
+        let t = Instant::now();
+        push(&mut s, &img);
+        let mut b = [0u8; 5];
+        s.read_exact(&mut b).unwrap();
+        raw.push(mib / t.elapsed().as_secs_f64());
+
+        let mut c = d.client();
+        let t = Instant::now();
+        c.send_raw(format!("UPLOAD {}\n", img.len()).as_bytes());
+        push(&mut c.writer, &img);
+        let r = c.read();
+        ours.push(mib / t.elapsed().as_secs_f64());
+        assert_eq!(r["ok"], true, "{r}");
+        c.cmd(&format!("DELETE {}", r["id"].as_str().unwrap()));
+    }
+    let (raw, ours) = (median(&mut raw), median(&mut ours));
+    println!("## Upload of a {UPLOAD_MIB} MiB binary (median of 3)");
+    println!("| path | MiB/s | ratio |");
+    println!("|---|---|---|");
+    println!("| raw loopback TCP into a discarding reader | {raw:.0} | 1.00 |");
+    println!(
+        "| debuglantern UPLOAD (memfd + sha256 + seal + ELF check + broker handoff) | {ours:.0} | {:.2} |",
+        ours / raw
+    );
+    println!();
+}
+
+/// START→exit as a client sees it: `START id` then `LOGS id --follow` until its end.
+fn run_once(c: &mut Client, id: &str) -> f64 {
+    let t = Instant::now();
+    c.send_raw(format!("START {id}\nLOGS {id} --follow\n").as_bytes());
+    let r = c.read();
+    assert_eq!(r["ok"], true, "{r}");
+    loop {
+        let v = c.read();
+        if v["end"] == true {
+            assert_eq!(v["exit"]["code"], 0, "{v}");
+            break;
+        }
+    }
+    t.elapsed().as_secs_f64() * 1e3
+}
+
+fn start_exit() {
+    const N: usize = 200;
+    let bin = c_program("bench_true", programs::TRUE, true);
+    let dir = std::env::temp_dir().join(format!("debuglantern-bench-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let path = dir.join("true_static");
+    std::fs::write(&path, &bin).unwrap();
+    std::fs::set_permissions(&path, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+
+    let mut bare: Vec<f64> = (0..N)
+        .map(|_| {
+            let t = Instant::now();
+            assert!(Command::new(&path).status().unwrap().success());
+            t.elapsed().as_secs_f64() * 1e3
+        })
+        .collect();
+    let bwrap = which("bwrap").map(|bw| {
+        (0..N)
+            .map(|_| {
+                let t = Instant::now();
+                let st = Command::new(&bw)
+                    .args(["--unshare-all", "--die-with-parent", "--ro-bind"])
+                    .arg(&path)
+                    .args(["/prog", "--proc", "/proc", "--dev", "/dev", "/prog"])
+                    .status()
+                    .unwrap();
+                assert!(st.success(), "bwrap failed");
+                t.elapsed().as_secs_f64() * 1e3
+            })
+            .collect::<Vec<f64>>()
+    });
+    let d = Daemon::start(&[]);
+    let mut c = d.client();
+    let id = c.load(&bin);
+    for _ in 0..10 {
+        run_once(&mut c, &id);
+    }
+    let mut ours: Vec<f64> = (0..N).map(|_| run_once(&mut c, &id)).collect();
+    let b = median(&mut bare);
+    println!("## START→exit of a trivial static binary ({N} runs each; ms)");
+    println!("| path | median | p99 | ratio (median) |");
+    println!("|---|---|---|---|");
+    println!("| bare fork+exec+wait (std::process::Command) | {b:.3} | {:.3} | 1.00 |", pct(&mut bare, 0.99));
+    if let Some(mut bw) = bwrap {
+        let m = median(&mut bw);
+        println!(
+            "| bwrap --unshare-all --die-with-parent (+ro-bind, proc, dev) | {m:.3} | {:.3} | {:.2} |",
+            pct(&mut bw, 0.99),
+            m / b
+        );
+    } else {
+        println!("| bwrap | (not installed: apt-get install bubblewrap) | | |");
+    }
+    let o = median(&mut ours);
+    println!(
+        "| debuglantern START→exit over TCP (namespaces, uid, rlimits, memfd exec) | {o:.3} | {:.3} | {:.2} |",
+        pct(&mut ours, 0.99),
+        o / b
+    );
+    println!();
+    let _ = std::fs::remove_dir_all(dir);
+}
+
+fn which(name: &str) -> Option<std::path::PathBuf> {
+    std::env::var_os("PATH")?.to_str()?.split(':').map(|d| std::path::Path::new(d).join(name)).find(|p| p.exists())
+}
+
+fn rss_kib(pid: i32) -> u64 {
+    tests::proc_status(pid, "VmRSS").and_then(|v| v.split_whitespace().next()?.parse().ok()).unwrap_or(0)
+}
+
+fn control_plane() {
+    const SESSIONS: usize = 1000;
+    let bin = c_program("hello", programs::HELLO, false);
+    let d = Daemon::start(&["--max-sessions", "1000", "--max-total-size", "1G"]);
+    let before = rss_kib(d.pid()) + rss_kib(d.broker_pid);
+    let ids: Vec<String> = {
+        let mut c = d.client();
+        (0..SESSIONS).map(|_| c.load(&bin)).collect()
+    };
+    std::thread::sleep(Duration::from_millis(200));
+    let after = rss_kib(d.pid()) + rss_kib(d.broker_pid);
+    println!("## Control plane with {SESSIONS} sessions loaded (3 s per row, loopback)");
+    println!("| request | clients | requests/s | p50 ms | p99 ms |");
+    println!("|---|---|---|---|---|");
+    for (what, clients) in [("STATUS <id>", 100), ("LIST (all 1000)", 10), ("HELLO", 100)] {
+        let stop = Arc::new(AtomicBool::new(false));
+        let lat = Arc::new(Mutex::new(Vec::new()));
+        let ids = Arc::new(ids.clone());
+        let handles: Vec<_> = (0..clients)
+            .map(|i| {
+                let (stop, lat, ids, addr) = (stop.clone(), lat.clone(), ids.clone(), d.addr);
+                std::thread::spawn(move || {
+                    let mut c = Client::connect(addr);
+                    let mut mine = Vec::new();
+                    let mut k = i;
+                    while !stop.load(Ordering::Relaxed) {
+                        let line = match what {
+                            "HELLO" => "HELLO".to_string(),
+                            "LIST (all 1000)" => "LIST".to_string(),
+                            _ => format!("STATUS {}", ids[k % ids.len()]),
+                        };
+                        k += 7;
+                        let t = Instant::now();
+                        let r = c.cmd(&line);
+                        mine.push(t.elapsed().as_secs_f64() * 1e3);
+                        assert_eq!(r["ok"], true);
+                    }
+                    lat.lock().unwrap().extend(mine);
+                })
+            })
+            .collect();
+        std::thread::sleep(Duration::from_secs(3));
+        stop.store(true, Ordering::Relaxed);
+        for h in handles {
+            h.join().unwrap();
+        }
+        let mut l = lat.lock().unwrap().clone();
+        let n = l.len();
+        println!("| {what} | {clients} | {:.0} | {:.3} | {:.3} |", n as f64 / 3.0, pct(&mut l, 0.5), pct(&mut l, 0.99));
+    }
+    println!();
+    println!("## Daemon memory per loaded session (beyond the binary's own {} bytes)", bin.len());
+    println!(
+        "frontend+broker RSS: {before} KiB empty, {after} KiB with {SESSIONS} sessions → {:.1} KiB per session (the binary itself lives in its memfd, not in either RSS)",
+        (after.saturating_sub(before)) as f64 / SESSIONS as f64
+    );
+    println!();
+}

@@ -2,15 +2,8 @@
 //! socket, starts the broker (see `launcher`), drops its own privileges and serves the
 //! control protocol (see `server`).
 
-mod config;
-mod elf;
-mod launcher;
-mod protocol;
-mod server;
-mod session;
-mod sys;
-
 use clap::Parser;
+use frontend::{config, launcher, server};
 use nix::unistd::Uid;
 use std::process::ExitCode;
 
@@ -47,7 +40,7 @@ fn run() -> anyhow::Result<()> {
     let listener = std::net::TcpListener::bind(cfg.listen)
         .map_err(|e| anyhow::anyhow!("cannot listen on {}: {e} (choose another address with --listen)", cfg.listen))?;
     let local = listener.local_addr()?;
-    sys::raise_nofile();
+    frontend::raise_nofile();
     policy::rlimits::apply(&policy::rlimits::daemon())?;
     let broker = launcher::spawn(&cfg)?;
     let broker_pid = broker.pid;

@@ -223,7 +223,7 @@ impl Server {
             reserved_bytes: 0,
             loaded_bytes: 0,
             warnings,
-            scratch: vec![0u8; 256 * 1024],
+            scratch: vec![0u8; 1 << 20],
             shutdown_deadline: None,
         })
     }
@@ -790,9 +790,16 @@ impl Server {
             }
             return;
         }
-        let memfd = match crate::sys::memfd_for_upload() {
+        let memfd = match crate::sys::memfd_for_upload(size) {
             Ok(f) => f,
-            Err(e) => return self.send(t, &err_json(Code::Internal, format!("cannot create a memfd: {e}"))),
+            Err(e) => {
+                // Out of memory for it: refuse before storing a byte, skip the bytes.
+                self.send(t, &err_json(Code::LimitReached, format!("the rig cannot hold {size} more bytes now: {e}")));
+                if let Some(c) = self.conns.get_mut(&t) {
+                    c.mode = Mode::Drain(size);
+                }
+                return;
+            }
         };
         self.reserved_sessions += 1;
         self.reserved_bytes += size;
@@ -1200,5 +1207,14 @@ impl Server {
     /// Warnings of this daemon (degraded host, rootless mode, broker's).
     pub fn warnings(&self) -> &[String] {
         &self.warnings
+    }
+}
+
+impl std::fmt::Debug for Server {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Server")
+            .field("sessions", &self.sessions.len())
+            .field("connections", &self.conns.len())
+            .finish()
     }
 }

@@ -5,10 +5,11 @@ use nix::errno::Errno;
 use std::fs::File;
 use std::os::fd::{AsRawFd, FromRawFd};
 
-/// A new memfd for an upload: close-on-exec, sealable, and explicitly executable (the
-/// broker `fexecve`s it; newer kernels warn when neither MFD_EXEC nor MFD_NOEXEC_SEAL is
-/// given).
-pub fn memfd_for_upload() -> Result<File, Errno> {
+/// A new memfd for an upload of `size` bytes: close-on-exec, sealable, and explicitly
+/// executable (the broker `fexecve`s it; newer kernels warn when neither MFD_EXEC nor
+/// MFD_NOEXEC_SEAL is given). Its memory is allocated up front, so a rig short of memory
+/// refuses the upload before any byte arrives (and the writes are faster).
+pub fn memfd_for_upload(size: u64) -> Result<File, Errno> {
     const MFD_EXEC: libc::c_uint = 0x10;
     let flags = libc::MFD_CLOEXEC | libc::MFD_ALLOW_SEALING;
     // SAFETY: valid NUL-terminated name and flags.
@@ -22,7 +23,12 @@ pub fn memfd_for_upload() -> Result<File, Errno> {
         return Err(Errno::last());
     }
     // SAFETY: memfd_create returned a new descriptor we now own.
-    Ok(unsafe { File::from_raw_fd(fd) })
+    let file = unsafe { File::from_raw_fd(fd) };
+    if size > 0 {
+        let len = i64::try_from(size).map_err(|_| Errno::EFBIG)?;
+        nix::fcntl::fallocate(file.as_raw_fd(), nix::fcntl::FallocateFlags::empty(), 0, len)?;
+    }
+    Ok(file)
 }
 
 /// Seals a memfd against every change: what the broker runs is what we validated.

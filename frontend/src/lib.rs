@@ -1,0 +1,15 @@
+//! The frontend's library: everything of `debuglantern` except `main`, so that the parsers
+//! of untrusted input can be fuzzed and tested on their own.
+
+pub mod config;
+pub mod elf;
+pub mod launcher;
+pub mod protocol;
+pub mod server;
+pub mod session;
+mod sys;
+
+/// Raises the soft open-file limit to the hard one (1000 idle clients need descriptors).
+pub fn raise_nofile() {
+    sys::raise_nofile();
+}
