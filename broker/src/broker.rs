@@ -78,7 +78,7 @@ pub struct Broker {
 
 impl Broker {
     /// Takes the socket, waits for the hello and answers it.
-    pub fn new(sock: OwnedFd, session_uids: u32) -> Result<Self, BrokerError> {
+    pub fn new(sock: OwnedFd, session_uids: u32, warnings: Vec<String>) -> Result<Self, BrokerError> {
         let tube = Tube::new(sock)?;
         let poll = Poll::new()?;
         poll.registry().register(&mut SourceFd(&tube.as_raw_fd()), FRONTEND, Interest::READABLE)?;
@@ -92,11 +92,11 @@ impl Broker {
             single_uid: session_uids == 0,
             shutting_down: false,
         };
-        b.hello()?;
+        b.hello(warnings)?;
         Ok(b)
     }
 
-    fn hello(&mut self) -> Result<(), BrokerError> {
+    fn hello(&mut self, mut warnings: Vec<String>) -> Result<(), BrokerError> {
         let mut events = Events::with_capacity(4);
         let deadline = Instant::now() + Duration::from_secs(10);
         loop {
@@ -112,7 +112,6 @@ impl Broker {
                 if magic != MAGIC || version != WIRE_VERSION {
                     return Err(BrokerError::Hello(format!("magic {magic:?} version {version}, want {WIRE_VERSION}")));
                 }
-                let mut warnings = Vec::new();
                 if self.single_uid {
                     warnings.push(
                         "sessions share one uid: the broker's user namespace maps a single uid (rootless mode)".into(),
@@ -327,6 +326,7 @@ impl Broker {
             env,
             ns_uid: slot.map(policy::identity::IdPlan::session_ns_uid),
             limits: policy::rlimits::session(&spec.limits),
+            mounts: policy::mounts::session_plan(spec.limits.tmp_bytes.max(4096)),
         };
         let flags =
             libc::CLONE_NEWPID | libc::CLONE_NEWNS | libc::CLONE_NEWNET | libc::CLONE_NEWIPC | libc::CLONE_NEWUTS;

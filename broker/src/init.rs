@@ -111,6 +111,8 @@ pub struct InitPlan {
     pub ns_uid: Option<u32>,
     /// Rlimits to apply.
     pub limits: Vec<policy::rlimits::Limit>,
+    /// The session's own mounts.
+    pub mounts: Vec<policy::mounts::SessionMount>,
 }
 
 /// What the program's process needs to exec.
@@ -143,7 +145,7 @@ pub fn run(plan: InitPlan) -> ! {
         plan.stdout.as_raw_fd(),
         plan.stderr.as_raw_fd(),
     ]);
-    let InitPlan { ctl, memfd, stdin, stdout, stderr, argv, env, ns_uid, limits } = plan;
+    let InitPlan { ctl, memfd, stdin, stdout, stderr, argv, env, ns_uid, limits, mounts } = plan;
     let image = Image { memfd, stdin, stdout, stderr, argv, env };
     let mut ctl = match Tube::new(ctl) {
         Ok(t) => t,
@@ -158,6 +160,9 @@ pub fn run(plan: InitPlan) -> ! {
         fail(&mut ctl, "cannot set the parent-death signal".into());
     }
     let _ = nix::unistd::sethostname("debuglantern");
+    if let Err(e) = crate::jail::session_mounts(&mounts) {
+        fail(&mut ctl, e);
+    }
     if let Err(e) = take_identity(ns_uid) {
         fail(&mut ctl, format!("cannot drop to the session identity: {e}"));
     }

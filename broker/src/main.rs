@@ -9,6 +9,7 @@
 
 mod broker;
 mod init;
+mod jail;
 mod sys;
 
 use std::os::fd::OwnedFd;
@@ -33,13 +34,29 @@ fn main() {
             std::process::exit(2);
         }
     };
+    // The broker always runs in a user namespace of its own (the launcher makes it); refuse
+    // to build a jail root anywhere else, so it can never remount the host's tree.
+    match std::fs::read_to_string("/proc/self/uid_map") {
+        Ok(map) if map.split_whitespace().collect::<Vec<_>>() != ["0", "0", "4294967295"] => {}
+        _ => {
+            eprintln!("debuglantern-broker: not in a user namespace of its own; it is started by debuglantern");
+            std::process::exit(2);
+        }
+    }
+    let warnings = match jail::enter_root(session_uids) {
+        Ok(w) => w,
+        Err(e) => {
+            eprintln!("debuglantern-broker: cannot build the jail root: {e}");
+            std::process::exit(1);
+        }
+    };
     // no_new_privs and not dumpable (inherited by every session), no core dumps.
     if let Err(e) = policy::identity::harden_process().and_then(|()| policy::rlimits::apply(&policy::rlimits::daemon()))
     {
         eprintln!("debuglantern-broker: {e}");
         std::process::exit(1);
     }
-    let code = match broker::Broker::new(sock, session_uids).and_then(|b| b.run()) {
+    let code = match broker::Broker::new(sock, session_uids, warnings).and_then(|b| b.run()) {
         Ok(()) => 0,
         Err(e) => {
             eprintln!("debuglantern-broker: {}; every session was killed", error_chain(&e));

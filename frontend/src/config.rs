@@ -55,6 +55,9 @@ pub struct Flags {
     /// Default process limit per session (default 512).
     #[arg(long)]
     pub processes: Option<u64>,
+    /// Default size of a session's private /tmp, e.g. 64M (default 64M).
+    #[arg(long, value_parser = parse_bytes)]
+    pub tmp_size: Option<u64>,
     /// User the frontend drops to when started as root (default nobody).
     #[arg(long)]
     pub user: Option<String>,
@@ -86,6 +89,7 @@ pub struct FileConfig {
     address_space: Option<ByteSize>,
     open_files: Option<u64>,
     processes: Option<u64>,
+    tmp_size: Option<ByteSize>,
     user: Option<String>,
     uid_base: Option<u32>,
     strict: Option<bool>,
@@ -190,6 +194,7 @@ impl Config {
                 address_space: flags.address_space.or(file.address_space.map(|b| b.0)).unwrap_or(0),
                 open_files: flags.open_files.or(file.open_files).unwrap_or(1024),
                 processes: flags.processes.or(file.processes).unwrap_or(512),
+                tmp_bytes: flags.tmp_size.or(file.tmp_size.map(|b| b.0)).unwrap_or(64 << 20),
             },
             user: flags.user.or(file.user).unwrap_or_else(|| "nobody".into()),
             uid_base: flags.uid_base.or(file.uid_base).unwrap_or(policy::identity::DEFAULT_UID_BASE),
@@ -198,6 +203,9 @@ impl Config {
         };
         if c.max_sessions == 0 || c.max_sessions > 65_000 {
             return Err(format!("max_sessions {} must be in 1..=65000", c.max_sessions));
+        }
+        if c.limits.tmp_bytes < 4096 {
+            return Err("tmp_size must be at least 4K".into());
         }
         if c.log_buffer < 4096 {
             return Err("log_buffer must be at least 4K".into());

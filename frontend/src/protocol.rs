@@ -108,6 +108,8 @@ pub struct LimitOpts {
     pub open_files: Option<u64>,
     /// Processes.
     pub processes: Option<u64>,
+    /// Size of the private /tmp, bytes.
+    pub tmp_bytes: Option<u64>,
 }
 
 /// The size argument of UPLOAD, already checked to be a decimal number.

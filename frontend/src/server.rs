@@ -840,6 +840,7 @@ impl Server {
                 address_space: req.address_space.unwrap_or(0),
                 open_files: req.open_files.unwrap_or(0),
                 processes: req.processes.unwrap_or(0),
+                tmp_bytes: req.tmp_bytes.unwrap_or(0),
             },
         );
         let tag = self.next_tag();

@@ -214,7 +214,7 @@ pub fn exit_json(e: ExitStatus) -> Value {
 /// Limits as JSON (0 = unlimited is shown as null).
 pub fn limits_json(l: &RunLimits) -> Value {
     let n = |v: u64| if v == 0 { Value::Null } else { json!(v) };
-    json!({"cpu_seconds": n(l.cpu_seconds), "address_space": n(l.address_space), "open_files": n(l.open_files), "processes": n(l.processes)})
+    json!({"cpu_seconds": n(l.cpu_seconds), "address_space": n(l.address_space), "open_files": n(l.open_files), "processes": n(l.processes), "tmp_bytes": n(l.tmp_bytes)})
 }
 
 /// RFC 3339 UTC with milliseconds.

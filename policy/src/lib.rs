@@ -3,14 +3,13 @@
 //!
 //! * [`identity`]: which host uids each process runs as, and in which order privileges are
 //!   dropped;
-//! * [`rlimits`]: the resource limits of a session and of the two halves.
-//!
-//! The seccomp, landlock and mount plans of the full jail (SPEC §6) are not written yet:
-//! see `ARCHITECTURE.md` ("not done yet").
+//! * [`rlimits`]: the resource limits of a session and of the two halves;
+//! * [`mounts`]: the filesystem a session sees.
 #![deny(missing_docs)]
 #![forbid(unsafe_code)]
 
 pub mod identity;
+pub mod mounts;
 pub mod rlimits;
 
 /// Errors applying a policy.

@@ -60,6 +60,7 @@ pub fn tighten(base: RunLimits, req: RunLimits) -> RunLimits {
         address_space: pick(base.address_space, req.address_space),
         open_files: pick(base.open_files, req.open_files),
         processes: pick(base.processes, req.processes),
+        tmp_bytes: pick(base.tmp_bytes, req.tmp_bytes),
     }
 }
 
@@ -69,10 +70,14 @@ mod tests {
 
     #[test]
     fn tighten_never_loosens() {
-        let base = RunLimits { cpu_seconds: 10, address_space: 0, open_files: 64, processes: 32 };
-        let req = RunLimits { cpu_seconds: 100, address_space: 1 << 20, open_files: 0, processes: 4 };
+        let base = RunLimits { cpu_seconds: 10, address_space: 0, open_files: 64, processes: 32, tmp_bytes: 1 << 20 };
+        let req =
+            RunLimits { cpu_seconds: 100, address_space: 1 << 20, open_files: 0, processes: 4, tmp_bytes: 1 << 30 };
         let t = tighten(base, req);
-        assert_eq!(t, RunLimits { cpu_seconds: 10, address_space: 1 << 20, open_files: 64, processes: 4 });
+        assert_eq!(
+            t,
+            RunLimits { cpu_seconds: 10, address_space: 1 << 20, open_files: 64, processes: 4, tmp_bytes: 1 << 20 }
+        );
     }
 
     #[test]

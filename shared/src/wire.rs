@@ -32,6 +32,8 @@ pub struct RunLimits {
     pub open_files: u64,
     /// `RLIMIT_NPROC` (per session uid).
     pub processes: u64,
+    /// Size of the session's private `/tmp`, bytes.
+    pub tmp_bytes: u64,
 }
 
 /// What to run for a `Start`.

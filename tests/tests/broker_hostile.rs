@@ -20,7 +20,11 @@ struct Peer {
 fn start_broker(hello: bool) -> Peer {
     let (ours, theirs) = shared::tube::socketpair().unwrap();
     let fd = theirs.as_raw_fd();
-    let mut cmd = Command::new(tests::bin_dir().join("debuglantern-broker"));
+    // The broker refuses to run outside a user namespace of its own: give it one, as the
+    // launcher would (root of a fresh user, mount and PID namespace).
+    let mut cmd = Command::new("unshare");
+    cmd.args(["--user", "--map-root-user", "--mount", "--pid", "--fork", "--kill-child", "--"]);
+    cmd.arg(tests::bin_dir().join("debuglantern-broker"));
     cmd.args(["--session-uids", "0"]);
     // SAFETY: dup2 is async-signal-safe; we only place the socket on fd 3.
     unsafe {

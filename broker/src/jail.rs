@@ -1,0 +1,180 @@
+//! Builds the jail root of [`policy::mounts::root_plan`] and pivots the broker into it, and
+//! makes a session's own mounts ([`policy::mounts::session_plan`]). Runs as root of the
+//! broker's user namespace, in its own mount namespace: nothing here touches the host's
+//! mount table.
+
+use nix::mount::{mount, umount2, MntFlags, MsFlags};
+use nix::sys::stat::Mode;
+use nix::sys::statvfs::{statvfs, FsFlags};
+use policy::mounts::{Entry, SessionMount};
+use std::path::{Path, PathBuf};
+
+/// Where the new root is assembled (a mount point that exists on every host; the tmpfs
+/// mounted on it is visible only in our mount namespace).
+const STAGING: &str = "/tmp";
+
+fn err(what: impl std::fmt::Display, e: impl std::fmt::Display) -> String {
+    format!("{what}: {e}")
+}
+
+fn inside(root: &Path, p: &str) -> PathBuf {
+    root.join(p.trim_start_matches('/'))
+}
+
+/// Flags of an existing mount that a user namespace may not clear on a bind remount.
+fn locked_flags(path: &Path) -> MsFlags {
+    let mut f = MsFlags::empty();
+    if let Ok(st) = statvfs(path) {
+        let fl = st.flags();
+        for (s, m) in [
+            (FsFlags::ST_NOSUID, MsFlags::MS_NOSUID),
+            (FsFlags::ST_NODEV, MsFlags::MS_NODEV),
+            (FsFlags::ST_NOEXEC, MsFlags::MS_NOEXEC),
+            (FsFlags::ST_NOATIME, MsFlags::MS_NOATIME),
+            (FsFlags::ST_NODIRATIME, MsFlags::MS_NODIRATIME),
+            (FsFlags::ST_RELATIME, MsFlags::MS_RELATIME),
+        ] {
+            if fl.contains(s) {
+                f |= m;
+            }
+        }
+    }
+    f
+}
+
+fn ro_bind(src: &Path, dst: &Path, extra: MsFlags) -> Result<(), String> {
+    mount(Some(src), dst, None::<&str>, MsFlags::MS_BIND | MsFlags::MS_REC, None::<&str>)
+        .map_err(|e| err(format!("bind {}", src.display()), e))?;
+    let flags =
+        MsFlags::MS_REMOUNT | MsFlags::MS_BIND | MsFlags::MS_RDONLY | MsFlags::MS_NOSUID | extra | locked_flags(src);
+    mount(None::<&str>, dst, None::<&str>, flags, None::<&str>)
+        .map_err(|e| err(format!("remount {} read-only", dst.display()), e))
+}
+
+/// Builds the root, pivots into it, detaches the host's tree. Returns warnings for what
+/// the host did not allow (e.g. no `/proc` mount).
+pub fn enter_root(session_uids: u32) -> Result<Vec<String>, String> {
+    let mut warnings = Vec::new();
+    // Nothing we mount may propagate back to the host's namespace.
+    mount(None::<&str>, "/", None::<&str>, MsFlags::MS_REC | MsFlags::MS_PRIVATE, None::<&str>)
+        .map_err(|e| err("make / private", e))?;
+    let root = PathBuf::from(STAGING);
+    mount(
+        Some("debuglantern"),
+        &root,
+        Some("tmpfs"),
+        MsFlags::MS_NOSUID | MsFlags::MS_NODEV,
+        Some("mode=0755,size=8m,nr_inodes=4096"),
+    )
+    .map_err(|e| err("mount the root tmpfs", e))?;
+    for entry in policy::mounts::root_plan(session_uids) {
+        match entry {
+            Entry::RoBind(p) => {
+                let host = Path::new(p);
+                let Ok(meta) = std::fs::symlink_metadata(host) else { continue };
+                let dst = inside(&root, p);
+                if meta.file_type().is_symlink() {
+                    let target = std::fs::read_link(host).map_err(|e| err(p, e))?;
+                    std::os::unix::fs::symlink(target, &dst).map_err(|e| err(p, e))?;
+                } else if meta.is_dir() {
+                    std::fs::create_dir(&dst).map_err(|e| err(p, e))?;
+                    ro_bind(host, &dst, MsFlags::MS_NODEV)?;
+                }
+            }
+            Entry::Dir(p, mode) => {
+                let dst = inside(&root, p);
+                std::fs::create_dir(&dst).map_err(|e| err(p, e))?;
+                nix::sys::stat::fchmodat(
+                    None,
+                    &dst,
+                    Mode::from_bits_truncate(mode),
+                    nix::sys::stat::FchmodatFlags::FollowSymlink,
+                )
+                .map_err(|e| err(p, e))?;
+            }
+            Entry::File(p, text) => write_ro(&inside(&root, p), text.as_bytes())?,
+            Entry::Copy(p) => {
+                if let Ok(bytes) = std::fs::read(p) {
+                    write_ro(&inside(&root, p), &bytes)?;
+                }
+            }
+            Entry::Device(p) => {
+                let dst = inside(&root, p);
+                std::fs::write(&dst, b"").map_err(|e| err(p, e))?;
+                // Devices keep exec off and, unlike everything else, must not be nodev.
+                mount(Some(p), &dst, None::<&str>, MsFlags::MS_BIND, None::<&str>)
+                    .map_err(|e| err(format!("bind {p}"), e))?;
+                let flags = MsFlags::MS_REMOUNT
+                    | MsFlags::MS_BIND
+                    | MsFlags::MS_NOSUID
+                    | MsFlags::MS_NOEXEC
+                    | locked_flags(Path::new(p));
+                mount(None::<&str>, &dst, None::<&str>, flags, None::<&str>)
+                    .map_err(|e| err(format!("remount {p}"), e))?;
+            }
+            Entry::Symlink(p, target) => std::os::unix::fs::symlink(target, inside(&root, p)).map_err(|e| err(p, e))?,
+        }
+    }
+    // A proc of the broker's PID namespace, mounted while the host's /proc is still
+    // visible (the kernel lets a user namespace mount proc only then). Sessions mount
+    // their own over it.
+    let proc_dir = inside(&root, "/proc");
+    let pflags = MsFlags::MS_NOSUID | MsFlags::MS_NODEV | MsFlags::MS_NOEXEC;
+    if let Err(e) = mount(Some("proc"), &proc_dir, Some("proc"), pflags, None::<&str>) {
+        warnings.push(format!("cannot mount /proc for sessions ({e}): sessions run without /proc"));
+    }
+    // Enter it: pivot_root(".", ".") stacks the old root under the new one; detach it.
+    std::env::set_current_dir(&root).map_err(|e| err("chdir to the new root", e))?;
+    nix::unistd::pivot_root(".", ".").map_err(|e| err("pivot_root", e))?;
+    umount2(".", MntFlags::MNT_DETACH).map_err(|e| err("detach the host's root", e))?;
+    std::env::set_current_dir("/").map_err(|e| err("chdir /", e))?;
+    // The root itself (and /etc, /dev entries) becomes read-only.
+    mount(
+        None::<&str>,
+        "/",
+        None::<&str>,
+        MsFlags::MS_REMOUNT | MsFlags::MS_RDONLY | MsFlags::MS_NOSUID | MsFlags::MS_NODEV,
+        None::<&str>,
+    )
+    .map_err(|e| err("remount the root read-only", e))?;
+    Ok(warnings)
+}
+
+fn write_ro(path: &Path, bytes: &[u8]) -> Result<(), String> {
+    std::fs::write(path, bytes).map_err(|e| err(path.display(), e))?;
+    nix::sys::stat::fchmodat(None, path, Mode::from_bits_truncate(0o444), nix::sys::stat::FchmodatFlags::FollowSymlink)
+        .map_err(|e| err(path.display(), e))
+}
+
+/// In a session's init, still root of the broker's user namespace: the session's own
+/// `/proc`, `/tmp` and `/dev/pts`.
+pub fn session_mounts(plan: &[SessionMount]) -> Result<(), String> {
+    let base = MsFlags::MS_NOSUID | MsFlags::MS_NODEV;
+    for m in plan {
+        match m {
+            SessionMount::Proc => {
+                if Path::new("/proc/self").exists() {
+                    mount(Some("proc"), "/proc", Some("proc"), base | MsFlags::MS_NOEXEC, None::<&str>)
+                        .map_err(|e| err("mount the session's /proc", e))?;
+                }
+            }
+            SessionMount::Tmp(bytes) => {
+                let inodes = (bytes / 256).max(1024);
+                let opts = format!("mode=1777,size={bytes},nr_inodes={inodes}");
+                mount(Some("tmp"), "/tmp", Some("tmpfs"), base, Some(opts.as_str()))
+                    .map_err(|e| err("mount the session's /tmp", e))?;
+            }
+            SessionMount::DevPts => {
+                mount(
+                    Some("devpts"),
+                    "/dev/pts",
+                    Some("devpts"),
+                    base | MsFlags::MS_NOEXEC,
+                    Some("newinstance,ptmxmode=0666,mode=620"),
+                )
+                .map_err(|e| err("mount the session's /dev/pts", e))?;
+            }
+        }
+    }
+    std::env::set_current_dir("/tmp").map_err(|e| err("chdir /tmp", e))
+}
