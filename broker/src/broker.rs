@@ -35,6 +35,9 @@ pub enum BrokerError {
     /// The first message was not a valid hello.
     #[error("bad hello from the frontend: {0}")]
     Hello(String),
+    /// A policy could not be built.
+    #[error("session policy")]
+    Policy(#[from] policy::seccomp::SeccompError),
     /// epoll failed.
     #[error("event loop")]
     Poll(#[from] std::io::Error),
@@ -74,6 +77,8 @@ pub struct Broker {
     free_slots: Vec<u32>,
     single_uid: bool,
     shutting_down: bool,
+    /// The session seccomp filters, compiled once.
+    session_seccomp: Vec<seccompiler::BpfProgram>,
 }
 
 impl Broker {
@@ -91,6 +96,7 @@ impl Broker {
             free_slots: (0..session_uids).rev().collect(),
             single_uid: session_uids == 0,
             shutting_down: false,
+            session_seccomp: policy::seccomp::session()?,
         };
         b.hello(warnings)?;
         Ok(b)
@@ -327,6 +333,7 @@ impl Broker {
             ns_uid: slot.map(policy::identity::IdPlan::session_ns_uid),
             limits: policy::rlimits::session(&spec.limits),
             mounts: policy::mounts::session_plan(spec.limits.tmp_bytes.max(4096)),
+            seccomp: self.session_seccomp.clone(),
         };
         let flags =
             libc::CLONE_NEWPID | libc::CLONE_NEWNS | libc::CLONE_NEWNET | libc::CLONE_NEWIPC | libc::CLONE_NEWUTS;

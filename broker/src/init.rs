@@ -113,6 +113,8 @@ pub struct InitPlan {
     pub limits: Vec<policy::rlimits::Limit>,
     /// The session's own mounts.
     pub mounts: Vec<policy::mounts::SessionMount>,
+    /// Seccomp filters installed in the program's process just before exec.
+    pub seccomp: Vec<seccompiler::BpfProgram>,
 }
 
 /// What the program's process needs to exec.
@@ -123,6 +125,7 @@ struct Image {
     stderr: OwnedFd,
     argv: Vec<CString>,
     env: Vec<CString>,
+    seccomp: Vec<seccompiler::BpfProgram>,
 }
 
 /// Signals the init takes with `sigwait`.
@@ -145,8 +148,8 @@ pub fn run(plan: InitPlan) -> ! {
         plan.stdout.as_raw_fd(),
         plan.stderr.as_raw_fd(),
     ]);
-    let InitPlan { ctl, memfd, stdin, stdout, stderr, argv, env, ns_uid, limits, mounts } = plan;
-    let image = Image { memfd, stdin, stdout, stderr, argv, env };
+    let InitPlan { ctl, memfd, stdin, stdout, stderr, argv, env, ns_uid, limits, mounts, seccomp } = plan;
+    let image = Image { memfd, stdin, stdout, stderr, argv, env, seccomp };
     let mut ctl = match Tube::new(ctl) {
         Ok(t) => t,
         Err(_) => sys::exit_now(120),
@@ -181,16 +184,23 @@ pub fn run(plan: InitPlan) -> ! {
     };
     drop(err_w);
     drop(image);
-    let mut errno = [0u8; 4];
-    if let Ok(4) = nix::unistd::read(err_r.as_raw_fd(), &mut errno) {
-        let e = nix::errno::Errno::from_raw(i32::from_ne_bytes(errno));
+    let mut report = [0u8; 5];
+    if let Ok(5) = nix::unistd::read(err_r.as_raw_fd(), &mut report) {
+        let e = nix::errno::Errno::from_raw(i32::from_ne_bytes([report[1], report[2], report[3], report[4]]));
         let _ = waitpid(child, None);
-        let hint = match e {
-            nix::errno::Errno::ENOENT => " (its ELF interpreter is missing on the rig)",
-            nix::errno::Errno::EACCES => " (not executable)",
-            _ => "",
+        let what = match ExecStage::from(report[0]) {
+            ExecStage::Stdio => format!("cannot set up the program's stdio: {e}"),
+            ExecStage::Seccomp => format!("cannot install the session's seccomp filter: {e}"),
+            ExecStage::Exec => {
+                let hint = match e {
+                    nix::errno::Errno::ENOENT => " (its ELF interpreter is missing on the rig)",
+                    nix::errno::Errno::EACCES => " (not executable)",
+                    _ => "",
+                };
+                format!("cannot execute the program: {e}{hint}")
+            }
         };
-        fail(&mut ctl, format!("cannot execute the program: {e}{hint}"));
+        fail(&mut ctl, what);
     }
     drop(err_r);
     if ctl.send(0, InitMsg::Running { ns_pid: child.as_raw() as u32, pidfd }).is_err() {
@@ -213,22 +223,45 @@ fn take_identity(ns_uid: Option<u32>) -> Result<(), String> {
     sys::clear_capabilities().map_err(|e| format!("capabilities: {e}"))
 }
 
-/// In the program's process (ns pid 2): set up stdio and exec. Never returns.
+/// Which step of [`exec_program`] failed (first byte of its report).
+enum ExecStage {
+    Stdio,
+    Seccomp,
+    Exec,
+}
+
+impl From<u8> for ExecStage {
+    fn from(b: u8) -> Self {
+        match b {
+            0 => ExecStage::Stdio,
+            1 => ExecStage::Seccomp,
+            _ => ExecStage::Exec,
+        }
+    }
+}
+
+/// In the program's process (ns pid 2): set up stdio, install the seccomp filter (last,
+/// so that nothing of ours runs under it but exec) and exec. Never returns.
 fn exec_program(plan: &Image, err_w: OwnedFd) -> ! {
     sys::reset_signals();
     let _ = nix::unistd::setsid();
-    let ok = nix::unistd::dup2(plan.stdin.as_raw_fd(), 0).is_ok()
-        && nix::unistd::dup2(plan.stdout.as_raw_fd(), 1).is_ok()
-        && nix::unistd::dup2(plan.stderr.as_raw_fd(), 2).is_ok();
-    let errno = if ok {
-        sys::close_all_except(&[plan.memfd.as_raw_fd(), err_w.as_raw_fd()]);
-        let Err(e) = nix::unistd::fexecve(plan.memfd.as_raw_fd(), &plan.argv, &plan.env);
-        e
-    } else {
-        nix::errno::Errno::last()
+    let report = |stage: u8, e: nix::errno::Errno| -> ! {
+        let mut b = [stage, 0, 0, 0, 0];
+        b[1..].copy_from_slice(&(e as i32).to_ne_bytes());
+        let _ = nix::unistd::write(&err_w, &b);
+        sys::exit_now(127)
     };
-    let _ = nix::unistd::write(&err_w, &(errno as i32).to_ne_bytes());
-    sys::exit_now(127)
+    for (from, to) in [(&plan.stdin, 0), (&plan.stdout, 1), (&plan.stderr, 2)] {
+        if let Err(e) = nix::unistd::dup2(from.as_raw_fd(), to) {
+            report(0, e);
+        }
+    }
+    sys::close_all_except(&[plan.memfd.as_raw_fd(), err_w.as_raw_fd()]);
+    if policy::seccomp::install(&plan.seccomp).is_err() {
+        report(1, nix::errno::Errno::last());
+    }
+    let Err(e) = nix::unistd::fexecve(plan.memfd.as_raw_fd(), &plan.argv, &plan.env);
+    report(2, e)
 }
 
 /// Waits for signals until the program has exited, then cleans the namespace and reports.

@@ -4,13 +4,15 @@
 //! * [`identity`]: which host uids each process runs as, and in which order privileges are
 //!   dropped;
 //! * [`rlimits`]: the resource limits of a session and of the two halves;
-//! * [`mounts`]: the filesystem a session sees.
+//! * [`mounts`]: the filesystem a session sees;
+//! * [`seccomp`]: the system calls each role may make.
 #![deny(missing_docs)]
 #![forbid(unsafe_code)]
 
 pub mod identity;
 pub mod mounts;
 pub mod rlimits;
+pub mod seccomp;
 
 /// Errors applying a policy.
 #[derive(Debug, thiserror::Error)]

@@ -1,0 +1,121 @@
+//! Seccomp policies, one per role, each syscall with its reason. Built once at start-up
+//! (`seccompiler` → BPF) and never disabled, in any build.
+//!
+//! * [`session`]: a deny list (untrusted programs need the whole ordinary syscall surface).
+//!   Denied calls fail with `EPERM`, so programs can report it; `clone3` fails with
+//!   `ENOSYS` so that libc falls back to `clone`, whose flags the filter can see.
+//!   Calls of another architecture (e.g. the 32-bit `int 0x80` ABI) kill the process.
+
+use seccompiler::{
+    BpfProgram, SeccompAction, SeccompCmpArgLen, SeccompCmpOp, SeccompCondition, SeccompFilter, SeccompRule, TargetArch,
+};
+use std::collections::BTreeMap;
+
+/// Errors building a filter.
+#[derive(Debug, thiserror::Error)]
+pub enum SeccompError {
+    /// seccompiler refused the rules.
+    #[error("building the seccomp filter: {0}")]
+    Build(String),
+}
+
+/// What a session may not do at all: (syscall, why).
+pub const SESSION_DENIED: &[(i64, &str)] = &[
+    (libc::SYS_mount, "no mounting: the filesystem is the jail's"),
+    (libc::SYS_umount2, "no unmounting the jail's mounts"),
+    (libc::SYS_pivot_root, "no changing the root"),
+    (libc::SYS_chroot, "no chroot (and with it the chroot+chdir(\"..\") escape)"),
+    (libc::SYS_setns, "no joining other namespaces"),
+    (libc::SYS_fsopen, "new mount API"),
+    (libc::SYS_fsconfig, "new mount API"),
+    (libc::SYS_fsmount, "new mount API"),
+    (libc::SYS_fspick, "new mount API"),
+    (libc::SYS_move_mount, "new mount API"),
+    (libc::SYS_open_tree, "new mount API"),
+    (libc::SYS_mount_setattr, "new mount API"),
+    (libc::SYS_bpf, "no BPF programs or maps"),
+    (libc::SYS_keyctl, "keyrings are not namespaced"),
+    (libc::SYS_add_key, "keyrings are not namespaced"),
+    (libc::SYS_request_key, "keyrings are not namespaced"),
+    (libc::SYS_perf_event_open, "perf events leak host information and have a long CVE history"),
+    (libc::SYS_userfaultfd, "a classic primitive for kernel exploits"),
+    (libc::SYS_kexec_load, "no replacing the kernel"),
+    (libc::SYS_kexec_file_load, "no replacing the kernel"),
+    (libc::SYS_init_module, "no kernel modules"),
+    (libc::SYS_finit_module, "no kernel modules"),
+    (libc::SYS_delete_module, "no kernel modules"),
+    (libc::SYS_swapon, "host administration"),
+    (libc::SYS_swapoff, "host administration"),
+    (libc::SYS_reboot, "host administration"),
+    (libc::SYS_acct, "host administration"),
+    (libc::SYS_quotactl, "host administration"),
+    (libc::SYS_syslog, "the host's kernel log"),
+    (libc::SYS_vhangup, "terminal administration"),
+    (libc::SYS_open_by_handle_at, "opens files by handle, bypassing the jail's paths"),
+    (libc::SYS_name_to_handle_at, "pairs with open_by_handle_at"),
+    (libc::SYS_lookup_dcookie, "kernel profiling interface"),
+    (libc::SYS_iopl, "raw port i/o"),
+    (libc::SYS_ioperm, "raw port i/o"),
+    (libc::SYS_io_uring_setup, "io_uring operations are not seen by seccomp"),
+    (libc::SYS_io_uring_enter, "io_uring operations are not seen by seccomp"),
+    (libc::SYS_io_uring_register, "io_uring operations are not seen by seccomp"),
+];
+
+/// Calls denied only with some flags: (syscall, argument index, flag mask, why).
+pub const SESSION_DENIED_FLAGS: &[(i64, u8, u64, &str)] = &[
+    (libc::SYS_unshare, 0, libc::CLONE_NEWUSER as u64, "no nested user namespaces (they grant capabilities)"),
+    (libc::SYS_clone, 0, libc::CLONE_NEWUSER as u64, "no nested user namespaces (they grant capabilities)"),
+];
+
+fn arch() -> TargetArch {
+    #[cfg(target_arch = "aarch64")]
+    return TargetArch::aarch64;
+    #[cfg(not(target_arch = "aarch64"))]
+    return TargetArch::x86_64;
+}
+
+fn build(rules: BTreeMap<i64, Vec<SeccompRule>>, on_match: SeccompAction) -> Result<BpfProgram, SeccompError> {
+    let f = SeccompFilter::new(rules, SeccompAction::Allow, on_match, arch())
+        .map_err(|e| SeccompError::Build(e.to_string()))?;
+    f.try_into().map_err(|e: seccompiler::BackendError| SeccompError::Build(e.to_string()))
+}
+
+/// The session's filters (install all of them, in order).
+pub fn session() -> Result<Vec<BpfProgram>, SeccompError> {
+    let mut deny: BTreeMap<i64, Vec<SeccompRule>> = SESSION_DENIED.iter().map(|(nr, _)| (*nr, vec![])).collect();
+    for (nr, arg, mask, _) in SESSION_DENIED_FLAGS {
+        let cond = SeccompCondition::new(*arg, SeccompCmpArgLen::Qword, SeccompCmpOp::MaskedEq(*mask), *mask)
+            .map_err(|e| SeccompError::Build(e.to_string()))?;
+        let rule = SeccompRule::new(vec![cond]).map_err(|e| SeccompError::Build(e.to_string()))?;
+        deny.entry(*nr).or_default().push(rule);
+    }
+    let eperm = build(deny, SeccompAction::Errno(libc::EPERM as u32))?;
+    // clone3 passes its flags in memory, which seccomp cannot read.
+    let clone3 = build(BTreeMap::from([(libc::SYS_clone3, vec![])]), SeccompAction::Errno(libc::ENOSYS as u32))?;
+    Ok(vec![eperm, clone3])
+}
+
+/// Installs filters on the calling thread (needs `no_new_privs`, which every role has).
+pub fn install(filters: &[BpfProgram]) -> Result<(), SeccompError> {
+    for f in filters {
+        seccompiler::apply_filter(f).map_err(|e| SeccompError::Build(format!("installing: {e}")))?;
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn session_filters_build_and_name_every_reason() {
+        let f = session().unwrap();
+        assert_eq!(f.len(), 2);
+        assert!(SESSION_DENIED.iter().all(|(_, why)| !why.is_empty()));
+        // No syscall listed twice.
+        let mut nrs: Vec<i64> = SESSION_DENIED.iter().map(|(n, _)| *n).collect();
+        nrs.sort_unstable();
+        nrs.dedup();
+        assert_eq!(nrs.len(), SESSION_DENIED.len());
+    }
+}
