@@ -49,7 +49,14 @@ fn run() -> anyhow::Result<()> {
         None => policy::identity::harden_process()?,
     }
     let strict = cfg.strict;
-    let server = server::Server::new(cfg, listener, broker, warnings.clone())?;
+    let mut server = server::Server::new(cfg, listener, broker, warnings)?;
+    // Confine ourselves before serving anyone: landlock (only /proc/self/fdinfo readable,
+    // no TCP connect), then the seccomp allow list (no exec, ptrace, mount...).
+    let seccomp = policy::seccomp::frontend()?;
+    if let Some(w) = policy::landlock::frontend().map_err(anyhow::Error::msg)? {
+        server.add_warning(w);
+    }
+    policy::seccomp::install(&seccomp)?;
     let all_warnings = server.warnings().to_vec();
     for w in &all_warnings {
         eprintln!("debuglantern: warning: {w}");

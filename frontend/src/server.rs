@@ -1209,6 +1209,11 @@ impl Server {
     pub fn warnings(&self) -> &[String] {
         &self.warnings
     }
+
+    /// Adds a warning (shown in HELLO).
+    pub fn add_warning(&mut self, w: String) {
+        self.warnings.push(w);
+    }
 }
 
 impl std::fmt::Debug for Server {

@@ -5,11 +5,13 @@
 //!   dropped;
 //! * [`rlimits`]: the resource limits of a session and of the two halves;
 //! * [`mounts`]: the filesystem a session sees;
-//! * [`seccomp`]: the system calls each role may make.
+//! * [`seccomp`]: the system calls each role may make;
+//! * [`landlock`]: the files each role may touch.
 #![deny(missing_docs)]
 #![forbid(unsafe_code)]
 
 pub mod identity;
+pub mod landlock;
 pub mod mounts;
 pub mod rlimits;
 pub mod seccomp;

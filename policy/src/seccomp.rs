@@ -1,6 +1,9 @@
 //! Seccomp policies, one per role, each syscall with its reason. Built once at start-up
 //! (`seccompiler` → BPF) and never disabled, in any build.
 //!
+//! * [`frontend`]: an allow list of what the network half needs once it serves, plus a
+//!   filter that kills the process outright on the calls it must never make (exec,
+//!   ptrace, mount...). Anything else fails with `EPERM`.
 //! * [`session`]: a deny list (untrusted programs need the whole ordinary syscall surface).
 //!   Denied calls fail with `EPERM`, so programs can report it; `clone3` fails with
 //!   `ENOSYS` so that libc falls back to `clone`, whose flags the filter can see.
@@ -67,6 +70,91 @@ pub const SESSION_DENIED_FLAGS: &[(i64, u8, u64, &str)] = &[
     (libc::SYS_clone, 0, libc::CLONE_NEWUSER as u64, "no nested user namespaces (they grant capabilities)"),
 ];
 
+/// What the frontend may call once it serves: (syscall, why).
+pub const FRONTEND_ALLOWED: &[(i64, &str)] = &[
+    (libc::SYS_read, "sockets, log pipes, signalfd"),
+    (libc::SYS_write, "sockets, memfds, stderr"),
+    (libc::SYS_readv, "std i/o"),
+    (libc::SYS_writev, "std i/o"),
+    (libc::SYS_pread64, "ELF validation reads the memfd at offsets"),
+    (libc::SYS_close, "descriptors"),
+    (libc::SYS_fstat, "memfd size"),
+    (libc::SYS_newfstatat, "memfd size"),
+    (libc::SYS_statx, "memfd size"),
+    (libc::SYS_lseek, "std i/o"),
+    (libc::SYS_mmap, "allocator"),
+    (libc::SYS_munmap, "allocator"),
+    (libc::SYS_mremap, "allocator"),
+    (libc::SYS_mprotect, "allocator"),
+    (libc::SYS_madvise, "allocator"),
+    (libc::SYS_brk, "allocator"),
+    (libc::SYS_futex, "std locks"),
+    (libc::SYS_rt_sigprocmask, "signal mask"),
+    (libc::SYS_rt_sigreturn, "signal return"),
+    (libc::SYS_rt_sigaction, "std panics restore handlers"),
+    (libc::SYS_sigaltstack, "std stack-overflow guard"),
+    (libc::SYS_signalfd4, "SIGTERM/SIGINT in the event loop"),
+    (libc::SYS_ioctl, "FIONBIO on sockets (argument-filtered)"),
+    (libc::SYS_fcntl, "non-blocking mode, seals"),
+    (libc::SYS_epoll_create1, "event loop"),
+    (libc::SYS_epoll_ctl, "event loop"),
+    (libc::SYS_epoll_wait, "event loop"),
+    (libc::SYS_epoll_pwait, "event loop"),
+    (libc::SYS_epoll_pwait2, "event loop"),
+    (libc::SYS_poll, "waits in hello and shutdown"),
+    (libc::SYS_ppoll, "waits in hello and shutdown"),
+    (libc::SYS_accept4, "control clients"),
+    (libc::SYS_accept, "control clients"),
+    (libc::SYS_recvfrom, "sockets"),
+    (libc::SYS_sendto, "sockets"),
+    (libc::SYS_recvmsg, "broker messages with descriptors"),
+    (libc::SYS_sendmsg, "broker messages with descriptors"),
+    (libc::SYS_shutdown, "closing clients"),
+    (libc::SYS_setsockopt, "TCP_NODELAY"),
+    (libc::SYS_getsockopt, "socket errors"),
+    (libc::SYS_getsockname, "local addresses"),
+    (libc::SYS_getpeername, "peer addresses"),
+    (libc::SYS_memfd_create, "uploads"),
+    (libc::SYS_fallocate, "uploads are allocated up front"),
+    (libc::SYS_ftruncate, "uploads"),
+    (libc::SYS_openat, "/proc/self/fdinfo only (landlock)"),
+    (libc::SYS_getrandom, "session ids"),
+    (libc::SYS_clock_gettime, "timestamps and deadlines"),
+    (libc::SYS_clock_getres, "timestamps"),
+    (libc::SYS_gettimeofday, "timestamps"),
+    (libc::SYS_nanosleep, "std sleep"),
+    (libc::SYS_clock_nanosleep, "std sleep"),
+    (libc::SYS_sched_yield, "std spin loops"),
+    (libc::SYS_getpid, "abort on panic"),
+    (libc::SYS_gettid, "abort on panic"),
+    (libc::SYS_tgkill, "abort on panic"),
+    (libc::SYS_geteuid, "log line"),
+    (libc::SYS_getuid, "std"),
+    (libc::SYS_waitid, "reap the broker"),
+    (libc::SYS_pidfd_send_signal, "kill the broker on a failed start"),
+    (libc::SYS_restart_syscall, "restarted calls"),
+    (libc::SYS_exit, "threads end"),
+    (libc::SYS_exit_group, "the process ends"),
+];
+
+/// What the frontend must never do: the process is killed on the spot.
+pub const FRONTEND_FATAL: &[(i64, &str)] = &[
+    (libc::SYS_execve, "a compromised frontend must not become another program"),
+    (libc::SYS_execveat, "a compromised frontend must not become another program"),
+    (libc::SYS_ptrace, "no tracing the broker or sessions"),
+    (libc::SYS_process_vm_readv, "no reading other processes"),
+    (libc::SYS_process_vm_writev, "no writing other processes"),
+    (libc::SYS_mount, "no mounting"),
+    (libc::SYS_umount2, "no unmounting"),
+    (libc::SYS_pivot_root, "no changing the root"),
+    (libc::SYS_chroot, "no changing the root"),
+    (libc::SYS_setns, "no entering namespaces"),
+    (libc::SYS_unshare, "no new namespaces"),
+    (libc::SYS_bpf, "no BPF"),
+    (libc::SYS_init_module, "no kernel modules"),
+    (libc::SYS_finit_module, "no kernel modules"),
+];
+
 fn arch() -> TargetArch {
     #[cfg(target_arch = "aarch64")]
     return TargetArch::aarch64;
@@ -78,6 +166,28 @@ fn build(rules: BTreeMap<i64, Vec<SeccompRule>>, on_match: SeccompAction) -> Res
     let f = SeccompFilter::new(rules, SeccompAction::Allow, on_match, arch())
         .map_err(|e| SeccompError::Build(e.to_string()))?;
     f.try_into().map_err(|e: seccompiler::BackendError| SeccompError::Build(e.to_string()))
+}
+
+fn table(list: &[(i64, &str)]) -> BTreeMap<i64, Vec<SeccompRule>> {
+    list.iter().map(|(nr, _)| (*nr, vec![])).collect()
+}
+
+/// The frontend's filters (install all of them, in order).
+pub fn frontend() -> Result<Vec<BpfProgram>, SeccompError> {
+    let fatal = build(table(FRONTEND_FATAL), SeccompAction::KillProcess)?;
+    let mut allowed = table(FRONTEND_ALLOWED);
+    // ioctl: only FIONBIO and FIOCLEX.
+    let mut ioctl = Vec::new();
+    for req in [libc::FIONBIO, libc::FIOCLEX] {
+        let cond = SeccompCondition::new(1, SeccompCmpArgLen::Dword, SeccompCmpOp::Eq, req as u64)
+            .map_err(|e| SeccompError::Build(e.to_string()))?;
+        ioctl.push(SeccompRule::new(vec![cond]).map_err(|e| SeccompError::Build(e.to_string()))?);
+    }
+    allowed.insert(libc::SYS_ioctl, ioctl);
+    let f = SeccompFilter::new(allowed, SeccompAction::Errno(libc::EPERM as u32), SeccompAction::Allow, arch())
+        .map_err(|e| SeccompError::Build(e.to_string()))?;
+    let allow: BpfProgram = f.try_into().map_err(|e: seccompiler::BackendError| SeccompError::Build(e.to_string()))?;
+    Ok(vec![fatal, allow])
 }
 
 /// The session's filters (install all of them, in order).
@@ -106,6 +216,14 @@ pub fn install(filters: &[BpfProgram]) -> Result<(), SeccompError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn frontend_filters_build_and_never_allow_what_they_kill() {
+        assert_eq!(frontend().unwrap().len(), 2);
+        for (nr, _) in FRONTEND_FATAL {
+            assert!(!FRONTEND_ALLOWED.iter().any(|(a, _)| a == nr), "syscall {nr} both allowed and fatal");
+        }
+    }
 
     #[test]
     fn session_filters_build_and_name_every_reason() {

@@ -221,15 +221,21 @@ pub fn c_program(name: &str, source: &str, static_link: bool) -> Vec<u8> {
     std::fs::create_dir_all(&dir).unwrap();
     let src = dir.join(format!("{name}.c"));
     let out = dir.join(name);
+    // Tests run in parallel threads: one compiles, the others wait; the result appears
+    // atomically (rename), never half-written.
+    static COMPILING: Mutex<()> = Mutex::new(());
+    let _guard = COMPILING.lock().unwrap_or_else(|p| p.into_inner());
     if !out.exists() {
         std::fs::write(&src, source).unwrap();
+        let tmp = dir.join(format!("{name}.tmp"));
         let mut cmd = Command::new("cc");
-        cmd.arg("-O1").arg("-o").arg(&out).arg(&src);
+        cmd.arg("-O1").arg("-o").arg(&tmp).arg(&src);
         if static_link {
             cmd.arg("-static");
         }
         let st = cmd.status().expect("run cc (install gcc and libc6-dev)");
         assert!(st.success(), "compiling {name} failed");
+        std::fs::rename(&tmp, &out).unwrap();
     }
     std::fs::read(&out).unwrap()
 }

@@ -79,6 +79,8 @@ fn root_privileges_of_frontend_broker_and_sessions() {
     assert_eq!(proc_status(d.pid(), "CapEff").unwrap(), "0000000000000000");
     assert_eq!(proc_status(d.pid(), "CapPrm").unwrap(), "0000000000000000");
     assert_eq!(proc_status(d.pid(), "NoNewPrivs").unwrap(), "1");
+    assert_eq!(proc_status(d.pid(), "Seccomp").unwrap(), "2", "frontend runs without its seccomp filter");
+    assert_eq!(proc_status(d.pid(), "Seccomp_filters").unwrap(), "2");
     // Broker: another non-root host uid, in its own user, PID, mount and network namespaces.
     let broker_uid = proc_status(d.broker_pid, "Uid").unwrap();
     let bu: u32 = broker_uid.split_whitespace().next().unwrap().parse().unwrap();
