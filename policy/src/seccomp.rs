@@ -179,6 +179,8 @@ pub fn frontend() -> Result<Vec<BpfProgram>, SeccompError> {
     // ioctl: only FIONBIO and FIOCLEX.
     let mut ioctl = Vec::new();
     for req in [libc::FIONBIO, libc::FIOCLEX] {
+        // The ioctl request type differs between libcs (c_ulong here, c_int on musl).
+        #[allow(clippy::unnecessary_cast)]
         let cond = SeccompCondition::new(1, SeccompCmpArgLen::Dword, SeccompCmpOp::Eq, req as u64)
             .map_err(|e| SeccompError::Build(e.to_string()))?;
         ioctl.push(SeccompRule::new(vec![cond]).map_err(|e| SeccompError::Build(e.to_string()))?);
