@@ -54,6 +54,8 @@ struct Run {
     failed: bool,
     term_deadline: Option<Instant>,
     kill_deadline: Option<Instant>,
+    /// The run's cgroups, if any.
+    cgroup: Option<crate::cgroup::SessionCgroup>,
     /// Pipes' read ends, handed to the frontend with "started".
     stdout: Option<OwnedFd>,
     stderr: Option<OwnedFd>,
@@ -79,11 +81,18 @@ pub struct Broker {
     shutting_down: bool,
     /// The session seccomp filters, compiled once.
     session_seccomp: Vec<seccompiler::BpfProgram>,
+    /// Delegated cgroup directories (none in rootless mode).
+    cgroups: crate::cgroup::Cgroups,
 }
 
 impl Broker {
     /// Takes the socket, waits for the hello and answers it.
-    pub fn new(sock: OwnedFd, session_uids: u32, warnings: Vec<String>) -> Result<Self, BrokerError> {
+    pub fn new(
+        sock: OwnedFd,
+        session_uids: u32,
+        warnings: Vec<String>,
+        cgroups: crate::cgroup::Cgroups,
+    ) -> Result<Self, BrokerError> {
         let tube = Tube::new(sock)?;
         let poll = Poll::new()?;
         poll.registry().register(&mut SourceFd(&tube.as_raw_fd()), FRONTEND, Interest::READABLE)?;
@@ -97,6 +106,7 @@ impl Broker {
             single_uid: session_uids == 0,
             shutting_down: false,
             session_seccomp: policy::seccomp::session()?,
+            cgroups,
         };
         b.hello(warnings)?;
         Ok(b)
@@ -322,6 +332,13 @@ impl Broker {
         drop(in_w);
         let (ctl_parent, ctl_child) = shared::tube::socketpair().map_err(|e| err("socketpair", e))?;
         let memfd = session.memfd.try_clone().map_err(|e| format!("dup: {e}"))?;
+        let (cgroup, cgroup_procs) = match slot {
+            Some(slot) if self.cgroups.any() => {
+                let (c, procs) = self.cgroups.create(slot, &spec.limits)?;
+                (Some(c), procs)
+            }
+            _ => (None, Vec::new()),
+        };
         let plan = InitPlan {
             ctl: ctl_child,
             memfd,
@@ -331,9 +348,10 @@ impl Broker {
             argv,
             env,
             ns_uid: slot.map(policy::identity::IdPlan::session_ns_uid),
-            limits: policy::rlimits::session(&spec.limits),
+            limits: policy::rlimits::session(&spec.limits, cgroup.is_some() && self.cgroups.has_pids()),
             mounts: policy::mounts::session_plan(spec.limits.tmp_bytes.max(4096)),
             seccomp: self.session_seccomp.clone(),
+            cgroup_procs,
         };
         let flags =
             libc::CLONE_NEWPID | libc::CLONE_NEWNS | libc::CLONE_NEWNET | libc::CLONE_NEWIPC | libc::CLONE_NEWUTS;
@@ -347,6 +365,7 @@ impl Broker {
                 start_tag: None,
                 outcome: None,
                 failed: false,
+                cgroup,
                 term_deadline: None,
                 kill_deadline: None,
                 stdout: Some(out_r),
@@ -418,8 +437,18 @@ impl Broker {
         } else if !run.failed {
             // If the init vanished without a report it was SIGKILLed by us (kill safety).
             let (status, usage) = run.outcome.unwrap_or((ExitStatus::Signal(libc::SIGKILL), Usage::default()));
-            self.tube.send(0, Reply::Exited { id, status, usage })?;
+            let limit_hit = run.cgroup.and_then(|c| self.cgroups.finish(c));
+            self.tube.send(0, Reply::Exited { id, status, usage, limit_hit })?;
+            return self.after_finish(id, delete_tag);
         }
+        if let Some(c) = run.cgroup {
+            self.cgroups.finish(c);
+        }
+        self.after_finish(id, delete_tag)
+    }
+
+    /// What follows the end of a run: a pending DELETE completes.
+    fn after_finish(&mut self, id: SessionId, delete_tag: Option<u64>) -> Result<(), BrokerError> {
         if let Some(tag) = delete_tag {
             self.sessions.remove(&id);
             self.tube.send(tag, Reply::Deleted { id })?;

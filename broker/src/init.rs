@@ -115,6 +115,8 @@ pub struct InitPlan {
     pub mounts: Vec<policy::mounts::SessionMount>,
     /// Seccomp filters installed in the program's process just before exec.
     pub seccomp: Vec<seccompiler::BpfProgram>,
+    /// `cgroup.procs` of the session's cgroups, to join first thing.
+    pub cgroup_procs: Vec<OwnedFd>,
 }
 
 /// What the program's process needs to exec.
@@ -141,14 +143,16 @@ fn init_signals() -> SigSet {
 pub fn run(plan: InitPlan) -> ! {
     // Block our signals first: a STOP may arrive at any moment after clone3.
     let _ = init_signals().thread_block();
-    sys::close_all_except(&[
+    let mut keep = vec![
         plan.ctl.as_raw_fd(),
         plan.memfd.as_raw_fd(),
         plan.stdin.as_raw_fd(),
         plan.stdout.as_raw_fd(),
         plan.stderr.as_raw_fd(),
-    ]);
-    let InitPlan { ctl, memfd, stdin, stdout, stderr, argv, env, ns_uid, limits, mounts, seccomp } = plan;
+    ];
+    keep.extend(plan.cgroup_procs.iter().map(|f| f.as_raw_fd()));
+    sys::close_all_except(&keep);
+    let InitPlan { ctl, memfd, stdin, stdout, stderr, argv, env, ns_uid, limits, mounts, seccomp, cgroup_procs } = plan;
     let image = Image { memfd, stdin, stdout, stderr, argv, env, seccomp };
     let mut ctl = match Tube::new(ctl) {
         Ok(t) => t,
@@ -158,6 +162,10 @@ pub fn run(plan: InitPlan) -> ! {
         let _ = ctl.send(0, InitMsg::Failed { message });
         sys::exit_now(121)
     };
+    // Join the session's cgroups before anything else is allocated.
+    if let Err(e) = crate::cgroup::join(cgroup_procs) {
+        fail(&mut ctl, e);
+    }
     // If the broker dies, so do we (and with us the namespace).
     if nix::sys::prctl::set_pdeathsig(Signal::SIGKILL).is_err() {
         fail(&mut ctl, "cannot set the parent-death signal".into());

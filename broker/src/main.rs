@@ -8,6 +8,7 @@
 //! capabilities).
 
 mod broker;
+mod cgroup;
 mod init;
 mod jail;
 mod sys;
@@ -18,8 +19,8 @@ use std::os::fd::OwnedFd;
 const SOCKET_FD: i32 = 3;
 
 fn main() {
-    let session_uids = match parse_args(std::env::args().skip(1)) {
-        Ok(n) => n,
+    let (session_uids, cgroups_arg) = match parse_args(std::env::args().skip(1)) {
+        Ok(a) => a,
         Err(e) => {
             eprintln!("debuglantern-broker: {e}");
             std::process::exit(2);
@@ -43,6 +44,14 @@ fn main() {
             std::process::exit(2);
         }
     }
+    // The cgroup directories are opened before the pivot: afterwards there is no /sys.
+    let cgroups = match cgroup::Cgroups::open(&cgroups_arg) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("debuglantern-broker: cgroups: {e}");
+            std::process::exit(1);
+        }
+    };
     let warnings = match jail::enter_root(session_uids) {
         Ok(w) => w,
         Err(e) => {
@@ -56,7 +65,7 @@ fn main() {
         eprintln!("debuglantern-broker: {e}");
         std::process::exit(1);
     }
-    let code = match broker::Broker::new(sock, session_uids, warnings).and_then(|b| b.run()) {
+    let code = match broker::Broker::new(sock, session_uids, warnings, cgroups).and_then(|b| b.run()) {
         Ok(()) => 0,
         Err(e) => {
             eprintln!("debuglantern-broker: {}; every session was killed", error_chain(&e));
@@ -66,18 +75,19 @@ fn main() {
     std::process::exit(code);
 }
 
-fn parse_args(mut args: impl Iterator<Item = String>) -> Result<u32, String> {
-    let mut uids = None;
+fn parse_args(mut args: impl Iterator<Item = String>) -> Result<(u32, String), String> {
+    let (mut uids, mut cgroups) = (None, String::new());
     while let Some(a) = args.next() {
         match a.as_str() {
             "--session-uids" => {
                 let v = args.next().ok_or("--session-uids needs a value")?;
                 uids = Some(v.parse::<u32>().map_err(|e| format!("--session-uids {v}: {e}"))?);
             }
+            "--cgroups" => cgroups = args.next().ok_or("--cgroups needs a value")?,
             other => return Err(format!("unknown argument {other:?}")),
         }
     }
-    uids.ok_or_else(|| "missing --session-uids".to_string())
+    Ok((uids.ok_or("missing --session-uids")?, cgroups))
 }
 
 /// "outer: inner: innermost".

@@ -58,6 +58,9 @@ pub struct Flags {
     /// Default size of a session's private /tmp, e.g. 64M (default 64M).
     #[arg(long, value_parser = parse_bytes)]
     pub tmp_size: Option<u64>,
+    /// Default memory of a whole session (cgroup), e.g. 1G (0 = unlimited; default 1G).
+    #[arg(long, value_parser = parse_bytes)]
+    pub memory: Option<u64>,
     /// User the frontend drops to when started as root (default nobody).
     #[arg(long)]
     pub user: Option<String>,
@@ -90,6 +93,7 @@ pub struct FileConfig {
     open_files: Option<u64>,
     processes: Option<u64>,
     tmp_size: Option<ByteSize>,
+    memory: Option<ByteSize>,
     user: Option<String>,
     uid_base: Option<u32>,
     strict: Option<bool>,
@@ -195,6 +199,7 @@ impl Config {
                 open_files: flags.open_files.or(file.open_files).unwrap_or(1024),
                 processes: flags.processes.or(file.processes).unwrap_or(512),
                 tmp_bytes: flags.tmp_size.or(file.tmp_size.map(|b| b.0)).unwrap_or(64 << 20),
+                memory_bytes: flags.memory.or(file.memory.map(|b| b.0)).unwrap_or(1 << 30),
             },
             user: flags.user.or(file.user).unwrap_or_else(|| "nobody".into()),
             uid_base: flags.uid_base.or(file.uid_base).unwrap_or(policy::identity::DEFAULT_UID_BASE),

@@ -73,19 +73,27 @@ pub fn broker_path(cfg: &Config) -> PathBuf {
     })
 }
 
-/// Starts the broker. Must be called while the process is single-threaded.
-pub fn spawn(cfg: &Config) -> Result<Broker, LaunchError> {
+/// Starts the broker with the cgroup directories prepared for it (`memory=..,pids=..`,
+/// empty for none). Must be called while the process is single-threaded.
+pub fn spawn(cfg: &Config, cgroups: &str) -> Result<Broker, LaunchError> {
     let path = broker_path(cfg);
     let binary = File::open(&path).map_err(|source| LaunchError::Binary { path: path.clone(), source })?;
     let (ours, theirs) = shared::tube::socketpair().map_err(sys("socketpair"))?;
     let (sync_r, sync_w) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC).map_err(sys("pipe"))?;
     let root = Uid::effective().is_root();
     let session_uids = if root { cfg.max_sessions as u32 } else { 0 };
-    let argv = [
+    let mut argv = vec![
         c"debuglantern-broker".to_owned(),
         c"--session-uids".to_owned(),
         CString::new(session_uids.to_string()).expect("digits"),
     ];
+    if !cgroups.is_empty() {
+        argv.push(c"--cgroups".to_owned());
+        argv.push(
+            CString::new(cgroups)
+                .map_err(|_| LaunchError::Sys { what: "cgroup path".into(), source: nix::Error::EINVAL })?,
+        );
+    }
     let flags = libc::CLONE_NEWUSER
         | libc::CLONE_NEWPID
         | libc::CLONE_NEWNS

@@ -42,7 +42,16 @@ fn run() -> anyhow::Result<()> {
     let local = listener.local_addr()?;
     frontend::raise_nofile();
     policy::rlimits::apply(&policy::rlimits::daemon())?;
-    let broker = launcher::spawn(&cfg)?;
+    // Cgroup directories for the broker to manage (root only; warnings otherwise).
+    let cgroups = if root {
+        let p = frontend::cgroup::prepare(cfg.uid_base);
+        warnings.extend(p.warnings);
+        p.arg
+    } else {
+        warnings.push("rootless: no cgroup limits for sessions (rlimits still apply)".to_string());
+        String::new()
+    };
+    let broker = launcher::spawn(&cfg, &cgroups)?;
     let broker_pid = broker.pid;
     match drop_to {
         Some((uid, gid)) => policy::identity::drop_to(uid, gid)?,

@@ -110,6 +110,8 @@ pub struct LimitOpts {
     pub processes: Option<u64>,
     /// Size of the private /tmp, bytes.
     pub tmp_bytes: Option<u64>,
+    /// Memory of the whole session, bytes.
+    pub memory_bytes: Option<u64>,
 }
 
 /// The size argument of UPLOAD, already checked to be a decimal number.

@@ -841,6 +841,7 @@ impl Server {
                 open_files: req.open_files.unwrap_or(0),
                 processes: req.processes.unwrap_or(0),
                 tmp_bytes: req.tmp_bytes.unwrap_or(0),
+                memory_bytes: req.memory_bytes.unwrap_or(0),
             },
         );
         let tag = self.next_tag();
@@ -972,8 +973,8 @@ impl Server {
 
     fn on_broker(&mut self, tag: u64, reply: Reply, touched: &mut Vec<Token>) {
         if tag == 0 {
-            if let Reply::Exited { id, status, usage } = reply {
-                self.on_exited(Uuid::from_bytes(id.0), status, usage, touched);
+            if let Reply::Exited { id, status, usage, limit_hit } = reply {
+                self.on_exited(Uuid::from_bytes(id.0), status, usage, limit_hit, touched);
             }
             return;
         }
@@ -996,6 +997,7 @@ impl Server {
                     ns_pid: None,
                     exit: None,
                     usage: None,
+                    cgroup_hit: None,
                     limits: self.cfg.limits,
                     runs: 0,
                     started: None,
@@ -1043,6 +1045,7 @@ impl Server {
                 s.ns_pid = Some(ns_pid);
                 s.exit = None;
                 s.usage = None;
+                s.cgroup_hit = None;
                 s.limits = limits;
                 s.runs += 1;
                 s.started = Some(SystemTime::now());
@@ -1119,7 +1122,14 @@ impl Server {
         }
     }
 
-    fn on_exited(&mut self, id: Uuid, status: shared::ExitStatus, usage: shared::Usage, touched: &mut Vec<Token>) {
+    fn on_exited(
+        &mut self,
+        id: Uuid,
+        status: shared::ExitStatus,
+        usage: shared::Usage,
+        limit_hit: Option<shared::LimitHit>,
+        touched: &mut Vec<Token>,
+    ) {
         // Every process of the run is dead: the pipes hold their last bytes, then EOF.
         let pipe_tokens: Vec<Token> = self
             .pipes
@@ -1134,6 +1144,7 @@ impl Server {
         s.state = State::Stopped;
         s.exit = Some(status);
         s.usage = Some(usage);
+        s.cgroup_hit = limit_hit;
         s.ended = Some(SystemTime::now());
         let waiters = std::mem::take(&mut s.exit_waiters);
         let v = json!({"ok": true, "id": id.to_string(), "state": "STOPPED", "exit": session::exit_json(status), "limit_hit": s.limit_hit()});

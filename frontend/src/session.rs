@@ -131,6 +131,8 @@ pub struct Session {
     pub exit: Option<ExitStatus>,
     /// What the last run used.
     pub usage: Option<Usage>,
+    /// A cgroup limit the last run ran into (from the broker).
+    pub cgroup_hit: Option<shared::LimitHit>,
     /// Limits of the current/last run.
     pub limits: RunLimits,
     /// Runs so far.
@@ -156,6 +158,11 @@ pub struct Session {
 impl Session {
     /// What ended the run, if a limit did.
     pub fn limit_hit(&self) -> Option<&'static str> {
+        match self.cgroup_hit {
+            Some(shared::LimitHit::Memory) => return Some("memory"),
+            Some(shared::LimitHit::Pids) => return Some("pids"),
+            None => {}
+        }
         match self.exit? {
             ExitStatus::Signal(s) if s == libc::SIGXCPU => Some("cpu"),
             ExitStatus::Signal(s) if s == libc::SIGKILL && self.limits.cpu_seconds > 0 => {
@@ -214,7 +221,7 @@ pub fn exit_json(e: ExitStatus) -> Value {
 /// Limits as JSON (0 = unlimited is shown as null).
 pub fn limits_json(l: &RunLimits) -> Value {
     let n = |v: u64| if v == 0 { Value::Null } else { json!(v) };
-    json!({"cpu_seconds": n(l.cpu_seconds), "address_space": n(l.address_space), "open_files": n(l.open_files), "processes": n(l.processes), "tmp_bytes": n(l.tmp_bytes)})
+    json!({"cpu_seconds": n(l.cpu_seconds), "address_space": n(l.address_space), "open_files": n(l.open_files), "processes": n(l.processes), "tmp_bytes": n(l.tmp_bytes), "memory_bytes": n(l.memory_bytes)})
 }
 
 /// RFC 3339 UTC with milliseconds.

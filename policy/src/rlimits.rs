@@ -17,7 +17,9 @@ pub struct Limit {
 }
 
 /// The limits of a session process (and everything it forks: rlimits are inherited).
-pub fn session(l: &RunLimits) -> Vec<Limit> {
+/// With a pids cgroup in force, the process count is left to it (it counts the whole
+/// session precisely and reports when it was hit); otherwise `RLIMIT_NPROC` bounds it.
+pub fn session(l: &RunLimits, pids_cgroup: bool) -> Vec<Limit> {
     let mut v = vec![Limit { resource: Resource::RLIMIT_CORE, value: 0, reason: "no core dumps of untrusted code" }];
     let mut opt = |resource, value: u64, reason| {
         if value != 0 {
@@ -29,7 +31,9 @@ pub fn session(l: &RunLimits) -> Vec<Limit> {
     opt(Resource::RLIMIT_CPU, l.cpu_seconds, "cpu seconds of each process");
     opt(Resource::RLIMIT_AS, l.address_space, "address space of each process");
     opt(Resource::RLIMIT_NOFILE, l.open_files, "open descriptors of each process");
-    opt(Resource::RLIMIT_NPROC, l.processes, "processes of the session's uid");
+    if !pids_cgroup {
+        opt(Resource::RLIMIT_NPROC, l.processes, "processes of the session's uid");
+    }
     v
 }
 
@@ -61,6 +65,7 @@ pub fn tighten(base: RunLimits, req: RunLimits) -> RunLimits {
         open_files: pick(base.open_files, req.open_files),
         processes: pick(base.processes, req.processes),
         tmp_bytes: pick(base.tmp_bytes, req.tmp_bytes),
+        memory_bytes: pick(base.memory_bytes, req.memory_bytes),
     }
 }
 
@@ -70,19 +75,39 @@ mod tests {
 
     #[test]
     fn tighten_never_loosens() {
-        let base = RunLimits { cpu_seconds: 10, address_space: 0, open_files: 64, processes: 32, tmp_bytes: 1 << 20 };
-        let req =
-            RunLimits { cpu_seconds: 100, address_space: 1 << 20, open_files: 0, processes: 4, tmp_bytes: 1 << 30 };
+        let base = RunLimits {
+            cpu_seconds: 10,
+            address_space: 0,
+            open_files: 64,
+            processes: 32,
+            tmp_bytes: 1 << 20,
+            memory_bytes: 0,
+        };
+        let req = RunLimits {
+            cpu_seconds: 100,
+            address_space: 1 << 20,
+            open_files: 0,
+            processes: 4,
+            tmp_bytes: 1 << 30,
+            memory_bytes: 5,
+        };
         let t = tighten(base, req);
         assert_eq!(
             t,
-            RunLimits { cpu_seconds: 10, address_space: 1 << 20, open_files: 64, processes: 4, tmp_bytes: 1 << 20 }
+            RunLimits {
+                cpu_seconds: 10,
+                address_space: 1 << 20,
+                open_files: 64,
+                processes: 4,
+                tmp_bytes: 1 << 20,
+                memory_bytes: 5
+            }
         );
     }
 
     #[test]
     fn session_always_forbids_core_dumps() {
-        let v = session(&RunLimits::default());
+        let v = session(&RunLimits::default(), false);
         assert_eq!(v.len(), 1);
         assert_eq!(v[0].resource, Resource::RLIMIT_CORE);
     }

@@ -34,6 +34,17 @@ pub struct RunLimits {
     pub processes: u64,
     /// Size of the session's private `/tmp`, bytes.
     pub tmp_bytes: u64,
+    /// Memory of the whole session (cgroup), bytes.
+    pub memory_bytes: u64,
+}
+
+/// A cgroup limit that a run ran into.
+#[derive(Encode, Decode, Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LimitHit {
+    /// The memory cgroup's OOM killer killed a process of the session.
+    Memory,
+    /// A fork failed at the session's pids limit.
+    Pids,
 }
 
 /// What to run for a `Start`.
@@ -169,6 +180,8 @@ pub enum Reply {
         status: ExitStatus,
         /// What the tree used.
         usage: Usage,
+        /// A cgroup limit the run ran into.
+        limit_hit: Option<LimitHit>,
     },
     /// The session is gone.
     Deleted {
@@ -243,7 +256,7 @@ pub enum ReplyWire {
     Hello { magic: [u8; 8], version: u32, warnings: Vec<String> },
     Loaded { id: SessionId },
     Started { id: SessionId, ns_pid: u32 },
-    Exited { id: SessionId, status: ExitStatus, usage: Usage },
+    Exited { id: SessionId, status: ExitStatus, usage: Usage, limit_hit: Option<LimitHit> },
     Deleted { id: SessionId },
     Accepted { id: SessionId },
     Refused { refusal: Refusal, message: String },
@@ -313,7 +326,9 @@ impl Message for Reply {
             Reply::Started { id, ns_pid, pidfd, stdout, stderr } => {
                 (ReplyWire::Started { id, ns_pid }, vec![pidfd, stdout, stderr])
             }
-            Reply::Exited { id, status, usage } => (ReplyWire::Exited { id, status, usage }, vec![]),
+            Reply::Exited { id, status, usage, limit_hit } => {
+                (ReplyWire::Exited { id, status, usage, limit_hit }, vec![])
+            }
             Reply::Deleted { id } => (ReplyWire::Deleted { id }, vec![]),
             Reply::Accepted { id } => (ReplyWire::Accepted { id }, vec![]),
             Reply::Refused { refusal, message } => (ReplyWire::Refused { refusal, message }, vec![]),
@@ -334,9 +349,9 @@ impl Message for Reply {
                 let [pidfd, stdout, stderr] = take_fds("started", fds)?;
                 Reply::Started { id, ns_pid, pidfd, stdout, stderr }
             }
-            ReplyWire::Exited { id, status, usage } => {
+            ReplyWire::Exited { id, status, usage, limit_hit } => {
                 let [] = take_fds("exited", fds)?;
-                Reply::Exited { id, status, usage }
+                Reply::Exited { id, status, usage, limit_hit }
             }
             ReplyWire::Deleted { id } => {
                 let [] = take_fds("deleted", fds)?;

@@ -143,6 +143,22 @@ fn root_escape_resource_bombs_are_contained() {
     assert_eq!(c.cmd(&format!("STATUS {id}"))["limit_hit"], "cpu");
     rig_responsive(&d, &sleeper);
 
+    // Cgroup limits, where the host has them: a memory bomb without an address-space
+    // limit is OOM-killed inside its own cgroup, a fork bomb stops at the pids limit.
+    let hello = c.cmd("HELLO");
+    if hello["warnings"].to_string().contains("cgroup") {
+        eprintln!("no cgroups on this host: {}", hello["warnings"]);
+    } else {
+        let (_, end) = run(&mut c, &id, &["mem_bomb"], json!({"memory_bytes": 64u64 << 20}));
+        assert_eq!(end["exit"]["signal"], 9, "{end}");
+        assert_eq!(c.cmd(&format!("STATUS {id}"))["limit_hit"], "memory");
+        rig_responsive(&d, &sleeper);
+        let (out, _) = run(&mut c, &id, &["fork_bomb"], json!({"processes": 32}));
+        assert_eq!(outcome(&out, "fork_bomb"), "EAGAIN", "{out}");
+        assert_eq!(c.cmd(&format!("STATUS {id}"))["limit_hit"], "pids");
+        rig_responsive(&d, &sleeper);
+    }
+
     // Per-START limits only tighten: asking for more than the daemon allows is ignored.
     let (out, _) = run(&mut c, &id, &["fork_bomb"], json!({"processes": 1_000_000, "open_files": 1_000_000}));
     assert_eq!(outcome(&out, "fork_bomb"), "EAGAIN", "{out}");
