@@ -29,7 +29,7 @@ pub struct SessionCgroup {
 fn open_dir(path: &str) -> Result<OwnedFd, String> {
     let fd = nix::fcntl::open(path, OFlag::O_RDONLY | OFlag::O_DIRECTORY | OFlag::O_CLOEXEC, Mode::empty())
         .map_err(|e| format!("open {path}: {e}"))?;
-    shared::os::adopt_inherited(fd).map_err(|e| format!("open {path}: {e}"))
+    shared::os::adopt_fd(fd).map_err(|e| format!("open {path}: {e}"))
 }
 
 impl Cgroups {
@@ -77,7 +77,7 @@ impl Cgroups {
                 Mode::empty(),
             )
             .map_err(|e| format!("open {name}/cgroup.procs: {e}"))?;
-            procs.push(shared::os::adopt_inherited(fd).map_err(|e| e.to_string())?);
+            procs.push(shared::os::adopt_fd(fd).map_err(|e| e.to_string())?);
         }
         let sc = SessionCgroup { name };
         if let Some(mem) = &self.memory {
@@ -124,7 +124,7 @@ impl Cgroups {
 fn write_at(dir: &OwnedFd, path: &str, value: &str) -> Result<(), String> {
     let fd = openat(Some(dir.as_raw_fd()), path, OFlag::O_WRONLY | OFlag::O_CLOEXEC, Mode::empty())
         .map_err(|e| format!("open {path}: {e}"))?;
-    let mut f = std::fs::File::from(shared::os::adopt_inherited(fd).map_err(|e| e.to_string())?);
+    let mut f = std::fs::File::from(shared::os::adopt_fd(fd).map_err(|e| e.to_string())?);
     f.write_all(value.as_bytes()).map_err(|e| format!("write {value} to {path}: {e}"))
 }
 
@@ -132,7 +132,7 @@ fn read_at(dir: &OwnedFd, path: &str) -> String {
     let Ok(fd) = openat(Some(dir.as_raw_fd()), path, OFlag::O_RDONLY | OFlag::O_CLOEXEC, Mode::empty()) else {
         return String::new();
     };
-    let Ok(fd) = shared::os::adopt_inherited(fd) else { return String::new() };
+    let Ok(fd) = shared::os::adopt_fd(fd) else { return String::new() };
     let mut s = String::new();
     let _ = std::fs::File::from(fd).read_to_string(&mut s);
     s

@@ -28,7 +28,7 @@ fn main() {
     };
     // Sanitise: nothing inherited but stdio and our socket.
     sys::close_all_except(&[SOCKET_FD]);
-    let sock: OwnedFd = match shared::os::adopt_inherited(SOCKET_FD) {
+    let sock: OwnedFd = match shared::os::adopt_fd(SOCKET_FD) {
         Ok(s) => s,
         Err(e) => {
             eprintln!("debuglantern-broker: no socket on fd {SOCKET_FD} ({e}); this binary is started by debuglantern");

@@ -18,12 +18,13 @@ pub(crate) fn adopt_received(fds: &[RawFd]) -> Vec<OwnedFd> {
         .collect()
 }
 
-/// Takes ownership of a descriptor inherited at exec (the broker's socket on fd 3).
-/// The caller checks the descriptor is open and adopts it exactly once.
-pub fn adopt_inherited(fd: RawFd) -> Result<OwnedFd, Errno> {
+/// Takes ownership of a raw descriptor that nothing else owns: one inherited at exec (the
+/// broker's socket on fd 3) or one a raw-fd API just returned. Fails if it is not open;
+/// the caller adopts each descriptor exactly once.
+pub fn adopt_fd(fd: RawFd) -> Result<OwnedFd, Errno> {
     nix::fcntl::fcntl(fd, nix::fcntl::FcntlArg::F_GETFD)?;
-    // SAFETY: the descriptor is open (checked above) and was handed to this process at
-    // exec for it to own; nothing else in the process refers to it.
+    // SAFETY: the descriptor is open (checked above) and, per this function's contract,
+    // owned by nothing else in the process.
     Ok(unsafe { OwnedFd::from_raw_fd(fd) })
 }
 
