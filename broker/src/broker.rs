@@ -9,18 +9,19 @@
 //! it means the frontend is compromised or broken, so the broker fails closed: it kills
 //! every session and exits non-zero, and the daemon with it.
 
-use crate::init::{self, InitMsg, InitPlan};
+use crate::init::InitMsg;
+use crate::spawner::{SpawnReply, SpawnRequest};
 use crate::sys;
 use mio::unix::SourceFd;
 use mio::{Events, Interest, Poll, Token};
-use nix::fcntl::{fcntl, FcntlArg, OFlag, SealFlag};
+use nix::fcntl::{fcntl, FcntlArg, SealFlag};
 use shared::{ExitStatus, Refusal, Reply, Request, SessionId, StartSpec, Tube, TubeError, Usage, MAGIC, WIRE_VERSION};
 use std::collections::HashMap;
-use std::ffi::CString;
 use std::os::fd::{AsFd, AsRawFd, OwnedFd};
 use std::time::{Duration, Instant};
 
 const FRONTEND: Token = Token(0);
+const SPAWNER: Token = Token(1);
 /// How long the init gets to kill and reap its namespace before we SIGKILL it.
 const KILL_SAFETY: Duration = Duration::from_secs(2);
 /// Most sessions the broker holds, whatever the frontend asks (a second line of defence).
@@ -38,6 +39,9 @@ pub enum BrokerError {
     /// A policy could not be built.
     #[error("session policy")]
     Policy(#[from] policy::seccomp::SeccompError),
+    /// The spawner died or misbehaved.
+    #[error("spawner link")]
+    Spawner(#[source] TubeError),
     /// epoll failed.
     #[error("event loop")]
     Poll(#[from] std::io::Error),
@@ -61,9 +65,19 @@ struct Run {
     stderr: Option<OwnedFd>,
 }
 
+/// A START waiting for the spawner.
+struct PendingSpawn {
+    id: SessionId,
+    start_tag: u64,
+    slot: Option<u32>,
+    cgroup: Option<crate::cgroup::SessionCgroup>,
+}
+
 struct Session {
     memfd: OwnedFd,
     run: Option<Run>,
+    /// A START is with the spawner.
+    spawning: bool,
     /// Tag of a DELETE waiting for the run to end.
     delete_tag: Option<u64>,
 }
@@ -79,34 +93,42 @@ pub struct Broker {
     free_slots: Vec<u32>,
     single_uid: bool,
     shutting_down: bool,
-    /// The session seccomp filters, compiled once.
-    session_seccomp: Vec<seccompiler::BpfProgram>,
     /// Delegated cgroup directories (none in rootless mode).
     cgroups: crate::cgroup::Cgroups,
+    /// The spawner's socket.
+    spawner: Tube,
+    /// STARTs with the spawner, by spawner tag.
+    spawns: HashMap<u64, PendingSpawn>,
+    next_spawn: u64,
 }
 
 impl Broker {
     /// Takes the socket, waits for the hello and answers it.
     pub fn new(
         sock: OwnedFd,
+        spawner: OwnedFd,
         session_uids: u32,
         warnings: Vec<String>,
         cgroups: crate::cgroup::Cgroups,
     ) -> Result<Self, BrokerError> {
         let tube = Tube::new(sock)?;
+        let spawner = Tube::new(spawner).map_err(BrokerError::Spawner)?;
         let poll = Poll::new()?;
         poll.registry().register(&mut SourceFd(&tube.as_raw_fd()), FRONTEND, Interest::READABLE)?;
+        poll.registry().register(&mut SourceFd(&spawner.as_raw_fd()), SPAWNER, Interest::READABLE)?;
         let mut b = Broker {
             poll,
             tube,
             sessions: HashMap::new(),
             tokens: HashMap::new(),
-            next_token: 1,
+            next_token: 2,
             free_slots: (0..session_uids).rev().collect(),
             single_uid: session_uids == 0,
             shutting_down: false,
-            session_seccomp: policy::seccomp::session()?,
             cgroups,
+            spawner,
+            spawns: HashMap::new(),
+            next_spawn: 1,
         };
         b.hello(warnings)?;
         Ok(b)
@@ -150,7 +172,7 @@ impl Broker {
     fn serve(&mut self) -> Result<(), BrokerError> {
         let mut events = Events::with_capacity(256);
         loop {
-            if self.shutting_down && self.sessions.values().all(|s| s.run.is_none()) {
+            if self.shutting_down && self.spawns.is_empty() && self.sessions.values().all(|s| s.run.is_none()) {
                 return Ok(());
             }
             let timeout = self.next_deadline().map(|d| d.saturating_duration_since(Instant::now()));
@@ -169,6 +191,13 @@ impl Broker {
                             self.handle(tag, req)?;
                         }
                     }
+                    SPAWNER => loop {
+                        match self.spawner.recv::<SpawnReply>() {
+                            Ok(Some((tag, reply))) => self.on_spawned(tag, reply)?,
+                            Ok(None) => break,
+                            Err(e) => return Err(BrokerError::Spawner(e)),
+                        }
+                    },
                     t => self.on_run_event(t)?,
                 }
             }
@@ -200,7 +229,7 @@ impl Broker {
                 if let Err(why) = check_sealed_memfd(&memfd) {
                     return self.refuse(tag, Refusal::BadRequest, why);
                 }
-                self.sessions.insert(id, Session { memfd, run: None, delete_tag: None });
+                self.sessions.insert(id, Session { memfd, run: None, spawning: false, delete_tag: None });
                 self.tube.send(tag, Reply::Loaded { id })?;
                 Ok(())
             }
@@ -230,6 +259,9 @@ impl Broker {
                 };
                 if s.delete_tag.is_some() {
                     return self.refuse(tag, Refusal::InvalidState, "session is already being deleted");
+                }
+                if s.spawning {
+                    return self.refuse(tag, Refusal::InvalidState, "session is starting");
                 }
                 match s.run.as_mut() {
                     Some(run) => {
@@ -272,18 +304,15 @@ impl Broker {
         let Some(session) = self.sessions.get(&id) else {
             return self.refuse(tag, Refusal::NotFound, "no such session in the broker");
         };
-        if session.run.is_some() || session.delete_tag.is_some() {
+        if session.run.is_some() || session.spawning || session.delete_tag.is_some() {
             return self.refuse(tag, Refusal::InvalidState, "session is running");
         }
-        let (argv, env) = match (to_cstrings(&spec.argv), to_cstrings(&spec.env)) {
-            (Ok(a), Ok(e)) if !a.is_empty() => (a, e),
-            _ => {
-                return self.refuse(
-                    tag,
-                    Refusal::BadRequest,
-                    "argv must be non-empty; argv and env must not contain NUL",
-                )
-            }
+        if spec.argv.is_empty() || spec.argv.iter().chain(&spec.env).any(|a| a.contains(&0)) {
+            return self.refuse(tag, Refusal::BadRequest, "argv must be non-empty; argv and env must not contain NUL");
+        }
+        let memfd = match session.memfd.try_clone() {
+            Ok(m) => m,
+            Err(e) => return self.refuse(tag, Refusal::Internal, format!("dup: {e}")),
         };
         let slot = if self.single_uid {
             None
@@ -293,84 +322,80 @@ impl Broker {
                 None => return self.refuse(tag, Refusal::LimitReached, "every session uid is in use"),
             }
         };
-        match self.spawn(session, argv, env, &spec, slot) {
-            Ok(mut run) => {
-                run.start_tag = Some(tag);
+        let (cgroup, cgroup_procs) = match slot {
+            Some(slot) if self.cgroups.any() => match self.cgroups.create(slot, &spec.limits) {
+                Ok((c, procs)) => (Some(c), procs),
+                Err(message) => {
+                    self.free_slots.push(slot);
+                    return self.refuse(tag, Refusal::Internal, message);
+                }
+            },
+            _ => (None, Vec::new()),
+        };
+        let req = SpawnRequest {
+            spec,
+            ns_uid: slot.map(policy::identity::IdPlan::session_ns_uid),
+            pids_cgroup: cgroup.is_some() && self.cgroups.has_pids(),
+            memfd,
+            cgroup_procs,
+        };
+        let stag = self.next_spawn;
+        self.next_spawn += 1;
+        self.spawner.send(stag, req).map_err(BrokerError::Spawner)?;
+        self.spawns.insert(stag, PendingSpawn { id, start_tag: tag, slot, cgroup });
+        if let Some(s) = self.sessions.get_mut(&id) {
+            s.spawning = true;
+        }
+        Ok(())
+    }
+
+    fn on_spawned(&mut self, stag: u64, reply: SpawnReply) -> Result<(), BrokerError> {
+        let Some(p) = self.spawns.remove(&stag) else {
+            return Err(BrokerError::Spawner(TubeError::Decode(format!("answer to unknown request {stag}"))));
+        };
+        if let Some(s) = self.sessions.get_mut(&p.id) {
+            s.spawning = false;
+        }
+        match reply {
+            SpawnReply::Failed { message } => {
+                if let Some(slot) = p.slot {
+                    self.free_slots.push(slot);
+                }
+                if let Some(c) = p.cgroup {
+                    self.cgroups.finish(c);
+                }
+                self.refuse(p.start_tag, Refusal::Internal, message)
+            }
+            SpawnReply::Spawned { init_pidfd, ctl, stdout, stderr } => {
+                let run = Run {
+                    init_pidfd,
+                    ctl: Tube::new(ctl)?,
+                    slot: p.slot,
+                    start_tag: Some(p.start_tag),
+                    outcome: None,
+                    failed: false,
+                    cgroup: p.cgroup,
+                    term_deadline: None,
+                    kill_deadline: None,
+                    stdout: Some(stdout),
+                    stderr: Some(stderr),
+                };
                 let base = self.next_token;
                 self.next_token += 2;
                 let (tp, tc) = (Token(base), Token(base + 1));
                 self.poll.registry().register(&mut SourceFd(&run.init_pidfd.as_raw_fd()), tp, Interest::READABLE)?;
                 self.poll.registry().register(&mut SourceFd(&run.ctl.as_raw_fd()), tc, Interest::READABLE)?;
-                self.tokens.insert(tp, id);
-                self.tokens.insert(tc, id);
-                if let Some(s) = self.sessions.get_mut(&id) {
-                    s.run = Some(run);
+                self.tokens.insert(tp, p.id);
+                self.tokens.insert(tc, p.id);
+                match self.sessions.get_mut(&p.id) {
+                    Some(s) => s.run = Some(run),
+                    // Cannot happen (DELETE waits for a spawning session); never leak a run.
+                    None => {
+                        let _ = sys::pidfd_signal(run.init_pidfd.as_fd(), libc::SIGKILL);
+                    }
                 }
                 Ok(())
             }
-            Err(message) => {
-                if let Some(s) = slot {
-                    self.free_slots.push(s);
-                }
-                self.refuse(tag, Refusal::Internal, message)
-            }
-        }
-    }
-
-    fn spawn(
-        &self,
-        session: &Session,
-        argv: Vec<CString>,
-        env: Vec<CString>,
-        spec: &StartSpec,
-        slot: Option<u32>,
-    ) -> Result<Run, String> {
-        let err = |what: &str, e: nix::Error| format!("{what}: {e}");
-        let (out_r, out_w) = nix::unistd::pipe2(OFlag::O_CLOEXEC).map_err(|e| err("pipe", e))?;
-        let (err_r, err_w) = nix::unistd::pipe2(OFlag::O_CLOEXEC).map_err(|e| err("pipe", e))?;
-        let (in_r, in_w) = nix::unistd::pipe2(OFlag::O_CLOEXEC).map_err(|e| err("pipe", e))?;
-        drop(in_w);
-        let (ctl_parent, ctl_child) = shared::tube::socketpair().map_err(|e| err("socketpair", e))?;
-        let memfd = session.memfd.try_clone().map_err(|e| format!("dup: {e}"))?;
-        let (cgroup, cgroup_procs) = match slot {
-            Some(slot) if self.cgroups.any() => {
-                let (c, procs) = self.cgroups.create(slot, &spec.limits)?;
-                (Some(c), procs)
-            }
-            _ => (None, Vec::new()),
-        };
-        let plan = InitPlan {
-            ctl: ctl_child,
-            memfd,
-            stdin: in_r,
-            stdout: out_w,
-            stderr: err_w,
-            argv,
-            env,
-            ns_uid: slot.map(policy::identity::IdPlan::session_ns_uid),
-            limits: policy::rlimits::session(&spec.limits, cgroup.is_some() && self.cgroups.has_pids()),
-            mounts: policy::mounts::session_plan(spec.limits.tmp_bytes.max(4096)),
-            seccomp: self.session_seccomp.clone(),
-            cgroup_procs,
-        };
-        let flags =
-            libc::CLONE_NEWPID | libc::CLONE_NEWNS | libc::CLONE_NEWNET | libc::CLONE_NEWIPC | libc::CLONE_NEWUTS;
-        match sys::fork_into(flags) {
-            Err(e) => Err(format!("cannot create the session's namespaces: {e}")),
-            Ok(sys::Forked::Child) => init::run(plan),
-            Ok(sys::Forked::Parent { pidfd, .. }) => Ok(Run {
-                init_pidfd: pidfd,
-                ctl: Tube::new(ctl_parent).map_err(|e| e.to_string())?,
-                slot,
-                start_tag: None,
-                outcome: None,
-                failed: false,
-                cgroup,
-                term_deadline: None,
-                kill_deadline: None,
-                stdout: Some(out_r),
-                stderr: Some(err_r),
-            }),
         }
     }
 
@@ -409,10 +434,10 @@ impl Broker {
     fn try_finish(&mut self, id: SessionId) -> Result<(), BrokerError> {
         let Some(session) = self.sessions.get_mut(&id) else { return Ok(()) };
         let Some(run) = session.run.as_mut() else { return Ok(()) };
-        match sys::reap_pidfd(run.init_pidfd.as_fd()) {
-            Ok(sys::Reaped::Running) => return Ok(()),
-            Ok(_) => {}
-            Err(e) => eprintln!("debuglantern-broker: waitid on a session init: {e}"),
+        // The spawner's kernel-side reaping means we cannot waitid: a readable pidfd says
+        // the init has exited.
+        if !exited(&run.init_pidfd) {
+            return Ok(());
         }
         // Drain what the init sent just before it exited.
         while let Ok(Some((_, msg))) = run.ctl.recv::<InitMsg>() {
@@ -484,13 +509,16 @@ impl Broker {
             let _ = sys::pidfd_signal(run.init_pidfd.as_fd(), libc::SIGKILL);
         }
         for run in self.sessions.values().filter_map(|s| s.run.as_ref()) {
-            let fd = run.init_pidfd.as_raw_fd();
             let mut pfd = [nix::poll::PollFd::new(run.init_pidfd.as_fd(), nix::poll::PollFlags::POLLIN)];
             let _ = nix::poll::poll(&mut pfd, nix::poll::PollTimeout::from(5000u16));
-            let _ = fd;
-            let _ = sys::reap_pidfd(run.init_pidfd.as_fd());
         }
     }
+}
+
+/// Whether the process behind a pidfd has exited (its pidfd polls readable).
+fn exited(pidfd: &OwnedFd) -> bool {
+    let mut pfd = [nix::poll::PollFd::new(pidfd.as_fd(), nix::poll::PollFlags::POLLIN)];
+    matches!(nix::poll::poll(&mut pfd, nix::poll::PollTimeout::ZERO), Ok(n) if n > 0)
 }
 
 /// Asks the init to SIGKILL its whole namespace (it then reports the status and usage);
@@ -501,10 +529,6 @@ fn request_kill(run: &mut Run) {
         let _ = sys::pidfd_signal(run.init_pidfd.as_fd(), libc::SIGUSR1);
         run.kill_deadline = Some(Instant::now() + KILL_SAFETY);
     }
-}
-
-fn to_cstrings(v: &[Vec<u8>]) -> Result<Vec<CString>, ()> {
-    v.iter().map(|b| CString::new(b.clone()).map_err(drop)).collect()
 }
 
 /// The broker accepts only a memfd sealed against every change: what runs is byte for byte

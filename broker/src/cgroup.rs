@@ -46,6 +46,12 @@ impl Cgroups {
         Ok(c)
     }
 
+    /// The delegated directories (for the broker's landlock ruleset).
+    pub fn dir_fds(&self) -> Vec<std::os::fd::BorrowedFd<'_>> {
+        use std::os::fd::AsFd;
+        self.dirs().map(|d| d.as_fd()).collect()
+    }
+
     /// Whether the pids controller is available.
     pub fn has_pids(&self) -> bool {
         self.pids.is_some()

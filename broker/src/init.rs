@@ -141,7 +141,9 @@ fn init_signals() -> SigSet {
 
 /// Runs the init. Never returns.
 pub fn run(plan: InitPlan) -> ! {
-    // Block our signals first: a STOP may arrive at any moment after clone3.
+    // The spawner ignores SIGCHLD; we reap our own tree, so restore the default. Then block
+    // our signals: a STOP may arrive at any moment after clone3.
+    sys::set_sigchld(true);
     let _ = init_signals().thread_block();
     let mut keep = vec![
         plan.ctl.as_raw_fd(),

@@ -11,6 +11,7 @@ mod broker;
 mod cgroup;
 mod init;
 mod jail;
+mod spawner;
 mod sys;
 
 use std::os::fd::OwnedFd;
@@ -52,7 +53,7 @@ fn main() {
             std::process::exit(1);
         }
     };
-    let warnings = match jail::enter_root(session_uids) {
+    let mut warnings = match jail::enter_root(session_uids) {
         Ok(w) => w,
         Err(e) => {
             eprintln!("debuglantern-broker: cannot build the jail root: {e}");
@@ -65,7 +66,26 @@ fn main() {
         eprintln!("debuglantern-broker: {e}");
         std::process::exit(1);
     }
-    let code = match broker::Broker::new(sock, session_uids, warnings, cgroups).and_then(|b| b.run()) {
+    // Fork the spawner while we are unconfined, then confine ourselves: landlock (only the
+    // cgroup directories), then the seccomp allow list (no fork, exec, mount or socket).
+    let confined = (|| -> Result<OwnedFd, String> {
+        let session_seccomp = policy::seccomp::session().map_err(|e| e.to_string())?;
+        let spawner = spawner::start(&session_seccomp)?;
+        let own = policy::seccomp::broker().map_err(|e| e.to_string())?;
+        if let Some(w) = policy::landlock::broker(&cgroups.dir_fds())? {
+            warnings.push(w);
+        }
+        policy::seccomp::install(&own).map_err(|e| e.to_string())?;
+        Ok(spawner)
+    })();
+    let spawner = match confined {
+        Ok(s) => s,
+        Err(e) => {
+            eprintln!("debuglantern-broker: cannot confine the broker: {e}");
+            std::process::exit(1);
+        }
+    };
+    let code = match broker::Broker::new(sock, spawner, session_uids, warnings, cgroups).and_then(|b| b.run()) {
         Ok(()) => 0,
         Err(e) => {
             eprintln!("debuglantern-broker: {}; every session was killed", error_chain(&e));

@@ -26,6 +26,13 @@ fn close_range(first: u32, last: u32) {
     unsafe { libc::syscall(libc::SYS_close_range, first, last, 0) };
 }
 
+/// Ignores `SIGCHLD` (children are reaped by the kernel) or restores its default.
+pub fn set_sigchld(default: bool) {
+    let handler = if default { libc::SIG_DFL } else { libc::SIG_IGN };
+    // SAFETY: installing SIG_DFL or SIG_IGN is always sound.
+    unsafe { libc::signal(libc::SIGCHLD, handler) };
+}
+
 /// Resets every signal to its default action and unblocks all: what a program expects at
 /// exec (Rust ignores SIGPIPE, and the init blocks several).
 pub fn reset_signals() {
@@ -96,4 +103,4 @@ pub fn children_usage() -> (u64, u64, u64) {
     (us(ru.ru_utime), us(ru.ru_stime), ru.ru_maxrss as u64)
 }
 
-pub use shared::os::{exit_now, fork_into, pidfd_signal, reap_pidfd, Forked, Reaped};
+pub use shared::os::{exit_now, fork_into, pidfd_signal, Forked};

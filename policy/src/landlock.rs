@@ -2,8 +2,10 @@
 //! ruleset the kernel does not enforce is a warning (a refusal under `--strict`).
 
 use landlock::{
-    path_beneath_rules, Access, AccessFs, AccessNet, Ruleset, RulesetAttr, RulesetCreatedAttr, RulesetStatus, ABI,
+    path_beneath_rules, Access, AccessFs, AccessNet, PathBeneath, Ruleset, RulesetAttr, RulesetCreatedAttr,
+    RulesetStatus, ABI,
 };
+use std::os::fd::BorrowedFd;
 
 /// The newest ABI we know; older kernels enforce what they can (reported).
 const ABI_WANTED: ABI = ABI::V5;
@@ -13,6 +15,35 @@ const ABI_WANTED: ABI = ABI::V5;
 /// reads, writes or execs anywhere. TCP `connect` is refused too: the frontend never
 /// connects out.
 pub const FRONTEND_READ_BENEATH: &[&str] = &["/proc/self/fdinfo"];
+
+fn verdict(status: RulesetStatus, who: &str) -> Option<String> {
+    match status {
+        RulesetStatus::FullyEnforced => None,
+        RulesetStatus::PartiallyEnforced => Some(format!(
+            "landlock is only partly enforced by this kernel (older ABI): the {who}'s filesystem confinement is incomplete"
+        )),
+        RulesetStatus::NotEnforced => {
+            Some(format!("landlock is not available on this kernel: the {who} has no filesystem confinement beyond its uid"))
+        }
+    }
+}
+
+/// The broker's ruleset: no filesystem access at all except creating, removing, reading
+/// and writing beneath its delegated cgroup directories (given as open descriptors: the
+/// broker has pivoted and sees no `/sys`); no TCP.
+pub fn broker(cgroup_dirs: &[BorrowedFd<'_>]) -> Result<Option<String>, String> {
+    let cg = AccessFs::MakeDir | AccessFs::RemoveDir | AccessFs::ReadFile | AccessFs::WriteFile | AccessFs::ReadDir;
+    let mut ruleset = Ruleset::default()
+        .handle_access(AccessFs::from_all(ABI_WANTED))
+        .and_then(|r| r.handle_access(AccessNet::from_all(ABI_WANTED)))
+        .and_then(|r| r.create())
+        .map_err(|e| format!("landlock: {e}"))?;
+    for dir in cgroup_dirs {
+        ruleset = ruleset.add_rule(PathBeneath::new(*dir, cg)).map_err(|e| format!("landlock: {e}"))?;
+    }
+    let status = ruleset.restrict_self().map_err(|e| format!("landlock: {e}"))?;
+    Ok(verdict(status.ruleset, "broker"))
+}
 
 /// Applies the frontend's ruleset to the calling process. Returns a warning when the
 /// kernel enforces it only partly or not at all.
@@ -24,13 +55,5 @@ pub fn frontend() -> Result<Option<String>, String> {
         .and_then(|r| r.add_rules(path_beneath_rules(FRONTEND_READ_BENEATH, AccessFs::from_read(ABI_WANTED))))
         .and_then(|r| r.restrict_self())
         .map_err(|e| format!("landlock: {e}"))?;
-    Ok(match status.ruleset {
-        RulesetStatus::FullyEnforced => None,
-        RulesetStatus::PartiallyEnforced => {
-            Some("landlock is only partly enforced by this kernel (older ABI): the frontend's filesystem confinement is incomplete".into())
-        }
-        RulesetStatus::NotEnforced => {
-            Some("landlock is not available on this kernel: the frontend has no filesystem confinement beyond its uid".into())
-        }
-    })
+    Ok(verdict(status.ruleset, "frontend"))
 }

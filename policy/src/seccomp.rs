@@ -4,6 +4,8 @@
 //! * [`frontend`]: an allow list of what the network half needs once it serves, plus a
 //!   filter that kills the process outright on the calls it must never make (exec,
 //!   ptrace, mount...). Anything else fails with `EPERM`.
+//! * [`broker`]: the same shape for the broker once it serves: it never forks, execs,
+//!   mounts or opens a socket (the spawner, forked before, creates sessions).
 //! * [`session`]: a deny list (untrusted programs need the whole ordinary syscall surface).
 //!   Denied calls fail with `EPERM`, so programs can report it; `clone3` fails with
 //!   `ENOSYS` so that libc falls back to `clone`, whose flags the filter can see.
@@ -172,9 +174,94 @@ fn table(list: &[(i64, &str)]) -> BTreeMap<i64, Vec<SeccompRule>> {
     list.iter().map(|(nr, _)| (*nr, vec![])).collect()
 }
 
+/// What the broker may call once it serves (it never forks: the spawner does): (syscall, why).
+pub const BROKER_ALLOWED: &[(i64, &str)] = &[
+    (libc::SYS_read, "cgroup counters"),
+    (libc::SYS_write, "cgroup limits, stderr"),
+    (libc::SYS_close, "descriptors"),
+    (libc::SYS_recvmsg, "frontend, spawner and init messages with descriptors"),
+    (libc::SYS_sendmsg, "frontend, spawner and init messages with descriptors"),
+    (libc::SYS_epoll_create1, "event loop"),
+    (libc::SYS_epoll_ctl, "event loop"),
+    (libc::SYS_epoll_wait, "event loop"),
+    (libc::SYS_epoll_pwait, "event loop"),
+    (libc::SYS_epoll_pwait2, "event loop"),
+    (libc::SYS_poll, "has an init exited (pidfd), hello"),
+    (libc::SYS_ppoll, "has an init exited (pidfd), hello"),
+    (libc::SYS_pidfd_send_signal, "STOP, KILL, fail closed"),
+    (libc::SYS_fcntl, "non-blocking mode, seals check, dup of memfds"),
+    (libc::SYS_openat, "cgroup files, beneath the delegated directories only (landlock)"),
+    (libc::SYS_mkdirat, "session cgroups"),
+    (libc::SYS_unlinkat, "session cgroups"),
+    (libc::SYS_mmap, "allocator"),
+    (libc::SYS_munmap, "allocator"),
+    (libc::SYS_mremap, "allocator"),
+    (libc::SYS_mprotect, "allocator"),
+    (libc::SYS_madvise, "allocator"),
+    (libc::SYS_brk, "allocator"),
+    (libc::SYS_futex, "std locks"),
+    (libc::SYS_getrandom, "hash map seeds"),
+    (libc::SYS_clock_gettime, "deadlines"),
+    (libc::SYS_nanosleep, "std sleep"),
+    (libc::SYS_clock_nanosleep, "std sleep"),
+    (libc::SYS_sched_yield, "std spin loops"),
+    (libc::SYS_rt_sigprocmask, "signal mask"),
+    (libc::SYS_rt_sigreturn, "signal return"),
+    (libc::SYS_rt_sigaction, "std panics restore handlers"),
+    (libc::SYS_sigaltstack, "std stack-overflow guard"),
+    (libc::SYS_getpid, "abort on panic"),
+    (libc::SYS_gettid, "abort on panic"),
+    (libc::SYS_tgkill, "abort on panic"),
+    (libc::SYS_restart_syscall, "restarted calls"),
+    (libc::SYS_exit, "threads end"),
+    (libc::SYS_exit_group, "the process ends"),
+];
+
+/// What the broker must never do once it serves: the process is killed on the spot.
+pub const BROKER_FATAL: &[(i64, &str)] = &[
+    (libc::SYS_execve, "the broker never becomes another program"),
+    (libc::SYS_execveat, "the broker never becomes another program"),
+    (libc::SYS_clone, "the broker never forks (the spawner does)"),
+    (libc::SYS_clone3, "the broker never forks (the spawner does)"),
+    (libc::SYS_fork, "the broker never forks (the spawner does)"),
+    (libc::SYS_vfork, "the broker never forks (the spawner does)"),
+    (libc::SYS_ptrace, "no tracing sessions"),
+    (libc::SYS_process_vm_readv, "no reading sessions' memory"),
+    (libc::SYS_process_vm_writev, "no writing sessions' memory"),
+    (libc::SYS_mount, "the jail root is built before serving"),
+    (libc::SYS_umount2, "the jail root is built before serving"),
+    (libc::SYS_pivot_root, "the jail root is built before serving"),
+    (libc::SYS_setns, "no entering namespaces"),
+    (libc::SYS_unshare, "no new namespaces"),
+    (libc::SYS_socket, "the broker never opens a socket"),
+    (libc::SYS_connect, "no network"),
+    (libc::SYS_bind, "no network"),
+    (libc::SYS_listen, "no network"),
+    (libc::SYS_bpf, "no BPF"),
+    (libc::SYS_init_module, "no kernel modules"),
+    (libc::SYS_finit_module, "no kernel modules"),
+];
+
+/// An allow list (`allowed` → allow, anything else → `EPERM`) stacked under a filter that
+/// kills the process on `fatal`.
+fn allow_list(
+    allowed: BTreeMap<i64, Vec<SeccompRule>>,
+    fatal: &[(i64, &str)],
+) -> Result<Vec<BpfProgram>, SeccompError> {
+    let fatal = build(table(fatal), SeccompAction::KillProcess)?;
+    let f = SeccompFilter::new(allowed, SeccompAction::Errno(libc::EPERM as u32), SeccompAction::Allow, arch())
+        .map_err(|e| SeccompError::Build(e.to_string()))?;
+    let allow: BpfProgram = f.try_into().map_err(|e: seccompiler::BackendError| SeccompError::Build(e.to_string()))?;
+    Ok(vec![fatal, allow])
+}
+
+/// The broker's filters (install all of them, in order).
+pub fn broker() -> Result<Vec<BpfProgram>, SeccompError> {
+    allow_list(table(BROKER_ALLOWED), BROKER_FATAL)
+}
+
 /// The frontend's filters (install all of them, in order).
 pub fn frontend() -> Result<Vec<BpfProgram>, SeccompError> {
-    let fatal = build(table(FRONTEND_FATAL), SeccompAction::KillProcess)?;
     let mut allowed = table(FRONTEND_ALLOWED);
     // ioctl: only FIONBIO and FIOCLEX.
     let mut ioctl = Vec::new();
@@ -186,10 +273,7 @@ pub fn frontend() -> Result<Vec<BpfProgram>, SeccompError> {
         ioctl.push(SeccompRule::new(vec![cond]).map_err(|e| SeccompError::Build(e.to_string()))?);
     }
     allowed.insert(libc::SYS_ioctl, ioctl);
-    let f = SeccompFilter::new(allowed, SeccompAction::Errno(libc::EPERM as u32), SeccompAction::Allow, arch())
-        .map_err(|e| SeccompError::Build(e.to_string()))?;
-    let allow: BpfProgram = f.try_into().map_err(|e: seccompiler::BackendError| SeccompError::Build(e.to_string()))?;
-    Ok(vec![fatal, allow])
+    allow_list(allowed, FRONTEND_FATAL)
 }
 
 /// The session's filters (install all of them, in order).
@@ -220,10 +304,13 @@ mod tests {
     use super::*;
 
     #[test]
-    fn frontend_filters_build_and_never_allow_what_they_kill() {
+    fn halves_filters_build_and_never_allow_what_they_kill() {
         assert_eq!(frontend().unwrap().len(), 2);
-        for (nr, _) in FRONTEND_FATAL {
-            assert!(!FRONTEND_ALLOWED.iter().any(|(a, _)| a == nr), "syscall {nr} both allowed and fatal");
+        assert_eq!(broker().unwrap().len(), 2);
+        for (allowed, fatal) in [(FRONTEND_ALLOWED, FRONTEND_FATAL), (BROKER_ALLOWED, BROKER_FATAL)] {
+            for (nr, _) in fatal {
+                assert!(!allowed.iter().any(|(a, _)| a == nr), "syscall {nr} both allowed and fatal");
+            }
         }
     }
 

@@ -53,6 +53,24 @@ fn root_kill_9_of_the_broker_kills_sessions_and_the_daemon_exits_non_zero() {
 }
 
 #[test]
+fn root_kill_9_of_the_spawner_fails_closed() {
+    if !require_root("root_kill_9_of_the_spawner_fails_closed") {
+        return;
+    }
+    let mut d = Daemon::start(&[]);
+    let pids = two_sessions(&d);
+    let children = std::fs::read_to_string(format!("/proc/{0}/task/{0}/children", d.broker_pid)).unwrap();
+    let spawner: i32 = children.split_whitespace().next().expect("the broker's spawner").parse().unwrap();
+    kill(Pid::from_raw(spawner), Signal::SIGKILL).unwrap();
+    let st = d.wait_exit(Duration::from_secs(5)).expect("daemon exits when the spawner dies");
+    assert!(!st.success());
+    assert!(wait_gone(d.broker_pid, Duration::from_secs(5)));
+    for p in pids {
+        assert!(wait_gone(p, Duration::from_secs(5)), "session {p} outlived the spawner");
+    }
+}
+
+#[test]
 fn root_sigterm_stops_sessions_gracefully_and_exits_zero() {
     if !require_root("root_sigterm_stops_sessions_gracefully_and_exits_zero") {
         return;
@@ -91,6 +109,14 @@ fn root_privileges_of_frontend_broker_and_sessions() {
         assert_ne!(mine, its, "broker shares the host's {ns} namespace");
     }
     assert_eq!(proc_status(d.broker_pid, "NoNewPrivs").unwrap(), "1");
+    assert_eq!(proc_status(d.broker_pid, "Seccomp").unwrap(), "2", "broker runs without its seccomp filter");
+    assert_eq!(proc_status(d.broker_pid, "Seccomp_filters").unwrap(), "2");
+    // The broker's root is the jail's tmpfs, not the host's.
+    let root: Vec<String> = std::fs::read_dir(format!("/proc/{}/root", d.broker_pid))
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    assert!(!root.iter().any(|n| n == "home" || n == "root" || n == "var"), "broker sees the host root: {root:?}");
     // Sessions: distinct non-root host uids, no capabilities, own namespaces.
     let pids = two_sessions(&d);
     let uids: Vec<String> = pids.iter().map(|p| proc_status(*p, "Uid").unwrap()).collect();

@@ -1,0 +1,207 @@
+//! The spawner: a process forked by the broker before the broker confines itself, whose
+//! only job is to create sessions. Seccomp filters and landlock rulesets are inherited by
+//! every child and survive exec, so a confined broker could not give a session the
+//! ordinary syscall surface a program needs; the spawner can, because it is forked before
+//! the broker's filters exist.
+//!
+//! It serves one request at a time from the broker over a private SEQPACKET socketpair
+//! (same framing, size limit and descriptor-count checks as the frontend/broker link),
+//! and answers with the new session's init pidfd, control socket and output pipes. It
+//! treats the broker as trusted-but-checked: any structurally bad message ends it, and the
+//! broker, seeing the socket close, fails closed. Its children (the session inits) are
+//! reaped automatically (`SIGCHLD` ignored): the broker watches them through pidfds.
+
+use crate::init::{self, InitPlan};
+use crate::sys;
+use bincode::{Decode, Encode};
+use nix::fcntl::OFlag;
+use shared::{Message, StartSpec, Tube, TubeError, WireError};
+use std::ffi::CString;
+use std::os::fd::{AsRawFd, OwnedFd};
+
+/// Broker → spawner: create a session.
+#[derive(Debug)]
+pub struct SpawnRequest {
+    /// What to run.
+    pub spec: StartSpec,
+    /// Uid inside the broker's user namespace, or single-uid mode.
+    pub ns_uid: Option<u32>,
+    /// Whether a pids cgroup bounds the session (then no `RLIMIT_NPROC`).
+    pub pids_cgroup: bool,
+    /// The sealed program image.
+    pub memfd: OwnedFd,
+    /// `cgroup.procs` of the session's cgroups (0 to 2).
+    pub cgroup_procs: Vec<OwnedFd>,
+}
+
+/// Spawner → broker.
+#[derive(Debug)]
+pub enum SpawnReply {
+    /// The session's init runs.
+    Spawned {
+        /// Its pidfd.
+        init_pidfd: OwnedFd,
+        /// The broker's end of the init's control socket.
+        ctl: OwnedFd,
+        /// Read end of stdout.
+        stdout: OwnedFd,
+        /// Read end of stderr.
+        stderr: OwnedFd,
+    },
+    /// Nothing was created.
+    Failed {
+        /// Why.
+        message: String,
+    },
+}
+
+/// Encodable [`SpawnRequest`].
+#[derive(Encode, Decode, Debug)]
+pub struct SpawnRequestWire {
+    spec: StartSpec,
+    ns_uid: Option<u32>,
+    pids_cgroup: bool,
+    cgroups: u8,
+}
+
+/// Encodable [`SpawnReply`].
+#[derive(Encode, Decode, Debug)]
+pub enum SpawnReplyWire {
+    /// See [`SpawnReply::Spawned`].
+    Spawned,
+    /// See [`SpawnReply::Failed`].
+    Failed {
+        /// Why.
+        message: String,
+    },
+}
+
+impl Message for SpawnRequest {
+    type Wire = SpawnRequestWire;
+
+    fn into_wire(self) -> (SpawnRequestWire, Vec<OwnedFd>) {
+        let cgroups = self.cgroup_procs.len() as u8;
+        let mut fds = vec![self.memfd];
+        fds.extend(self.cgroup_procs);
+        (SpawnRequestWire { spec: self.spec, ns_uid: self.ns_uid, pids_cgroup: self.pids_cgroup, cgroups }, fds)
+    }
+
+    fn from_wire(w: SpawnRequestWire, mut fds: Vec<OwnedFd>) -> Result<Self, WireError> {
+        let expected = 1 + usize::from(w.cgroups.min(2));
+        if w.cgroups > 2 || fds.len() != expected {
+            return Err(WireError::FdCount { kind: "spawn", expected, got: fds.len() });
+        }
+        let memfd = fds.remove(0);
+        Ok(SpawnRequest { spec: w.spec, ns_uid: w.ns_uid, pids_cgroup: w.pids_cgroup, memfd, cgroup_procs: fds })
+    }
+}
+
+impl Message for SpawnReply {
+    type Wire = SpawnReplyWire;
+
+    fn into_wire(self) -> (SpawnReplyWire, Vec<OwnedFd>) {
+        match self {
+            SpawnReply::Spawned { init_pidfd, ctl, stdout, stderr } => {
+                (SpawnReplyWire::Spawned, vec![init_pidfd, ctl, stdout, stderr])
+            }
+            SpawnReply::Failed { message } => (SpawnReplyWire::Failed { message }, vec![]),
+        }
+    }
+
+    fn from_wire(w: SpawnReplyWire, fds: Vec<OwnedFd>) -> Result<Self, WireError> {
+        match w {
+            SpawnReplyWire::Spawned => {
+                let got = fds.len();
+                let [init_pidfd, ctl, stdout, stderr] = <[OwnedFd; 4]>::try_from(fds)
+                    .map_err(|_| WireError::FdCount { kind: "spawned", expected: 4, got })?;
+                Ok(SpawnReply::Spawned { init_pidfd, ctl, stdout, stderr })
+            }
+            SpawnReplyWire::Failed { message } => {
+                if !fds.is_empty() {
+                    return Err(WireError::FdCount { kind: "spawn failed", expected: 0, got: fds.len() });
+                }
+                Ok(SpawnReply::Failed { message })
+            }
+        }
+    }
+}
+
+/// Forks the spawner. Returns the broker's end of its socket; the child never returns.
+pub fn start(session_seccomp: &[seccompiler::BpfProgram]) -> Result<OwnedFd, String> {
+    let (ours, theirs) = shared::tube::socketpair().map_err(|e| format!("socketpair: {e}"))?;
+    match sys::fork_into(0).map_err(|e| format!("fork the spawner: {e}"))? {
+        sys::Forked::Parent { .. } => Ok(ours),
+        sys::Forked::Child => {
+            drop(ours);
+            serve(theirs, session_seccomp)
+        }
+    }
+}
+
+fn serve(sock: OwnedFd, session_seccomp: &[seccompiler::BpfProgram]) -> ! {
+    sys::close_all_except(&[0, 1, 2, sock.as_raw_fd()]);
+    let _ = nix::sys::prctl::set_pdeathsig(nix::sys::signal::Signal::SIGKILL);
+    // Inits are reaped by the kernel; the broker watches them through pidfds.
+    sys::set_sigchld(false);
+    let Ok(mut tube) = Tube::new(sock) else { sys::exit_now(1) };
+    loop {
+        let mut pfd = [nix::poll::PollFd::new(std::os::fd::AsFd::as_fd(&tube), nix::poll::PollFlags::POLLIN)];
+        let _ = nix::poll::poll(&mut pfd, nix::poll::PollTimeout::NONE);
+        match tube.recv::<SpawnRequest>() {
+            Ok(Some((tag, req))) => {
+                let reply = spawn(req, session_seccomp).unwrap_or_else(|message| SpawnReply::Failed { message });
+                if tube.send(tag, reply).is_err() {
+                    sys::exit_now(1);
+                }
+            }
+            Ok(None) => {}
+            Err(TubeError::PeerGone) => sys::exit_now(0),
+            Err(e) => {
+                eprintln!("debuglantern-broker: spawner: {e}");
+                sys::exit_now(1);
+            }
+        }
+    }
+}
+
+fn to_cstrings(v: &[Vec<u8>]) -> Result<Vec<CString>, String> {
+    v.iter().map(|b| CString::new(b.clone()).map_err(|_| "argv and env must not contain NUL".to_string())).collect()
+}
+
+/// Creates one session: pipes, the init's control socket, then `clone3` into new PID,
+/// mount, network, IPC and UTS namespaces; the child becomes the session's init.
+fn spawn(req: SpawnRequest, session_seccomp: &[seccompiler::BpfProgram]) -> Result<SpawnReply, String> {
+    let argv = to_cstrings(&req.spec.argv)?;
+    let env = to_cstrings(&req.spec.env)?;
+    if argv.is_empty() {
+        return Err("argv must not be empty".into());
+    }
+    let err = |what: &str, e: nix::Error| format!("{what}: {e}");
+    let (out_r, out_w) = nix::unistd::pipe2(OFlag::O_CLOEXEC).map_err(|e| err("pipe", e))?;
+    let (err_r, err_w) = nix::unistd::pipe2(OFlag::O_CLOEXEC).map_err(|e| err("pipe", e))?;
+    let (in_r, in_w) = nix::unistd::pipe2(OFlag::O_CLOEXEC).map_err(|e| err("pipe", e))?;
+    drop(in_w);
+    let (ctl_parent, ctl_child) = shared::tube::socketpair().map_err(|e| err("socketpair", e))?;
+    let plan = InitPlan {
+        ctl: ctl_child,
+        memfd: req.memfd,
+        stdin: in_r,
+        stdout: out_w,
+        stderr: err_w,
+        argv,
+        env,
+        ns_uid: req.ns_uid,
+        limits: policy::rlimits::session(&req.spec.limits, req.pids_cgroup),
+        mounts: policy::mounts::session_plan(req.spec.limits.tmp_bytes.max(4096)),
+        seccomp: session_seccomp.to_vec(),
+        cgroup_procs: req.cgroup_procs,
+    };
+    let flags = libc::CLONE_NEWPID | libc::CLONE_NEWNS | libc::CLONE_NEWNET | libc::CLONE_NEWIPC | libc::CLONE_NEWUTS;
+    match sys::fork_into(flags) {
+        Err(e) => Err(format!("cannot create the session's namespaces: {e}")),
+        Ok(sys::Forked::Child) => init::run(plan),
+        Ok(sys::Forked::Parent { pidfd, .. }) => {
+            Ok(SpawnReply::Spawned { init_pidfd: pidfd, ctl: ctl_parent, stdout: out_r, stderr: err_r })
+        }
+    }
+}
