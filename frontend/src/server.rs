@@ -1097,12 +1097,7 @@ impl Server {
                 self.drop_pipes_of(id);
                 self.answer(p.conn, p.wait, &json!({"ok": true, "id": id.to_string(), "deleted": true}), touched);
                 // Followers of the session end their stream.
-                touched.extend(
-                    self.conns
-                        .iter()
-                        .filter(|(_, c)| matches!(c.mode, Mode::Follow { id: f, .. } if f == id))
-                        .map(|(t, _)| *t),
-                );
+                touched.extend(self.followers_of(id));
             }
             (Op::Delete { id }, Reply::Refused { message, .. }) => {
                 if let Some(s) = self.sessions.get_mut(&id) {
@@ -1131,12 +1126,7 @@ impl Server {
         touched: &mut Vec<Token>,
     ) {
         // Every process of the run is dead: the pipes hold their last bytes, then EOF.
-        let pipe_tokens: Vec<Token> = self
-            .pipes
-            .iter()
-            .filter(|(_, p)| matches!(p, PipeOwner::Log { id: i, .. } if *i == id))
-            .map(|(t, _)| *t)
-            .collect();
+        let pipe_tokens = self.pipes_of(id);
         for t in pipe_tokens {
             self.read_pipe(t, touched);
         }
@@ -1151,18 +1141,29 @@ impl Server {
         for w in waiters {
             self.answer(w.conn, w.wait, &v, touched);
         }
-        touched.extend(
-            self.conns.iter().filter(|(_, c)| matches!(c.mode, Mode::Follow { id: f, .. } if f == id)).map(|(t, _)| *t),
-        );
+        touched.extend(self.followers_of(id));
     }
 
-    fn drop_pipes_of(&mut self, id: Uuid) {
-        let tokens: Vec<Token> = self
-            .pipes
+    /// Connections streaming the output of `id`.
+    fn followers_of(&self, id: Uuid) -> Vec<Token> {
+        self.conns
+            .iter()
+            .filter(|(_, c)| matches!(c.mode, Mode::Follow { id: f, .. } if f == id))
+            .map(|(t, _)| *t)
+            .collect()
+    }
+
+    /// The log pipes of `id` still open.
+    fn pipes_of(&self, id: Uuid) -> Vec<Token> {
+        self.pipes
             .iter()
             .filter(|(_, p)| matches!(p, PipeOwner::Log { id: i, .. } if *i == id))
             .map(|(t, _)| *t)
-            .collect();
+            .collect()
+    }
+
+    fn drop_pipes_of(&mut self, id: Uuid) {
+        let tokens = self.pipes_of(id);
         for t in tokens {
             if let Some(PipeOwner::Log { file, .. }) = self.pipes.remove(&t) {
                 let _ = self.poll.registry().deregister(&mut SourceFd(&file.as_raw_fd()));
@@ -1205,12 +1206,7 @@ impl Server {
             }
         }
         if got || eof {
-            touched.extend(
-                self.conns
-                    .iter()
-                    .filter(|(_, c)| matches!(c.mode, Mode::Follow { id: f, .. } if f == id))
-                    .map(|(t, _)| *t),
-            );
+            touched.extend(self.followers_of(id));
         }
     }
 }

@@ -72,6 +72,33 @@ pub const SESSION_DENIED_FLAGS: &[(i64, u8, u64, &str)] = &[
     (libc::SYS_clone, 0, libc::CLONE_NEWUSER as u64, "no nested user namespaces (they grant capabilities)"),
 ];
 
+/// What any Rust program of ours needs to run at all (allocator, locks, signals, time,
+/// panics, exit): part of every role's allow list.
+pub const RUNTIME: &[(i64, &str)] = &[
+    (libc::SYS_mmap, "allocator"),
+    (libc::SYS_munmap, "allocator"),
+    (libc::SYS_mremap, "allocator"),
+    (libc::SYS_mprotect, "allocator"),
+    (libc::SYS_madvise, "allocator"),
+    (libc::SYS_brk, "allocator"),
+    (libc::SYS_futex, "std locks"),
+    (libc::SYS_rt_sigprocmask, "signal mask"),
+    (libc::SYS_rt_sigreturn, "signal return"),
+    (libc::SYS_rt_sigaction, "std panics restore handlers"),
+    (libc::SYS_sigaltstack, "std stack-overflow guard"),
+    (libc::SYS_getpid, "abort on panic"),
+    (libc::SYS_gettid, "abort on panic"),
+    (libc::SYS_tgkill, "abort on panic"),
+    (libc::SYS_restart_syscall, "restarted calls"),
+    (libc::SYS_exit, "threads end"),
+    (libc::SYS_exit_group, "the process ends"),
+    (libc::SYS_clock_gettime, "timestamps and deadlines"),
+    (libc::SYS_nanosleep, "std sleep"),
+    (libc::SYS_clock_nanosleep, "std sleep"),
+    (libc::SYS_sched_yield, "std spin loops"),
+    (libc::SYS_getrandom, "hash map seeds, session ids"),
+];
+
 /// What the frontend may call once it serves: (syscall, why).
 pub const FRONTEND_ALLOWED: &[(i64, &str)] = &[
     (libc::SYS_read, "sockets, log pipes, signalfd"),
@@ -84,17 +111,6 @@ pub const FRONTEND_ALLOWED: &[(i64, &str)] = &[
     (libc::SYS_newfstatat, "memfd size"),
     (libc::SYS_statx, "memfd size"),
     (libc::SYS_lseek, "std i/o"),
-    (libc::SYS_mmap, "allocator"),
-    (libc::SYS_munmap, "allocator"),
-    (libc::SYS_mremap, "allocator"),
-    (libc::SYS_mprotect, "allocator"),
-    (libc::SYS_madvise, "allocator"),
-    (libc::SYS_brk, "allocator"),
-    (libc::SYS_futex, "std locks"),
-    (libc::SYS_rt_sigprocmask, "signal mask"),
-    (libc::SYS_rt_sigreturn, "signal return"),
-    (libc::SYS_rt_sigaction, "std panics restore handlers"),
-    (libc::SYS_sigaltstack, "std stack-overflow guard"),
     (libc::SYS_signalfd4, "SIGTERM/SIGINT in the event loop"),
     (libc::SYS_ioctl, "FIONBIO on sockets (argument-filtered)"),
     (libc::SYS_fcntl, "non-blocking mode, seals"),
@@ -120,23 +136,12 @@ pub const FRONTEND_ALLOWED: &[(i64, &str)] = &[
     (libc::SYS_fallocate, "uploads are allocated up front"),
     (libc::SYS_ftruncate, "uploads"),
     (libc::SYS_openat, "/proc/self/fdinfo only (landlock)"),
-    (libc::SYS_getrandom, "session ids"),
-    (libc::SYS_clock_gettime, "timestamps and deadlines"),
     (libc::SYS_clock_getres, "timestamps"),
     (libc::SYS_gettimeofday, "timestamps"),
-    (libc::SYS_nanosleep, "std sleep"),
-    (libc::SYS_clock_nanosleep, "std sleep"),
-    (libc::SYS_sched_yield, "std spin loops"),
-    (libc::SYS_getpid, "abort on panic"),
-    (libc::SYS_gettid, "abort on panic"),
-    (libc::SYS_tgkill, "abort on panic"),
     (libc::SYS_geteuid, "log line"),
     (libc::SYS_getuid, "std"),
     (libc::SYS_waitid, "reap the broker"),
     (libc::SYS_pidfd_send_signal, "kill the broker on a failed start"),
-    (libc::SYS_restart_syscall, "restarted calls"),
-    (libc::SYS_exit, "threads end"),
-    (libc::SYS_exit_group, "the process ends"),
 ];
 
 /// What the frontend must never do: the process is killed on the spot.
@@ -174,6 +179,13 @@ fn table(list: &[(i64, &str)]) -> BTreeMap<i64, Vec<SeccompRule>> {
     list.iter().map(|(nr, _)| (*nr, vec![])).collect()
 }
 
+/// A role's allow list plus [`RUNTIME`].
+fn with_runtime(list: &[(i64, &str)]) -> BTreeMap<i64, Vec<SeccompRule>> {
+    let mut t = table(RUNTIME);
+    t.extend(table(list));
+    t
+}
+
 /// What the broker may call once it serves (it never forks: the spawner does): (syscall, why).
 pub const BROKER_ALLOWED: &[(i64, &str)] = &[
     (libc::SYS_read, "cgroup counters"),
@@ -193,28 +205,6 @@ pub const BROKER_ALLOWED: &[(i64, &str)] = &[
     (libc::SYS_openat, "cgroup files, beneath the delegated directories only (landlock)"),
     (libc::SYS_mkdirat, "session cgroups"),
     (libc::SYS_unlinkat, "session cgroups"),
-    (libc::SYS_mmap, "allocator"),
-    (libc::SYS_munmap, "allocator"),
-    (libc::SYS_mremap, "allocator"),
-    (libc::SYS_mprotect, "allocator"),
-    (libc::SYS_madvise, "allocator"),
-    (libc::SYS_brk, "allocator"),
-    (libc::SYS_futex, "std locks"),
-    (libc::SYS_getrandom, "hash map seeds"),
-    (libc::SYS_clock_gettime, "deadlines"),
-    (libc::SYS_nanosleep, "std sleep"),
-    (libc::SYS_clock_nanosleep, "std sleep"),
-    (libc::SYS_sched_yield, "std spin loops"),
-    (libc::SYS_rt_sigprocmask, "signal mask"),
-    (libc::SYS_rt_sigreturn, "signal return"),
-    (libc::SYS_rt_sigaction, "std panics restore handlers"),
-    (libc::SYS_sigaltstack, "std stack-overflow guard"),
-    (libc::SYS_getpid, "abort on panic"),
-    (libc::SYS_gettid, "abort on panic"),
-    (libc::SYS_tgkill, "abort on panic"),
-    (libc::SYS_restart_syscall, "restarted calls"),
-    (libc::SYS_exit, "threads end"),
-    (libc::SYS_exit_group, "the process ends"),
 ];
 
 /// What the broker must never do once it serves: the process is killed on the spot.
@@ -257,12 +247,12 @@ fn allow_list(
 
 /// The broker's filters (install all of them, in order).
 pub fn broker() -> Result<Vec<BpfProgram>, SeccompError> {
-    allow_list(table(BROKER_ALLOWED), BROKER_FATAL)
+    allow_list(with_runtime(BROKER_ALLOWED), BROKER_FATAL)
 }
 
 /// The frontend's filters (install all of them, in order).
 pub fn frontend() -> Result<Vec<BpfProgram>, SeccompError> {
-    let mut allowed = table(FRONTEND_ALLOWED);
+    let mut allowed = with_runtime(FRONTEND_ALLOWED);
     // ioctl: only FIONBIO and FIOCLEX.
     let mut ioctl = Vec::new();
     for req in [libc::FIONBIO, libc::FIOCLEX] {
@@ -309,7 +299,10 @@ mod tests {
         assert_eq!(broker().unwrap().len(), 2);
         for (allowed, fatal) in [(FRONTEND_ALLOWED, FRONTEND_FATAL), (BROKER_ALLOWED, BROKER_FATAL)] {
             for (nr, _) in fatal {
-                assert!(!allowed.iter().any(|(a, _)| a == nr), "syscall {nr} both allowed and fatal");
+                assert!(!allowed.iter().chain(RUNTIME).any(|(a, _)| a == nr), "syscall {nr} both allowed and fatal");
+            }
+            for (nr, _) in allowed {
+                assert!(!RUNTIME.iter().any(|(a, _)| a == nr), "syscall {nr} listed in a role and in RUNTIME");
             }
         }
     }
