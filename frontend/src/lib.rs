@@ -1,6 +1,7 @@
 //! The frontend's library: everything of `debuglantern` except `main`, so that the parsers
 //! of untrusted input can be fuzzed and tested on their own.
 
+pub mod bundle;
 pub mod cgroup;
 pub mod config;
 pub mod elf;
