@@ -10,7 +10,7 @@
 //! every session and exits non-zero, and the daemon with it.
 
 use crate::init::InitMsg;
-use crate::spawner::{SpawnReply, SpawnRequest};
+use crate::spawner::{SpawnImage, SpawnReply, SpawnRequest};
 use crate::sys;
 use mio::unix::SourceFd;
 use mio::{Events, Interest, Poll, Token};
@@ -73,8 +73,17 @@ struct PendingSpawn {
     cgroup: Option<crate::cgroup::SessionCgroup>,
 }
 
+/// What a session runs.
+enum Image {
+    /// A sealed memfd.
+    Memfd(OwnedFd),
+    /// A bundle in the store's directory named after the session; the path is relative
+    /// to it, checked to be clean.
+    Bundle(Vec<u8>),
+}
+
 struct Session {
-    memfd: OwnedFd,
+    image: Image,
     run: Option<Run>,
     /// A START is with the spawner.
     spawning: bool,
@@ -229,7 +238,26 @@ impl Broker {
                 if let Err(why) = check_sealed_memfd(&memfd) {
                     return self.refuse(tag, Refusal::BadRequest, why);
                 }
-                self.sessions.insert(id, Session { memfd, run: None, spawning: false, delete_tag: None });
+                self.sessions
+                    .insert(id, Session { image: Image::Memfd(memfd), run: None, spawning: false, delete_tag: None });
+                self.tube.send(tag, Reply::Loaded { id })?;
+                Ok(())
+            }
+            Request::LoadBundle { id, exec_path } => {
+                if self.shutting_down {
+                    return self.refuse(tag, Refusal::InvalidState, "the broker is shutting down");
+                }
+                if self.sessions.contains_key(&id) {
+                    return self.refuse(tag, Refusal::InvalidState, "session id already exists");
+                }
+                if self.sessions.len() >= MAX_SESSIONS {
+                    return self.refuse(tag, Refusal::LimitReached, "the broker holds too many sessions");
+                }
+                if let Err(why) = check_exec_path(&exec_path) {
+                    return self.refuse(tag, Refusal::BadRequest, why);
+                }
+                let image = Image::Bundle(exec_path);
+                self.sessions.insert(id, Session { image, run: None, spawning: false, delete_tag: None });
                 self.tube.send(tag, Reply::Loaded { id })?;
                 Ok(())
             }
@@ -310,9 +338,12 @@ impl Broker {
         if spec.argv.is_empty() || spec.argv.iter().chain(&spec.env).any(|a| a.contains(&0)) {
             return self.refuse(tag, Refusal::BadRequest, "argv must be non-empty; argv and env must not contain NUL");
         }
-        let memfd = match session.memfd.try_clone() {
-            Ok(m) => m,
-            Err(e) => return self.refuse(tag, Refusal::Internal, format!("dup: {e}")),
+        let image = match &session.image {
+            Image::Memfd(fd) => match fd.try_clone() {
+                Ok(m) => SpawnImage::Memfd(m),
+                Err(e) => return self.refuse(tag, Refusal::Internal, format!("dup: {e}")),
+            },
+            Image::Bundle(exec_path) => SpawnImage::Bundle { dir: id.dir_name(), exec_path: exec_path.clone() },
         };
         let slot = if self.single_uid {
             None
@@ -336,7 +367,7 @@ impl Broker {
             spec,
             ns_uid: slot.map(policy::identity::IdPlan::session_ns_uid),
             pids_cgroup: cgroup.is_some() && self.cgroups.has_pids(),
-            memfd,
+            image,
             cgroup_procs,
         };
         let stag = self.next_spawn;
@@ -529,6 +560,18 @@ fn request_kill(run: &mut Run) {
         let _ = sys::pidfd_signal(run.init_pidfd.as_fd(), libc::SIGUSR1);
         run.kill_deadline = Some(Instant::now() + KILL_SAFETY);
     }
+}
+
+/// A bundle's executable path: relative, no `..`, no NUL, bounded. (The frontend checked
+/// it already; a message is hostile until checked here too.)
+fn check_exec_path(p: &[u8]) -> Result<(), String> {
+    if p.is_empty() || p.len() > 4096 || p.contains(&0) || p.starts_with(b"/") {
+        return Err("exec path must be relative, non-empty, without NUL, at most 4096 bytes".into());
+    }
+    if p.split(|&b| b == b'/').any(|c| c == b"..") {
+        return Err("exec path must not contain '..'".into());
+    }
+    Ok(())
 }
 
 /// The broker accepts only a memfd sealed against every change: what runs is byte for byte

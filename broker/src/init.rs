@@ -90,12 +90,23 @@ impl Message for InitMsg {
     }
 }
 
+/// What the program's process execs.
+#[derive(Debug)]
+pub enum Program {
+    /// A sealed memfd (`fexecve`).
+    Memfd(OwnedFd),
+    /// A path inside the session's view (a bundle's executable under `/bundle`).
+    Path(CString),
+}
+
 /// Everything the init needs, prepared by the broker before the fork.
 pub struct InitPlan {
     /// The init's end of its control socket to the broker.
     pub ctl: OwnedFd,
-    /// The sealed program image.
-    pub memfd: OwnedFd,
+    /// What to exec.
+    pub program: Program,
+    /// The session's bundle directory in the store, if it runs a bundle.
+    pub bundle: Option<String>,
     /// Read end of an empty pipe whose write end is closed: stdin.
     pub stdin: OwnedFd,
     /// Write end of the stdout pipe.
@@ -121,7 +132,7 @@ pub struct InitPlan {
 
 /// What the program's process needs to exec.
 struct Image {
-    memfd: OwnedFd,
+    program: Program,
     stdin: OwnedFd,
     stdout: OwnedFd,
     stderr: OwnedFd,
@@ -145,17 +156,28 @@ pub fn run(plan: InitPlan) -> ! {
     // our signals: a STOP may arrive at any moment after clone3.
     sys::set_sigchld(true);
     let _ = init_signals().thread_block();
-    let mut keep = vec![
-        plan.ctl.as_raw_fd(),
-        plan.memfd.as_raw_fd(),
-        plan.stdin.as_raw_fd(),
-        plan.stdout.as_raw_fd(),
-        plan.stderr.as_raw_fd(),
-    ];
+    let mut keep = vec![plan.ctl.as_raw_fd(), plan.stdin.as_raw_fd(), plan.stdout.as_raw_fd(), plan.stderr.as_raw_fd()];
     keep.extend(plan.cgroup_procs.iter().map(|f| f.as_raw_fd()));
+    if let Program::Memfd(fd) = &plan.program {
+        keep.push(fd.as_raw_fd());
+    }
     sys::close_all_except(&keep);
-    let InitPlan { ctl, memfd, stdin, stdout, stderr, argv, env, ns_uid, limits, mounts, seccomp, cgroup_procs } = plan;
-    let image = Image { memfd, stdin, stdout, stderr, argv, env, seccomp };
+    let InitPlan {
+        ctl,
+        program,
+        bundle,
+        stdin,
+        stdout,
+        stderr,
+        argv,
+        env,
+        ns_uid,
+        limits,
+        mounts,
+        seccomp,
+        cgroup_procs,
+    } = plan;
+    let image = Image { program, stdin, stdout, stderr, argv, env, seccomp };
     let mut ctl = match Tube::new(ctl) {
         Ok(t) => t,
         Err(_) => sys::exit_now(120),
@@ -173,7 +195,7 @@ pub fn run(plan: InitPlan) -> ! {
         fail(&mut ctl, "cannot set the parent-death signal".into());
     }
     let _ = nix::unistd::sethostname("debuglantern");
-    if let Err(e) = crate::jail::session_mounts(&mounts) {
+    if let Err(e) = crate::jail::session_mounts(&mounts, bundle.as_deref()) {
         fail(&mut ctl, e);
     }
     if let Err(e) = take_identity(ns_uid) {
@@ -266,11 +288,18 @@ fn exec_program(plan: &Image, err_w: OwnedFd) -> ! {
             report(0, e);
         }
     }
-    sys::close_all_except(&[plan.memfd.as_raw_fd(), err_w.as_raw_fd()]);
+    let mut keep = vec![err_w.as_raw_fd()];
+    if let Program::Memfd(fd) = &plan.program {
+        keep.push(fd.as_raw_fd());
+    }
+    sys::close_all_except(&keep);
     if policy::seccomp::install(&plan.seccomp).is_err() {
         report(1, nix::errno::Errno::last());
     }
-    let Err(e) = nix::unistd::fexecve(plan.memfd.as_raw_fd(), &plan.argv, &plan.env);
+    let Err(e) = match &plan.program {
+        Program::Memfd(fd) => nix::unistd::fexecve(fd.as_raw_fd(), &plan.argv, &plan.env),
+        Program::Path(path) => nix::unistd::execve(path, &plan.argv, &plan.env),
+    };
     report(2, e)
 }
 

@@ -42,8 +42,11 @@ fn locked_flags(path: &Path) -> MsFlags {
     f
 }
 
-fn ro_bind(src: &Path, dst: &Path, extra: MsFlags) -> Result<(), String> {
-    mount(Some(src), dst, None::<&str>, MsFlags::MS_BIND | MsFlags::MS_REC, None::<&str>)
+/// Binds `src` on `dst` read-only, nosuid (+ `extra`), keeping the flags a user namespace
+/// may not clear. `recursive` also binds the mounts below `src`.
+fn ro_bind(src: &Path, dst: &Path, extra: MsFlags, recursive: bool) -> Result<(), String> {
+    let rec = if recursive { MsFlags::MS_REC } else { MsFlags::empty() };
+    mount(Some(src), dst, None::<&str>, MsFlags::MS_BIND | rec, None::<&str>)
         .map_err(|e| err(format!("bind {}", src.display()), e))?;
     let flags =
         MsFlags::MS_REMOUNT | MsFlags::MS_BIND | MsFlags::MS_RDONLY | MsFlags::MS_NOSUID | extra | locked_flags(src);
@@ -53,11 +56,25 @@ fn ro_bind(src: &Path, dst: &Path, extra: MsFlags) -> Result<(), String> {
 
 /// Builds the root, pivots into it, detaches the host's tree. Returns warnings for what
 /// the host did not allow (e.g. no `/proc` mount).
-pub fn enter_root(session_uids: u32) -> Result<Vec<String>, String> {
+pub fn enter_root(session_uids: u32, bundles: Option<PathBuf>) -> Result<Vec<String>, String> {
     let mut warnings = Vec::new();
     // Nothing we mount may propagate back to the host's namespace.
     mount(None::<&str>, "/", None::<&str>, MsFlags::MS_REC | MsFlags::MS_PRIVATE, None::<&str>)
         .map_err(|e| err("make / private", e))?;
+    // The bundle store, opened in our own copy of the frontend's mount namespace before
+    // anything is mounted over it (in root mode it sits on /tmp, our staging point).
+    let store = match bundles {
+        Some(p) => Some(
+            nix::fcntl::open(
+                &p,
+                nix::fcntl::OFlag::O_PATH | nix::fcntl::OFlag::O_DIRECTORY | nix::fcntl::OFlag::O_CLOEXEC,
+                Mode::empty(),
+            )
+            .map_err(|e| err(format!("open the bundle store {}", p.display()), e))
+            .and_then(|fd| shared::os::adopt_fd(fd).map_err(|e| e.to_string()))?,
+        ),
+        None => None,
+    };
     let root = PathBuf::from(STAGING);
     mount(
         Some("debuglantern"),
@@ -78,7 +95,7 @@ pub fn enter_root(session_uids: u32) -> Result<Vec<String>, String> {
                     std::os::unix::fs::symlink(target, &dst).map_err(|e| err(p, e))?;
                 } else if meta.is_dir() {
                     std::fs::create_dir(&dst).map_err(|e| err(p, e))?;
-                    ro_bind(host, &dst, MsFlags::MS_NODEV)?;
+                    ro_bind(host, &dst, MsFlags::MS_NODEV, true)?;
                 }
             }
             Entry::Dir(p, mode) => {
@@ -115,6 +132,14 @@ pub fn enter_root(session_uids: u32) -> Result<Vec<String>, String> {
             Entry::Symlink(p, target) => std::os::unix::fs::symlink(target, inside(&root, p)).map_err(|e| err(p, e))?,
         }
     }
+    // The bundle store, read-only for everything on this side (the frontend writes it
+    // through its own mount).
+    if let Some(fd) = store {
+        use std::os::fd::AsRawFd;
+        let src = PathBuf::from(format!("/proc/self/fd/{}", fd.as_raw_fd()));
+        // Not recursive: our staging root is mounted on top of it (both on /tmp).
+        ro_bind(&src, &inside(&root, policy::mounts::BUNDLES), MsFlags::MS_NODEV, false)?;
+    }
     // A proc of the broker's PID namespace, mounted while the host's /proc is still
     // visible (the kernel lets a user namespace mount proc only then). Sessions mount
     // their own over it.
@@ -147,8 +172,9 @@ fn write_ro(path: &Path, bytes: &[u8]) -> Result<(), String> {
 }
 
 /// In a session's init, still root of the broker's user namespace: the session's own
-/// `/proc`, `/tmp` and `/dev/pts`.
-pub fn session_mounts(plan: &[SessionMount]) -> Result<(), String> {
+/// `/proc`, `/tmp` and `/dev/pts`; its bundle (if any) read-only on `/bundle`, and no
+/// other bundle visible. The working directory is the bundle, else `/tmp`.
+pub fn session_mounts(plan: &[SessionMount], bundle: Option<&str>) -> Result<(), String> {
     let base = MsFlags::MS_NOSUID | MsFlags::MS_NODEV;
     for m in plan {
         match m {
@@ -176,5 +202,16 @@ pub fn session_mounts(plan: &[SessionMount]) -> Result<(), String> {
             }
         }
     }
-    std::env::set_current_dir("/tmp").map_err(|e| err("chdir /tmp", e))
+    let (store, own) = (policy::mounts::BUNDLES, policy::mounts::BUNDLE);
+    if let Some(dir) = bundle {
+        let src = PathBuf::from(store).join(dir);
+        // A bundle is executable (that is its point), never setuid, never a device.
+        ro_bind(&src, Path::new(own), MsFlags::MS_NODEV, false).map_err(|e| format!("the session's bundle: {e}"))?;
+    }
+    match umount2(store, MntFlags::MNT_DETACH) {
+        Ok(()) | Err(nix::Error::EINVAL) => {}
+        Err(e) => return Err(err("hide the bundle store", e)),
+    }
+    let cwd = if bundle.is_some() { own } else { "/tmp" };
+    std::env::set_current_dir(cwd).map_err(|e| err(format!("chdir {cwd}"), e))
 }

@@ -20,7 +20,7 @@ use std::os::fd::OwnedFd;
 const SOCKET_FD: i32 = 3;
 
 fn main() {
-    let (session_uids, cgroups_arg) = match parse_args(std::env::args().skip(1)) {
+    let (session_uids, cgroups_arg, bundles) = match parse_args(std::env::args().skip(1)) {
         Ok(a) => a,
         Err(e) => {
             eprintln!("debuglantern-broker: {e}");
@@ -53,7 +53,7 @@ fn main() {
             std::process::exit(1);
         }
     };
-    let mut warnings = match jail::enter_root(session_uids) {
+    let mut warnings = match jail::enter_root(session_uids, bundles) {
         Ok(w) => w,
         Err(e) => {
             eprintln!("debuglantern-broker: cannot build the jail root: {e}");
@@ -95,8 +95,8 @@ fn main() {
     std::process::exit(code);
 }
 
-fn parse_args(mut args: impl Iterator<Item = String>) -> Result<(u32, String), String> {
-    let (mut uids, mut cgroups) = (None, String::new());
+fn parse_args(mut args: impl Iterator<Item = String>) -> Result<(u32, String, Option<std::path::PathBuf>), String> {
+    let (mut uids, mut cgroups, mut bundles) = (None, String::new(), None);
     while let Some(a) = args.next() {
         match a.as_str() {
             "--session-uids" => {
@@ -104,10 +104,11 @@ fn parse_args(mut args: impl Iterator<Item = String>) -> Result<(u32, String), S
                 uids = Some(v.parse::<u32>().map_err(|e| format!("--session-uids {v}: {e}"))?);
             }
             "--cgroups" => cgroups = args.next().ok_or("--cgroups needs a value")?,
+            "--bundles" => bundles = Some(args.next().ok_or("--bundles needs a path")?.into()),
             other => return Err(format!("unknown argument {other:?}")),
         }
     }
-    Ok((uids.ok_or("missing --session-uids")?, cgroups))
+    Ok((uids.ok_or("missing --session-uids")?, cgroups, bundles))
 }
 
 /// "outer: inner: innermost".

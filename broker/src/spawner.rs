@@ -11,7 +11,7 @@
 //! broker, seeing the socket close, fails closed. Its children (the session inits) are
 //! reaped automatically (`SIGCHLD` ignored): the broker watches them through pidfds.
 
-use crate::init::{self, InitPlan};
+use crate::init::{self, InitPlan, Program};
 use crate::sys;
 use bincode::{Decode, Encode};
 use nix::fcntl::OFlag;
@@ -28,10 +28,24 @@ pub struct SpawnRequest {
     pub ns_uid: Option<u32>,
     /// Whether a pids cgroup bounds the session (then no `RLIMIT_NPROC`).
     pub pids_cgroup: bool,
-    /// The sealed program image.
-    pub memfd: OwnedFd,
+    /// What to run.
+    pub image: SpawnImage,
     /// `cgroup.procs` of the session's cgroups (0 to 2).
     pub cgroup_procs: Vec<OwnedFd>,
+}
+
+/// What a session runs.
+#[derive(Debug)]
+pub enum SpawnImage {
+    /// The sealed program image.
+    Memfd(OwnedFd),
+    /// A bundle: its directory in the store, and the executable relative to it.
+    Bundle {
+        /// Directory name in the store.
+        dir: String,
+        /// The executable, relative to the bundle root.
+        exec_path: Vec<u8>,
+    },
 }
 
 /// Spawner → broker.
@@ -61,6 +75,8 @@ pub struct SpawnRequestWire {
     spec: StartSpec,
     ns_uid: Option<u32>,
     pids_cgroup: bool,
+    /// `None`: a memfd comes as the first descriptor.
+    bundle: Option<(String, Vec<u8>)>,
     cgroups: u8,
 }
 
@@ -81,18 +97,24 @@ impl Message for SpawnRequest {
 
     fn into_wire(self) -> (SpawnRequestWire, Vec<OwnedFd>) {
         let cgroups = self.cgroup_procs.len() as u8;
-        let mut fds = vec![self.memfd];
+        let (bundle, mut fds) = match self.image {
+            SpawnImage::Memfd(fd) => (None, vec![fd]),
+            SpawnImage::Bundle { dir, exec_path } => (Some((dir, exec_path)), vec![]),
+        };
         fds.extend(self.cgroup_procs);
-        (SpawnRequestWire { spec: self.spec, ns_uid: self.ns_uid, pids_cgroup: self.pids_cgroup, cgroups }, fds)
+        (SpawnRequestWire { spec: self.spec, ns_uid: self.ns_uid, pids_cgroup: self.pids_cgroup, bundle, cgroups }, fds)
     }
 
     fn from_wire(w: SpawnRequestWire, mut fds: Vec<OwnedFd>) -> Result<Self, WireError> {
-        let expected = 1 + usize::from(w.cgroups.min(2));
+        let expected = usize::from(w.bundle.is_none()) + usize::from(w.cgroups.min(2));
         if w.cgroups > 2 || fds.len() != expected {
             return Err(WireError::FdCount { kind: "spawn", expected, got: fds.len() });
         }
-        let memfd = fds.remove(0);
-        Ok(SpawnRequest { spec: w.spec, ns_uid: w.ns_uid, pids_cgroup: w.pids_cgroup, memfd, cgroup_procs: fds })
+        let image = match w.bundle {
+            None => SpawnImage::Memfd(fds.remove(0)),
+            Some((dir, exec_path)) => SpawnImage::Bundle { dir, exec_path },
+        };
+        Ok(SpawnRequest { spec: w.spec, ns_uid: w.ns_uid, pids_cgroup: w.pids_cgroup, image, cgroup_procs: fds })
     }
 }
 
@@ -182,9 +204,24 @@ fn spawn(req: SpawnRequest, session_seccomp: &[seccompiler::BpfProgram]) -> Resu
     let (in_r, in_w) = nix::unistd::pipe2(OFlag::O_CLOEXEC).map_err(|e| err("pipe", e))?;
     drop(in_w);
     let (ctl_parent, ctl_child) = shared::tube::socketpair().map_err(|e| err("socketpair", e))?;
+    let (program, bundle) = match req.image {
+        SpawnImage::Memfd(fd) => (Program::Memfd(fd), None),
+        SpawnImage::Bundle { dir, exec_path } => {
+            // Directory names come from session ids; the path was checked by the broker.
+            if dir.len() != 36 || !dir.bytes().all(|b| b.is_ascii_hexdigit() || b == b'-') {
+                return Err("bad bundle directory name".into());
+            }
+            let mut path = policy::mounts::BUNDLE.as_bytes().to_vec();
+            path.push(b'/');
+            path.extend_from_slice(&exec_path);
+            let path = CString::new(path).map_err(|_| "exec path contains NUL".to_string())?;
+            (Program::Path(path), Some(dir))
+        }
+    };
     let plan = InitPlan {
         ctl: ctl_child,
-        memfd: req.memfd,
+        program,
+        bundle,
         stdin: in_r,
         stdout: out_w,
         stderr: err_w,

@@ -61,6 +61,12 @@ pub struct Flags {
     /// Default memory of a whole session (cgroup), e.g. 1G (0 = unlimited; default 1G).
     #[arg(long, value_parser = parse_bytes)]
     pub memory: Option<u64>,
+    /// Most entries in one bundle (default 10000).
+    #[arg(long)]
+    pub max_bundle_entries: Option<u64>,
+    /// Most path components in one bundle entry (default 32).
+    #[arg(long)]
+    pub max_bundle_depth: Option<usize>,
     /// User the frontend drops to when started as root (default nobody).
     #[arg(long)]
     pub user: Option<String>,
@@ -94,6 +100,8 @@ pub struct FileConfig {
     processes: Option<u64>,
     tmp_size: Option<ByteSize>,
     memory: Option<ByteSize>,
+    max_bundle_entries: Option<u64>,
+    max_bundle_depth: Option<usize>,
     user: Option<String>,
     uid_base: Option<u32>,
     strict: Option<bool>,
@@ -137,6 +145,10 @@ pub struct Config {
     pub stop_grace: Duration,
     /// Default limits of a run.
     pub limits: shared::RunLimits,
+    /// Most entries in one bundle.
+    pub max_bundle_entries: u64,
+    /// Most path components in one bundle entry.
+    pub max_bundle_depth: usize,
     /// Frontend user when root.
     pub user: String,
     /// Broker uid base when root.
@@ -201,6 +213,8 @@ impl Config {
                 tmp_bytes: flags.tmp_size.or(file.tmp_size.map(|b| b.0)).unwrap_or(64 << 20),
                 memory_bytes: flags.memory.or(file.memory.map(|b| b.0)).unwrap_or(1 << 30),
             },
+            max_bundle_entries: flags.max_bundle_entries.or(file.max_bundle_entries).unwrap_or(10_000),
+            max_bundle_depth: flags.max_bundle_depth.or(file.max_bundle_depth).unwrap_or(32),
             user: flags.user.or(file.user).unwrap_or_else(|| "nobody".into()),
             uid_base: flags.uid_base.or(file.uid_base).unwrap_or(policy::identity::DEFAULT_UID_BASE),
             strict: flags.strict || file.strict.unwrap_or(false),

@@ -74,8 +74,9 @@ pub fn broker_path(cfg: &Config) -> PathBuf {
 }
 
 /// Starts the broker with the cgroup directories prepared for it (`memory=..,pids=..`,
-/// empty for none). Must be called while the process is single-threaded.
-pub fn spawn(cfg: &Config, cgroups: &str) -> Result<Broker, LaunchError> {
+/// empty for none) and the bundle store (a directory it binds into its jail root). Must be
+/// called while the process is single-threaded.
+pub fn spawn(cfg: &Config, cgroups: &str, bundles: &std::path::Path) -> Result<Broker, LaunchError> {
     let path = broker_path(cfg);
     let binary = File::open(&path).map_err(|source| LaunchError::Binary { path: path.clone(), source })?;
     let (ours, theirs) = shared::tube::socketpair().map_err(sys("socketpair"))?;
@@ -86,6 +87,9 @@ pub fn spawn(cfg: &Config, cgroups: &str) -> Result<Broker, LaunchError> {
         c"debuglantern-broker".to_owned(),
         c"--session-uids".to_owned(),
         CString::new(session_uids.to_string()).expect("digits"),
+        c"--bundles".to_owned(),
+        CString::new(bundles.as_os_str().as_encoded_bytes())
+            .map_err(|_| LaunchError::Sys { what: "bundle store path".into(), source: nix::Error::EINVAL })?,
     ];
     if !cgroups.is_empty() {
         argv.push(c"--cgroups".to_owned());
@@ -164,18 +168,15 @@ fn broker_child(sync_r: OwnedFd, sock: OwnedFd, binary: File, argv: &[CString]) 
     }
     // Own session: a Ctrl-C on the daemon's terminal must reach only the frontend.
     let _ = nix::unistd::setsid();
-    // Move the binary out of the way first: it may sit on fd 3 itself.
-    use nix::fcntl::{fcntl, FcntlArg, FdFlag};
-    let bin = match fcntl(binary.as_raw_fd(), FcntlArg::F_DUPFD_CLOEXEC(64)) {
+    // Move both out of the way first (either may sit on fd 3), then put the socket on fd 3;
+    // dup2 leaves it open across exec.
+    use nix::fcntl::{fcntl, FcntlArg};
+    let high = |fd: &dyn AsRawFd| match fcntl(fd.as_raw_fd(), FcntlArg::F_DUPFD_CLOEXEC(64)) {
         Ok(fd) => fd,
         Err(e) => fail(format!("dup: {e}")),
     };
-    let placed = if sock.as_raw_fd() == 3 {
-        fcntl(3, FcntlArg::F_SETFD(FdFlag::empty())).map(drop)
-    } else {
-        nix::unistd::dup2(sock.as_raw_fd(), 3).map(drop)
-    };
-    if let Err(e) = placed {
+    let (bin, sock_hi) = (high(&binary), high(&sock));
+    if let Err(e) = nix::unistd::dup2(sock_hi, 3) {
         fail(format!("placing the socket on fd 3: {e}"));
     }
     let env: [CString; 0] = [];

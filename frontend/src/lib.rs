@@ -9,7 +9,9 @@ pub mod launcher;
 pub mod protocol;
 pub mod server;
 pub mod session;
+pub mod store;
 mod sys;
+pub mod worker;
 
 /// Raises the soft open-file limit to the hard one (1000 idle clients need descriptors).
 pub fn raise_nofile() {

@@ -51,21 +51,26 @@ fn run() -> anyhow::Result<()> {
         warnings.push("rootless: no cgroup limits for sessions (rlimits still apply)".to_string());
         String::new()
     };
-    let broker = launcher::spawn(&cfg, &cgroups)?;
+    // The bundle store, in a mount namespace of our own (root) or a private directory.
+    let bundles = frontend::store::prepare(root, drop_to, cfg.max_total_size).map_err(anyhow::Error::msg)?;
+    let broker = launcher::spawn(&cfg, &cgroups, &bundles.path)?;
     let broker_pid = broker.pid;
     match drop_to {
         Some((uid, gid)) => policy::identity::drop_to(uid, gid)?,
         None => policy::identity::harden_process()?,
     }
     let strict = cfg.strict;
-    let mut server = server::Server::new(cfg, listener, broker, warnings)?;
-    // Confine ourselves before serving anyone: landlock (only /proc/self/fdinfo readable,
-    // no TCP connect), then the seccomp allow list (no exec, ptrace, mount...).
+    let mut server = server::Server::new(cfg, listener, broker, bundles.fd, warnings)?;
+    // Confine ourselves before serving anyone: landlock (only /proc/self/fdinfo readable
+    // and the bundle store writable, no TCP connect), then the worker thread (it inherits
+    // the ruleset), then the seccomp allow list on every thread (no exec, ptrace, mount...).
     let seccomp = policy::seccomp::frontend()?;
-    if let Some(w) = policy::landlock::frontend().map_err(anyhow::Error::msg)? {
+    let store = server.store_fd().ok_or_else(|| anyhow::anyhow!("no bundle store"))?;
+    if let Some(w) = policy::landlock::frontend(store).map_err(anyhow::Error::msg)? {
         server.add_warning(w);
     }
-    policy::seccomp::install(&seccomp)?;
+    server.start_worker()?;
+    policy::seccomp::install_all_threads(&seccomp)?;
     let all_warnings = server.warnings().to_vec();
     for w in &all_warnings {
         eprintln!("debuglantern: warning: {w}");

@@ -29,6 +29,7 @@ const LISTENER: Token = Token(0);
 const BROKER: Token = Token(1);
 const BROKER_PID: Token = Token(2);
 const SIGNALS: Token = Token(3);
+const WORKER: Token = Token(4);
 const FIRST_DYNAMIC: usize = 16;
 
 /// Largest JSON chunk of output per LOGS --follow line.
@@ -50,6 +51,19 @@ struct Upload {
     remaining: u64,
     size: u64,
     hasher: Sha256,
+    /// A bundle's executable path; `None` for a single binary.
+    exec_path: Option<String>,
+}
+
+/// A bundle being extracted by the worker.
+struct Extracting {
+    conn: Token,
+    wait: u64,
+    /// Bytes reserved for the compressed upload.
+    size: u64,
+    sha256: String,
+    exec_path: String,
+    id: Uuid,
 }
 
 enum Mode {
@@ -80,7 +94,7 @@ struct Conn {
 }
 
 enum Op {
-    Load { upload_size: u64, sha256: String, elf: elf::ElfInfo, id: Uuid },
+    Load { upload_size: u64, sha256: String, elf: elf::ElfInfo, id: Uuid, kind: session::Kind },
     Start { id: Uuid, limits: shared::RunLimits },
     Stop { id: Uuid },
     Delete { id: Uuid },
@@ -119,6 +133,12 @@ pub struct Server {
     warnings: Vec<String>,
     scratch: Vec<u8>,
     shutdown_deadline: Option<Instant>,
+    /// The bundle store (handed to the worker when it starts).
+    store: Option<OwnedFd>,
+    waker: std::sync::Arc<mio::Waker>,
+    worker: Option<crate::worker::Worker>,
+    extracting: HashMap<u64, Extracting>,
+    next_ticket: u64,
 }
 
 /// Why the daemon stops.
@@ -173,6 +193,7 @@ impl Server {
         cfg: Config,
         listener: std::net::TcpListener,
         broker: crate::launcher::Broker,
+        store: OwnedFd,
         mut warnings: Vec<String>,
     ) -> Result<Server, ServeError> {
         listener.set_nonblocking(true)?;
@@ -205,6 +226,7 @@ impl Server {
         registry.register(&mut SourceFd(&tube.as_raw_fd()), BROKER, Interest::READABLE)?;
         registry.register(&mut SourceFd(&broker.pidfd.as_raw_fd()), BROKER_PID, Interest::READABLE)?;
         registry.register(&mut SourceFd(&signals.as_raw_fd()), SIGNALS, Interest::READABLE)?;
+        let waker = std::sync::Arc::new(mio::Waker::new(registry, WORKER)?);
         Ok(Server {
             cfg,
             poll,
@@ -225,6 +247,11 @@ impl Server {
             warnings,
             scratch: vec![0u8; 1 << 20],
             shutdown_deadline: None,
+            store: Some(store),
+            waker,
+            worker: None,
+            extracting: HashMap::new(),
+            next_ticket: 1,
         })
     }
 
@@ -275,6 +302,7 @@ impl Server {
                         }
                         return Err(ServeError::BrokerExited(how));
                     }
+                    WORKER => self.on_worker(&mut touched),
                     SIGNALS => {
                         while let Ok(Some(sig)) = self.signals.read_signal() {
                             eprintln!("debuglantern: signal {}: stopping every session, then exiting", sig.ssi_signo);
@@ -590,8 +618,11 @@ impl Server {
             // A drain finished: its error was sent when the upload was refused.
             return;
         };
-        let Upload { memfd, size, hasher, .. } = *u;
+        let Upload { memfd, size, hasher, exec_path, .. } = *u;
         let sha256 = hex::encode(hasher.finalize());
+        if let Some(exec_path) = exec_path {
+            return self.extract_bundle(t, memfd, size, sha256, exec_path);
+        }
         if let Err(e) = crate::sys::seal(&memfd) {
             self.release(size);
             return self.finish(t, &err_json(Code::Internal, format!("cannot seal the upload: {e}")));
@@ -610,7 +641,76 @@ impl Server {
             self.release(size);
             return self.finish(t, &err_json(Code::Internal, "the broker is unavailable"));
         }
-        self.park(t, tag, Op::Load { upload_size: size, sha256, elf: info, id });
+        self.park(t, tag, Op::Load { upload_size: size, sha256, elf: info, id, kind: session::Kind::Binary });
+    }
+
+    /// Hands a complete bundle upload to the worker; the connection waits.
+    fn extract_bundle(&mut self, t: Token, archive: File, size: u64, sha256: String, exec_path: String) {
+        let Some(worker) = &self.worker else {
+            self.release(size);
+            return self.finish(t, &err_json(Code::Internal, "the bundle worker is not running"));
+        };
+        // Everything the budget has left, counting this upload's own reservation.
+        let free = self.cfg.max_total_size.saturating_sub(self.loaded_bytes + self.reserved_bytes - size);
+        let limits = crate::bundle::Limits {
+            max_entries: self.cfg.max_bundle_entries,
+            max_bytes: free,
+            max_depth: self.cfg.max_bundle_depth,
+        };
+        let id = Uuid::new_v4();
+        let ticket = self.next_ticket;
+        self.next_ticket += 1;
+        worker.submit(crate::worker::Job::Extract {
+            ticket,
+            archive,
+            dir: id_of(&id).dir_name(),
+            exec_path: exec_path.clone(),
+            limits,
+        });
+        let wait = self.next_wait;
+        self.next_wait += 1;
+        if let Some(c) = self.conns.get_mut(&t) {
+            c.mode = Mode::Waiting(wait);
+        }
+        self.extracting.insert(ticket, Extracting { conn: t, wait, size, sha256, exec_path, id });
+    }
+
+    fn on_worker(&mut self, touched: &mut Vec<Token>) {
+        let done: Vec<crate::worker::Done> = match &self.worker {
+            Some(w) => w.results().collect(),
+            None => return,
+        };
+        for crate::worker::Done::Extracted { ticket, result } in done {
+            let Some(x) = self.extracting.remove(&ticket) else { continue };
+            match result {
+                Err(why) => {
+                    self.release(x.size);
+                    self.answer(x.conn, x.wait, &err_json(Code::InvalidBundle, why), touched);
+                }
+                Ok(b) => {
+                    // The reservation now holds the extracted bytes instead of the archive.
+                    self.reserved_bytes = self.reserved_bytes - x.size + b.bytes;
+                    let tag = self.next_tag();
+                    let req = Request::LoadBundle { id: id_of(&x.id), exec_path: x.exec_path.clone().into_bytes() };
+                    if self.tube.send(tag, req).is_err() {
+                        self.release(b.bytes);
+                        self.remove_bundle(x.id);
+                        self.answer(x.conn, x.wait, &err_json(Code::Internal, "the broker is unavailable"), touched);
+                        continue;
+                    }
+                    let kind = session::Kind::Bundle { exec_path: x.exec_path };
+                    let op = Op::Load { upload_size: b.bytes, sha256: x.sha256, elf: b.elf, id: x.id, kind };
+                    self.pending.insert(tag, Pending { conn: x.conn, wait: x.wait, op });
+                }
+            }
+        }
+    }
+
+    /// Removes a bundle's files from the store (on the worker).
+    fn remove_bundle(&self, id: Uuid) {
+        if let Some(w) = &self.worker {
+            w.submit(crate::worker::Job::Remove { dir: id_of(&id).dir_name() });
+        }
     }
 
     fn next_tag(&mut self) -> u64 {
@@ -758,8 +858,15 @@ impl Server {
                 )
             }
         };
-        let refusal = if exec_path.is_some() {
-            Some(err_json(Code::Unsupported, "bundle uploads (UPLOAD <size> <exec_path>) are not implemented in this version; upload a single ELF binary"))
+        let bad_exec = exec_path.as_deref().and_then(|p| {
+            match crate::bundle::clean_path(p.as_bytes(), self.cfg.max_bundle_depth) {
+                Err(e) => Some(format!("exec_path: {e}")),
+                Ok(parts) if parts.is_empty() => Some("exec_path names the bundle root, not a program".into()),
+                Ok(_) => None,
+            }
+        });
+        let refusal = if let Some(why) = bad_exec {
+            Some(err_json(Code::InvalidBundle, why))
         } else if size > self.cfg.max_upload {
             Some(err_json(
                 Code::TooLarge,
@@ -804,7 +911,7 @@ impl Server {
         self.reserved_sessions += 1;
         self.reserved_bytes += size;
         if let Some(c) = self.conns.get_mut(&t) {
-            c.mode = Mode::Upload(Box::new(Upload { memfd, remaining: size, size, hasher: Sha256::new() }));
+            c.mode = Mode::Upload(Box::new(Upload { memfd, remaining: size, size, hasher: Sha256::new(), exec_path }));
         }
     }
 
@@ -983,11 +1090,16 @@ impl Server {
             return;
         };
         match (p.op, reply) {
-            (Op::Load { upload_size, sha256, elf, id }, Reply::Loaded { .. }) => {
+            (Op::Load { upload_size, sha256, elf, id, kind }, Reply::Loaded { .. }) => {
                 self.release(upload_size);
                 self.loaded_bytes += upload_size;
+                let kind_name = match kind {
+                    session::Kind::Binary => "binary",
+                    session::Kind::Bundle { .. } => "bundle",
+                };
                 let s = Session {
                     id,
+                    kind,
                     state: State::Loaded,
                     size: upload_size,
                     sha256: sha256.clone(),
@@ -1010,11 +1122,14 @@ impl Server {
                     exit_waiters: Vec::new(),
                 };
                 self.sessions.insert(id, s);
-                let v = json!({"ok": true, "id": id.to_string(), "state": "LOADED", "kind": "binary", "size": upload_size, "sha256": sha256, "elf": elf});
+                let v = json!({"ok": true, "id": id.to_string(), "state": "LOADED", "kind": kind_name, "size": upload_size, "sha256": sha256, "elf": elf});
                 self.answer(p.conn, p.wait, &v, touched);
             }
-            (Op::Load { upload_size, .. }, Reply::Refused { message, .. }) => {
+            (Op::Load { upload_size, id, kind, .. }, Reply::Refused { message, .. }) => {
                 self.release(upload_size);
+                if kind != session::Kind::Binary {
+                    self.remove_bundle(id);
+                }
                 self.answer(
                     p.conn,
                     p.wait,
@@ -1090,6 +1205,9 @@ impl Server {
             (Op::Delete { id }, Reply::Deleted { .. }) => {
                 if let Some(s) = self.sessions.remove(&id) {
                     self.loaded_bytes -= s.size;
+                    if s.kind != session::Kind::Binary {
+                        self.remove_bundle(id);
+                    }
                     for w in s.exit_waiters {
                         self.answer(w.conn, w.wait, &err_json(Code::NotFound, "the session was deleted"), touched);
                     }
@@ -1212,6 +1330,19 @@ impl Server {
 }
 
 impl Server {
+    /// Starts the worker thread (after landlock, before seccomp: see `worker`).
+    pub fn start_worker(&mut self) -> std::io::Result<()> {
+        if let Some(store) = self.store.take() {
+            self.worker = Some(crate::worker::Worker::start(store, self.waker.clone())?);
+        }
+        Ok(())
+    }
+
+    /// The bundle store's descriptor, for the landlock ruleset (before the worker starts).
+    pub fn store_fd(&self) -> Option<std::os::fd::BorrowedFd<'_>> {
+        self.store.as_ref().map(|s| s.as_fd())
+    }
+
     /// Warnings of this daemon (degraded host, rootless mode, broker's).
     pub fn warnings(&self) -> &[String] {
         &self.warnings

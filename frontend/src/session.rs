@@ -108,11 +108,25 @@ fn base64(data: &[u8]) -> String {
     out
 }
 
+/// What a session runs.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Kind {
+    /// A single ELF binary (in a sealed memfd).
+    Binary,
+    /// A bundle extracted into the store; the executable is `exec_path` inside it.
+    Bundle {
+        /// Relative to the bundle root.
+        exec_path: String,
+    },
+}
+
 /// One session.
 #[derive(Debug)]
 pub struct Session {
     /// Its id.
     pub id: Uuid,
+    /// Binary or bundle.
+    pub kind: Kind,
     /// State.
     pub state: State,
     /// Upload size.
@@ -178,7 +192,7 @@ impl Session {
         json!({
             "id": self.id.to_string(),
             "state": self.state.as_str(),
-            "kind": "binary",
+            "kind": match self.kind { Kind::Binary => "binary", Kind::Bundle { .. } => "bundle" },
             "size": self.size,
             "pid": self.pid,
             "created": time(self.created),
@@ -191,6 +205,9 @@ impl Session {
         let mut v = self.summary();
         let m = v.as_object_mut().expect("object");
         m.insert("sha256".into(), json!(self.sha256));
+        if let Kind::Bundle { exec_path } = &self.kind {
+            m.insert("exec_path".into(), json!(exec_path));
+        }
         m.insert("elf".into(), json!(self.elf));
         m.insert("ns_pid".into(), json!(self.ns_pid));
         m.insert("runs".into(), json!(self.runs));

@@ -10,10 +10,10 @@ use std::os::fd::BorrowedFd;
 /// The newest ABI we know; older kernels enforce what they can (reported).
 const ABI_WANTED: ABI = ABI::V5;
 
-/// What the frontend may touch on the filesystem once it serves: reading its own
-/// `/proc/self/fdinfo` (host pids of sessions come from pidfd fdinfo). Nothing else — no
-/// reads, writes or execs anywhere. TCP `connect` is refused too: the frontend never
-/// connects out.
+/// What the frontend may read once it serves: its own `/proc/self/fdinfo` (host pids of
+/// sessions come from pidfd fdinfo). Besides, it may create, write and remove files
+/// beneath the bundle store ([`frontend`]'s argument) — nothing else anywhere, no exec.
+/// TCP `connect` is refused too: the frontend never connects out.
 pub const FRONTEND_READ_BENEATH: &[&str] = &["/proc/self/fdinfo"];
 
 fn verdict(status: RulesetStatus, who: &str) -> Option<String> {
@@ -47,12 +47,21 @@ pub fn broker(cgroup_dirs: &[BorrowedFd<'_>]) -> Result<Option<String>, String> 
 
 /// Applies the frontend's ruleset to the calling process. Returns a warning when the
 /// kernel enforces it only partly or not at all.
-pub fn frontend() -> Result<Option<String>, String> {
+pub fn frontend(bundle_store: BorrowedFd<'_>) -> Result<Option<String>, String> {
+    let store = AccessFs::MakeDir
+        | AccessFs::MakeReg
+        | AccessFs::MakeSym
+        | AccessFs::WriteFile
+        | AccessFs::ReadFile
+        | AccessFs::ReadDir
+        | AccessFs::RemoveDir
+        | AccessFs::RemoveFile;
     let status = Ruleset::default()
         .handle_access(AccessFs::from_all(ABI_WANTED))
         .and_then(|r| r.handle_access(AccessNet::ConnectTcp))
         .and_then(|r| r.create())
         .and_then(|r| r.add_rules(path_beneath_rules(FRONTEND_READ_BENEATH, AccessFs::from_read(ABI_WANTED))))
+        .and_then(|r| r.add_rule(PathBeneath::new(bundle_store, store)))
         .and_then(|r| r.restrict_self())
         .map_err(|e| format!("landlock: {e}"))?;
     Ok(verdict(status.ruleset, "frontend"))

@@ -53,8 +53,17 @@ pub fn root_plan(session_uids: u32) -> Vec<Entry> {
     v.push(Entry::Symlink("/dev/shm", "/tmp"));
     v.push(Entry::Dir("/proc", 0o555));
     v.push(Entry::Dir("/tmp", 0o1777));
+    // The bundle store (every session's bundle; bound by the broker, unmounted in each
+    // session) and where a session's own bundle appears, read-only.
+    v.push(Entry::Dir(BUNDLES, 0o755));
+    v.push(Entry::Dir(BUNDLE, 0o755));
     v
 }
+
+/// Where the bundle store is bound in the jail root.
+pub const BUNDLES: &str = "/bundles";
+/// Where a session's own bundle appears (its working directory).
+pub const BUNDLE: &str = "/bundle";
 
 fn passwd(session_uids: u32) -> String {
     let mut s = String::from("root:x:0:0:root:/tmp:/usr/sbin/nologin\n");

@@ -135,7 +135,14 @@ pub const FRONTEND_ALLOWED: &[(i64, &str)] = &[
     (libc::SYS_memfd_create, "uploads"),
     (libc::SYS_fallocate, "uploads are allocated up front"),
     (libc::SYS_ftruncate, "uploads"),
-    (libc::SYS_openat, "/proc/self/fdinfo only (landlock)"),
+    (libc::SYS_openat, "/proc/self/fdinfo and the bundle store only (landlock)"),
+    (libc::SYS_openat2, "bundle extraction beneath the store (RESOLVE_BENEATH)"),
+    (libc::SYS_mkdirat, "bundle extraction"),
+    (libc::SYS_symlinkat, "bundle extraction (inside-pointing symlinks)"),
+    (libc::SYS_fchmod, "bundle extraction (file modes)"),
+    (libc::SYS_unlinkat, "removing bundles"),
+    (libc::SYS_getdents64, "removing bundles"),
+    (libc::SYS_dup, "bundle extraction"),
     (libc::SYS_clock_getres, "timestamps"),
     (libc::SYS_gettimeofday, "timestamps"),
     (libc::SYS_geteuid, "log line"),
@@ -279,6 +286,14 @@ pub fn session() -> Result<Vec<BpfProgram>, SeccompError> {
     // clone3 passes its flags in memory, which seccomp cannot read.
     let clone3 = build(BTreeMap::from([(libc::SYS_clone3, vec![])]), SeccompAction::Errno(libc::ENOSYS as u32))?;
     Ok(vec![eperm, clone3])
+}
+
+/// Installs filters on every thread of the process at once (`SECCOMP_FILTER_FLAG_TSYNC`).
+pub fn install_all_threads(filters: &[BpfProgram]) -> Result<(), SeccompError> {
+    for f in filters {
+        seccompiler::apply_filter_all_threads(f).map_err(|e| SeccompError::Build(format!("installing: {e}")))?;
+    }
+    Ok(())
 }
 
 /// Installs filters on the calling thread (needs `no_new_privs`, which every role has).

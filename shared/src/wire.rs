@@ -21,6 +21,14 @@ pub const MAX_FDS: usize = 4;
 #[derive(Encode, Decode, Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct SessionId(pub [u8; 16]);
 
+impl SessionId {
+    /// The name of the session's bundle directory: the UUID, lowercase, hyphenated.
+    pub fn dir_name(&self) -> String {
+        let h: String = self.0.iter().map(|b| format!("{b:02x}")).collect();
+        format!("{}-{}-{}-{}-{}", &h[..8], &h[8..12], &h[12..16], &h[16..20], &h[20..])
+    }
+}
+
 /// Resource limits applied to one run. Zero means "no limit of this kind".
 #[derive(Encode, Decode, Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub struct RunLimits {
@@ -110,6 +118,14 @@ pub enum Request {
         id: SessionId,
         /// The sealed memfd (`F_SEAL_WRITE|F_SEAL_GROW|F_SEAL_SHRINK|F_SEAL_SEAL`).
         memfd: OwnedFd,
+    },
+    /// Register a bundle the frontend extracted into the store's directory named by the
+    /// session id (lowercase hyphenated UUID); `exec_path` is relative to it.
+    LoadBundle {
+        /// New session.
+        id: SessionId,
+        /// The executable, relative to the bundle root.
+        exec_path: Vec<u8>,
     },
     /// Run a loaded session.
     Start {
@@ -242,6 +258,7 @@ pub trait Message: Sized {
 pub enum RequestWire {
     Hello { magic: [u8; 8], version: u32 },
     Load { id: SessionId },
+    LoadBundle { id: SessionId, exec_path: Vec<u8> },
     Start { id: SessionId, spec: StartSpec },
     Stop { id: SessionId, grace_ms: u64 },
     Kill { id: SessionId },
@@ -274,6 +291,7 @@ impl Message for Request {
         match self {
             Request::Hello { magic, version } => (RequestWire::Hello { magic, version }, vec![]),
             Request::Load { id, memfd } => (RequestWire::Load { id }, vec![memfd]),
+            Request::LoadBundle { id, exec_path } => (RequestWire::LoadBundle { id, exec_path }, vec![]),
             Request::Start { id, spec } => (RequestWire::Start { id, spec }, vec![]),
             Request::Stop { id, grace_ms } => (RequestWire::Stop { id, grace_ms }, vec![]),
             Request::Kill { id } => (RequestWire::Kill { id }, vec![]),
@@ -291,6 +309,10 @@ impl Message for Request {
             RequestWire::Load { id } => {
                 let [memfd] = take_fds("load", fds)?;
                 Request::Load { id, memfd }
+            }
+            RequestWire::LoadBundle { id, exec_path } => {
+                let [] = take_fds("load bundle", fds)?;
+                Request::LoadBundle { id, exec_path }
             }
             RequestWire::Start { id, spec } => {
                 let [] = take_fds("start", fds)?;
@@ -420,6 +442,13 @@ mod tests {
         assert!(decode_body::<RequestWire>(&bytes).is_err());
         assert!(decode_body::<RequestWire>(&[0xff; 40]).is_err());
         assert!(decode_body::<RequestWire>(&vec![0u8; MAX_MESSAGE + 1]).is_err());
+    }
+
+    #[test]
+    fn bundle_dir_name_is_the_uuid() {
+        let id =
+            SessionId([0x12, 0x3e, 0x45, 0x67, 0xe8, 0x9b, 0x12, 0xd3, 0xa4, 0x56, 0x42, 0x66, 0x14, 0x17, 0x40, 0x00]);
+        assert_eq!(id.dir_name(), "123e4567-e89b-12d3-a456-426614174000");
     }
 
     #[test]

@@ -1,0 +1,128 @@
+//! The frontend's one worker thread: extracting bundles and removing them takes time
+//! proportional to the archive, so it happens here and the event loop stays responsive.
+//! The worker touches nothing but the bundle store (through its directory descriptor) and
+//! the memfds it is given; results come back through a channel and a `mio::Waker`.
+//!
+//! It is started after landlock is applied (it inherits the ruleset) and before the
+//! seccomp filter, which is installed on every thread at once.
+
+use crate::bundle::{self, Extracted, Limits};
+use std::fs::File;
+use std::io::{Seek, SeekFrom};
+use std::os::fd::{AsFd, AsRawFd, OwnedFd};
+use std::sync::mpsc::{channel, Receiver, Sender};
+use std::sync::Arc;
+
+/// Work for the worker.
+#[derive(Debug)]
+pub enum Job {
+    /// Extract a `.tar.gz` (in a memfd) into a new directory `dir` of the store.
+    Extract {
+        /// Correlates the answer.
+        ticket: u64,
+        /// The archive.
+        archive: File,
+        /// New directory in the store.
+        dir: String,
+        /// The executable, relative to the bundle root.
+        exec_path: String,
+        /// Bounds.
+        limits: Limits,
+    },
+    /// Remove directory `dir` of the store and everything in it.
+    Remove {
+        /// The directory.
+        dir: String,
+    },
+}
+
+/// What the worker did.
+#[derive(Debug)]
+pub enum Done {
+    /// An extraction ended (on error, nothing of it is left in the store).
+    Extracted {
+        /// The job's ticket.
+        ticket: u64,
+        /// The bundle, or why it was refused.
+        result: Result<Extracted, String>,
+    },
+}
+
+/// The event loop's handle on the worker.
+#[derive(Debug)]
+pub struct Worker {
+    jobs: Sender<Job>,
+    done: Receiver<Done>,
+}
+
+impl Worker {
+    /// Starts the thread, and returns once it runs: the C library registers a new thread
+    /// (`rseq`, robust lists...) on the thread itself, and that must be over before the
+    /// seccomp filter, which does not allow those calls, is installed.
+    pub fn start(store: OwnedFd, waker: Arc<mio::Waker>) -> std::io::Result<Worker> {
+        let (jobs, rx) = channel::<Job>();
+        let (tx, done) = channel::<Done>();
+        let (up_tx, up) = channel::<()>();
+        std::thread::Builder::new().name("bundles".into()).spawn(move || {
+            let _ = up_tx.send(());
+            for job in rx {
+                match job {
+                    Job::Extract { ticket, archive, dir, exec_path, limits } => {
+                        let result = extract(&store, archive, &dir, &exec_path, limits);
+                        if result.is_err() {
+                            if let Err(e) = bundle::remove_tree(store.as_fd(), &dir) {
+                                eprintln!("debuglantern: cleaning up refused bundle {dir}: {e}");
+                            }
+                        }
+                        if tx.send(Done::Extracted { ticket, result }).is_err() {
+                            return;
+                        }
+                        let _ = waker.wake();
+                    }
+                    Job::Remove { dir } => {
+                        if let Err(e) = bundle::remove_tree(store.as_fd(), &dir) {
+                            eprintln!("debuglantern: removing bundle {dir}: {e}");
+                        }
+                    }
+                }
+            }
+        })?;
+        up.recv().map_err(|_| std::io::Error::other("the bundle worker died at start"))?;
+        Ok(Worker { jobs, done })
+    }
+
+    /// Queues a job.
+    pub fn submit(&self, job: Job) {
+        // The worker only stops when this handle is dropped.
+        let _ = self.jobs.send(job);
+    }
+
+    /// Results ready now.
+    pub fn results(&self) -> impl Iterator<Item = Done> + '_ {
+        self.done.try_iter()
+    }
+}
+
+fn extract(
+    store: &OwnedFd,
+    mut archive: File,
+    dir: &str,
+    exec_path: &str,
+    limits: Limits,
+) -> Result<Extracted, String> {
+    archive.seek(SeekFrom::Start(0)).map_err(|e| format!("rewind the upload: {e}"))?;
+    nix::sys::stat::mkdirat(Some(store.as_raw_fd()), dir, nix::sys::stat::Mode::from_bits_truncate(0o755))
+        .map_err(|e| format!("create the bundle directory: {e}"))?;
+    let root = nix::fcntl::openat(
+        Some(store.as_raw_fd()),
+        dir,
+        nix::fcntl::OFlag::O_DIRECTORY
+            | nix::fcntl::OFlag::O_RDONLY
+            | nix::fcntl::OFlag::O_NOFOLLOW
+            | nix::fcntl::OFlag::O_CLOEXEC,
+        nix::sys::stat::Mode::empty(),
+    )
+    .map_err(|e| format!("open the bundle directory: {e}"))?;
+    let root = shared::os::adopt_fd(root).map_err(|e| e.to_string())?;
+    bundle::extract(std::io::BufReader::with_capacity(1 << 20, archive), root.as_fd(), exec_path, limits)
+}
