@@ -308,42 +308,8 @@ pub fn open_root(path: &std::path::Path) -> std::io::Result<OwnedFd> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::io::Write;
+    use ::tests::tarball::{entry, gz};
     use std::path::PathBuf;
-
-    /// One raw ustar entry (any path, any type: the hostile cases `tar::Builder` refuses).
-    fn entry(path: &[u8], kind: u8, mode: u32, data: &[u8], link: &[u8]) -> Vec<u8> {
-        let mut h = [0u8; 512];
-        h[..path.len()].copy_from_slice(path);
-        let octal = |h: &mut [u8; 512], at: usize, len: usize, v: u64| {
-            let s = format!("{v:0w$o}\0", w = len - 1);
-            h[at..at + len].copy_from_slice(s.as_bytes());
-        };
-        octal(&mut h, 100, 8, u64::from(mode));
-        octal(&mut h, 108, 8, 0);
-        octal(&mut h, 116, 8, 0);
-        octal(&mut h, 124, 12, data.len() as u64);
-        octal(&mut h, 136, 12, 0);
-        h[156] = kind;
-        h[157..157 + link.len()].copy_from_slice(link);
-        h[257..263].copy_from_slice(b"ustar\0");
-        h[263..265].copy_from_slice(b"00");
-        h[148..156].copy_from_slice(b"        ");
-        let sum: u32 = h.iter().map(|&b| u32::from(b)).sum();
-        h[148..156].copy_from_slice(format!("{sum:06o}\0 ").as_bytes());
-        let mut v = h.to_vec();
-        v.extend_from_slice(data);
-        v.resize(v.len().div_ceil(512) * 512, 0);
-        v
-    }
-
-    fn gz(entries: &[Vec<u8>]) -> Vec<u8> {
-        let mut tar: Vec<u8> = entries.concat();
-        tar.extend_from_slice(&[0u8; 1024]);
-        let mut e = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
-        e.write_all(&tar).unwrap();
-        e.finish().unwrap()
-    }
 
     /// A small real program of this machine.
     fn prog() -> Vec<u8> {

@@ -266,6 +266,48 @@ pub fn proc_status(pid: i32, field: &str) -> Option<String> {
     s.lines().find_map(|l| l.strip_prefix(field).and_then(|v| v.strip_prefix(':')).map(|v| v.trim().to_string()))
 }
 
+/// Hand-made `.tar.gz` archives, including the hostile entries `tar::Builder` refuses to
+/// write (`..`, absolute paths, devices, bad names).
+pub mod tarball {
+    use std::io::Write;
+
+    /// One raw ustar entry: `kind` is the typeflag (`b'0'` file, `b'5'` dir, `b'2'` symlink,
+    /// `b'1'` hard link, `b'3'`/`b'4'` devices, `b'6'` fifo).
+    pub fn entry(path: &[u8], kind: u8, mode: u32, data: &[u8], link: &[u8]) -> Vec<u8> {
+        let mut h = [0u8; 512];
+        h[..path.len()].copy_from_slice(path);
+        let octal = |h: &mut [u8; 512], at: usize, len: usize, v: u64| {
+            let s = format!("{v:0w$o}\0", w = len - 1);
+            h[at..at + len].copy_from_slice(s.as_bytes());
+        };
+        octal(&mut h, 100, 8, u64::from(mode));
+        octal(&mut h, 108, 8, 0);
+        octal(&mut h, 116, 8, 0);
+        octal(&mut h, 124, 12, data.len() as u64);
+        octal(&mut h, 136, 12, 0);
+        h[156] = kind;
+        h[157..157 + link.len()].copy_from_slice(link);
+        h[257..263].copy_from_slice(b"ustar\0");
+        h[263..265].copy_from_slice(b"00");
+        h[148..156].copy_from_slice(b"        ");
+        let sum: u32 = h.iter().map(|&b| u32::from(b)).sum();
+        h[148..156].copy_from_slice(format!("{sum:06o}\0 ").as_bytes());
+        let mut v = h.to_vec();
+        v.extend_from_slice(data);
+        v.resize(v.len().div_ceil(512) * 512, 0);
+        v
+    }
+
+    /// A gzip-compressed tar of `entries`.
+    pub fn gz(entries: &[Vec<u8>]) -> Vec<u8> {
+        let mut tar: Vec<u8> = entries.concat();
+        tar.extend_from_slice(&[0u8; 1024]);
+        let mut e = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
+        e.write_all(&tar).unwrap();
+        e.finish().unwrap()
+    }
+}
+
 /// Programs used by several tests.
 pub mod programs {
     /// Prints a line to stdout and one to stderr, exits 7.
