@@ -328,7 +328,10 @@ fn bundle_extraction() {
         c.cmd(&format!("DELETE {}", r["id"].as_str().unwrap()));
     }
     let (p, o) = (median(&mut peer), median(&mut ours));
-    println!("## Bundle extraction: {mib:.0} MiB in {files} files, {:.1} MiB compressed (median of 3)", archive.len() as f64 / (1 << 20) as f64);
+    println!(
+        "## Bundle extraction: {mib:.0} MiB in {files} files, {:.1} MiB compressed (median of 3)",
+        archive.len() as f64 / (1 << 20) as f64
+    );
     println!("| path | MiB/s extracted | ratio |");
     println!("|---|---|---|");
     println!("| GNU tar xzf into a tmpfs | {p:.0} | 1.00 |");

@@ -24,6 +24,24 @@ pub struct Store {
     pub path: PathBuf,
 }
 
+const PREFIX: &str = "debuglantern-bundles-";
+
+/// Removes the stores of our uid's daemons that are gone (killed daemons cannot clean up).
+fn remove_stale(base: &std::path::Path) {
+    use std::os::fd::AsFd;
+    use std::os::unix::fs::MetadataExt;
+    let (Ok(entries), Ok(parent)) = (std::fs::read_dir(base), crate::bundle::open_root(base)) else { return };
+    let me = nix::unistd::Uid::effective().as_raw();
+    for e in entries.flatten() {
+        let name = e.file_name().to_string_lossy().into_owned();
+        let Some(pid) = name.strip_prefix(PREFIX).and_then(|p| p.parse::<u32>().ok()) else { continue };
+        let ours = std::fs::symlink_metadata(e.path()).is_ok_and(|m| m.is_dir() && m.uid() == me);
+        if ours && !std::path::Path::new(&format!("/proc/{pid}")).exists() {
+            let _ = crate::bundle::remove_tree(parent.as_fd(), &name);
+        }
+    }
+}
+
 /// Makes the store.
 pub fn prepare(root: bool, owner: Option<(u32, u32)>, size: u64) -> Result<Store, String> {
     let dir = if root {
@@ -47,7 +65,8 @@ pub fn prepare(root: bool, owner: Option<(u32, u32)>, size: u64) -> Result<Store
         dir
     } else {
         let base = std::env::var_os("XDG_RUNTIME_DIR").map(PathBuf::from).unwrap_or_else(std::env::temp_dir);
-        let dir = base.join(format!("debuglantern-bundles-{}", std::process::id()));
+        remove_stale(&base);
+        let dir = base.join(format!("{PREFIX}{}", std::process::id()));
         std::fs::create_dir(&dir).map_err(|e| format!("create {}: {e}", dir.display()))?;
         std::fs::set_permissions(&dir, std::os::unix::fs::PermissionsExt::from_mode(0o711))
             .map_err(|e| format!("chmod {}: {e}", dir.display()))?;
