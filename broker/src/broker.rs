@@ -398,6 +398,7 @@ impl Broker {
                 self.refuse(p.start_tag, Refusal::Internal, message)
             }
             SpawnReply::Spawned { init_pidfd, ctl, stdout, stderr } => {
+                self.tube.send(0, Reply::Spawned { id: p.id })?;
                 let run = Run {
                     init_pidfd,
                     ctl: Tube::new(ctl)?,

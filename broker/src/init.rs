@@ -324,7 +324,14 @@ fn supervise(program: Pid, ctl: &mut Tube) -> ! {
             let _ = kill(Pid::from_raw(-1), Signal::SIGKILL);
             while waitpid(Pid::from_raw(-1), None).is_ok() {}
             let (user_us, sys_us, max_rss_kib) = sys::children_usage();
-            let _ = ctl.send(0, InitMsg::Exited { status, usage: Usage { user_us, sys_us, max_rss_kib } });
+            // Pids of a fresh namespace count up from 1 (us): the last one handed out says
+            // how many processes the run created.
+            let processes = std::fs::read_to_string("/proc/sys/kernel/ns_last_pid")
+                .ok()
+                .and_then(|s| s.trim().parse::<u64>().ok())
+                .map_or(0, |last| last.saturating_sub(1));
+            let usage = Usage { user_us, sys_us, max_rss_kib, processes };
+            let _ = ctl.send(0, InitMsg::Exited { status, usage });
             sys::exit_now(0);
         }
         match signals.wait() {

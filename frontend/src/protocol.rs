@@ -165,10 +165,15 @@ pub enum Command {
         /// Stream until the run ends.
         follow: bool,
     },
-    /// `RECEIPT <id>`
-    Receipt(Uuid),
-    /// `EVENTS`
-    Events,
+    /// `RECEIPT <id> [--run N]`
+    Receipt {
+        /// Session.
+        id: Uuid,
+        /// Which run (1 = first); `None` = the last.
+        run: Option<u32>,
+    },
+    /// `EVENTS [<id>]`
+    Events(Option<Uuid>),
 }
 
 /// Parses one line (without its `\n`; a trailing `\r` is removed here). `Ok(None)` for an
@@ -230,8 +235,24 @@ pub fn parse_line(line: &[u8]) -> Result<Option<Command>, ProtoError> {
             };
             Command::Logs { id, follow }
         }
-        "RECEIPT" => Command::Receipt(parse_id(args.required("session id")?)?),
-        "EVENTS" => Command::Events,
+        "RECEIPT" => {
+            let id = parse_id(args.required("session id")?)?;
+            let run = match args.next() {
+                None => None,
+                Some(f) if f.eq_ignore_ascii_case("--run") => {
+                    let n = args.required("run number")?;
+                    Some(
+                        n.parse::<u32>()
+                            .ok()
+                            .filter(|&n| n > 0)
+                            .ok_or_else(|| bad(format!("run {n:?} is not a run number (1, 2, ...)")))?,
+                    )
+                }
+                Some(f) => return Err(bad(format!("unexpected argument {f:?}: RECEIPT <id> [--run N]"))),
+            };
+            Command::Receipt { id, run }
+        }
+        "EVENTS" => Command::Events(args.next().map(parse_id).transpose()?),
         _ => {
             let shown: String = name.chars().take(32).collect();
             return Err(ProtoError::new(
@@ -371,6 +392,13 @@ mod tests {
         assert_eq!(code("STATUS zzzzzzzz-e89b-12d3-a456-426614174000"), Code::BadRequest);
         assert_eq!(code("FROB"), Code::UnknownCommand);
         assert_eq!(code(&format!("STOP {ID} extra")), Code::BadRequest);
+        assert_eq!(code(&format!("RECEIPT {ID} --run 0")), Code::BadRequest);
+        assert_eq!(code(&format!("RECEIPT {ID} --run")), Code::BadRequest);
+        assert_eq!(parse_line(b"events").unwrap(), Some(Command::Events(None)));
+        assert_eq!(
+            parse_line(format!("RECEIPT {ID} --run 2").as_bytes()).unwrap(),
+            Some(Command::Receipt { id: Uuid::parse_str(ID).unwrap(), run: Some(2) })
+        );
         assert_eq!(
             parse_line(format!("logs {ID} --follow").as_bytes()).unwrap(),
             Some(Command::Logs { id: Uuid::parse_str(ID).unwrap(), follow: true })

@@ -77,6 +77,68 @@ enum Mode {
     Waiting(u64),
     /// Streaming a session's output.
     Follow { id: Uuid, offset: u64 },
+    /// Streaming events (of one session, or all), from sequence number `next`.
+    Events { filter: Option<Uuid>, next: u64 },
+}
+
+/// Events kept for subscribers that fall behind (they are told how many they missed).
+const EVENTS_KEPT: usize = 4096;
+
+/// The event log: the last [`EVENTS_KEPT`] events, numbered from 1.
+struct EventLog {
+    ring: std::collections::VecDeque<(u64, Uuid, Value)>,
+    next_seq: u64,
+    cap: usize,
+}
+
+/// What a subscriber gets next.
+#[derive(Debug, Default, PartialEq)]
+struct Batch {
+    /// Events it can no longer get (they left the log before it read them).
+    missed: u64,
+    /// Events for it, in order.
+    events: Vec<Value>,
+    /// Where it goes on from.
+    next: u64,
+    /// A one-session stream saw the session's deletion: it ends.
+    ended: bool,
+}
+
+impl EventLog {
+    fn new(cap: usize) -> Self {
+        EventLog { ring: Default::default(), next_seq: 1, cap }
+    }
+
+    fn push(&mut self, id: Uuid, v: Value) -> u64 {
+        let seq = self.next_seq;
+        self.next_seq += 1;
+        if self.ring.len() == self.cap {
+            self.ring.pop_front();
+        }
+        self.ring.push_back((seq, id, v));
+        seq
+    }
+
+    /// Up to `max` events from sequence `next` on, for `filter` (one session or all).
+    fn since(&self, next: u64, filter: Option<Uuid>, max: usize) -> Batch {
+        let oldest = self.ring.front().map_or(self.next_seq, |(s, _, _)| *s);
+        let mut b = Batch { next: next.max(oldest), missed: oldest.saturating_sub(next), ..Default::default() };
+        for (seq, id, v) in self.ring.iter().skip((b.next - oldest) as usize) {
+            if b.events.len() == max {
+                break;
+            }
+            b.next = seq + 1;
+            if filter.is_some_and(|f| f != *id) {
+                continue;
+            }
+            b.events.push(v.clone());
+            if filter.is_some() && v["event"] == "deleted" {
+                b.ended = true;
+                break;
+            }
+        }
+        b
+    }
 }
 
 struct Conn {
@@ -95,7 +157,7 @@ struct Conn {
 
 enum Op {
     Load { upload_size: u64, sha256: String, elf: elf::ElfInfo, id: Uuid, kind: session::Kind },
-    Start { id: Uuid, limits: shared::RunLimits },
+    Start { id: Uuid, limits: shared::RunLimits, args: Vec<String>, env_keys: Vec<String> },
     Stop { id: Uuid },
     Delete { id: Uuid },
 }
@@ -139,6 +201,9 @@ pub struct Server {
     worker: Option<crate::worker::Worker>,
     extracting: HashMap<u64, Extracting>,
     next_ticket: u64,
+    events: EventLog,
+    /// What confines a session here (for receipts).
+    jail: Value,
 }
 
 /// Why the daemon stops.
@@ -252,6 +317,8 @@ impl Server {
             worker: None,
             extracting: HashMap::new(),
             next_ticket: 1,
+            events: EventLog::new(EVENTS_KEPT),
+            jail: Value::Null,
         })
     }
 
@@ -259,6 +326,7 @@ impl Server {
     /// the broker fails (Err: the caller exits non-zero; the broker's death already took
     /// every session with it).
     pub fn run(mut self) -> Result<(), ServeError> {
+        self.describe_jail();
         let mut events = Events::with_capacity(1024);
         loop {
             let timeout = self.shutdown_deadline.map(|d| d.saturating_duration_since(Instant::now()));
@@ -457,6 +525,7 @@ impl Server {
                 Mode::Upload(_) | Mode::Drain(_) => self.step_upload(t),
                 Mode::Waiting(_) => false,
                 Mode::Follow { .. } => self.pump_follow(t),
+                Mode::Events { .. } => self.pump_events(t),
             };
             if !progressed {
                 break;
@@ -805,11 +874,45 @@ impl Server {
             Command::Debug(_) => {
                 self.send(t, &err_json(Code::Unsupported, "DEBUG is not implemented in this version of debuglantern"))
             }
-            Command::Receipt(_) => {
-                self.send(t, &err_json(Code::Unsupported, "RECEIPT is not implemented in this version of debuglantern"))
+            Command::Receipt { id, run } => {
+                let v = match self.session(id) {
+                    Err(e) => e,
+                    Ok(s) => {
+                        let found = match run {
+                            None => s.receipts.back(),
+                            Some(n) => s.receipts.iter().find(|r| r["run"] == n),
+                        };
+                        match (found, run) {
+                            (Some(r), _) => json!({"ok": true, "receipt": r}),
+                            (None, None) => err_json(
+                                Code::InvalidState,
+                                format!("session is {} and has no finished run yet", s.state.as_str()),
+                            ),
+                            (None, Some(n)) => err_json(
+                                Code::NotFound,
+                                format!(
+                                    "no receipt for run {n}: the session has finished {} runs and keeps the last {}",
+                                    s.receipts.len(),
+                                    session::RECEIPTS_KEPT
+                                ),
+                            ),
+                        }
+                    }
+                };
+                self.send(t, &v)
             }
-            Command::Events => {
-                self.send(t, &err_json(Code::Unsupported, "EVENTS is not implemented in this version of debuglantern"))
+            Command::Events(filter) => {
+                if let Some(id) = filter {
+                    if let Err(e) = self.session(id) {
+                        return self.send(t, &e);
+                    }
+                }
+                // From now on: past events are RECEIPT's and STATUS's business.
+                let next = self.events.next_seq;
+                if let Some(c) = self.conns.get_mut(&t) {
+                    c.mode = Mode::Events { filter, next };
+                }
+                self.send(t, &json!({"ok": true, "subscribed": true, "next_seq": next}))
             }
         }
     }
@@ -931,14 +1034,17 @@ impl Server {
                 .send(t, &err_json(Code::InvalidState, format!("session is {}; STOP it first", s.state.as_str())));
         }
         let mut argv = vec![b"program".to_vec()];
-        argv.extend(opts.args.into_iter().map(String::into_bytes));
-        let env: Vec<Vec<u8>> = match opts.env {
-            Some(env) => env.into_iter().map(|(k, v)| format!("{k}={v}").into_bytes()).collect(),
-            None => ["PATH=/usr/local/bin:/usr/bin:/bin", "HOME=/tmp", "TERM=dumb"]
+        argv.extend(opts.args.iter().map(|a| a.as_bytes().to_vec()));
+        let env: Vec<(String, String)> = match opts.env {
+            Some(env) => env.into_iter().collect(),
+            None => [("PATH", "/usr/local/bin:/usr/bin:/bin"), ("HOME", "/tmp"), ("TERM", "dumb")]
                 .iter()
-                .map(|s| s.as_bytes().to_vec())
+                .map(|(k, v)| (k.to_string(), v.to_string()))
                 .collect(),
         };
+        let env_keys: Vec<String> = env.iter().map(|(k, _)| k.clone()).collect();
+        let env: Vec<Vec<u8>> = env.into_iter().map(|(k, v)| format!("{k}={v}").into_bytes()).collect();
+        let args = opts.args;
         let req = opts.limits.unwrap_or_default();
         let limits = policy::rlimits::tighten(
             self.cfg.limits,
@@ -959,7 +1065,7 @@ impl Server {
         if let Some(s) = self.sessions.get_mut(&id) {
             s.busy = true;
         }
-        self.park(t, tag, Op::Start { id, limits });
+        self.park(t, tag, Op::Start { id, limits, args, env_keys });
     }
 
     fn stop(&mut self, t: Token, id: Uuid, kill: bool) {
@@ -1066,6 +1172,45 @@ impl Server {
         }
     }
 
+    // ---- events --------------------------------------------------------------------------
+
+    /// Records an event and wakes its subscribers.
+    fn emit(&mut self, id: Uuid, event: &str, mut detail: Value, touched: &mut Vec<Token>) {
+        let seq = self.events.next_seq;
+        let mut v = json!({"ok": true, "event": event, "seq": seq, "time": session::time(SystemTime::now()), "id": id.to_string()});
+        if let (Some(m), Some(d)) = (v.as_object_mut(), detail.as_object_mut()) {
+            m.append(d);
+        }
+        self.events.push(id, v);
+        touched.extend(self.conns.iter().filter(|(_, c)| matches!(c.mode, Mode::Events { .. })).map(|(t, _)| *t));
+    }
+
+    /// Sends a subscriber what it has not seen, as far as its output buffer allows; a
+    /// subscriber that fell behind the log is told how many events it missed. Returns
+    /// whether the stream ended (a one-session stream ends with the session's deletion).
+    fn pump_events(&mut self, t: Token) -> bool {
+        let Some(c) = self.conns.get(&t) else { return false };
+        let Mode::Events { filter, next } = c.mode else { return false };
+        // Never more than the output buffer allows: a slow subscriber falls behind the
+        // log (and is told so), it never makes the daemon hold more for it.
+        let room = OUT_HIGH_WATER.saturating_sub(c.out.len() - c.out_pos) / 512;
+        let b = self.events.since(next, filter, room);
+        if b.missed > 0 {
+            self.send(t, &json!({"ok": true, "missed": b.missed}));
+        }
+        for v in &b.events {
+            self.send(t, v);
+        }
+        if b.ended {
+            self.finish(t, &json!({"ok": true, "end": true, "deleted": true}));
+            return true;
+        }
+        if let Some(c) = self.conns.get_mut(&t) {
+            c.mode = Mode::Events { filter, next: b.next };
+        }
+        false
+    }
+
     // ---- broker ------------------------------------------------------------------------
 
     /// Answers the connection parked on `wait`, if it still waits for it.
@@ -1080,8 +1225,16 @@ impl Server {
 
     fn on_broker(&mut self, tag: u64, reply: Reply, touched: &mut Vec<Token>) {
         if tag == 0 {
-            if let Reply::Exited { id, status, usage, limit_hit } = reply {
-                self.on_exited(Uuid::from_bytes(id.0), status, usage, limit_hit, touched);
+            match reply {
+                Reply::Exited { id, status, usage, limit_hit } => {
+                    self.on_exited(Uuid::from_bytes(id.0), status, usage, limit_hit, touched)
+                }
+                Reply::Spawned { id } => {
+                    let id = Uuid::from_bytes(id.0);
+                    let run = self.sessions.get(&id).map_or(0, |s| s.runs + 1);
+                    self.emit(id, "spawned", json!({"run": run}), touched);
+                }
+                other => eprintln!("debuglantern: unexpected broker event {other:?}"),
             }
             return;
         }
@@ -1120,10 +1273,15 @@ impl Server {
                     busy: false,
                     deleting: false,
                     exit_waiters: Vec::new(),
+                    run_args: Vec::new(),
+                    run_env_keys: Vec::new(),
+                    out_hash: Default::default(),
+                    receipts: Default::default(),
                 };
                 self.sessions.insert(id, s);
-                let v = json!({"ok": true, "id": id.to_string(), "state": "LOADED", "kind": kind_name, "size": upload_size, "sha256": sha256, "elf": elf});
+                let v = json!({"ok": true, "id": id.to_string(), "state": "LOADED", "kind": kind_name, "size": upload_size, "sha256": sha256.clone(), "elf": elf});
                 self.answer(p.conn, p.wait, &v, touched);
+                self.emit(id, "uploaded", json!({"kind": kind_name, "size": upload_size, "sha256": sha256}), touched);
             }
             (Op::Load { upload_size, id, kind, .. }, Reply::Refused { message, .. }) => {
                 self.release(upload_size);
@@ -1137,7 +1295,7 @@ impl Server {
                     touched,
                 );
             }
-            (Op::Start { id, limits }, Reply::Started { ns_pid, pidfd, stdout, stderr, .. }) => {
+            (Op::Start { id, limits, args, env_keys }, Reply::Started { ns_pid, pidfd, stdout, stderr, .. }) => {
                 let pid = host_pid(&pidfd);
                 drop(pidfd);
                 let mut tokens = Vec::new();
@@ -1167,9 +1325,14 @@ impl Server {
                 s.ended = None;
                 s.logs.clear();
                 s.out_bytes = [0, 0];
+                s.out_hash = Default::default();
+                s.run_args = args;
+                s.run_env_keys = env_keys;
+                let run = s.runs;
                 s.pipes_open = tokens.len() as u8;
                 let v = json!({"ok": true, "id": id.to_string(), "state": "RUNNING", "pid": pid, "ns_pid": ns_pid});
                 self.answer(p.conn, p.wait, &v, touched);
+                self.emit(id, "setup_finished", json!({"run": run, "pid": pid, "ns_pid": ns_pid}), touched);
                 // Output may already be waiting: edge-triggered, so read it now.
                 for t in tokens {
                     self.read_pipe(t, touched);
@@ -1179,6 +1342,7 @@ impl Server {
                 if let Some(s) = self.sessions.get_mut(&id) {
                     s.busy = false;
                 }
+                self.emit(id, "start_failed", json!({"message": message.clone()}), touched);
                 let code = match refusal {
                     Refusal::NotFound => Code::NotFound,
                     Refusal::InvalidState => Code::InvalidState,
@@ -1203,6 +1367,7 @@ impl Server {
                 );
             }
             (Op::Delete { id }, Reply::Deleted { .. }) => {
+                self.emit(id, "deleted", json!({}), touched);
                 if let Some(s) = self.sessions.remove(&id) {
                     self.loaded_bytes -= s.size;
                     if s.kind != session::Kind::Binary {
@@ -1255,11 +1420,21 @@ impl Server {
         s.cgroup_hit = limit_hit;
         s.ended = Some(SystemTime::now());
         let waiters = std::mem::take(&mut s.exit_waiters);
-        let v = json!({"ok": true, "id": id.to_string(), "state": "STOPPED", "exit": session::exit_json(status), "limit_hit": s.limit_hit()});
+        let receipt = s.receipt(&self.jail, &self.warnings);
+        if s.receipts.len() == session::RECEIPTS_KEPT {
+            s.receipts.pop_front();
+        }
+        s.receipts.push_back(receipt);
+        let (run, hit) = (s.runs, s.limit_hit());
+        let v = json!({"ok": true, "id": id.to_string(), "state": "STOPPED", "exit": session::exit_json(status), "limit_hit": hit});
         for w in waiters {
             self.answer(w.conn, w.wait, &v, touched);
         }
         touched.extend(self.followers_of(id));
+        if let Some(limit) = hit {
+            self.emit(id, "limit_hit", json!({"run": run, "limit": limit}), touched);
+        }
+        self.emit(id, "exited", json!({"run": run, "exit": session::exit_json(status), "limit_hit": hit}), touched);
     }
 
     /// Connections streaming the output of `id`.
@@ -1305,6 +1480,7 @@ impl Server {
                     if let Some(s) = self.sessions.get_mut(&id) {
                         s.logs.push(&self.scratch[..n]);
                         s.out_bytes[stream] += n as u64;
+                        sha2::Digest::update(&mut s.out_hash[stream], &self.scratch[..n]);
                     }
                 }
                 Err(e) if e.kind() == ErrorKind::WouldBlock => break,
@@ -1351,6 +1527,69 @@ impl Server {
     /// Adds a warning (shown in HELLO).
     pub fn add_warning(&mut self, w: String) {
         self.warnings.push(w);
+    }
+
+    /// Describes the confinement of sessions for receipts, from what the start-up found.
+    fn describe_jail(&mut self) {
+        let has = |needle: &str| self.warnings.iter().any(|w| w.contains(needle));
+        self.jail = json!({
+            "namespaces": ["user", "pid", "mount", "network", "ipc", "uts"],
+            "root": "tmpfs with read-only system binds, own /proc, /tmp, /dev/pts",
+            "uid": if has("share one uid") { "shared (rootless)" } else { "distinct per session" },
+            "capabilities": "none",
+            "no_new_privs": true,
+            "seccomp": "session deny list",
+            "cgroups": if has("cgroup") { json!([]) } else { json!(["memory", "pids"]) },
+            "rlimits": ["cpu", "address_space", "open_files", "processes", "core"],
+        });
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn log_with(n: usize, cap: usize, ids: &[Uuid]) -> EventLog {
+        let mut l = EventLog::new(cap);
+        for i in 0..n {
+            let id = ids[i % ids.len()];
+            l.push(id, json!({"event": if i + 1 == n { "deleted" } else { "x" }, "i": i}));
+        }
+        l
+    }
+
+    #[test]
+    fn a_subscriber_that_fell_behind_is_told_how_many_it_missed() {
+        let l = log_with(10, 4, &[Uuid::nil()]);
+        let b = l.since(1, None, 100);
+        assert_eq!(b.missed, 6);
+        assert_eq!(b.events.len(), 4);
+        assert_eq!(b.next, 11);
+        // Caught up: nothing more, nothing missed.
+        assert_eq!(l.since(11, None, 100), Batch { next: 11, ..Default::default() });
+    }
+
+    #[test]
+    fn batches_are_bounded_and_resume_where_they_stopped() {
+        let l = log_with(10, 100, &[Uuid::nil()]);
+        let b = l.since(1, None, 3);
+        assert_eq!((b.events.len(), b.next, b.missed), (3, 4, 0));
+        let b = l.since(b.next, None, 100);
+        assert_eq!(b.events.len(), 7);
+        assert_eq!(b.events[0]["i"], 3);
+    }
+
+    #[test]
+    fn a_session_stream_filters_and_ends_at_deletion() {
+        let (a, b) = (Uuid::from_u128(1), Uuid::from_u128(2));
+        let l = log_with(9, 100, &[a, b, a]);
+        // Events 0..9 alternate a, b, a; the last (i = 8, id a) is the deletion.
+        let got = l.since(1, Some(a), 100);
+        assert!(got.events.iter().all(|e| e["i"].as_u64().unwrap() % 3 != 1));
+        assert!(got.ended);
+        let got_b = l.since(1, Some(b), 100);
+        assert_eq!(got_b.events.len(), 3);
+        assert!(!got_b.ended);
     }
 }
 

@@ -167,7 +167,20 @@ pub struct Session {
     pub deleting: bool,
     /// Waits (STOP/KILL) to answer when the run ends.
     pub exit_waiters: Vec<crate::server::Waiter>,
+    /// Arguments (after argv[0]) of the current/last run.
+    pub run_args: Vec<String>,
+    /// Environment variable names of the current/last run (never the values).
+    pub run_env_keys: Vec<String>,
+    /// sha256 of stdout and stderr of the current/last run, as they are read.
+    pub out_hash: [sha2::Sha256; 2],
+    /// Receipts of the last runs, oldest first.
+    pub receipts: VecDeque<Value>,
 }
+
+/// How many receipts a session keeps.
+pub const RECEIPTS_KEPT: usize = 16;
+/// Version of the receipt schema (RECEIPT's `schema` field).
+pub const RECEIPT_SCHEMA: &str = "debuglantern.receipt/1";
 
 impl Session {
     /// What ended the run, if a limit did.
@@ -185,6 +198,46 @@ impl Session {
             }
             _ => None,
         }
+    }
+
+    /// The receipt of the run that just ended (call once, when it has ended and its output
+    /// is drained). `jail` describes the confinement in force, `warnings` the daemon's.
+    pub fn receipt(&self, jail: &Value, warnings: &[String]) -> Value {
+        use sha2::Digest;
+        let started = self.started.unwrap_or(self.created);
+        let ended = self.ended.unwrap_or_else(SystemTime::now);
+        let duration = ended.duration_since(started).unwrap_or_default();
+        let usage = self.usage.unwrap_or_default();
+        let (exec_path, kind) = match &self.kind {
+            Kind::Binary => (Value::Null, "binary"),
+            Kind::Bundle { exec_path } => (json!(exec_path), "bundle"),
+        };
+        let digest = |i: usize| hex::encode(self.out_hash[i].clone().finalize());
+        json!({
+            "schema": RECEIPT_SCHEMA,
+            "session": self.id.to_string(),
+            "run": self.runs,
+            "kind": kind,
+            "sha256": self.sha256,
+            "exec_path": exec_path,
+            "args": self.run_args,
+            "env_keys": self.run_env_keys,
+            "identity": "anonymous",
+            "started": time(started),
+            "ended": time(ended),
+            "duration_ms": duration.as_millis() as u64,
+            "exit": self.exit.map(exit_json),
+            "limit_hit": self.limit_hit(),
+            "cpu_user_ms": usage.user_us / 1000,
+            "cpu_sys_ms": usage.sys_us / 1000,
+            "max_rss_kib": usage.max_rss_kib,
+            "processes_spawned": usage.processes,
+            "stdout": {"bytes": self.out_bytes[0], "sha256": digest(0)},
+            "stderr": {"bytes": self.out_bytes[1], "sha256": digest(1)},
+            "jail": jail,
+            "limits": limits_json(&self.limits),
+            "warnings": warnings,
+        })
     }
 
     /// The short form (LIST).

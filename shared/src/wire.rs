@@ -85,6 +85,9 @@ pub struct Usage {
     pub sys_us: u64,
     /// Largest resident set of any process of the tree, KiB.
     pub max_rss_kib: u64,
+    /// Processes the run created (the program and everything it forked), read from the
+    /// session's fresh PID namespace, where pids are handed out from 1 (the init).
+    pub processes: u64,
 }
 
 /// Error kinds the broker reports; the frontend maps them to control-protocol codes.
@@ -169,6 +172,12 @@ pub enum Reply {
         version: u32,
         /// What the broker could not set up (degraded host).
         warnings: Vec<String>,
+    },
+    /// A session's init was created (event, tag 0); `Started` follows when its setup is
+    /// done, or the START is refused.
+    Spawned {
+        /// The session.
+        id: SessionId,
     },
     /// The memfd was accepted.
     Loaded {
@@ -272,6 +281,7 @@ pub enum RequestWire {
 pub enum ReplyWire {
     Hello { magic: [u8; 8], version: u32, warnings: Vec<String> },
     Loaded { id: SessionId },
+    Spawned { id: SessionId },
     Started { id: SessionId, ns_pid: u32 },
     Exited { id: SessionId, status: ExitStatus, usage: Usage, limit_hit: Option<LimitHit> },
     Deleted { id: SessionId },
@@ -345,6 +355,7 @@ impl Message for Reply {
         match self {
             Reply::Hello { magic, version, warnings } => (ReplyWire::Hello { magic, version, warnings }, vec![]),
             Reply::Loaded { id } => (ReplyWire::Loaded { id }, vec![]),
+            Reply::Spawned { id } => (ReplyWire::Spawned { id }, vec![]),
             Reply::Started { id, ns_pid, pidfd, stdout, stderr } => {
                 (ReplyWire::Started { id, ns_pid }, vec![pidfd, stdout, stderr])
             }
@@ -366,6 +377,10 @@ impl Message for Reply {
             ReplyWire::Loaded { id } => {
                 let [] = take_fds("loaded", fds)?;
                 Reply::Loaded { id }
+            }
+            ReplyWire::Spawned { id } => {
+                let [] = take_fds("spawned", fds)?;
+                Reply::Spawned { id }
             }
             ReplyWire::Started { id, ns_pid } => {
                 let [pidfd, stdout, stderr] = take_fds("started", fds)?;
