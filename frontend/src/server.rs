@@ -1545,6 +1545,15 @@ impl Server {
     }
 }
 
+impl std::fmt::Debug for Server {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Server")
+            .field("sessions", &self.sessions.len())
+            .field("connections", &self.conns.len())
+            .finish()
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -1590,14 +1599,5 @@ mod tests {
         let got_b = l.since(1, Some(b), 100);
         assert_eq!(got_b.events.len(), 3);
         assert!(!got_b.ended);
-    }
-}
-
-impl std::fmt::Debug for Server {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Server")
-            .field("sessions", &self.sessions.len())
-            .field("connections", &self.conns.len())
-            .finish()
     }
 }

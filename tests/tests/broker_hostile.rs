@@ -47,11 +47,14 @@ fn start_broker(hello: bool) -> Peer {
     Peer { child, tube }
 }
 
+/// The next reply, skipping `Spawned` events (they precede every `Started`).
 fn recv(t: &mut Tube) -> (u64, Reply) {
     let end = Instant::now() + Duration::from_secs(10);
     loop {
-        if let Some(m) = t.recv::<Reply>().expect("broker link") {
-            return m;
+        match t.recv::<Reply>().expect("broker link") {
+            Some((0, Reply::Spawned { .. })) => continue,
+            Some(m) => return m,
+            None => {}
         }
         assert!(Instant::now() < end, "broker did not answer");
         std::thread::sleep(Duration::from_millis(5));
