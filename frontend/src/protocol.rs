@@ -3,7 +3,7 @@
 //! command names case-insensitive. This is a parser of untrusted input: it never panics,
 //! and every refusal carries an error code and a message a user can act on.
 
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 use uuid::Uuid;
 
@@ -82,22 +82,22 @@ fn bad(message: impl Into<String>) -> ProtoError {
 }
 
 /// Optional START settings (`{"args":[...],"env":{...},"limits":{...}}`).
-#[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct StartOpts {
     /// Arguments after `argv[0]`.
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub args: Vec<String>,
     /// The whole environment; `None` means the default one.
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub env: Option<BTreeMap<String, String>>,
     /// Per-run limits; they may only tighten the daemon's.
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub limits: Option<LimitOpts>,
 }
 
 /// Per-START limits.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct LimitOpts {
     /// CPU seconds.
@@ -172,8 +172,66 @@ pub enum Command {
         /// Which run (1 = first); `None` = the last.
         run: Option<u32>,
     },
-    /// `EVENTS [<id>]`
-    Events(Option<Uuid>),
+    /// `EVENTS [<id>] [--since N]`
+    Events {
+        /// One session, or all.
+        id: Option<Uuid>,
+        /// Replay from this sequence number (kept events only); `None` = from now.
+        since: Option<u64>,
+    },
+}
+
+impl Command {
+    /// The command line a client sends for this command (without `\n`; an UPLOAD's bytes
+    /// follow it). [`parse_line`] of it gives the command back.
+    pub fn to_line(&self) -> String {
+        match self {
+            Command::Hello => "HELLO".into(),
+            Command::Auth(t) => format!("AUTH {t}"),
+            Command::Upload { size, exec_path } => {
+                let size = match size {
+                    UploadSize::Bytes(n) => n.to_string(),
+                    UploadSize::Huge => "99999999999999999999".into(),
+                };
+                match exec_path {
+                    Some(p) => format!("UPLOAD {size} {p}"),
+                    None => format!("UPLOAD {size}"),
+                }
+            }
+            Command::Start { id, debug, opts } => {
+                let mut l = format!("START {id}");
+                if *debug {
+                    l.push_str(" --debug");
+                }
+                if *opts != StartOpts::default() {
+                    l.push(' ');
+                    l.push_str(&serde_json::to_string(opts).expect("plain data"));
+                }
+                l
+            }
+            Command::Stop(id) => format!("STOP {id}"),
+            Command::Kill(id) => format!("KILL {id}"),
+            Command::Debug(id) => format!("DEBUG {id}"),
+            Command::List => "LIST".into(),
+            Command::Status(id) => format!("STATUS {id}"),
+            Command::Delete(id) => format!("DELETE {id}"),
+            Command::Logs { id, follow } => format!("LOGS {id}{}", if *follow { " --follow" } else { "" }),
+            Command::Receipt { id, run } => match run {
+                Some(n) => format!("RECEIPT {id} --run {n}"),
+                None => format!("RECEIPT {id}"),
+            },
+            Command::Events { id, since } => {
+                let mut l = "EVENTS".to_string();
+                if let Some(id) = id {
+                    l.push_str(&format!(" {id}"));
+                }
+                if let Some(n) = since {
+                    l.push_str(&format!(" --since {n}"));
+                }
+                l
+            }
+        }
+    }
 }
 
 /// Parses one line (without its `\n`; a trailing `\r` is removed here). `Ok(None)` for an
@@ -252,7 +310,20 @@ pub fn parse_line(line: &[u8]) -> Result<Option<Command>, ProtoError> {
             };
             Command::Receipt { id, run }
         }
-        "EVENTS" => Command::Events(args.next().map(parse_id).transpose()?),
+        "EVENTS" => {
+            let (mut id, mut since) = (None, None);
+            while let Some(a) = args.next() {
+                if a.eq_ignore_ascii_case("--since") {
+                    let n = args.required("sequence number")?;
+                    since = Some(n.parse::<u64>().map_err(|_| bad(format!("--since {n:?} is not a sequence number")))?);
+                } else if id.is_none() {
+                    id = Some(parse_id(a)?);
+                } else {
+                    return Err(bad(format!("unexpected argument {a:?}: EVENTS [<id>] [--since N]")));
+                }
+            }
+            Command::Events { id, since }
+        }
         _ => {
             let shown: String = name.chars().take(32).collect();
             return Err(ProtoError::new(
@@ -394,7 +465,7 @@ mod tests {
         assert_eq!(code(&format!("STOP {ID} extra")), Code::BadRequest);
         assert_eq!(code(&format!("RECEIPT {ID} --run 0")), Code::BadRequest);
         assert_eq!(code(&format!("RECEIPT {ID} --run")), Code::BadRequest);
-        assert_eq!(parse_line(b"events").unwrap(), Some(Command::Events(None)));
+        assert_eq!(parse_line(b"events").unwrap(), Some(Command::Events { id: None, since: None }));
         assert_eq!(
             parse_line(format!("RECEIPT {ID} --run 2").as_bytes()).unwrap(),
             Some(Command::Receipt { id: Uuid::parse_str(ID).unwrap(), run: Some(2) })
@@ -403,6 +474,36 @@ mod tests {
             parse_line(format!("logs {ID} --follow").as_bytes()).unwrap(),
             Some(Command::Logs { id: Uuid::parse_str(ID).unwrap(), follow: true })
         );
+    }
+
+    #[test]
+    fn every_command_round_trips_through_its_line() {
+        let id = Uuid::parse_str(ID).unwrap();
+        let opts = StartOpts {
+            args: vec!["a b".into(), "{x}".into()],
+            env: Some([("K".to_string(), "v w".to_string())].into()),
+            limits: Some(LimitOpts { cpu_seconds: Some(3), ..Default::default() }),
+        };
+        for cmd in [
+            Command::Hello,
+            Command::Auth("t0k3n".into()),
+            Command::Upload { size: UploadSize::Bytes(12), exec_path: None },
+            Command::Upload { size: UploadSize::Bytes(12), exec_path: Some("bin/app".into()) },
+            Command::Start { id, debug: false, opts: StartOpts::default() },
+            Command::Start { id, debug: true, opts },
+            Command::Stop(id),
+            Command::Kill(id),
+            Command::Debug(id),
+            Command::List,
+            Command::Status(id),
+            Command::Delete(id),
+            Command::Logs { id, follow: true },
+            Command::Receipt { id, run: Some(3) },
+            Command::Events { id: Some(id), since: Some(7) },
+            Command::Events { id: None, since: None },
+        ] {
+            assert_eq!(parse_line(cmd.to_line().as_bytes()).unwrap(), Some(cmd.clone()), "{}", cmd.to_line());
+        }
     }
 
     #[test]

@@ -901,18 +901,19 @@ impl Server {
                 };
                 self.send(t, &v)
             }
-            Command::Events(filter) => {
+            Command::Events { id: filter, since } => {
                 if let Some(id) = filter {
                     if let Err(e) = self.session(id) {
                         return self.send(t, &e);
                     }
                 }
-                // From now on: past events are RECEIPT's and STATUS's business.
-                let next = self.events.next_seq;
+                // From now on, or replaying what the log still holds from `since`.
+                let next = since.unwrap_or(self.events.next_seq).min(self.events.next_seq);
                 if let Some(c) = self.conns.get_mut(&t) {
                     c.mode = Mode::Events { filter, next };
                 }
-                self.send(t, &json!({"ok": true, "subscribed": true, "next_seq": next}))
+                let head = self.events.next_seq;
+                self.send(t, &json!({"ok": true, "subscribed": true, "next_seq": next, "head_seq": head}))
             }
         }
     }
@@ -1174,8 +1175,18 @@ impl Server {
 
     // ---- events --------------------------------------------------------------------------
 
-    /// Records an event and wakes its subscribers.
-    fn emit(&mut self, id: Uuid, event: &str, mut detail: Value, touched: &mut Vec<Token>) {
+    /// Records an event and wakes its subscribers; run events also go into the session's
+    /// timeline (a new run starts at `spawned`).
+    fn emit(&mut self, id: Uuid, event: &'static str, mut detail: Value, touched: &mut Vec<Token>) {
+        if let Some(s) = self.sessions.get_mut(&id) {
+            if event == "spawned" {
+                s.timeline.clear();
+            }
+            // exited and limit_hit are put in the timeline by on_exited, before the receipt.
+            if matches!(event, "spawned" | "setup_finished") {
+                s.timeline.push((event, SystemTime::now()));
+            }
+        }
         let seq = self.events.next_seq;
         let mut v = json!({"ok": true, "event": event, "seq": seq, "time": session::time(SystemTime::now()), "id": id.to_string()});
         if let (Some(m), Some(d)) = (v.as_object_mut(), detail.as_object_mut()) {
@@ -1277,6 +1288,7 @@ impl Server {
                     run_env_keys: Vec::new(),
                     out_hash: Default::default(),
                     receipts: Default::default(),
+                    timeline: Vec::new(),
                 };
                 self.sessions.insert(id, s);
                 let v = json!({"ok": true, "id": id.to_string(), "state": "LOADED", "kind": kind_name, "size": upload_size, "sha256": sha256.clone(), "elf": elf});
@@ -1420,6 +1432,12 @@ impl Server {
         s.cgroup_hit = limit_hit;
         s.ended = Some(SystemTime::now());
         let waiters = std::mem::take(&mut s.exit_waiters);
+        // The receipt is written now: its timeline ends here (the events follow below).
+        let now = SystemTime::now();
+        if s.limit_hit().is_some() {
+            s.timeline.push(("limit_hit", now));
+        }
+        s.timeline.push(("exited", now));
         let receipt = s.receipt(&self.jail, &self.warnings);
         if s.receipts.len() == session::RECEIPTS_KEPT {
             s.receipts.pop_front();

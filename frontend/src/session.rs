@@ -175,6 +175,8 @@ pub struct Session {
     pub out_hash: [sha2::Sha256; 2],
     /// Receipts of the last runs, oldest first.
     pub receipts: VecDeque<Value>,
+    /// Lifecycle events of the current/last run, with their times (for the receipt).
+    pub timeline: Vec<(&'static str, SystemTime)>,
 }
 
 /// How many receipts a session keeps.
@@ -237,6 +239,7 @@ impl Session {
             "jail": jail,
             "limits": limits_json(&self.limits),
             "warnings": warnings,
+            "timeline": self.timeline.iter().map(|(e, t)| json!({"event": e, "time": time(*t)})).collect::<Vec<_>>(),
         })
     }
 
