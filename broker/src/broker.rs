@@ -226,40 +226,12 @@ impl Broker {
         match req {
             Request::Hello { .. } => Err(BrokerError::Hello("second hello".into())),
             Request::Load { id, memfd } => {
-                if self.shutting_down {
-                    return self.refuse(tag, Refusal::InvalidState, "the broker is shutting down");
-                }
-                if self.sessions.contains_key(&id) {
-                    return self.refuse(tag, Refusal::InvalidState, "session id already exists");
-                }
-                if self.sessions.len() >= MAX_SESSIONS {
-                    return self.refuse(tag, Refusal::LimitReached, "the broker holds too many sessions");
-                }
-                if let Err(why) = check_sealed_memfd(&memfd) {
-                    return self.refuse(tag, Refusal::BadRequest, why);
-                }
-                self.sessions
-                    .insert(id, Session { image: Image::Memfd(memfd), run: None, spawning: false, delete_tag: None });
-                self.tube.send(tag, Reply::Loaded { id })?;
-                Ok(())
+                let image = check_sealed_memfd(&memfd).map(|()| Image::Memfd(memfd));
+                self.load(tag, id, image)
             }
             Request::LoadBundle { id, exec_path } => {
-                if self.shutting_down {
-                    return self.refuse(tag, Refusal::InvalidState, "the broker is shutting down");
-                }
-                if self.sessions.contains_key(&id) {
-                    return self.refuse(tag, Refusal::InvalidState, "session id already exists");
-                }
-                if self.sessions.len() >= MAX_SESSIONS {
-                    return self.refuse(tag, Refusal::LimitReached, "the broker holds too many sessions");
-                }
-                if let Err(why) = check_exec_path(&exec_path) {
-                    return self.refuse(tag, Refusal::BadRequest, why);
-                }
-                let image = Image::Bundle(exec_path);
-                self.sessions.insert(id, Session { image, run: None, spawning: false, delete_tag: None });
-                self.tube.send(tag, Reply::Loaded { id })?;
-                Ok(())
+                let image = check_exec_path(&exec_path).map(|()| Image::Bundle(exec_path));
+                self.load(tag, id, image)
             }
             Request::Start { id, spec } => self.start(tag, id, spec),
             Request::Stop { id, grace_ms } => {
@@ -315,6 +287,26 @@ impl Broker {
                 Ok(())
             }
         }
+    }
+
+    /// Admits a new session whose image was checked (`Err`: why it was refused).
+    fn load(&mut self, tag: u64, id: SessionId, image: Result<Image, String>) -> Result<(), BrokerError> {
+        if self.shutting_down {
+            return self.refuse(tag, Refusal::InvalidState, "the broker is shutting down");
+        }
+        if self.sessions.contains_key(&id) {
+            return self.refuse(tag, Refusal::InvalidState, "session id already exists");
+        }
+        if self.sessions.len() >= MAX_SESSIONS {
+            return self.refuse(tag, Refusal::LimitReached, "the broker holds too many sessions");
+        }
+        let image = match image {
+            Ok(image) => image,
+            Err(why) => return self.refuse(tag, Refusal::BadRequest, why),
+        };
+        self.sessions.insert(id, Session { image, run: None, spawning: false, delete_tag: None });
+        self.tube.send(tag, Reply::Loaded { id })?;
+        Ok(())
     }
 
     fn refuse_missing_run(&mut self, tag: u64, id: SessionId) -> Result<(), BrokerError> {

@@ -73,12 +73,17 @@ pub fn broker_path(cfg: &Config) -> PathBuf {
     })
 }
 
-/// Starts the broker with the cgroup directories prepared for it (`memory=..,pids=..`,
-/// empty for none) and the bundle store (a directory it binds into its jail root). Must be
-/// called while the process is single-threaded.
-pub fn spawn(cfg: &Config, cgroups: &str, bundles: &std::path::Path) -> Result<Broker, LaunchError> {
+/// Opens the broker binary. Done first thing: the bundle store is mounted over `/tmp` in
+/// our mount namespace, and the binary may live below it (a checkout in /tmp).
+pub fn open_binary(cfg: &Config) -> Result<File, LaunchError> {
     let path = broker_path(cfg);
-    let binary = File::open(&path).map_err(|source| LaunchError::Binary { path: path.clone(), source })?;
+    File::open(&path).map_err(|source| LaunchError::Binary { path, source })
+}
+
+/// Starts the broker (`binary`, from [`open_binary`]) with the cgroup directories prepared
+/// for it (`memory=..,pids=..`, empty for none) and the bundle store (a directory it binds
+/// into its jail root). Must be called while the process is single-threaded.
+pub fn spawn(cfg: &Config, binary: File, cgroups: &str, bundles: &std::path::Path) -> Result<Broker, LaunchError> {
     let (ours, theirs) = shared::tube::socketpair().map_err(sys("socketpair"))?;
     let (sync_r, sync_w) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC).map_err(sys("pipe"))?;
     let root = Uid::effective().is_root();

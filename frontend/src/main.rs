@@ -37,6 +37,7 @@ fn run() -> anyhow::Result<()> {
         );
         None
     };
+    let broker_binary = launcher::open_binary(&cfg)?;
     let listener = std::net::TcpListener::bind(cfg.listen)
         .map_err(|e| anyhow::anyhow!("cannot listen on {}: {e} (choose another address with --listen)", cfg.listen))?;
     let local = listener.local_addr()?;
@@ -53,7 +54,7 @@ fn run() -> anyhow::Result<()> {
     };
     // The bundle store, in a mount namespace of our own (root) or a private directory.
     let bundles = frontend::store::prepare(root, drop_to, cfg.max_total_size).map_err(anyhow::Error::msg)?;
-    let broker = launcher::spawn(&cfg, &cgroups, &bundles.path)?;
+    let broker = launcher::spawn(&cfg, broker_binary, &cgroups, &bundles.path)?;
     let broker_pid = broker.pid;
     match drop_to {
         Some((uid, gid)) => policy::identity::drop_to(uid, gid)?,

@@ -278,3 +278,29 @@ fn root_many_concurrent_clients() {
     }
     assert_eq!(d.client().cmd("LIST")["sessions"].as_array().unwrap().len(), 0);
 }
+
+#[test]
+fn root_daemon_installed_under_tmp_still_starts() {
+    if !require_root("root_daemon_installed_under_tmp_still_starts") {
+        return;
+    }
+    // The bundle store is mounted over /tmp in the frontend's namespace: binaries that live
+    // below /tmp (a checkout there) must be opened before that.
+    let dir = std::path::Path::new("/tmp").join(format!("dl-under-tmp-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    for b in ["debuglantern", "debuglantern-broker"] {
+        std::fs::copy(tests::bin_dir().join(b), dir.join(b)).unwrap();
+    }
+    let mut child = std::process::Command::new(dir.join("debuglantern"))
+        .args(["--listen", "127.0.0.1:0"])
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut err = std::io::BufReader::new(child.stderr.take().unwrap());
+    let mut line = String::new();
+    std::io::BufRead::read_line(&mut err, &mut line).unwrap();
+    let _ = child.kill();
+    let _ = child.wait();
+    let _ = std::fs::remove_dir_all(&dir);
+    assert!(line.contains("listening on"), "{line}");
+}
