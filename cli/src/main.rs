@@ -26,7 +26,8 @@ use uuid::Uuid;
     after_help = "Examples:\n  lantern run ./hello -- --verbose      upload, run, stream output, exit with its code\n  lantern upload ./app-dir --exec bin/app\n  lantern start 5d0c… --env LANG=C -- arg1 arg2\n  lantern logs -f 5d0c…\n  lantern receipt 5d0c… --trace run.json   (open in ui.perfetto.dev)\n  LANTERN_RIG=rig.lan:4444 lantern list"
 )]
 struct Cli {
-    /// The rig, HOST[:PORT] (default 127.0.0.1:4444).
+    /// The rig: HOST[:PORT], or an instance name found by `lantern discover`
+    /// (default 127.0.0.1:4444).
     #[arg(long, global = true, env = "LANTERN_RIG")]
     rig: Option<String>,
     /// Print the server's JSON instead of tables.
@@ -126,6 +127,12 @@ enum Cmd {
         #[arg(last = true)]
         args: Vec<String>,
     },
+    /// Rigs advertised on the local network (mDNS/DNS-SD).
+    Discover {
+        /// How long to listen, in seconds.
+        #[arg(long, default_value_t = 3.0)]
+        timeout: f64,
+    },
     /// Shell completions.
     Completions {
         /// bash, zsh, fish, elvish or powershell.
@@ -154,7 +161,7 @@ struct Conn {
 
 impl Conn {
     fn open(rig: &str) -> Result<Conn> {
-        let addr = if rig.contains(':') { rig.to_string() } else { format!("{rig}:4444") };
+        let addr = resolve_rig(rig)?;
         let s = TcpStream::connect(&addr).with_context(|| {
             format!("cannot reach the rig at {addr} (is debuglantern running there? --rig / LANTERN_RIG)")
         })?;
@@ -206,6 +213,27 @@ fn run(cli: Cli) -> Result<ExitCode> {
     let json = cli.json;
     let print = |v: &Value| println!("{v}");
     match cli.cmd {
+        Cmd::Discover { timeout } => {
+            let found = frontend::discovery::discover(Duration::from_secs_f64(timeout.clamp(0.1, 600.0)))
+                .map_err(|e| anyhow!(e))?;
+            if json {
+                println!("{}", serde_json::json!({"ok": true, "rigs": found}));
+            } else if found.is_empty() {
+                println!("no rig answered within {timeout} s");
+            } else {
+                for r in &found {
+                    let addrs: Vec<String> = r.addresses.iter().map(|a| a.to_string()).collect();
+                    println!(
+                        "{}  {}:{}  {}  {}",
+                        r.instance,
+                        r.host,
+                        r.port,
+                        addrs.join(","),
+                        r.txt.iter().map(|(k, v)| format!("{k}={v}")).collect::<Vec<_>>().join(" ")
+                    );
+                }
+            }
+        }
         Cmd::Completions { shell } => {
             clap_complete::generate(shell, &mut Cli::command(), "lantern", &mut std::io::stdout());
         }
@@ -364,6 +392,26 @@ fn run(cli: Cli) -> Result<ExitCode> {
         Cmd::Run { path, exec, env, keep, args } => return run_program(&rig, &path, exec, &env, keep, args, json),
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// HOST[:PORT] as given, or the address of a rig advertising that instance name.
+fn resolve_rig(rig: &str) -> Result<String> {
+    let looks_like_host = !rig.contains(' ') && !rig.contains('@') && rig.chars().all(|c| c.is_ascii_graphic());
+    if looks_like_host {
+        return Ok(if rig.contains(':') { rig.to_string() } else { format!("{rig}:4444") });
+    }
+    let found = frontend::discovery::discover(Duration::from_secs(3)).map_err(|e| anyhow!(e))?;
+    let r = found
+        .iter()
+        .find(|r| r.instance.eq_ignore_ascii_case(rig))
+        .ok_or_else(|| anyhow!("no rig named {rig:?} answered on the local network (lantern discover lists them)"))?;
+    let ip = r
+        .addresses
+        .iter()
+        .find(|a| a.is_ipv4())
+        .or(r.addresses.first())
+        .ok_or_else(|| anyhow!("rig {rig:?} advertises no address"))?;
+    Ok(std::net::SocketAddr::new(*ip, r.port).to_string())
 }
 
 fn stopped(v: Value, json: bool) {

@@ -77,6 +77,19 @@ pub struct Flags {
     /// Refuse to start if anything of the jail cannot be had on this host.
     #[arg(long)]
     pub strict: bool,
+    /// Advertise over mDNS even when listening on loopback only.
+    #[arg(long, conflicts_with = "no_mdns")]
+    pub mdns: bool,
+    /// Do not advertise over mDNS.
+    #[arg(long)]
+    pub no_mdns: bool,
+    /// Advertise on this interface (repeatable; default: the ones the control socket
+    /// listens on).
+    #[arg(long = "mdns-interface", value_name = "NAME")]
+    pub mdns_interfaces: Vec<String>,
+    /// mDNS instance name (default "debuglantern @ <hostname>", at most 63 bytes).
+    #[arg(long)]
+    pub mdns_name: Option<String>,
     /// Path of debuglantern-broker (default: next to this binary).
     #[arg(long)]
     pub broker: Option<PathBuf>,
@@ -106,6 +119,9 @@ pub struct FileConfig {
     uid_base: Option<u32>,
     strict: Option<bool>,
     broker: Option<PathBuf>,
+    mdns: Option<bool>,
+    mdns_interfaces: Option<Vec<String>>,
+    mdns_name: Option<String>,
 }
 
 /// A byte count in TOML: a number or a string like "512M".
@@ -157,6 +173,8 @@ pub struct Config {
     pub strict: bool,
     /// Broker binary.
     pub broker: Option<PathBuf>,
+    /// mDNS: `None` = off; otherwise what to advertise where.
+    pub mdns: Option<crate::discovery::Plan>,
 }
 
 /// Parses `123`, `64K`, `512M`, `1G`, `2T` (binary multiples; an optional trailing `B` or
@@ -219,6 +237,21 @@ impl Config {
             uid_base: flags.uid_base.or(file.uid_base).unwrap_or(policy::identity::DEFAULT_UID_BASE),
             strict: flags.strict || file.strict.unwrap_or(false),
             broker: flags.broker.or(file.broker),
+            mdns: {
+                let on = !flags.no_mdns && file.mdns != Some(false);
+                let interfaces = if flags.mdns_interfaces.is_empty() {
+                    file.mdns_interfaces.unwrap_or_default()
+                } else {
+                    flags.mdns_interfaces
+                };
+                let name = flags.mdns_name.or(file.mdns_name).map(|n| crate::discovery::clip(&n));
+                on.then(|| crate::discovery::Plan {
+                    name: name.unwrap_or_else(crate::discovery::default_name),
+                    interfaces,
+                    force: flags.mdns || file.mdns == Some(true),
+                    auth_required: false,
+                })
+            },
         };
         if c.max_sessions == 0 || c.max_sessions > 65_000 {
             return Err(format!("max_sessions {} must be in 1..=65000", c.max_sessions));

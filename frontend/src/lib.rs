@@ -4,6 +4,7 @@
 pub mod bundle;
 pub mod cgroup;
 pub mod config;
+pub mod discovery;
 pub mod elf;
 pub mod launcher;
 pub mod protocol;

@@ -71,6 +71,7 @@ fn run() -> anyhow::Result<()> {
         server.add_warning(w);
     }
     server.start_worker()?;
+    server.start_mdns(local);
     policy::seccomp::install_all_threads(&seccomp)?;
     let all_warnings = server.warnings().to_vec();
     for w in &all_warnings {

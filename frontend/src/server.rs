@@ -21,6 +21,7 @@ use shared::{Refusal, Reply, Request, SessionId, StartSpec, Tube, TubeError, MAG
 use std::collections::{BTreeMap, HashMap};
 use std::fs::File;
 use std::io::{ErrorKind, Read, Write};
+use std::net::SocketAddr;
 use std::os::fd::{AsFd, AsRawFd, OwnedFd};
 use std::time::{Duration, Instant, SystemTime};
 use uuid::Uuid;
@@ -204,6 +205,8 @@ pub struct Server {
     events: EventLog,
     /// What confines a session here (for receipts).
     jail: Value,
+    /// The mDNS advertisement, if any (withdrawn at shutdown).
+    advertiser: Option<crate::discovery::Advertiser>,
 }
 
 /// Why the daemon stops.
@@ -319,6 +322,7 @@ impl Server {
             next_ticket: 1,
             events: EventLog::new(EVENTS_KEPT),
             jail: Value::Null,
+            advertiser: None,
         })
     }
 
@@ -428,6 +432,10 @@ impl Server {
         }
         if let Some(mut l) = self.listener.take() {
             let _ = self.poll.registry().deregister(&mut l);
+        }
+        // Goodbye packets first: clients stop offering a rig that is going away.
+        if let Some(a) = self.advertiser.take() {
+            a.stop();
         }
         let grace = self.cfg.stop_grace;
         self.tube.send(0, Request::Shutdown { grace_ms: grace.as_millis() as u64 })?;
@@ -936,6 +944,7 @@ impl Server {
                 "run": session::limits_json(&c.limits),
             },
             "warnings": self.warnings,
+            "mdns": self.advertiser.as_ref().map(|a| json!({"instance": a.name, "service": crate::discovery::SERVICE})),
         })
     }
 
@@ -1540,6 +1549,23 @@ impl Server {
     /// Warnings of this daemon (degraded host, rootless mode, broker's).
     pub fn warnings(&self) -> &[String] {
         &self.warnings
+    }
+
+    /// Starts advertising over mDNS if the configuration asks for it here (a failure is a
+    /// warning). After landlock, before seccomp: the responder's thread inherits the first
+    /// and has started before the second.
+    pub fn start_mdns(&mut self, listen: SocketAddr) {
+        let Some(plan) = self.cfg.mdns.clone() else { return };
+        if !crate::discovery::wanted(&plan, listen) {
+            return;
+        }
+        match crate::discovery::start(&plan, listen) {
+            Ok(a) => {
+                eprintln!("debuglantern: advertising {:?} over mDNS", a.name);
+                self.advertiser = Some(a);
+            }
+            Err(e) => self.warnings.push(format!("not advertised over mDNS: {e}")),
+        }
     }
 
     /// Adds a warning (shown in HELLO).

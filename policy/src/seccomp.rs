@@ -112,7 +112,7 @@ pub const FRONTEND_ALLOWED: &[(i64, &str)] = &[
     (libc::SYS_statx, "memfd size"),
     (libc::SYS_lseek, "std i/o"),
     (libc::SYS_signalfd4, "SIGTERM/SIGINT in the event loop"),
-    (libc::SYS_ioctl, "FIONBIO on sockets (argument-filtered)"),
+    (libc::SYS_ioctl, "FIONBIO, FIOCLEX, SIOCGIFINDEX (argument-filtered)"),
     (libc::SYS_fcntl, "non-blocking mode, seals"),
     (libc::SYS_epoll_create1, "event loop"),
     (libc::SYS_epoll_ctl, "event loop"),
@@ -128,7 +128,9 @@ pub const FRONTEND_ALLOWED: &[(i64, &str)] = &[
     (libc::SYS_recvmsg, "broker messages with descriptors"),
     (libc::SYS_sendmsg, "broker messages with descriptors"),
     (libc::SYS_shutdown, "closing clients"),
-    (libc::SYS_setsockopt, "TCP_NODELAY"),
+    (libc::SYS_setsockopt, "TCP_NODELAY; mDNS multicast membership"),
+    (libc::SYS_bind, "mDNS sockets (the responder re-scans interfaces)"),
+    (libc::SYS_socket, "mDNS: UDP and netlink sockets only (argument-filtered)"),
     (libc::SYS_getsockopt, "socket errors"),
     (libc::SYS_getsockname, "local addresses"),
     (libc::SYS_getpeername, "peer addresses"),
@@ -260,9 +262,9 @@ pub fn broker() -> Result<Vec<BpfProgram>, SeccompError> {
 /// The frontend's filters (install all of them, in order).
 pub fn frontend() -> Result<Vec<BpfProgram>, SeccompError> {
     let mut allowed = with_runtime(FRONTEND_ALLOWED);
-    // ioctl: only FIONBIO and FIOCLEX.
+    // ioctl: only FIONBIO, FIOCLEX and SIOCGIFINDEX (if_nametoindex, for mDNS).
     let mut ioctl = Vec::new();
-    for req in [libc::FIONBIO, libc::FIOCLEX] {
+    for req in [libc::FIONBIO, libc::FIOCLEX, libc::SIOCGIFINDEX as _] {
         // The ioctl request type differs between libcs (c_ulong here, c_int on musl).
         #[allow(clippy::unnecessary_cast)]
         let cond = SeccompCondition::new(1, SeccompCmpArgLen::Dword, SeccompCmpOp::Eq, req as u64)
@@ -270,6 +272,14 @@ pub fn frontend() -> Result<Vec<BpfProgram>, SeccompError> {
         ioctl.push(SeccompRule::new(vec![cond]).map_err(|e| SeccompError::Build(e.to_string()))?);
     }
     allowed.insert(libc::SYS_ioctl, ioctl);
+    // socket: only the families the mDNS responder uses (no AF_UNIX, AF_PACKET, ...).
+    let mut socket = Vec::new();
+    for family in [libc::AF_INET, libc::AF_INET6, libc::AF_NETLINK] {
+        let cond = SeccompCondition::new(0, SeccompCmpArgLen::Dword, SeccompCmpOp::Eq, family as u64)
+            .map_err(|e| SeccompError::Build(e.to_string()))?;
+        socket.push(SeccompRule::new(vec![cond]).map_err(|e| SeccompError::Build(e.to_string()))?);
+    }
+    allowed.insert(libc::SYS_socket, socket);
     allow_list(allowed, FRONTEND_FATAL)
 }
 
