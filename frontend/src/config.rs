@@ -77,6 +77,11 @@ pub struct Flags {
     /// Refuse to start if anything of the jail cannot be had on this host.
     #[arg(long)]
     pub strict: bool,
+    /// Accept listening on a non-loopback address without authentication: anyone who can
+    /// reach it controls the rig. (Authentication is not implemented yet, so a
+    /// non-loopback address needs this flag.)
+    #[arg(long)]
+    pub insecure_no_auth: bool,
     /// Advertise over mDNS even when listening on loopback only.
     #[arg(long, conflicts_with = "no_mdns")]
     pub mdns: bool,
@@ -118,6 +123,7 @@ pub struct FileConfig {
     user: Option<String>,
     uid_base: Option<u32>,
     strict: Option<bool>,
+    insecure_no_auth: Option<bool>,
     broker: Option<PathBuf>,
     mdns: Option<bool>,
     mdns_interfaces: Option<Vec<String>>,
@@ -171,6 +177,8 @@ pub struct Config {
     pub uid_base: u32,
     /// Warnings are fatal.
     pub strict: bool,
+    /// Serve a non-loopback address without authentication.
+    pub insecure_no_auth: bool,
     /// Broker binary.
     pub broker: Option<PathBuf>,
     /// mDNS: `None` = off; otherwise what to advertise where.
@@ -236,6 +244,7 @@ impl Config {
             user: flags.user.or(file.user).unwrap_or_else(|| "nobody".into()),
             uid_base: flags.uid_base.or(file.uid_base).unwrap_or(policy::identity::DEFAULT_UID_BASE),
             strict: flags.strict || file.strict.unwrap_or(false),
+            insecure_no_auth: flags.insecure_no_auth || file.insecure_no_auth.unwrap_or(false),
             broker: flags.broker.or(file.broker),
             mdns: {
                 let on = !flags.no_mdns && file.mdns != Some(false);

@@ -21,6 +21,18 @@ fn run() -> anyhow::Result<()> {
     let cfg = config::Config::load(config::Flags::parse()).map_err(anyhow::Error::msg)?;
     let root = Uid::effective().is_root();
     let mut warnings = Vec::new();
+    // SPEC §3: a non-loopback address needs authentication, which this version does not
+    // have yet; only an explicit --insecure-no-auth opens the rig to the network.
+    if !cfg.listen.ip().is_loopback() {
+        if !cfg.insecure_no_auth {
+            anyhow::bail!(
+                "refusing to listen on {} without authentication: anyone who can reach it would control this rig. \
+                 Listen on loopback (the default), or pass --insecure-no-auth to accept that",
+                cfg.listen
+            );
+        }
+        warnings.push(format!("--insecure-no-auth: anyone who can reach {} controls this rig", cfg.listen));
+    }
     // Resolve the frontend's user before anything starts: a typo must stop us here.
     let drop_to = if root {
         let (uid, gid) = resolve_user(&cfg.user)?;

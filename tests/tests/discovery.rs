@@ -52,9 +52,9 @@ fn root_discovery_in_two_private_hosts_with_an_independent_browser_and_goodbye()
     // Two daemons with the same name on the rig: the second renames itself.
     let script = format!(
         r#"set -u
-ip netns exec rig {d} --listen 10.77.0.1:4444 --mdns-name 'twin rig' 2>{o}/rig1.log & D1=$!
+ip netns exec rig {d} --listen 10.77.0.1:4444 --insecure-no-auth --mdns-name 'twin rig' 2>{o}/rig1.log & D1=$!
 sleep 2
-ip netns exec rig {d} --listen 10.77.0.1:4445 --mdns-name 'twin rig' 2>{o}/rig2.log & D2=$!
+ip netns exec rig {d} --listen 10.77.0.1:4445 --insecure-no-auth --mdns-name 'twin rig' 2>{o}/rig2.log & D2=$!
 sleep 3
 ip netns exec client {l} discover --timeout 3 --json > {o}/discover.json
 ip netns exec client {l} --rig 'twin rig (2)' --json list > {o}/by-name.json 2>&1

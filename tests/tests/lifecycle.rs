@@ -304,3 +304,18 @@ fn root_daemon_installed_under_tmp_still_starts() {
     let _ = std::fs::remove_dir_all(&dir);
     assert!(line.contains("listening on"), "{line}");
 }
+
+#[test]
+fn root_non_loopback_listening_needs_an_explicit_insecure_flag() {
+    if !require_root("root_non_loopback_listening_needs_an_explicit_insecure_flag") {
+        return;
+    }
+    // Refused before anything is bound (so no socket is ever opened on 0.0.0.0 here).
+    let out = std::process::Command::new(tests::bin_dir().join("debuglantern"))
+        .args(["--listen", "0.0.0.0:0"])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("without authentication") && err.contains("--insecure-no-auth"), "{err}");
+}
