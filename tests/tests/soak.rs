@@ -94,7 +94,7 @@ fn round(d: &Daemon, secs: u64, hello: &[u8], sleeper: &[u8]) -> u64 {
                 let mut n: u32 = i;
                 while !stop.load(Ordering::Relaxed) {
                     n = n.wrapping_mul(1103515245).wrapping_add(12345);
-                    let long = n % 3 == 0;
+                    let long = n.is_multiple_of(3);
                     let up = c.upload(if long { &sleeper } else { &hello });
                     check(&up, &["limit_reached"], &errors);
                     let Some(id) = up["id"].as_str().map(str::to_string) else { continue };
@@ -103,9 +103,9 @@ fn round(d: &Daemon, secs: u64, hello: &[u8], sleeper: &[u8]) -> u64 {
                     check(&c.cmd(&format!("LOGS {id}")), &[], &errors);
                     check(&c.cmd("LIST"), &[], &errors);
                     // STOP/KILL may race with the program's own exit: invalid_state is fine.
-                    let verb = if n % 2 == 0 { "STOP" } else { "KILL" };
+                    let verb = if n.is_multiple_of(2) { "STOP" } else { "KILL" };
                     check(&c.cmd(&format!("{verb} {id}")), &["invalid_state"], &errors);
-                    if n % 5 == 0 {
+                    if n.is_multiple_of(5) {
                         check(&c.cmd(&format!("RECEIPT {id}")), &["invalid_state"], &errors);
                     }
                     check(&c.cmd(&format!("DELETE {id}")), &[], &errors);
