@@ -10,7 +10,7 @@
 //! every session and exits non-zero, and the daemon with it.
 
 use crate::init::InitMsg;
-use crate::spawner::{SpawnImage, SpawnReply, SpawnRequest};
+use crate::spawner::{SpawnImage, SpawnReply, SpawnRequest, SpawnerCall};
 use crate::sys;
 use mio::unix::SourceFd;
 use mio::{Events, Interest, Poll, Token};
@@ -60,6 +60,8 @@ struct Run {
     kill_deadline: Option<Instant>,
     /// The run's cgroups, if any.
     cgroup: Option<crate::cgroup::SessionCgroup>,
+    /// gdbserver's pidfd while one is attached.
+    debugger: Option<(Token, OwnedFd)>,
     /// Pipes' read ends, handed to the frontend with "started".
     stdout: Option<OwnedFd>,
     stderr: Option<OwnedFd>,
@@ -108,6 +110,10 @@ pub struct Broker {
     spawner: Tube,
     /// STARTs with the spawner, by spawner tag.
     spawns: HashMap<u64, PendingSpawn>,
+    /// DEBUGs with the spawner: spawner tag → (session, request tag).
+    debug_calls: HashMap<u64, (SessionId, u64)>,
+    /// gdbserver pidfds' tokens.
+    debug_tokens: HashMap<Token, SessionId>,
     next_spawn: u64,
 }
 
@@ -137,6 +143,8 @@ impl Broker {
             cgroups,
             spawner,
             spawns: HashMap::new(),
+            debug_calls: HashMap::new(),
+            debug_tokens: HashMap::new(),
             next_spawn: 1,
         };
         b.hello(warnings)?;
@@ -207,6 +215,7 @@ impl Broker {
                             Err(e) => return Err(BrokerError::Spawner(e)),
                         }
                     },
+                    t if self.debug_tokens.contains_key(&t) => self.on_debugger_exit(t)?,
                     t => self.on_run_event(t)?,
                 }
             }
@@ -253,6 +262,7 @@ impl Broker {
                 self.tube.send(tag, Reply::Accepted { id })?;
                 Ok(())
             }
+            Request::Debug { id } => self.debug(tag, id),
             Request::Delete { id } => {
                 let Some(s) = self.sessions.get_mut(&id) else {
                     return self.refuse(tag, Refusal::NotFound, "no such session in the broker");
@@ -364,7 +374,7 @@ impl Broker {
         };
         let stag = self.next_spawn;
         self.next_spawn += 1;
-        self.spawner.send(stag, req).map_err(BrokerError::Spawner)?;
+        self.spawner.send(stag, SpawnerCall::Session(req)).map_err(BrokerError::Spawner)?;
         self.spawns.insert(stag, PendingSpawn { id, start_tag: tag, slot, cgroup });
         if let Some(s) = self.sessions.get_mut(&id) {
             s.spawning = true;
@@ -372,7 +382,71 @@ impl Broker {
         Ok(())
     }
 
+    fn debug(&mut self, tag: u64, id: SessionId) -> Result<(), BrokerError> {
+        let calling = self.debug_calls.values().any(|(i, _)| *i == id);
+        let Some(run) = self.sessions.get_mut(&id).and_then(|s| s.run.as_mut()) else {
+            return self.refuse_missing_run(tag, id);
+        };
+        if run.start_tag.is_some() || run.kill_deadline.is_some() || run.term_deadline.is_some() {
+            return self.refuse(tag, Refusal::InvalidState, "session is starting or stopping");
+        }
+        if run.debugger.is_some() || calling {
+            return self.refuse(tag, Refusal::InvalidState, "a debugger is already attached");
+        }
+        let init_pidfd = match run.init_pidfd.try_clone() {
+            Ok(fd) => fd,
+            Err(e) => return self.refuse(tag, Refusal::Internal, format!("dup: {e}")),
+        };
+        let ns_uid = run.slot.map(policy::identity::IdPlan::session_ns_uid);
+        let stag = self.next_spawn;
+        self.next_spawn += 1;
+        // The program is always pid 2 of its session (pid 1 is the init).
+        self.spawner.send(stag, SpawnerCall::Debug { init_pidfd, ns_uid, target: 2 }).map_err(BrokerError::Spawner)?;
+        self.debug_calls.insert(stag, (id, tag));
+        Ok(())
+    }
+
+    fn on_debug_reply(&mut self, id: SessionId, tag: u64, reply: SpawnReply) -> Result<(), BrokerError> {
+        match reply {
+            SpawnReply::Debugging { gdb_pidfd, sock } => {
+                let Some(run) = self.sessions.get_mut(&id).and_then(|s| s.run.as_mut()) else {
+                    let _ = sys::pidfd_signal(gdb_pidfd.as_fd(), libc::SIGKILL);
+                    return self.refuse(tag, Refusal::InvalidState, "the session ended");
+                };
+                let t = Token(self.next_token);
+                self.next_token += 1;
+                self.poll.registry().register(&mut SourceFd(&gdb_pidfd.as_raw_fd()), t, Interest::READABLE)?;
+                run.debugger = Some((t, gdb_pidfd));
+                self.debug_tokens.insert(t, id);
+                self.tube.send(tag, Reply::Debugging { id, sock })?;
+                Ok(())
+            }
+            SpawnReply::Failed { message } => {
+                let refusal = if message.contains("not installed") { Refusal::Unsupported } else { Refusal::Internal };
+                self.refuse(tag, refusal, message)
+            }
+            SpawnReply::Spawned { .. } => {
+                Err(BrokerError::Spawner(TubeError::Decode("a session where a debugger was asked".into())))
+            }
+        }
+    }
+
+    /// gdbserver exited: gdb detached or went away.
+    fn on_debugger_exit(&mut self, t: Token) -> Result<(), BrokerError> {
+        let Some(id) = self.debug_tokens.remove(&t) else { return Ok(()) };
+        if let Some(run) = self.sessions.get_mut(&id).and_then(|s| s.run.as_mut()) {
+            if let Some((_, fd)) = run.debugger.take() {
+                let _ = self.poll.registry().deregister(&mut SourceFd(&fd.as_raw_fd()));
+            }
+        }
+        self.tube.send(0, Reply::DebugEnded { id })?;
+        Ok(())
+    }
+
     fn on_spawned(&mut self, stag: u64, reply: SpawnReply) -> Result<(), BrokerError> {
+        if let Some((id, tag)) = self.debug_calls.remove(&stag) {
+            return self.on_debug_reply(id, tag, reply);
+        }
         let Some(p) = self.spawns.remove(&stag) else {
             return Err(BrokerError::Spawner(TubeError::Decode(format!("answer to unknown request {stag}"))));
         };
@@ -389,6 +463,9 @@ impl Broker {
                 }
                 self.refuse(p.start_tag, Refusal::Internal, message)
             }
+            SpawnReply::Debugging { .. } => {
+                Err(BrokerError::Spawner(TubeError::Decode("a debugger where a session was asked".into())))
+            }
             SpawnReply::Spawned { init_pidfd, ctl, stdout, stderr } => {
                 self.tube.send(0, Reply::Spawned { id: p.id })?;
                 let run = Run {
@@ -399,6 +476,7 @@ impl Broker {
                     outcome: None,
                     failed: false,
                     cgroup: p.cgroup,
+                    debugger: None,
                     term_deadline: None,
                     kill_deadline: None,
                     stdout: Some(stdout),
@@ -474,6 +552,10 @@ impl Broker {
         let _ = self.poll.registry().deregister(&mut SourceFd(&run.init_pidfd.as_raw_fd()));
         let _ = self.poll.registry().deregister(&mut SourceFd(&run.ctl.as_raw_fd()));
         self.tokens.retain(|_, v| *v != id);
+        if let Some((t, fd)) = &run.debugger {
+            let _ = self.poll.registry().deregister(&mut SourceFd(&fd.as_raw_fd()));
+            self.debug_tokens.remove(t);
+        }
         if let Some(s) = run.slot {
             self.free_slots.push(s);
         }

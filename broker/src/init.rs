@@ -345,3 +345,32 @@ fn supervise(program: Pid, ctl: &mut Tube) -> ! {
         }
     }
 }
+
+/// In a session's namespaces, still root of the broker's user namespace: become the
+/// session's identity and exec gdbserver attached to `target`, its stdio on `sock`, its
+/// stderr to /dev/null. Never returns.
+pub fn exec_gdbserver(sock: OwnedFd, ns_uid: Option<u32>, target: u32, seccomp: &[seccompiler::BpfProgram]) -> ! {
+    sys::reset_signals();
+    let _ = nix::unistd::setsid();
+    let null = nix::fcntl::open("/dev/null", nix::fcntl::OFlag::O_RDWR, nix::sys::stat::Mode::empty());
+    let placed = nix::unistd::dup2(sock.as_raw_fd(), 0).and_then(|_| nix::unistd::dup2(sock.as_raw_fd(), 1));
+    if placed.is_err() {
+        sys::exit_now(126);
+    }
+    if let Ok(fd) = null {
+        let _ = nix::unistd::dup2(fd, 2);
+    }
+    sys::close_all_except(&[]);
+    if take_identity(ns_uid).is_err() || std::env::set_current_dir("/").is_err() {
+        sys::exit_now(126);
+    }
+    if policy::seccomp::install(seccomp).is_err() {
+        sys::exit_now(126);
+    }
+    let target = CString::new(target.to_string()).expect("digits");
+    let argv = [c"gdbserver".to_owned(), c"--once".to_owned(), c"--attach".to_owned(), c"-".to_owned(), target];
+    let path = CString::new(crate::spawner::GDBSERVER).expect("no NUL");
+    let env: [CString; 0] = [];
+    let _ = nix::unistd::execve(&path, &argv, &env);
+    sys::exit_now(127)
+}

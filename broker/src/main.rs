@@ -66,6 +66,11 @@ fn main() {
         eprintln!("debuglantern-broker: {e}");
         std::process::exit(1);
     }
+    // We are PID 1 of our namespace: orphans come to us (a debug helper's gdbserver, for
+    // one). The kernel reaps them if SIGCHLD is ignored; a zombie left here would keep its
+    // session's namespace from ever finishing its teardown. (Our own child, the spawner,
+    // is watched through its socket, not waited for.)
+    sys::set_sigchld(false);
     // Fork the spawner while we are unconfined, then confine ourselves: landlock (only the
     // cgroup directories), then the seccomp allow list (no fork, exec, mount or socket).
     let confined = (|| -> Result<OwnedFd, String> {

@@ -48,6 +48,67 @@ pub enum SpawnImage {
     },
 }
 
+/// Broker → spawner: everything the spawner does.
+#[derive(Debug)]
+pub enum SpawnerCall {
+    /// Create a session.
+    Session(SpawnRequest),
+    /// Start gdbserver inside a session, attached to its program.
+    Debug {
+        /// A pidfd of the session's init (names its namespaces).
+        init_pidfd: OwnedFd,
+        /// The session's uid inside the broker's user namespace.
+        ns_uid: Option<u32>,
+        /// The program's pid inside the session.
+        target: u32,
+    },
+}
+
+/// Encodable [`SpawnerCall`].
+#[derive(Encode, Decode, Debug)]
+pub enum SpawnerCallWire {
+    /// See [`SpawnerCall::Session`].
+    Session(SpawnRequestWire),
+    /// See [`SpawnerCall::Debug`].
+    Debug {
+        /// Uid.
+        ns_uid: Option<u32>,
+        /// Target pid.
+        target: u32,
+    },
+}
+
+impl Message for SpawnerCall {
+    type Wire = SpawnerCallWire;
+
+    fn into_wire(self) -> (SpawnerCallWire, Vec<OwnedFd>) {
+        match self {
+            SpawnerCall::Session(r) => {
+                let (w, fds) = r.into_wire();
+                (SpawnerCallWire::Session(w), fds)
+            }
+            SpawnerCall::Debug { init_pidfd, ns_uid, target } => {
+                (SpawnerCallWire::Debug { ns_uid, target }, vec![init_pidfd])
+            }
+        }
+    }
+
+    fn from_wire(w: SpawnerCallWire, fds: Vec<OwnedFd>) -> Result<Self, WireError> {
+        match w {
+            SpawnerCallWire::Session(r) => Ok(SpawnerCall::Session(SpawnRequest::from_wire(r, fds)?)),
+            SpawnerCallWire::Debug { ns_uid, target } => {
+                let got = fds.len();
+                let [init_pidfd] = <[OwnedFd; 1]>::try_from(fds).map_err(|_| WireError::FdCount {
+                    kind: "debug",
+                    expected: 1,
+                    got,
+                })?;
+                Ok(SpawnerCall::Debug { init_pidfd, ns_uid, target })
+            }
+        }
+    }
+}
+
 /// Spawner → broker.
 #[derive(Debug)]
 pub enum SpawnReply {
@@ -61,6 +122,13 @@ pub enum SpawnReply {
         stdout: OwnedFd,
         /// Read end of stderr.
         stderr: OwnedFd,
+    },
+    /// gdbserver runs in the session, attached.
+    Debugging {
+        /// Its pidfd.
+        gdb_pidfd: OwnedFd,
+        /// The frontend's end of gdbserver's stdio (a stream socket).
+        sock: OwnedFd,
     },
     /// Nothing was created.
     Failed {
@@ -85,6 +153,8 @@ pub struct SpawnRequestWire {
 pub enum SpawnReplyWire {
     /// See [`SpawnReply::Spawned`].
     Spawned,
+    /// See [`SpawnReply::Debugging`].
+    Debugging,
     /// See [`SpawnReply::Failed`].
     Failed {
         /// Why.
@@ -126,6 +196,7 @@ impl Message for SpawnReply {
             SpawnReply::Spawned { init_pidfd, ctl, stdout, stderr } => {
                 (SpawnReplyWire::Spawned, vec![init_pidfd, ctl, stdout, stderr])
             }
+            SpawnReply::Debugging { gdb_pidfd, sock } => (SpawnReplyWire::Debugging, vec![gdb_pidfd, sock]),
             SpawnReply::Failed { message } => (SpawnReplyWire::Failed { message }, vec![]),
         }
     }
@@ -137,6 +208,15 @@ impl Message for SpawnReply {
                 let [init_pidfd, ctl, stdout, stderr] = <[OwnedFd; 4]>::try_from(fds)
                     .map_err(|_| WireError::FdCount { kind: "spawned", expected: 4, got })?;
                 Ok(SpawnReply::Spawned { init_pidfd, ctl, stdout, stderr })
+            }
+            SpawnReplyWire::Debugging => {
+                let got = fds.len();
+                let [gdb_pidfd, sock] = <[OwnedFd; 2]>::try_from(fds).map_err(|_| WireError::FdCount {
+                    kind: "debugging",
+                    expected: 2,
+                    got,
+                })?;
+                Ok(SpawnReply::Debugging { gdb_pidfd, sock })
             }
             SpawnReplyWire::Failed { message } => {
                 if !fds.is_empty() {
@@ -169,9 +249,15 @@ fn serve(sock: OwnedFd, session_seccomp: &[seccompiler::BpfProgram]) -> ! {
     loop {
         let mut pfd = [nix::poll::PollFd::new(std::os::fd::AsFd::as_fd(&tube), nix::poll::PollFlags::POLLIN)];
         let _ = nix::poll::poll(&mut pfd, nix::poll::PollTimeout::NONE);
-        match tube.recv::<SpawnRequest>() {
-            Ok(Some((tag, req))) => {
-                let reply = spawn(req, session_seccomp).unwrap_or_else(|message| SpawnReply::Failed { message });
+        match tube.recv::<SpawnerCall>() {
+            Ok(Some((tag, call))) => {
+                let reply = match call {
+                    SpawnerCall::Session(req) => spawn(req, session_seccomp),
+                    SpawnerCall::Debug { init_pidfd, ns_uid, target } => {
+                        debug(init_pidfd, ns_uid, target, session_seccomp)
+                    }
+                }
+                .unwrap_or_else(|message| SpawnReply::Failed { message });
                 if tube.send(tag, reply).is_err() {
                     sys::exit_now(1);
                 }
@@ -239,6 +325,74 @@ fn spawn(req: SpawnRequest, session_seccomp: &[seccompiler::BpfProgram]) -> Resu
         Ok(sys::Forked::Child) => init::run(plan),
         Ok(sys::Forked::Parent { pidfd, .. }) => {
             Ok(SpawnReply::Spawned { init_pidfd: pidfd, ctl: ctl_parent, stdout: out_r, stderr: err_r })
+        }
+    }
+}
+
+/// Where gdbserver is (inside the jail root: the host's /usr, read-only).
+pub const GDBSERVER: &str = "/usr/bin/gdbserver";
+
+/// Starts `gdbserver --once --attach - <target>` inside the session of `init_pidfd`: a
+/// helper joins the session's namespaces, forks gdbserver's process (so that it is in the
+/// session's PID namespace, where the init reaps it), sends its pidfd back and exits.
+/// gdbserver runs as the session's uid, without capabilities, under the session's seccomp
+/// filter, with its stdio on a socketpair whose other end goes to the frontend. It never
+/// listens on TCP.
+fn debug(
+    init_pidfd: OwnedFd,
+    ns_uid: Option<u32>,
+    target: u32,
+    session_seccomp: &[seccompiler::BpfProgram],
+) -> Result<SpawnReply, String> {
+    use nix::sys::socket::{socketpair, AddressFamily, SockFlag, SockType};
+    if !std::path::Path::new(GDBSERVER).exists() {
+        return Err(format!(
+            "gdbserver is not installed on the rig ({GDBSERVER}); install it (apt-get install gdbserver)"
+        ));
+    }
+    let (ours, theirs) = socketpair(AddressFamily::Unix, SockType::Stream, None, SockFlag::SOCK_CLOEXEC)
+        .map_err(|e| format!("socketpair: {e}"))?;
+    let (back_ours, back_theirs) = shared::tube::socketpair().map_err(|e| format!("socketpair: {e}"))?;
+    match sys::fork_into(0).map_err(|e| format!("fork: {e}"))? {
+        sys::Forked::Child => {
+            drop(ours);
+            drop(back_ours);
+            let Ok(mut back) = Tube::new(back_theirs) else { sys::exit_now(1) };
+            let fail = |back: &mut Tube, message: String| -> ! {
+                let _ = back.send(0, init::InitMsg::Failed { message });
+                sys::exit_now(1)
+            };
+            let ns = nix::sched::CloneFlags::CLONE_NEWNS
+                | nix::sched::CloneFlags::CLONE_NEWPID
+                | nix::sched::CloneFlags::CLONE_NEWNET
+                | nix::sched::CloneFlags::CLONE_NEWIPC
+                | nix::sched::CloneFlags::CLONE_NEWUTS;
+            if let Err(e) = nix::sched::setns(&init_pidfd, ns) {
+                fail(&mut back, format!("cannot enter the session's namespaces: {e}"));
+            }
+            drop(init_pidfd);
+            match sys::fork_into(0) {
+                Err(e) => fail(&mut back, format!("fork gdbserver: {e}")),
+                Ok(sys::Forked::Child) => init::exec_gdbserver(theirs, ns_uid, target, session_seccomp),
+                Ok(sys::Forked::Parent { pid, pidfd }) => {
+                    let _ = back.send(0, init::InitMsg::Running { ns_pid: pid.as_raw() as u32, pidfd });
+                    sys::exit_now(0)
+                }
+            }
+        }
+        sys::Forked::Parent { .. } => {
+            drop(theirs);
+            drop(back_theirs);
+            let mut back = Tube::new(back_ours).map_err(|e| e.to_string())?;
+            let mut pfd = [nix::poll::PollFd::new(std::os::fd::AsFd::as_fd(&back), nix::poll::PollFlags::POLLIN)];
+            let _ = nix::poll::poll(&mut pfd, nix::poll::PollTimeout::from(5000u16));
+            match back.recv::<init::InitMsg>() {
+                Ok(Some((_, init::InitMsg::Running { pidfd, .. }))) => {
+                    Ok(SpawnReply::Debugging { gdb_pidfd: pidfd, sock: ours })
+                }
+                Ok(Some((_, init::InitMsg::Failed { message }))) => Err(message),
+                _ => Err("the debug helper died".into()),
+            }
         }
     }
 }

@@ -74,6 +74,12 @@ pub struct Flags {
     /// follow). Default 2100000000.
     #[arg(long)]
     pub uid_base: Option<u32>,
+    /// TCP ports for debug listeners, LOW-HIGH (default 40000-40999).
+    #[arg(long, value_parser = parse_port_range)]
+    pub debug_ports: Option<(u16, u16)>,
+    /// How long a debug port waits for gdb, e.g. 60s (default 60s).
+    #[arg(long, value_parser = humantime::parse_duration)]
+    pub debug_deadline: Option<Duration>,
     /// Refuse to start if anything of the jail cannot be had on this host.
     #[arg(long)]
     pub strict: bool,
@@ -175,6 +181,10 @@ pub struct Config {
     pub user: String,
     /// Broker uid base when root.
     pub uid_base: u32,
+    /// Debug listener ports.
+    pub debug_ports: (u16, u16),
+    /// How long a debug port waits for gdb.
+    pub debug_deadline: Duration,
     /// Warnings are fatal.
     pub strict: bool,
     /// Serve a non-loopback address without authentication.
@@ -183,6 +193,19 @@ pub struct Config {
     pub broker: Option<PathBuf>,
     /// mDNS: `None` = off; otherwise what to advertise where.
     pub mdns: Option<crate::discovery::Plan>,
+}
+
+/// Parses `LOW-HIGH` (inclusive, LOW ≤ HIGH, not 0).
+pub fn parse_port_range(s: &str) -> Result<(u16, u16), String> {
+    let (a, b) = s.split_once('-').ok_or_else(|| format!("{s:?}: want LOW-HIGH, e.g. 40000-40999"))?;
+    let (a, b): (u16, u16) = (
+        a.trim().parse().map_err(|_| format!("{a:?} is not a port"))?,
+        b.trim().parse().map_err(|_| format!("{b:?} is not a port"))?,
+    );
+    if a == 0 || a > b {
+        return Err(format!("{s:?}: want 1 ≤ LOW ≤ HIGH"));
+    }
+    Ok((a, b))
 }
 
 /// Parses `123`, `64K`, `512M`, `1G`, `2T` (binary multiples; an optional trailing `B` or
@@ -243,6 +266,8 @@ impl Config {
             max_bundle_depth: flags.max_bundle_depth.or(file.max_bundle_depth).unwrap_or(32),
             user: flags.user.or(file.user).unwrap_or_else(|| "nobody".into()),
             uid_base: flags.uid_base.or(file.uid_base).unwrap_or(policy::identity::DEFAULT_UID_BASE),
+            debug_ports: flags.debug_ports.unwrap_or((40000, 40999)),
+            debug_deadline: flags.debug_deadline.unwrap_or(Duration::from_secs(60)),
             strict: flags.strict || file.strict.unwrap_or(false),
             insecure_no_auth: flags.insecure_no_auth || file.insecure_no_auth.unwrap_or(false),
             broker: flags.broker.or(file.broker),

@@ -156,7 +156,31 @@ struct Conn {
     dead: bool,
 }
 
+/// A debug port waiting for gdb: one connection, from `allowed`, before `deadline`.
+struct DebugPort {
+    id: Uuid,
+    listener: TcpListener,
+    allowed: std::net::IpAddr,
+    deadline: Instant,
+    /// gdbserver's stdio (relayed once gdb is connected).
+    sock: std::os::unix::net::UnixStream,
+}
+
+/// Bytes between gdb's TCP connection and gdbserver's stdio socket.
+struct Relay {
+    id: Uuid,
+    tcp: TcpStream,
+    unix: mio::net::UnixStream,
+    to_unix: Vec<u8>,
+    to_tcp: Vec<u8>,
+    tokens: [Token; 2],
+}
+
+/// Most bytes buffered in one direction of a relay before reading that side pauses.
+const RELAY_BUF: usize = 256 * 1024;
+
 enum Op {
+    Debug { id: Uuid, local: std::net::IpAddr, peer: std::net::IpAddr },
     Load { upload_size: u64, sha256: String, elf: elf::ElfInfo, id: Uuid, kind: session::Kind },
     Start { id: Uuid, limits: shared::RunLimits, args: Vec<String>, env_keys: Vec<String> },
     Stop { id: Uuid },
@@ -207,6 +231,12 @@ pub struct Server {
     jail: Value,
     /// The mDNS advertisement, if any (withdrawn at shutdown).
     advertiser: Option<crate::discovery::Advertiser>,
+    /// Debug listeners by token.
+    debug_ports: HashMap<Token, DebugPort>,
+    /// Debug relays by id, and their tokens.
+    relays: HashMap<u64, Relay>,
+    relay_tokens: HashMap<Token, u64>,
+    next_relay: u64,
 }
 
 /// Why the daemon stops.
@@ -323,6 +353,10 @@ impl Server {
             events: EventLog::new(EVENTS_KEPT),
             jail: Value::Null,
             advertiser: None,
+            debug_ports: HashMap::new(),
+            relays: HashMap::new(),
+            relay_tokens: HashMap::new(),
+            next_relay: 1,
         })
     }
 
@@ -333,7 +367,8 @@ impl Server {
         self.describe_jail();
         let mut events = Events::with_capacity(1024);
         loop {
-            let timeout = self.shutdown_deadline.map(|d| d.saturating_duration_since(Instant::now()));
+            let next = self.debug_ports.values().map(|p| p.deadline).chain(self.shutdown_deadline).min();
+            let timeout = next.map(|d| d.saturating_duration_since(Instant::now()));
             match self.poll.poll(&mut events, timeout) {
                 Ok(()) => {}
                 Err(e) if e.kind() == ErrorKind::Interrupted => continue,
@@ -342,6 +377,7 @@ impl Server {
             if self.shutdown_deadline.is_some_and(|d| Instant::now() >= d) {
                 return Err(ServeError::ShutdownTimeout);
             }
+            self.expire_debug_ports();
             let mut touched = Vec::new();
             for ev in events.iter() {
                 match ev.token() {
@@ -382,6 +418,11 @@ impl Server {
                         }
                     }
                     t if self.pipes.contains_key(&t) => self.read_pipe(t, &mut touched),
+                    t if self.debug_ports.contains_key(&t) => self.accept_debug(t, &mut touched),
+                    t if self.relay_tokens.contains_key(&t) => {
+                        let rid = self.relay_tokens[&t];
+                        self.pump_relay(rid);
+                    }
                     t => {
                         if let Some(c) = self.conns.get_mut(&t) {
                             if ev.is_error() {
@@ -879,9 +920,7 @@ impl Server {
                 Err(e) => self.send(t, &e),
             },
             Command::Logs { id, follow } => self.logs(t, id, follow),
-            Command::Debug(_) => {
-                self.send(t, &err_json(Code::Unsupported, "DEBUG is not implemented in this version of debuglantern"))
-            }
+            Command::Debug(id) => self.debug(t, id),
             Command::Receipt { id, run } => {
                 let v = match self.session(id) {
                     Err(e) => e,
@@ -1039,7 +1078,7 @@ impl Server {
             Ok(s) => s,
             Err(e) => return self.send(t, &e),
         };
-        if s.busy || s.state == State::Running {
+        if s.busy || s.state.alive() {
             return self
                 .send(t, &err_json(Code::InvalidState, format!("session is {}; STOP it first", s.state.as_str())));
         }
@@ -1083,7 +1122,7 @@ impl Server {
             Ok(s) => s,
             Err(e) => return self.send(t, &e),
         };
-        if s.state != State::Running {
+        if !s.state.alive() {
             return self
                 .send(t, &err_json(Code::InvalidState, format!("session is {}, not RUNNING", s.state.as_str())));
         }
@@ -1108,7 +1147,7 @@ impl Server {
             Ok(s) => s,
             Err(e) => return self.send(t, &e),
         };
-        if s.busy && s.state != State::Running {
+        if s.busy && !s.state.alive() {
             return self.send(t, &err_json(Code::InvalidState, "session is starting; try again"));
         }
         let tag = self.next_tag();
@@ -1165,7 +1204,7 @@ impl Server {
             }
             lines.push(v);
         }
-        let over = s.state != State::Running && s.pipes_open == 0 && !s.busy;
+        let over = !s.state.alive() && s.pipes_open == 0 && !s.busy;
         let end = over.then(|| json!({"ok": true, "id": id.to_string(), "end": true, "state": s.state.as_str(), "exit": s.exit.map(session::exit_json)}));
         for v in &lines {
             self.send(t, v);
@@ -1179,6 +1218,213 @@ impl Server {
                 true
             }
             None => false,
+        }
+    }
+
+    // ---- debugging -------------------------------------------------------------------------
+
+    fn debug(&mut self, t: Token, id: Uuid) {
+        let s = match self.session(id) {
+            Ok(s) => s,
+            Err(e) => return self.send(t, &e),
+        };
+        if s.busy || s.state != State::Running {
+            return self
+                .send(t, &err_json(Code::InvalidState, format!("session is {}, not RUNNING", s.state.as_str())));
+        }
+        let Some(c) = self.conns.get(&t) else { return };
+        let (Ok(local), Ok(peer)) = (c.stream.local_addr(), c.stream.peer_addr()) else {
+            return self.send(t, &err_json(Code::Internal, "cannot tell the connection's addresses"));
+        };
+        let tag = self.next_tag();
+        if self.tube.send(tag, Request::Debug { id: id_of(&id) }).is_err() {
+            return self.send(t, &err_json(Code::Internal, "the broker is unavailable"));
+        }
+        if let Some(s) = self.sessions.get_mut(&id) {
+            s.busy = true;
+        }
+        self.park(t, tag, Op::Debug { id, local: local.ip(), peer: peer.ip() });
+    }
+
+    /// A TCP listener on the address the client reached us on, on the first free port of
+    /// the configured range.
+    fn debug_listener(&self, ip: std::net::IpAddr) -> Result<TcpListener, String> {
+        let (lo, hi) = self.cfg.debug_ports;
+        for port in lo..=hi {
+            match std::net::TcpListener::bind((ip, port)) {
+                Ok(l) => {
+                    l.set_nonblocking(true).map_err(|e| e.to_string())?;
+                    return Ok(TcpListener::from_std(l));
+                }
+                Err(e) if e.kind() == ErrorKind::AddrInUse => continue,
+                Err(e) => return Err(format!("cannot listen on {ip}:{port}: {e}")),
+            }
+        }
+        Err(format!("every debug port {lo}-{hi} is in use"))
+    }
+
+    fn on_debugging(&mut self, id: Uuid, local: std::net::IpAddr, peer: std::net::IpAddr, sock: OwnedFd) -> Value {
+        let sock = std::os::unix::net::UnixStream::from(sock);
+        let mut listener = match self.debug_listener(local) {
+            Ok(l) => l,
+            // Dropping the socket makes gdbserver exit: the session goes back to RUNNING.
+            Err(e) => return err_json(Code::LimitReached, e),
+        };
+        let port = listener.local_addr().map(|a| a.port()).unwrap_or(0);
+        let t = self.token();
+        if let Err(e) = self.poll.registry().register(&mut listener, t, Interest::READABLE) {
+            return err_json(Code::Internal, format!("debug listener: {e}"));
+        }
+        let deadline = Instant::now() + self.cfg.debug_deadline;
+        self.debug_ports.insert(t, DebugPort { id, listener, allowed: peer, deadline, sock });
+        let Some(s) = self.sessions.get_mut(&id) else { return err_json(Code::NotFound, "the session is gone") };
+        s.state = State::Debugging;
+        let host = match local {
+            std::net::IpAddr::V6(v6) => format!("[{v6}]"),
+            v4 => v4.to_string(),
+        };
+        let ns_pid = s.ns_pid.unwrap_or(2);
+        let gdb = format!(
+            "gdb -q -ex 'set confirm off' -ex 'target remote {host}:{port}' -ex 'file target:/proc/{ns_pid}/exe'"
+        );
+        json!({"ok": true, "id": id.to_string(), "state": "DEBUGGING", "debug": {
+            "port": port, "host": local.to_string(), "pid": s.pid, "ns_pid": ns_pid, "gdb": gdb,
+            "deadline_ms": self.cfg.debug_deadline.as_millis() as u64,
+        }})
+    }
+
+    fn accept_debug(&mut self, t: Token, touched: &mut Vec<Token>) {
+        loop {
+            let Some(p) = self.debug_ports.get(&t) else { return };
+            let (stream, from) = match p.listener.accept() {
+                Ok(s) => s,
+                Err(e) if e.kind() == ErrorKind::WouldBlock => return,
+                Err(_) => return,
+            };
+            if from.ip() != p.allowed {
+                eprintln!("debuglantern: refused a debug connection from {from} (only {} may connect)", p.allowed);
+                drop(stream);
+                continue;
+            }
+            let Some(mut p) = self.debug_ports.remove(&t) else { return };
+            let _ = self.poll.registry().deregister(&mut p.listener);
+            drop(p.listener);
+            let _ = p.sock.set_nonblocking(true);
+            let rid = self.next_relay;
+            self.next_relay += 1;
+            let (tt, tu) = (self.token(), self.token());
+            let mut relay = Relay {
+                id: p.id,
+                tcp: stream,
+                unix: mio::net::UnixStream::from_std(p.sock),
+                to_unix: Vec::new(),
+                to_tcp: Vec::new(),
+                tokens: [tt, tu],
+            };
+            let _ = relay.tcp.set_nodelay(true);
+            let both = Interest::READABLE | Interest::WRITABLE;
+            if self.poll.registry().register(&mut relay.tcp, tt, both).is_err()
+                || self.poll.registry().register(&mut relay.unix, tu, both).is_err()
+            {
+                return;
+            }
+            self.relay_tokens.insert(tt, rid);
+            self.relay_tokens.insert(tu, rid);
+            self.relays.insert(rid, relay);
+            self.emit(p.id, "debug_attached", json!({"peer": from.to_string()}), touched);
+            self.pump_relay(rid);
+            return;
+        }
+    }
+
+    /// Moves bytes both ways until both sides would block; ends the relay at EOF or error
+    /// on either side (gdbserver, seeing its socket close, exits and detaches).
+    fn pump_relay(&mut self, rid: u64) {
+        let Some(r) = self.relays.get_mut(&rid) else { return };
+        let mut buf = [0u8; 64 * 1024];
+        let mut closed = false;
+        loop {
+            let mut progress = false;
+            for dir in 0..2 {
+                let (src, dst_buf): (&mut dyn Read, &mut Vec<u8>) =
+                    if dir == 0 { (&mut r.tcp, &mut r.to_unix) } else { (&mut r.unix, &mut r.to_tcp) };
+                if dst_buf.len() < RELAY_BUF {
+                    match src.read(&mut buf) {
+                        Ok(0) => closed = true,
+                        Ok(n) => {
+                            dst_buf.extend_from_slice(&buf[..n]);
+                            progress = true;
+                        }
+                        Err(e) if e.kind() == ErrorKind::WouldBlock => {}
+                        Err(e) if e.kind() == ErrorKind::Interrupted => progress = true,
+                        Err(_) => closed = true,
+                    }
+                }
+            }
+            for dir in 0..2 {
+                let (dst, pending): (&mut dyn Write, &mut Vec<u8>) =
+                    if dir == 0 { (&mut r.unix, &mut r.to_unix) } else { (&mut r.tcp, &mut r.to_tcp) };
+                while !pending.is_empty() {
+                    match dst.write(pending) {
+                        Ok(0) => {
+                            closed = true;
+                            break;
+                        }
+                        Ok(n) => {
+                            pending.drain(..n);
+                            progress = true;
+                        }
+                        Err(e) if e.kind() == ErrorKind::WouldBlock => break,
+                        Err(e) if e.kind() == ErrorKind::Interrupted => {}
+                        Err(_) => {
+                            closed = true;
+                            break;
+                        }
+                    }
+                }
+            }
+            if closed || !progress {
+                break;
+            }
+        }
+        if closed {
+            self.end_relay(rid);
+        }
+    }
+
+    fn end_relay(&mut self, rid: u64) {
+        if let Some(mut r) = self.relays.remove(&rid) {
+            let _ = self.poll.registry().deregister(&mut r.tcp);
+            let _ = self.poll.registry().deregister(&mut r.unix);
+            for t in r.tokens {
+                self.relay_tokens.remove(&t);
+            }
+        }
+    }
+
+    /// Closes debug ports whose deadline passed: gdbserver sees its socket close and exits.
+    fn expire_debug_ports(&mut self) {
+        let now = Instant::now();
+        let expired: Vec<Token> = self.debug_ports.iter().filter(|(_, p)| p.deadline <= now).map(|(t, _)| *t).collect();
+        for t in expired {
+            if let Some(mut p) = self.debug_ports.remove(&t) {
+                let _ = self.poll.registry().deregister(&mut p.listener);
+                eprintln!("debuglantern: debug port of {} closed: no debugger connected in time", p.id);
+            }
+        }
+    }
+
+    /// Forgets the debug port and relay of a session.
+    fn drop_debugging_of(&mut self, id: Uuid) {
+        let ports: Vec<Token> = self.debug_ports.iter().filter(|(_, p)| p.id == id).map(|(t, _)| *t).collect();
+        for t in ports {
+            if let Some(mut p) = self.debug_ports.remove(&t) {
+                let _ = self.poll.registry().deregister(&mut p.listener);
+            }
+        }
+        let relays: Vec<u64> = self.relays.iter().filter(|(_, r)| r.id == id).map(|(k, _)| *k).collect();
+        for rid in relays {
+            self.end_relay(rid);
         }
     }
 
@@ -1248,6 +1494,16 @@ impl Server {
             match reply {
                 Reply::Exited { id, status, usage, limit_hit } => {
                     self.on_exited(Uuid::from_bytes(id.0), status, usage, limit_hit, touched)
+                }
+                Reply::DebugEnded { id } => {
+                    let id = Uuid::from_bytes(id.0);
+                    self.drop_debugging_of(id);
+                    if let Some(s) = self.sessions.get_mut(&id) {
+                        if s.state == State::Debugging {
+                            s.state = State::Running;
+                        }
+                    }
+                    self.emit(id, "debug_detached", json!({}), touched);
                 }
                 Reply::Spawned { id } => {
                     let id = Uuid::from_bytes(id.0);
@@ -1370,6 +1626,26 @@ impl Server {
                     Refusal::LimitReached => Code::LimitReached,
                     Refusal::BadRequest => Code::BadRequest,
                     Refusal::Internal => Code::Internal,
+                    Refusal::Unsupported => Code::Unsupported,
+                };
+                self.answer(p.conn, p.wait, &err_json(code, message), touched);
+            }
+            (Op::Debug { id, local, peer }, Reply::Debugging { sock, .. }) => {
+                if let Some(s) = self.sessions.get_mut(&id) {
+                    s.busy = false;
+                }
+                let v = self.on_debugging(id, local, peer, sock);
+                self.answer(p.conn, p.wait, &v, touched);
+            }
+            (Op::Debug { id, .. }, Reply::Refused { refusal, message }) => {
+                if let Some(s) = self.sessions.get_mut(&id) {
+                    s.busy = false;
+                }
+                let code = match refusal {
+                    Refusal::Unsupported => Code::Unsupported,
+                    Refusal::InvalidState => Code::InvalidState,
+                    Refusal::NotFound => Code::NotFound,
+                    _ => Code::Internal,
                 };
                 self.answer(p.conn, p.wait, &err_json(code, message), touched);
             }
@@ -1434,6 +1710,7 @@ impl Server {
         for t in pipe_tokens {
             self.read_pipe(t, touched);
         }
+        self.drop_debugging_of(id);
         let Some(s) = self.sessions.get_mut(&id) else { return };
         s.state = State::Stopped;
         s.exit = Some(status);

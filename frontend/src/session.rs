@@ -16,16 +16,24 @@ pub enum State {
     Loaded,
     /// Its program runs.
     Running,
+    /// Its program runs with gdbserver attached (or waiting for gdb).
+    Debugging,
     /// Its last run ended.
     Stopped,
 }
 
 impl State {
+    /// Its program is alive (RUNNING or DEBUGGING).
+    pub fn alive(self) -> bool {
+        matches!(self, State::Running | State::Debugging)
+    }
+
     /// Wire name.
     pub fn as_str(self) -> &'static str {
         match self {
             State::Loaded => "LOADED",
             State::Running => "RUNNING",
+            State::Debugging => "DEBUGGING",
             State::Stopped => "STOPPED",
         }
     }

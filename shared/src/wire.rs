@@ -103,6 +103,8 @@ pub enum Refusal {
     LimitReached,
     /// The broker failed to do what was asked (spawn failure and the like).
     Internal,
+    /// The rig lacks what this needs (e.g. gdbserver).
+    Unsupported,
 }
 
 /// Frontend → broker.
@@ -147,6 +149,11 @@ pub enum Request {
     /// SIGKILL the session's tree.
     Kill {
         /// Session to kill.
+        id: SessionId,
+    },
+    /// Attach gdbserver (in the session's namespaces, as its uid) to the running program.
+    Debug {
+        /// Session to debug.
         id: SessionId,
     },
     /// Kill if running, then forget the session and close its memfd.
@@ -196,6 +203,18 @@ pub enum Reply {
         stdout: OwnedFd,
         /// Read end of the program's stderr.
         stderr: OwnedFd,
+    },
+    /// gdbserver is attached; `sock` carries the gdb remote protocol (a stream socket).
+    Debugging {
+        /// The session.
+        id: SessionId,
+        /// The frontend's end of gdbserver's stdio.
+        sock: OwnedFd,
+    },
+    /// gdbserver of a session exited (event, tag 0): gdb detached or disconnected.
+    DebugEnded {
+        /// The session.
+        id: SessionId,
     },
     /// A run ended (event, tag 0). Sent once per run, after everything in it was reaped.
     Exited {
@@ -271,6 +290,7 @@ pub enum RequestWire {
     Start { id: SessionId, spec: StartSpec },
     Stop { id: SessionId, grace_ms: u64 },
     Kill { id: SessionId },
+    Debug { id: SessionId },
     Delete { id: SessionId },
     Shutdown { grace_ms: u64 },
 }
@@ -283,6 +303,8 @@ pub enum ReplyWire {
     Loaded { id: SessionId },
     Spawned { id: SessionId },
     Started { id: SessionId, ns_pid: u32 },
+    Debugging { id: SessionId },
+    DebugEnded { id: SessionId },
     Exited { id: SessionId, status: ExitStatus, usage: Usage, limit_hit: Option<LimitHit> },
     Deleted { id: SessionId },
     Accepted { id: SessionId },
@@ -305,6 +327,7 @@ impl Message for Request {
             Request::Start { id, spec } => (RequestWire::Start { id, spec }, vec![]),
             Request::Stop { id, grace_ms } => (RequestWire::Stop { id, grace_ms }, vec![]),
             Request::Kill { id } => (RequestWire::Kill { id }, vec![]),
+            Request::Debug { id } => (RequestWire::Debug { id }, vec![]),
             Request::Delete { id } => (RequestWire::Delete { id }, vec![]),
             Request::Shutdown { grace_ms } => (RequestWire::Shutdown { grace_ms }, vec![]),
         }
@@ -336,6 +359,10 @@ impl Message for Request {
                 let [] = take_fds("kill", fds)?;
                 Request::Kill { id }
             }
+            RequestWire::Debug { id } => {
+                let [] = take_fds("debug", fds)?;
+                Request::Debug { id }
+            }
             RequestWire::Delete { id } => {
                 let [] = take_fds("delete", fds)?;
                 Request::Delete { id }
@@ -356,6 +383,8 @@ impl Message for Reply {
             Reply::Hello { magic, version, warnings } => (ReplyWire::Hello { magic, version, warnings }, vec![]),
             Reply::Loaded { id } => (ReplyWire::Loaded { id }, vec![]),
             Reply::Spawned { id } => (ReplyWire::Spawned { id }, vec![]),
+            Reply::Debugging { id, sock } => (ReplyWire::Debugging { id }, vec![sock]),
+            Reply::DebugEnded { id } => (ReplyWire::DebugEnded { id }, vec![]),
             Reply::Started { id, ns_pid, pidfd, stdout, stderr } => {
                 (ReplyWire::Started { id, ns_pid }, vec![pidfd, stdout, stderr])
             }
@@ -377,6 +406,14 @@ impl Message for Reply {
             ReplyWire::Loaded { id } => {
                 let [] = take_fds("loaded", fds)?;
                 Reply::Loaded { id }
+            }
+            ReplyWire::Debugging { id } => {
+                let [sock] = take_fds("debugging", fds)?;
+                Reply::Debugging { id, sock }
+            }
+            ReplyWire::DebugEnded { id } => {
+                let [] = take_fds("debug ended", fds)?;
+                Reply::DebugEnded { id }
             }
             ReplyWire::Spawned { id } => {
                 let [] = take_fds("spawned", fds)?;

@@ -1,0 +1,155 @@
+//! Live debugging (SPEC §8) with the real `gdb` client against the real daemon. Needs root,
+//! gdb and gdbserver (scripts/install-deps installs them).
+
+use std::process::Command;
+use std::time::{Duration, Instant};
+use tests::{require_root, Client, Daemon};
+
+/// A program that calls `work` every 50 ms, counting in a global.
+const LOOPER: &str = r#"
+#include <stdio.h>
+#include <unistd.h>
+int counter = 41;
+int work(int i) {
+    int doubled = i * 2;
+    counter++;
+    return doubled;
+}
+int main(void) { for (int i = 0; ; i++) { printf("tick %d -> %d\n", i, work(i)); fflush(stdout); usleep(50000); } }
+"#;
+
+fn tools_present() -> bool {
+    let ok =
+        std::path::Path::new("/usr/bin/gdbserver").exists() && Command::new("gdb").arg("--version").output().is_ok();
+    if !ok {
+        assert!(
+            std::env::var("CI").as_deref() != Ok("true"),
+            "gdb/gdbserver missing (scripts/install-deps installs them)"
+        );
+        eprintln!("SKIPPED: no gdb or gdbserver");
+    }
+    ok
+}
+
+/// Compiles with debug information (`name` must be unique per test: tests run in parallel).
+fn compile_g(name: &str, src: &str) -> Vec<u8> {
+    let dir = std::env::temp_dir().join(format!("dl-debug-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    std::fs::write(dir.join(format!("{name}.c")), src).unwrap();
+    let out = dir.join(name);
+    assert!(Command::new("cc")
+        .args(["-g", "-O0", "-o"])
+        .arg(&out)
+        .arg(dir.join(format!("{name}.c")))
+        .status()
+        .unwrap()
+        .success());
+    std::fs::read(out).unwrap()
+}
+
+fn gdb(args: &[&str]) -> String {
+    let mut cmd = Command::new("timeout");
+    cmd.args(["60", "gdb", "-batch", "-nx", "-ex", "set confirm off"]);
+    for a in args {
+        cmd.args(["-ex", a]);
+    }
+    let out = cmd.output().expect("gdb");
+    format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr))
+}
+
+fn ticks(c: &mut Client, id: &str) -> usize {
+    c.cmd(&format!("LOGS {id}"))["data"].as_str().unwrap_or("").matches("tick").count()
+}
+
+#[test]
+fn root_gdb_attaches_reads_breaks_steps_and_detaches() {
+    if !require_root("root_gdb_attaches_reads_breaks_steps_and_detaches") || !tools_present() {
+        return;
+    }
+    let d = Daemon::start(&[]);
+    let mut c = d.client();
+    let id = c.load(&compile_g("looper_attach", LOOPER));
+    c.cmd(&format!("START {id}"));
+    std::thread::sleep(Duration::from_millis(300));
+    let r = c.cmd(&format!("DEBUG {id}"));
+    assert_eq!(r["state"], "DEBUGGING", "{r}");
+    let dbg = &r["debug"];
+    assert_eq!(dbg["host"], "127.0.0.1");
+    assert_eq!(dbg["ns_pid"], 2);
+    assert!(dbg["pid"].as_i64().unwrap() > 0);
+    let port = dbg["port"].as_u64().unwrap();
+    let line = dbg["gdb"].as_str().unwrap();
+    assert!(
+        line.contains(&format!("target remote 127.0.0.1:{port}")) && line.contains("file target:/proc/2/exe"),
+        "{line}"
+    );
+    assert_eq!(c.cmd(&format!("DEBUG {id}"))["error"], "invalid_state", "a second DEBUG while debugging");
+    assert_eq!(c.cmd(&format!("STATUS {id}"))["state"], "DEBUGGING");
+    // The gdb line's commands, then a session: global, breakpoint, step, local, backtrace.
+    let out = gdb(&[
+        &format!("target remote 127.0.0.1:{port}"),
+        "file target:/proc/2/exe",
+        "print counter > 41",
+        "break work",
+        "continue",
+        "next",
+        "print doubled == i * 2",
+        "bt",
+        "detach",
+    ]);
+    assert!(out.contains("$1 = 1"), "global not read:\n{out}");
+    assert!(out.contains("Breakpoint 1, work (i="), "breakpoint not hit:\n{out}");
+    assert!(out.contains("$2 = 1"), "local not read:\n{out}");
+    assert!(out.contains("in main ()"), "no backtrace:\n{out}");
+    assert!(out.contains("detached"), "{out}");
+    // After the detach the program runs on and the session is RUNNING again.
+    let end = Instant::now() + Duration::from_secs(5);
+    while c.cmd(&format!("STATUS {id}"))["state"] != "RUNNING" {
+        assert!(Instant::now() < end, "never back to RUNNING");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let before = ticks(&mut c, &id);
+    std::thread::sleep(Duration::from_millis(400));
+    assert!(ticks(&mut c, &id) > before, "the program stopped running after the detach");
+    // Events.
+    let mut sub = d.client();
+    let s = sub.cmd("EVENTS --since 1");
+    assert_eq!(s["ok"], true);
+    let mut seen = Vec::new();
+    while !seen.contains(&"debug_detached".to_string()) {
+        let v = sub.read();
+        seen.push(v["event"].as_str().unwrap_or("").to_string());
+    }
+    assert_eq!(seen, ["uploaded", "spawned", "setup_finished", "debug_attached", "debug_detached"]);
+    // Debugging again works; KILL while DEBUGGING ends gdbserver and the program.
+    let r = c.cmd(&format!("DEBUG {id}"));
+    assert_eq!(r["state"], "DEBUGGING", "{r}");
+    let k = c.cmd(&format!("KILL {id}"));
+    assert_eq!(k["exit"]["signal"], 9, "{k}");
+    assert_eq!(c.cmd(&format!("STATUS {id}"))["state"], "STOPPED");
+}
+
+#[test]
+fn root_debug_port_deadline_and_state_rules() {
+    if !require_root("root_debug_port_deadline_and_state_rules") || !tools_present() {
+        return;
+    }
+    let d = Daemon::start(&["--debug-deadline", "1s"]);
+    let mut c = d.client();
+    let id = c.load(&compile_g("looper_deadline", LOOPER));
+    assert_eq!(c.cmd(&format!("DEBUG {id}"))["error"], "invalid_state", "DEBUG of a LOADED session");
+    c.cmd(&format!("START {id}"));
+    let r = c.cmd(&format!("DEBUG {id}"));
+    let port = r["debug"]["port"].as_u64().unwrap() as u16;
+    std::thread::sleep(Duration::from_millis(1600));
+    // Nobody connected in time: the port is gone, the session runs on.
+    assert!(std::net::TcpStream::connect(("127.0.0.1", port)).is_err(), "the port outlived its deadline");
+    let end = Instant::now() + Duration::from_secs(5);
+    while c.cmd(&format!("STATUS {id}"))["state"] != "RUNNING" {
+        assert!(Instant::now() < end, "never back to RUNNING after the deadline");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let before = ticks(&mut c, &id);
+    std::thread::sleep(Duration::from_millis(300));
+    assert!(ticks(&mut c, &id) > before);
+}
