@@ -422,6 +422,10 @@ impl Broker {
                 Ok(())
             }
             SpawnReply::Failed { message } => {
+                // A program held for a debugger (START --debug) must not stay stopped.
+                if let Some(run) = self.sessions.get(&id).and_then(|s| s.run.as_ref()) {
+                    let _ = sys::pidfd_signal(run.init_pidfd.as_fd(), libc::SIGUSR2);
+                }
                 let refusal = if message.contains("not installed") { Refusal::Unsupported } else { Refusal::Internal };
                 self.refuse(tag, refusal, message)
             }
@@ -438,6 +442,8 @@ impl Broker {
             if let Some((_, fd)) = run.debugger.take() {
                 let _ = self.poll.registry().deregister(&mut SourceFd(&fd.as_raw_fd()));
             }
+            // A program held at its entry (START --debug) and never resumed runs on.
+            let _ = sys::pidfd_signal(run.init_pidfd.as_fd(), libc::SIGUSR2);
         }
         self.tube.send(0, Reply::DebugEnded { id })?;
         Ok(())

@@ -128,6 +128,8 @@ pub struct InitPlan {
     pub seccomp: Vec<seccompiler::BpfProgram>,
     /// `cgroup.procs` of the session's cgroups, to join first thing.
     pub cgroup_procs: Vec<OwnedFd>,
+    /// Leave the program stopped at its entry point (START --debug).
+    pub debug: bool,
 }
 
 /// What the program's process needs to exec.
@@ -139,12 +141,13 @@ struct Image {
     argv: Vec<CString>,
     env: Vec<CString>,
     seccomp: Vec<seccompiler::BpfProgram>,
+    debug: bool,
 }
 
 /// Signals the init takes with `sigwait`.
 fn init_signals() -> SigSet {
     let mut s = SigSet::empty();
-    for sig in [Signal::SIGCHLD, Signal::SIGTERM, Signal::SIGINT, Signal::SIGHUP, Signal::SIGUSR1] {
+    for sig in [Signal::SIGCHLD, Signal::SIGTERM, Signal::SIGINT, Signal::SIGHUP, Signal::SIGUSR1, Signal::SIGUSR2] {
         s.add(sig);
     }
     s
@@ -176,8 +179,9 @@ pub fn run(plan: InitPlan) -> ! {
         mounts,
         seccomp,
         cgroup_procs,
+        debug,
     } = plan;
-    let image = Image { program, stdin, stdout, stderr, argv, env, seccomp };
+    let image = Image { program, stdin, stdout, stderr, argv, env, seccomp, debug };
     let mut ctl = match Tube::new(ctl) {
         Ok(t) => t,
         Err(_) => sys::exit_now(120),
@@ -235,6 +239,23 @@ pub fn run(plan: InitPlan) -> ! {
         fail(&mut ctl, what);
     }
     drop(err_r);
+    if debug {
+        // The program traced itself before exec: it is in its exec stop now, at the entry
+        // point of the new image. Hand it over stopped (group stop), untraced, to whoever
+        // attaches; we stay its parent, so its exit status is still ours to report.
+        match waitpid(child, Some(WaitPidFlag::__WALL)) {
+            Ok(WaitStatus::Stopped(_, Signal::SIGTRAP)) => {
+                if let Err(e) = nix::sys::ptrace::detach(child, Some(Signal::SIGSTOP)) {
+                    let _ = kill(child, Signal::SIGKILL);
+                    fail(&mut ctl, format!("cannot hold the program at its entry point: {e}"));
+                }
+            }
+            other => {
+                let _ = kill(child, Signal::SIGKILL);
+                fail(&mut ctl, format!("the program did not stop at its entry point ({other:?})"));
+            }
+        }
+    }
     if ctl.send(0, InitMsg::Running { ns_pid: child.as_raw() as u32, pidfd }).is_err() {
         sys::exit_now(122);
     }
@@ -293,6 +314,9 @@ fn exec_program(plan: &Image, err_w: OwnedFd) -> ! {
         keep.push(fd.as_raw_fd());
     }
     sys::close_all_except(&keep);
+    if plan.debug && nix::sys::ptrace::traceme().is_err() {
+        report(1, nix::errno::Errno::last());
+    }
     if policy::seccomp::install(&plan.seccomp).is_err() {
         report(1, nix::errno::Errno::last());
     }
@@ -340,6 +364,10 @@ fn supervise(program: Pid, ctl: &mut Tube) -> ! {
             }
             Ok(Signal::SIGUSR1) => {
                 let _ = kill(Pid::from_raw(-1), Signal::SIGKILL);
+            }
+            Ok(Signal::SIGUSR2) => {
+                // The debugger went away: a program it never resumed must not stay stopped.
+                let _ = kill(program, Signal::SIGCONT);
             }
             _ => {}
         }

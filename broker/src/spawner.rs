@@ -318,6 +318,7 @@ fn spawn(req: SpawnRequest, session_seccomp: &[seccompiler::BpfProgram]) -> Resu
         mounts: policy::mounts::session_plan(req.spec.limits.tmp_bytes.max(4096)),
         seccomp: session_seccomp.to_vec(),
         cgroup_procs: req.cgroup_procs,
+        debug: req.spec.debug,
     };
     let flags = libc::CLONE_NEWPID | libc::CLONE_NEWNS | libc::CLONE_NEWNET | libc::CLONE_NEWIPC | libc::CLONE_NEWUTS;
     match sys::fork_into(flags) {

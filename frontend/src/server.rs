@@ -180,11 +180,33 @@ struct Relay {
 const RELAY_BUF: usize = 256 * 1024;
 
 enum Op {
-    Debug { id: Uuid, local: std::net::IpAddr, peer: std::net::IpAddr },
-    Load { upload_size: u64, sha256: String, elf: elf::ElfInfo, id: Uuid, kind: session::Kind },
-    Start { id: Uuid, limits: shared::RunLimits, args: Vec<String>, env_keys: Vec<String> },
-    Stop { id: Uuid },
-    Delete { id: Uuid },
+    Debug {
+        id: Uuid,
+        local: std::net::IpAddr,
+        peer: std::net::IpAddr,
+        started: bool,
+    },
+    Load {
+        upload_size: u64,
+        sha256: String,
+        elf: elf::ElfInfo,
+        id: Uuid,
+        kind: session::Kind,
+    },
+    Start {
+        id: Uuid,
+        limits: shared::RunLimits,
+        args: Vec<String>,
+        env_keys: Vec<String>,
+        /// START --debug: the (local, peer) addresses of the client.
+        debug: Option<(std::net::IpAddr, std::net::IpAddr)>,
+    },
+    Stop {
+        id: Uuid,
+    },
+    Delete {
+        id: Uuid,
+    },
 }
 
 struct Pending {
@@ -1068,12 +1090,15 @@ impl Server {
     }
 
     fn start(&mut self, t: Token, id: Uuid, debug: bool, opts: StartOpts) {
-        if debug {
-            return self.send(
-                t,
-                &err_json(Code::Unsupported, "START --debug is not implemented in this version of debuglantern"),
-            );
-        }
+        // START --debug attaches a debugger for the client that asked: note its addresses.
+        let debug = match (debug, self.conns.get(&t)) {
+            (false, _) => None,
+            (true, Some(c)) => match (c.stream.local_addr(), c.stream.peer_addr()) {
+                (Ok(l), Ok(p)) => Some((l.ip(), p.ip())),
+                _ => return self.send(t, &err_json(Code::Internal, "cannot tell the connection's addresses")),
+            },
+            (true, None) => return,
+        };
         let s = match self.session(id) {
             Ok(s) => s,
             Err(e) => return self.send(t, &e),
@@ -1107,14 +1132,15 @@ impl Server {
             },
         );
         let tag = self.next_tag();
-        if let Err(e) = self.tube.send(tag, Request::Start { id: id_of(&id), spec: StartSpec { argv, env, limits } }) {
+        let spec = StartSpec { argv, env, limits, debug: debug.is_some() };
+        if let Err(e) = self.tube.send(tag, Request::Start { id: id_of(&id), spec }) {
             eprintln!("debuglantern: broker link: {e}");
             return self.send(t, &err_json(Code::Internal, "the broker is unavailable"));
         }
         if let Some(s) = self.sessions.get_mut(&id) {
             s.busy = true;
         }
-        self.park(t, tag, Op::Start { id, limits, args, env_keys });
+        self.park(t, tag, Op::Start { id, limits, args, env_keys, debug });
     }
 
     fn stop(&mut self, t: Token, id: Uuid, kill: bool) {
@@ -1243,7 +1269,7 @@ impl Server {
         if let Some(s) = self.sessions.get_mut(&id) {
             s.busy = true;
         }
-        self.park(t, tag, Op::Debug { id, local: local.ip(), peer: peer.ip() });
+        self.park(t, tag, Op::Debug { id, local: local.ip(), peer: peer.ip(), started: false });
     }
 
     /// A TCP listener on the address the client reached us on, on the first free port of
@@ -1572,7 +1598,7 @@ impl Server {
                     touched,
                 );
             }
-            (Op::Start { id, limits, args, env_keys }, Reply::Started { ns_pid, pidfd, stdout, stderr, .. }) => {
+            (Op::Start { id, limits, args, env_keys, debug }, Reply::Started { ns_pid, pidfd, stdout, stderr, .. }) => {
                 let pid = host_pid(&pidfd);
                 drop(pidfd);
                 let mut tokens = Vec::new();
@@ -1608,8 +1634,28 @@ impl Server {
                 let run = s.runs;
                 s.pipes_open = tokens.len() as u8;
                 let v = json!({"ok": true, "id": id.to_string(), "state": "RUNNING", "pid": pid, "ns_pid": ns_pid});
-                self.answer(p.conn, p.wait, &v, touched);
                 self.emit(id, "setup_finished", json!({"run": run, "pid": pid, "ns_pid": ns_pid}), touched);
+                match debug {
+                    // Held at its entry point: attach the debugger, then answer.
+                    Some((local, peer)) => {
+                        let tag = self.next_tag();
+                        if self.tube.send(tag, Request::Debug { id: id_of(&id) }).is_ok() {
+                            if let Some(s) = self.sessions.get_mut(&id) {
+                                s.busy = true;
+                            }
+                            let op = Op::Debug { id, local, peer, started: true };
+                            self.pending.insert(tag, Pending { conn: p.conn, wait: p.wait, op });
+                        } else {
+                            self.answer(
+                                p.conn,
+                                p.wait,
+                                &err_json(Code::Internal, "the broker is unavailable"),
+                                touched,
+                            );
+                        }
+                    }
+                    None => self.answer(p.conn, p.wait, &v, touched),
+                }
                 // Output may already be waiting: edge-triggered, so read it now.
                 for t in tokens {
                     self.read_pipe(t, touched);
@@ -1630,11 +1676,17 @@ impl Server {
                 };
                 self.answer(p.conn, p.wait, &err_json(code, message), touched);
             }
-            (Op::Debug { id, local, peer }, Reply::Debugging { sock, .. }) => {
+            (Op::Debug { id, local, peer, started }, Reply::Debugging { sock, .. }) => {
                 if let Some(s) = self.sessions.get_mut(&id) {
                     s.busy = false;
                 }
-                let v = self.on_debugging(id, local, peer, sock);
+                let mut v = self.on_debugging(id, local, peer, sock);
+                if started {
+                    // START --debug's answer: the run and its debugger.
+                    let (pid, ns_pid) = (v["debug"]["pid"].clone(), v["debug"]["ns_pid"].clone());
+                    v["pid"] = pid;
+                    v["ns_pid"] = ns_pid;
+                }
                 self.answer(p.conn, p.wait, &v, touched);
             }
             (Op::Debug { id, .. }, Reply::Refused { refusal, message }) => {

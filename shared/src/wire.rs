@@ -64,6 +64,8 @@ pub struct StartSpec {
     pub env: Vec<Vec<u8>>,
     /// Limits for this run.
     pub limits: RunLimits,
+    /// Stop the program at its entry point, for a debugger to attach (START --debug).
+    pub debug: bool,
 }
 
 /// How a run ended.
@@ -467,7 +469,12 @@ mod tests {
 
     #[test]
     fn request_roundtrip() {
-        let spec = StartSpec { argv: vec![b"a".to_vec()], env: vec![b"A=1".to_vec()], limits: RunLimits::default() };
+        let spec = StartSpec {
+            argv: vec![b"a".to_vec()],
+            env: vec![b"A=1".to_vec()],
+            limits: RunLimits::default(),
+            debug: false,
+        };
         let wire = RequestWire::Start { id: SessionId([7; 16]), spec };
         let bytes = bincode::encode_to_vec(Envelope { tag: 9, body: wire.clone() }, bincode_config()).unwrap();
         let env: Envelope<RequestWire> = decode_body(&bytes).unwrap();
