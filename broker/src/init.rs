@@ -344,7 +344,16 @@ fn supervise(program: Pid, ctl: &mut Tube) -> ! {
             }
         }
         if let Some(status) = status {
-            // The program is gone: nothing else of the session may outlive it.
+            // The program is gone: nothing else of the session may outlive it. Whatever is
+            // left gets a moment to end by itself first (an attached gdbserver reports the
+            // exit to gdb, then leaves), then everything is killed.
+            let grace = std::time::Instant::now() + std::time::Duration::from_millis(500);
+            while kill(Pid::from_raw(-1), None).is_ok() && std::time::Instant::now() < grace {
+                while let Ok(WaitStatus::Exited(..) | WaitStatus::Signaled(..)) =
+                    waitpid(Pid::from_raw(-1), Some(WaitPidFlag::WNOHANG))
+                {}
+                std::thread::sleep(std::time::Duration::from_millis(5));
+            }
             let _ = kill(Pid::from_raw(-1), Signal::SIGKILL);
             while waitpid(Pid::from_raw(-1), None).is_ok() {}
             let (user_us, sys_us, max_rss_kib) = sys::children_usage();

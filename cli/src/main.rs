@@ -51,6 +51,9 @@ enum Cmd {
     Start {
         /// Session id.
         id: Uuid,
+        /// Hold the program at its entry point with a debugger attached (prints the gdb line).
+        #[arg(long)]
+        debug: bool,
         /// Environment (KEY=VALUE, repeatable); given, it is the whole environment.
         #[arg(long = "env", value_name = "K=V")]
         env: Vec<String>,
@@ -60,6 +63,25 @@ enum Cmd {
         /// Arguments after the program's name.
         #[arg(last = true)]
         args: Vec<String>,
+    },
+    /// Attach gdbserver to a running session and print the gdb line (--gdb runs it).
+    Debug {
+        /// Session id.
+        id: Uuid,
+        /// Run the local gdb with that line.
+        #[arg(long)]
+        gdb: bool,
+        /// With --gdb: read symbols from this local copy of the program instead of the rig.
+        #[arg(long, value_name = "PATH")]
+        file: Option<PathBuf>,
+    },
+    /// Relay gdb's remote protocol over the control connection (no debug port is opened):
+    /// `gdb -ex 'target remote | lantern gdb-pipe RIG ID'`.
+    GdbPipe {
+        /// The rig (HOST[:PORT] or a discovered instance name).
+        rig: String,
+        /// Session id.
+        id: Uuid,
     },
     /// SIGTERM, then SIGKILL after the rig's grace period.
     Stop {
@@ -246,14 +268,47 @@ fn run(cli: Cli) -> Result<ExitCode> {
                 println!("{}", v["id"].as_str().unwrap_or(""));
             }
         }
-        Cmd::Start { id, env, limits, args } => {
+        Cmd::Start { id, debug, env, limits, args } => {
             let opts = start_opts(args, &env, &limits)?;
-            let v = Conn::open(&rig)?.call(Command::Start { id, debug: false, opts })?;
+            let v = Conn::open(&rig)?.call(Command::Start { id, debug, opts })?;
             if json {
                 print(&v);
+            } else if debug {
+                println!("{} DEBUGGING (held at its entry point) pid {}; connect with:", id, v["pid"]);
+                println!("{}", v["debug"]["gdb"].as_str().unwrap_or(""));
             } else {
                 println!("{} RUNNING pid {} (ns pid {})", id, v["pid"], v["ns_pid"]);
             }
+        }
+        Cmd::Debug { id, gdb, file } => {
+            let v = Conn::open(&rig)?.call(Command::Debug { id, stdio: false })?;
+            let d = &v["debug"];
+            if !gdb {
+                if json {
+                    print(&v);
+                } else {
+                    println!("{}", d["gdb"].as_str().unwrap_or(""));
+                }
+                return Ok(ExitCode::SUCCESS);
+            }
+            let host = d["host"].as_str().unwrap_or("127.0.0.1");
+            let host = if host.contains(':') { format!("[{host}]") } else { host.to_string() };
+            let mut cmd = std::process::Command::new("gdb");
+            cmd.args(["-q", "-ex", "set confirm off"]);
+            if let Some(f) = &file {
+                cmd.arg(f);
+            }
+            cmd.args(["-ex", &format!("target remote {host}:{}", d["port"])]);
+            if file.is_none() {
+                cmd.args(["-ex", &format!("file target:/proc/{}/exe", d["ns_pid"])]);
+            }
+            let st = cmd.status().context("running gdb (is it installed?)")?;
+            return Ok(ExitCode::from(st.code().unwrap_or(1).clamp(0, 255) as u8));
+        }
+        Cmd::GdbPipe { rig, id } => {
+            let mut c = Conn::open(&rig)?;
+            c.call(Command::Debug { id, stdio: true })?;
+            return gdb_pipe(c);
         }
         Cmd::Stop { id } => stopped(Conn::open(&rig)?.call(Command::Stop(id))?, json),
         Cmd::Kill { id } => stopped(Conn::open(&rig)?.call(Command::Kill(id))?, json),
@@ -412,6 +467,36 @@ fn resolve_rig(rig: &str) -> Result<String> {
         .or(r.addresses.first())
         .ok_or_else(|| anyhow!("rig {rig:?} advertises no address"))?;
     Ok(std::net::SocketAddr::new(*ip, r.port).to_string())
+}
+
+/// Copies stdin to the rig and the rig to stdout until either side ends.
+fn gdb_pipe(c: Conn) -> Result<ExitCode> {
+    use std::io::Read;
+    let early = c.reader.buffer().to_vec();
+    let mut from_rig = c.reader.into_inner();
+    let mut to_rig = c.writer;
+    let mut out = std::io::stdout();
+    out.write_all(&early)?;
+    out.flush()?;
+    std::thread::spawn(move || {
+        let mut stdin = std::io::stdin();
+        let mut buf = [0u8; 16 * 1024];
+        while let Ok(n) = stdin.read(&mut buf) {
+            if n == 0 || to_rig.write_all(&buf[..n]).is_err() {
+                break;
+            }
+        }
+        let _ = to_rig.shutdown(std::net::Shutdown::Write);
+    });
+    let mut buf = [0u8; 16 * 1024];
+    loop {
+        let n = from_rig.read(&mut buf).context("reading from the rig")?;
+        if n == 0 {
+            return Ok(ExitCode::SUCCESS);
+        }
+        out.write_all(&buf[..n])?;
+        out.flush()?;
+    }
 }
 
 fn stopped(v: Value, json: bool) {

@@ -150,8 +150,13 @@ pub enum Command {
     Stop(Uuid),
     /// `KILL <id>`
     Kill(Uuid),
-    /// `DEBUG <id>`
-    Debug(Uuid),
+    /// `DEBUG <id> [--stdio]`
+    Debug {
+        /// Session.
+        id: Uuid,
+        /// After the reply line, this connection carries the gdb remote protocol.
+        stdio: bool,
+    },
     /// `LIST`
     List,
     /// `STATUS <id>`
@@ -211,7 +216,7 @@ impl Command {
             }
             Command::Stop(id) => format!("STOP {id}"),
             Command::Kill(id) => format!("KILL {id}"),
-            Command::Debug(id) => format!("DEBUG {id}"),
+            Command::Debug { id, stdio } => format!("DEBUG {id}{}", if *stdio { " --stdio" } else { "" }),
             Command::List => "LIST".into(),
             Command::Status(id) => format!("STATUS {id}"),
             Command::Delete(id) => format!("DELETE {id}"),
@@ -280,7 +285,15 @@ pub fn parse_line(line: &[u8]) -> Result<Option<Command>, ProtoError> {
         }
         "STOP" => Command::Stop(parse_id(args.required("session id")?)?),
         "KILL" => Command::Kill(parse_id(args.required("session id")?)?),
-        "DEBUG" => Command::Debug(parse_id(args.required("session id")?)?),
+        "DEBUG" => {
+            let id = parse_id(args.required("session id")?)?;
+            let stdio = match args.next() {
+                None => false,
+                Some(f) if f.eq_ignore_ascii_case("--stdio") => true,
+                Some(f) => return Err(bad(format!("unexpected argument {f:?}: DEBUG <id> [--stdio]"))),
+            };
+            Command::Debug { id, stdio }
+        }
         "LIST" => Command::List,
         "STATUS" => Command::Status(parse_id(args.required("session id")?)?),
         "DELETE" => Command::Delete(parse_id(args.required("session id")?)?),
@@ -493,7 +506,8 @@ mod tests {
             Command::Start { id, debug: true, opts },
             Command::Stop(id),
             Command::Kill(id),
-            Command::Debug(id),
+            Command::Debug { id, stdio: false },
+            Command::Debug { id, stdio: true },
             Command::List,
             Command::Status(id),
             Command::Delete(id),

@@ -184,7 +184,10 @@ enum Op {
         id: Uuid,
         local: std::net::IpAddr,
         peer: std::net::IpAddr,
+        /// Part of a START --debug (its answer carries the run too).
         started: bool,
+        /// DEBUG --stdio: the connection becomes the relay.
+        stdio: bool,
     },
     Load {
         upload_size: u64,
@@ -942,7 +945,7 @@ impl Server {
                 Err(e) => self.send(t, &e),
             },
             Command::Logs { id, follow } => self.logs(t, id, follow),
-            Command::Debug(id) => self.debug(t, id),
+            Command::Debug { id, stdio } => self.debug(t, id, stdio),
             Command::Receipt { id, run } => {
                 let v = match self.session(id) {
                     Err(e) => e,
@@ -1249,7 +1252,7 @@ impl Server {
 
     // ---- debugging -------------------------------------------------------------------------
 
-    fn debug(&mut self, t: Token, id: Uuid) {
+    fn debug(&mut self, t: Token, id: Uuid, stdio: bool) {
         let s = match self.session(id) {
             Ok(s) => s,
             Err(e) => return self.send(t, &e),
@@ -1269,7 +1272,7 @@ impl Server {
         if let Some(s) = self.sessions.get_mut(&id) {
             s.busy = true;
         }
-        self.park(t, tag, Op::Debug { id, local: local.ip(), peer: peer.ip(), started: false });
+        self.park(t, tag, Op::Debug { id, local: local.ip(), peer: peer.ip(), started: false, stdio });
     }
 
     /// A TCP listener on the address the client reached us on, on the first free port of
@@ -1289,7 +1292,14 @@ impl Server {
         Err(format!("every debug port {lo}-{hi} is in use"))
     }
 
-    fn on_debugging(&mut self, id: Uuid, local: std::net::IpAddr, peer: std::net::IpAddr, sock: OwnedFd) -> Value {
+    fn on_debugging(
+        &mut self,
+        id: Uuid,
+        local: std::net::IpAddr,
+        peer: std::net::IpAddr,
+        sock: OwnedFd,
+        held: bool,
+    ) -> Value {
         let sock = std::os::unix::net::UnixStream::from(sock);
         let mut listener = match self.debug_listener(local) {
             Ok(l) => l,
@@ -1310,8 +1320,11 @@ impl Server {
             v4 => v4.to_string(),
         };
         let ns_pid = s.ns_pid.unwrap_or(2);
+        // A program held at its entry (START --debug) was stopped with SIGSTOP; gdb sees
+        // that stop once more when it resumes: tell it to swallow it.
+        let held = if held { " -ex 'handle SIGSTOP nostop noprint nopass'" } else { "" };
         let gdb = format!(
-            "gdb -q -ex 'set confirm off' -ex 'target remote {host}:{port}' -ex 'file target:/proc/{ns_pid}/exe'"
+            "gdb -q -ex 'set confirm off'{held} -ex 'target remote {host}:{port}' -ex 'file target:/proc/{ns_pid}/exe'"
         );
         json!({"ok": true, "id": id.to_string(), "state": "DEBUGGING", "debug": {
             "port": port, "host": local.to_string(), "pid": s.pid, "ns_pid": ns_pid, "gdb": gdb,
@@ -1361,6 +1374,45 @@ impl Server {
             self.pump_relay(rid);
             return;
         }
+    }
+
+    /// DEBUG --stdio: after its reply line, the control connection itself carries the gdb
+    /// remote protocol (no port is opened). The connection leaves the command loop for good.
+    fn relay_connection(&mut self, conn: Token, wait: u64, id: Uuid, sock: OwnedFd, touched: &mut Vec<Token>) {
+        let waiting = self.conns.get(&conn).is_some_and(|c| matches!(c.mode, Mode::Waiting(w) if w == wait));
+        let Some(mut c) = self.conns.remove(&conn).filter(|_| waiting) else { return };
+        let _ = self.poll.registry().deregister(&mut c.stream);
+        let unix = std::os::unix::net::UnixStream::from(sock);
+        let _ = unix.set_nonblocking(true);
+        let mut reply =
+            serde_json::to_vec(&json!({"ok": true, "id": id.to_string(), "state": "DEBUGGING", "stdio": true}))
+                .unwrap_or_default();
+        reply.push(b'\n');
+        let mut to_tcp = c.out.split_off(c.out_pos);
+        to_tcp.extend_from_slice(&reply);
+        let rid = self.next_relay;
+        self.next_relay += 1;
+        let (tt, tu) = (self.token(), self.token());
+        let mut relay = Relay {
+            id,
+            tcp: c.stream,
+            unix: mio::net::UnixStream::from_std(unix),
+            // Whatever the client already sent after the command line is gdb's.
+            to_unix: std::mem::take(&mut c.inbuf),
+            to_tcp,
+            tokens: [tt, tu],
+        };
+        let both = Interest::READABLE | Interest::WRITABLE;
+        if self.poll.registry().register(&mut relay.tcp, tt, both).is_err()
+            || self.poll.registry().register(&mut relay.unix, tu, both).is_err()
+        {
+            return;
+        }
+        self.relay_tokens.insert(tt, rid);
+        self.relay_tokens.insert(tu, rid);
+        self.relays.insert(rid, relay);
+        self.emit(id, "debug_attached", json!({"peer": "control connection (--stdio)"}), touched);
+        self.pump_relay(rid);
     }
 
     /// Moves bytes both ways until both sides would block; ends the relay at EOF or error
@@ -1643,7 +1695,7 @@ impl Server {
                             if let Some(s) = self.sessions.get_mut(&id) {
                                 s.busy = true;
                             }
-                            let op = Op::Debug { id, local, peer, started: true };
+                            let op = Op::Debug { id, local, peer, started: true, stdio: false };
                             self.pending.insert(tag, Pending { conn: p.conn, wait: p.wait, op });
                         } else {
                             self.answer(
@@ -1676,11 +1728,18 @@ impl Server {
                 };
                 self.answer(p.conn, p.wait, &err_json(code, message), touched);
             }
-            (Op::Debug { id, local, peer, started }, Reply::Debugging { sock, .. }) => {
+            (Op::Debug { id, stdio: true, .. }, Reply::Debugging { sock, .. }) => {
+                if let Some(s) = self.sessions.get_mut(&id) {
+                    s.busy = false;
+                    s.state = State::Debugging;
+                }
+                self.relay_connection(p.conn, p.wait, id, sock, touched);
+            }
+            (Op::Debug { id, local, peer, started, .. }, Reply::Debugging { sock, .. }) => {
                 if let Some(s) = self.sessions.get_mut(&id) {
                     s.busy = false;
                 }
-                let mut v = self.on_debugging(id, local, peer, sock);
+                let mut v = self.on_debugging(id, local, peer, sock, started);
                 if started {
                     // START --debug's answer: the run and its debugger.
                     let (pid, ns_pid) = (v["debug"]["pid"].clone(), v["debug"]["ns_pid"].clone());

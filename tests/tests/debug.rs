@@ -153,3 +153,124 @@ fn root_debug_port_deadline_and_state_rules() {
     std::thread::sleep(Duration::from_millis(300));
     assert!(ticks(&mut c, &id) > before);
 }
+
+#[test]
+fn root_start_debug_holds_at_entry_and_keeps_the_exit_code() {
+    if !require_root("root_start_debug_holds_at_entry_and_keeps_the_exit_code") || !tools_present() {
+        return;
+    }
+    let src = r#"
+#include <stdio.h>
+int answer(int x) {
+    return x + 1;
+}
+int main(void) {
+    int v = answer(41);
+    printf("v=%d\n", v);
+    return 7;
+}
+"#;
+    let d = Daemon::start(&[]);
+    let mut c = d.client();
+    let id = c.load(&compile_g("short_debug", src));
+    let r = c.cmd(&format!("START {id} --debug"));
+    assert_eq!(r["state"], "DEBUGGING", "{r}");
+    assert_eq!(r["ns_pid"], 2);
+    let port = r["debug"]["port"].as_u64().unwrap();
+    let line = r["debug"]["gdb"].as_str().unwrap();
+    assert!(line.contains("handle SIGSTOP nostop noprint nopass"), "{line}");
+    // Held: nothing printed yet.
+    std::thread::sleep(Duration::from_millis(300));
+    assert_eq!(c.cmd(&format!("LOGS {id}"))["data"], "");
+    let out = gdb(&[
+        "handle SIGSTOP nostop noprint nopass",
+        &format!("target remote 127.0.0.1:{port}"),
+        "file target:/proc/2/exe",
+        "break main",
+        "continue",
+        "next",
+        "print v",
+        "continue",
+    ]);
+    assert!(out.contains("Breakpoint 1, main ()"), "{out}");
+    assert!(out.contains("$1 = 42"), "{out}");
+    assert!(out.contains("exited with code 07"), "{out}");
+    let s = c.wait_state(&id, "STOPPED", Duration::from_secs(10));
+    assert_eq!(s["exit"]["code"], 7, "the program's own exit code: {s}");
+    assert_eq!(c.cmd(&format!("LOGS {id}"))["data"], "v=42\n", "its output still reaches LOGS");
+}
+
+#[test]
+fn root_gdb_pipe_needs_no_debug_port() {
+    if !require_root("root_gdb_pipe_needs_no_debug_port") || !tools_present() {
+        return;
+    }
+    let d = Daemon::start(&["--debug-ports", "41000-41000"]);
+    let mut c = d.client();
+    let id = c.load(&compile_g("looper_pipe", LOOPER));
+    c.cmd(&format!("START {id}"));
+    std::thread::sleep(Duration::from_millis(200));
+    let lantern = tests::bin_dir().join("lantern");
+    let out = gdb(&[
+        &format!("target remote | {} gdb-pipe {} {id}", lantern.display(), d.addr),
+        "file target:/proc/2/exe",
+        "print counter > 41",
+        "break work",
+        "continue",
+        "bt",
+        "detach",
+    ]);
+    assert!(out.contains("$1 = 1") && out.contains("Breakpoint 1, work (") && out.contains("in main ()"), "{out}");
+    // No port was opened for it.
+    assert!(std::net::TcpStream::connect(("127.0.0.1", 41000)).is_err());
+    let end = Instant::now() + Duration::from_secs(5);
+    while c.cmd(&format!("STATUS {id}"))["state"] != "RUNNING" {
+        assert!(Instant::now() < end, "never back to RUNNING after gdb-pipe");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+#[test]
+fn root_bundle_backtrace_has_program_and_library_symbols() {
+    if !require_root("root_bundle_backtrace_has_program_and_library_symbols") || !tools_present() {
+        return;
+    }
+    let dir = std::env::temp_dir().join(format!("dl-debug-bundle-{}", std::process::id()));
+    let b = dir.join("b");
+    std::fs::create_dir_all(b.join("bin")).unwrap();
+    std::fs::create_dir_all(b.join("lib")).unwrap();
+    std::fs::write(dir.join("lib.c"), "int secret(int x) {\n    int y = x * 6;\n    return y;\n}\n").unwrap();
+    std::fs::write(
+        dir.join("app.c"),
+        "#include <stdio.h>\n#include <unistd.h>\nint secret(int);\nint main(void) {\n    for (int i = 0; ; i++) {\n        printf(\"%d\\n\", secret(i));\n        fflush(stdout);\n        usleep(50000);\n    }\n}\n",
+    )
+    .unwrap();
+    let cc = |args: &[&str]| assert!(Command::new("cc").args(args).current_dir(&dir).status().unwrap().success());
+    cc(&["-g", "-O0", "-shared", "-fPIC", "-o", "b/lib/libsecret.so", "lib.c"]);
+    cc(&["-g", "-O0", "-o", "b/bin/app", "app.c", "-Lb/lib", "-lsecret", "-Wl,-rpath,$ORIGIN/../lib"]);
+    let tgz = dir.join("b.tgz");
+    assert!(Command::new("tar").arg("czf").arg(&tgz).arg("-C").arg(&b).arg(".").status().unwrap().success());
+    let tgz = std::fs::read(tgz).unwrap();
+    let d = Daemon::start(&[]);
+    let mut c = d.client();
+    c.send_raw(format!("UPLOAD {} bin/app\n", tgz.len()).as_bytes());
+    c.send_raw(&tgz);
+    let up = c.read();
+    assert_eq!(up["ok"], true, "{up}");
+    let id = up["id"].as_str().unwrap().to_string();
+    c.cmd(&format!("START {id}"));
+    std::thread::sleep(Duration::from_millis(300));
+    let r = c.cmd(&format!("DEBUG {id}"));
+    let port = r["debug"]["port"].as_u64().unwrap();
+    let out = gdb(&[
+        &format!("target remote 127.0.0.1:{port}"),
+        "file target:/proc/2/exe",
+        "break secret",
+        "continue",
+        "bt",
+        "detach",
+    ]);
+    assert!(out.contains("secret (x=") && out.contains("lib.c"), "no symbols from the bundled library:\n{out}");
+    assert!(out.contains("in main () at") && out.contains("app.c"), "no symbols from the program:\n{out}");
+    let _ = std::fs::remove_dir_all(dir);
+}
