@@ -49,6 +49,10 @@ fn run() -> anyhow::Result<()> {
         );
         None
     };
+    if !std::path::Path::new("/usr/bin/gdbserver").exists() {
+        warnings
+            .push("gdbserver is not installed (/usr/bin/gdbserver): DEBUG and START --debug answer unsupported".into());
+    }
     let broker_binary = launcher::open_binary(&cfg)?;
     let listener = std::net::TcpListener::bind(cfg.listen)
         .map_err(|e| anyhow::anyhow!("cannot listen on {}: {e} (choose another address with --listen)", cfg.listen))?;

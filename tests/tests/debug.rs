@@ -274,3 +274,72 @@ fn root_bundle_backtrace_has_program_and_library_symbols() {
     assert!(out.contains("in main () at") && out.contains("app.c"), "no symbols from the program:\n{out}");
     let _ = std::fs::remove_dir_all(dir);
 }
+
+#[test]
+fn root_debug_port_refuses_other_hosts() {
+    if !require_root("root_debug_port_refuses_other_hosts") || !tools_present() {
+        return;
+    }
+    let netns_pair = std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../shared/tools/netns-pair");
+    let dir = std::env::temp_dir().join(format!("dl-debug-hosts-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    std::fs::write(dir.join("looper"), compile_g("looper_hosts", LOOPER)).unwrap();
+    // The client host asks for a debug port; the rig host itself (another address) tries it
+    // first and must be turned away; then the client's gdb gets in.
+    std::fs::write(
+        dir.join("ask.py"),
+        r#"
+import json, socket, sys
+s = socket.create_connection(("10.77.0.1", 4444)); f = s.makefile("rwb")
+def cmd(line, data=None):
+    f.write(line.encode() + b"\n")
+    if data is not None: f.write(data)
+    f.flush(); return json.loads(f.readline())
+data = open(sys.argv[1] + "/looper", "rb").read()
+i = cmd("UPLOAD %d" % len(data), data)["id"]
+cmd("START " + i)
+r = cmd("DEBUG " + i)
+open(sys.argv[1] + "/port", "w").write(str(r["debug"]["port"]))
+"#,
+    )
+    .unwrap();
+    std::fs::write(
+        dir.join("probe.py"),
+        r#"
+import socket, sys
+port = int(open(sys.argv[1] + "/port").read())
+s = socket.create_connection(("10.77.0.1", port)); s.settimeout(3)
+try:
+    s.sendall(b"$qSupported#37"); data = s.recv(100)
+    print("PROBE", "CLOSED" if data == b"" else "ANSWERED %r" % data)
+except (ConnectionResetError, BrokenPipeError):
+    print("PROBE CLOSED")
+except socket.timeout:
+    print("PROBE HUNG")
+"#,
+    )
+    .unwrap();
+    let o = dir.display();
+    let script = format!(
+        r#"ip netns exec rig {d} --listen 10.77.0.1:4444 --insecure-no-auth --no-mdns 2>{o}/rig.log & D=$!
+sleep 2
+ip netns exec client python3 {o}/ask.py {o}
+ip netns exec rig python3 {o}/probe.py {o} > {o}/probe.out 2>&1
+ip netns exec client timeout 60 gdb -batch -nx -ex "target remote 10.77.0.1:$(cat {o}/port)" -ex 'file target:/proc/2/exe' -ex 'print counter > 41' -ex detach > {o}/gdb.out 2>&1
+kill -TERM $D; wait $D
+"#,
+        d = tests::bin_dir().join("debuglantern").display()
+    );
+    assert!(Command::new(&netns_pair).args(["sh", "-c", &script]).status().unwrap().success());
+    let read = |f: &str| std::fs::read_to_string(dir.join(f)).unwrap_or_default();
+    assert!(
+        read("probe.out").contains("PROBE CLOSED"),
+        "another host got in: {} / {}",
+        read("probe.out"),
+        read("rig.log")
+    );
+    assert!(read("rig.log").contains("refused a debug connection from 10.77.0.1"), "{}", read("rig.log"));
+    assert!(read("gdb.out").contains("$1 = 1"), "the client's gdb did not get in:\n{}", read("gdb.out"));
+    let _ = std::fs::remove_dir_all(dir);
+}
