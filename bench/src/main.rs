@@ -37,6 +37,9 @@ fn main() {
     if want("bundle") {
         bundle_extraction();
     }
+    if want("debug") {
+        debug_latency();
+    }
 }
 
 fn uname() -> String {
@@ -338,4 +341,121 @@ fn bundle_extraction() {
     println!("| debuglantern UPLOAD of the bundle → LOADED (transfer, sha256, checked extraction with openat2, exec check) | {o:.0} | {:.2} |", o / p);
     println!();
     let _ = std::fs::remove_dir_all(dir);
+}
+
+/// One gdb remote-protocol exchange: sends `$data#cs`, returns the reply packet's data
+/// (acks are skipped and given).
+fn rsp<S: Read + Write>(io: &mut S, data: &str) -> String {
+    let cs = data.bytes().fold(0u8, |a, b| a.wrapping_add(b));
+    io.write_all(format!("${data}#{cs:02x}").as_bytes()).unwrap();
+    io.flush().unwrap();
+    let mut byte = [0u8; 1];
+    let mut packet = Vec::new();
+    let mut inside = false;
+    let mut tail = 0;
+    loop {
+        io.read_exact(&mut byte).expect("gdbserver closed the connection");
+        match (inside, byte[0]) {
+            (false, b'$') => inside = true,
+            (false, _) => {}
+            (true, b'#') if tail == 0 => tail = 1,
+            (true, _) if tail > 0 => {
+                tail += 1;
+                if tail == 3 {
+                    break;
+                }
+            }
+            (true, b) => packet.push(b),
+        }
+    }
+    io.write_all(b"+").unwrap();
+    io.flush().unwrap();
+    String::from_utf8_lossy(&packet).into_owned()
+}
+
+/// qSupported, the stop reason, then `g` (what gdb's `info registers` asks), then detach.
+fn first_registers<S: Read + Write>(io: &mut S) {
+    rsp(io, "qSupported:multiprocess+;swbreak+;hwbreak+");
+    rsp(io, "?");
+    let regs = rsp(io, "g");
+    assert!(regs.len() > 100, "no registers: {regs}");
+    rsp(io, "D");
+}
+
+struct Pipes(std::process::ChildStdout, std::process::ChildStdin);
+impl Read for Pipes {
+    fn read(&mut self, b: &mut [u8]) -> std::io::Result<usize> {
+        self.0.read(b)
+    }
+}
+impl Write for Pipes {
+    fn write(&mut self, b: &[u8]) -> std::io::Result<usize> {
+        self.1.write(b)
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        self.1.flush()
+    }
+}
+
+fn debug_latency() {
+    const N: usize = 20;
+    if !std::path::Path::new("/usr/bin/gdbserver").exists() {
+        println!("## DEBUG → first registers: gdbserver is not installed (apt-get install gdbserver)\n");
+        return;
+    }
+    let looper = c_program("bench_looper", "#include <unistd.h>\nint main(void) { for (;;) usleep(10000); }", false);
+    let d = Daemon::start(&[]);
+    let mut c = d.client();
+    let id = c.load(&looper);
+    let pid = c.cmd(&format!("START {id}"))["pid"].as_i64().unwrap();
+    let wait_running = |c: &mut Client| {
+        let end = Instant::now() + Duration::from_secs(10);
+        while c.cmd(&format!("STATUS {id}"))["state"] != "RUNNING" {
+            assert!(Instant::now() < end, "never back to RUNNING");
+            std::thread::sleep(Duration::from_millis(2));
+        }
+    };
+    let mut ours = Vec::new();
+    let mut peer = Vec::new();
+    for _ in 0..N {
+        // debuglantern: DEBUG over the control connection, connect to the port, talk.
+        let t = Instant::now();
+        let r = c.cmd(&format!("DEBUG {id}"));
+        let port = r["debug"]["port"].as_u64().expect("a debug port") as u16;
+        let mut s = TcpStream::connect(("127.0.0.1", port)).unwrap();
+        s.set_nodelay(true).unwrap();
+        first_registers(&mut s);
+        ours.push(t.elapsed().as_secs_f64() * 1e3);
+        drop(s);
+        wait_running(&mut c);
+        // Peer: gdbserver started by hand (as root, on the host) on the same process, over
+        // its stdio (its TCP mode would listen on every interface).
+        let t = Instant::now();
+        let mut g = Command::new("/usr/bin/gdbserver")
+            .args(["--once", "--attach", "-", &pid.to_string()])
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap();
+        let mut io = Pipes(g.stdout.take().unwrap(), g.stdin.take().unwrap());
+        first_registers(&mut io);
+        peer.push(t.elapsed().as_secs_f64() * 1e3);
+        drop(io);
+        let _ = g.wait();
+    }
+    let (o, p) = (median(&mut ours), median(&mut peer));
+    println!("## DEBUG → debugger connected and first registers read ({N} runs each; ms)");
+    println!("| path | median | p99 | ratio (median) |");
+    println!("|---|---|---|---|");
+    println!(
+        "| gdbserver --attach started by hand on the host, over its stdio | {p:.2} | {:.2} | 1.00 |",
+        pct(&mut peer, 0.99)
+    );
+    println!(
+        "| debuglantern DEBUG (gdbserver in the session's namespaces as its uid) + TCP connect to the debug port | {o:.2} | {:.2} | {:.2} |",
+        pct(&mut ours, 0.99),
+        o / p
+    );
+    println!();
 }

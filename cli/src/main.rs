@@ -693,14 +693,22 @@ fn ctrlc_stop(rig: String, id: Uuid) {
     });
 }
 
-/// A Chrome/Perfetto trace (JSON object format) of a run's timeline: the run, its setup
-/// and the program as spans, limit hits as instants.
+/// A Chrome/Perfetto trace (JSON object format) of a run's timeline: the run, its setup,
+/// the program and the debugger's attach windows as spans, limit hits as instants.
 fn perfetto_trace(r: &Value) -> Result<Value> {
     let mut at = std::collections::HashMap::new();
+    let mut debug_windows = Vec::new();
+    let mut attached = None;
     for e in r["timeline"].as_array().into_iter().flatten() {
         let t = humantime::parse_rfc3339(e["time"].as_str().unwrap_or("")).context("bad time in the receipt")?;
         let us = t.duration_since(std::time::UNIX_EPOCH)?.as_micros() as u64;
-        at.insert(e["event"].as_str().unwrap_or("").to_string(), us);
+        let event = e["event"].as_str().unwrap_or("");
+        match event {
+            "debug_attached" => attached = Some(us),
+            "debug_detached" => debug_windows.extend(attached.take().map(|a| (a, us))),
+            _ => {}
+        }
+        at.insert(event.to_string(), us);
     }
     let get = |k: &str| at.get(k).copied();
     let (Some(spawned), Some(exited)) = (get("spawned"), get("exited")) else {
@@ -714,6 +722,11 @@ fn perfetto_trace(r: &Value) -> Result<Value> {
         span("jail setup", spawned, ready, 2),
         span(&format!("program ({})", exit_text(&r["exit"])), ready, exited, 2),
     ];
+    // A debugger still attached when the run ended: its window ends with the run.
+    debug_windows.extend(attached.map(|a| (a, exited)));
+    for (a, b) in debug_windows {
+        events.push(span("debugger attached", a, b, 3));
+    }
     if let Some(t) = get("limit_hit") {
         events.push(serde_json::json!({"name": format!("limit hit: {}", r["limit_hit"].as_str().unwrap_or("")), "ph": "i", "s": "p", "ts": t, "pid": 1, "tid": 2}));
     }

@@ -1516,7 +1516,7 @@ impl Server {
                 s.timeline.clear();
             }
             // exited and limit_hit are put in the timeline by on_exited, before the receipt.
-            if matches!(event, "spawned" | "setup_finished") {
+            if matches!(event, "spawned" | "setup_finished" | "debug_attached" | "debug_detached") {
                 s.timeline.push((event, SystemTime::now()));
             }
         }
