@@ -62,6 +62,9 @@ struct Run {
     cgroup: Option<crate::cgroup::SessionCgroup>,
     /// gdbserver's pidfd while one is attached.
     debugger: Option<(Token, OwnedFd)>,
+    /// The program's pidfd: if the program dies while a debugger holds it as a traced
+    /// zombie, the debugger is killed so that the init can reap the program.
+    program: Option<(Token, OwnedFd)>,
     /// Pipes' read ends, handed to the frontend with "started".
     stdout: Option<OwnedFd>,
     stderr: Option<OwnedFd>,
@@ -114,6 +117,8 @@ pub struct Broker {
     debug_calls: HashMap<u64, (SessionId, u64)>,
     /// gdbserver pidfds' tokens.
     debug_tokens: HashMap<Token, SessionId>,
+    /// Program pidfds' tokens.
+    program_tokens: HashMap<Token, SessionId>,
     next_spawn: u64,
 }
 
@@ -145,6 +150,7 @@ impl Broker {
             spawns: HashMap::new(),
             debug_calls: HashMap::new(),
             debug_tokens: HashMap::new(),
+            program_tokens: HashMap::new(),
             next_spawn: 1,
         };
         b.hello(warnings)?;
@@ -216,6 +222,7 @@ impl Broker {
                         }
                     },
                     t if self.debug_tokens.contains_key(&t) => self.on_debugger_exit(t)?,
+                    t if self.program_tokens.contains_key(&t) => self.on_program_exit(t),
                     t => self.on_run_event(t)?,
                 }
             }
@@ -435,6 +442,19 @@ impl Broker {
         }
     }
 
+    /// The program exited (it may still be a zombie its debugger holds).
+    fn on_program_exit(&mut self, t: Token) {
+        let Some(id) = self.program_tokens.remove(&t) else { return };
+        let Some(run) = self.sessions.get_mut(&id).and_then(|s| s.run.as_mut()) else { return };
+        if let Some((_, fd)) = run.program.take() {
+            let _ = self.poll.registry().deregister(&mut SourceFd(&fd.as_raw_fd()));
+        }
+        // A gdbserver still waiting for gdb would hold the dead program until its deadline.
+        if let Some((_, gdb)) = &run.debugger {
+            let _ = sys::pidfd_signal(gdb.as_fd(), libc::SIGKILL);
+        }
+    }
+
     /// gdbserver exited: gdb detached or went away.
     fn on_debugger_exit(&mut self, t: Token) -> Result<(), BrokerError> {
         let Some(id) = self.debug_tokens.remove(&t) else { return Ok(()) };
@@ -483,6 +503,7 @@ impl Broker {
                     failed: false,
                     cgroup: p.cgroup,
                     debugger: None,
+                    program: None,
                     term_deadline: None,
                     kill_deadline: None,
                     stdout: Some(stdout),
@@ -512,9 +533,13 @@ impl Broker {
         let Some(run) = self.sessions.get_mut(&id).and_then(|s| s.run.as_mut()) else { return Ok(()) };
         // Read whatever the init said (a hostile or dead init only ends its own run).
         let mut replies = Vec::new();
+        let mut program_watch = None;
         loop {
             match run.ctl.recv::<InitMsg>() {
                 Ok(Some((_, InitMsg::Running { ns_pid, pidfd }))) => {
+                    if let Ok(watch) = pidfd.try_clone() {
+                        program_watch = Some(watch);
+                    }
                     if let (Some(tag), Some(stdout), Some(stderr)) =
                         (run.start_tag.take(), run.stdout.take(), run.stderr.take())
                     {
@@ -530,6 +555,15 @@ impl Broker {
                 Ok(Some((_, InitMsg::Exited { status, usage }))) => run.outcome = Some((status, usage)),
                 Ok(None) => break,
                 Err(_) => break,
+            }
+        }
+        if let Some(watch) = program_watch {
+            let t = Token(self.next_token);
+            self.next_token += 1;
+            self.poll.registry().register(&mut SourceFd(&watch.as_raw_fd()), t, Interest::READABLE)?;
+            self.program_tokens.insert(t, id);
+            if let Some(run) = self.sessions.get_mut(&id).and_then(|s| s.run.as_mut()) {
+                run.program = Some((t, watch));
             }
         }
         for (tag, reply) in replies {
@@ -558,9 +592,10 @@ impl Broker {
         let _ = self.poll.registry().deregister(&mut SourceFd(&run.init_pidfd.as_raw_fd()));
         let _ = self.poll.registry().deregister(&mut SourceFd(&run.ctl.as_raw_fd()));
         self.tokens.retain(|_, v| *v != id);
-        if let Some((t, fd)) = &run.debugger {
+        for (t, fd) in run.debugger.iter().chain(run.program.iter()) {
             let _ = self.poll.registry().deregister(&mut SourceFd(&fd.as_raw_fd()));
             self.debug_tokens.remove(t);
+            self.program_tokens.remove(t);
         }
         if let Some(s) = run.slot {
             self.free_slots.push(s);
