@@ -24,6 +24,8 @@ const FRONTEND: Token = Token(0);
 const SPAWNER: Token = Token(1);
 /// How long the init gets to kill and reap its namespace before we SIGKILL it.
 const KILL_SAFETY: Duration = Duration::from_secs(2);
+/// How long a debugger may stay attached to a program that has exited.
+const DEBUGGER_GRACE: Duration = Duration::from_secs(2);
 /// Most sessions the broker holds, whatever the frontend asks (a second line of defence).
 const MAX_SESSIONS: usize = 65_536;
 
@@ -65,6 +67,8 @@ struct Run {
     /// The program's pidfd: if the program dies while a debugger holds it as a traced
     /// zombie, the debugger is killed so that the init can reap the program.
     program: Option<(Token, OwnedFd)>,
+    /// When a debugger still attached to the dead program is killed.
+    debugger_deadline: Option<Instant>,
     /// Pipes' read ends, handed to the frontend with "started".
     stdout: Option<OwnedFd>,
     stderr: Option<OwnedFd>,
@@ -449,9 +453,11 @@ impl Broker {
         if let Some((_, fd)) = run.program.take() {
             let _ = self.poll.registry().deregister(&mut SourceFd(&fd.as_raw_fd()));
         }
-        // A gdbserver still waiting for gdb would hold the dead program until its deadline.
-        if let Some((_, gdb)) = &run.debugger {
-            let _ = sys::pidfd_signal(gdb.as_fd(), libc::SIGKILL);
+        // A connected gdb learns the exit from gdbserver, then lets it go; a gdbserver still
+        // waiting for gdb would hold the dead program (a traced zombie) until the debug
+        // port's deadline. Give the first kind a moment, then end it either way.
+        if run.debugger.is_some() {
+            run.debugger_deadline = Some(Instant::now() + DEBUGGER_GRACE);
         }
     }
 
@@ -504,6 +510,7 @@ impl Broker {
                     cgroup: p.cgroup,
                     debugger: None,
                     program: None,
+                    debugger_deadline: None,
                     term_deadline: None,
                     kill_deadline: None,
                     stdout: Some(stdout),
@@ -632,7 +639,7 @@ impl Broker {
         self.sessions
             .values()
             .filter_map(|s| s.run.as_ref())
-            .flat_map(|r| [r.term_deadline, r.kill_deadline])
+            .flat_map(|r| [r.term_deadline, r.kill_deadline, r.debugger_deadline])
             .flatten()
             .min()
     }
@@ -642,6 +649,12 @@ impl Broker {
         for run in self.sessions.values_mut().filter_map(|s| s.run.as_mut()) {
             if run.term_deadline.is_some_and(|d| d <= now) {
                 request_kill(run);
+            }
+            if run.debugger_deadline.is_some_and(|d| d <= now) {
+                if let Some((_, gdb)) = &run.debugger {
+                    let _ = sys::pidfd_signal(gdb.as_fd(), libc::SIGKILL);
+                }
+                run.debugger_deadline = None;
             }
             if run.kill_deadline.is_some_and(|d| d <= now) {
                 let _ = sys::pidfd_signal(run.init_pidfd.as_fd(), libc::SIGKILL);
