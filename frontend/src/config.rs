@@ -84,10 +84,26 @@ pub struct Flags {
     #[arg(long)]
     pub strict: bool,
     /// Accept listening on a non-loopback address without authentication: anyone who can
-    /// reach it controls the rig. (Authentication is not implemented yet, so a
-    /// non-loopback address needs this flag.)
+    /// reach it controls the rig (HELLO warns every client).
     #[arg(long)]
     pub insecure_no_auth: bool,
+    /// Token file: one `identity token [admin]` per line; mode 600, owned by the user
+    /// starting the daemon. With it, every client must AUTH first.
+    #[arg(long, value_name = "FILE")]
+    pub auth_tokens: Option<PathBuf>,
+    /// Also append the audit log (JSON lines; always on stderr) to this file.
+    #[arg(long, value_name = "FILE")]
+    pub audit_log: Option<PathBuf>,
+    /// Most sessions one identity may hold (default: max_sessions).
+    #[arg(long)]
+    pub quota_sessions: Option<usize>,
+    /// Most bytes one identity may hold, e.g. 256M (default: max_total_size).
+    #[arg(long, value_parser = parse_bytes)]
+    pub quota_bytes: Option<u64>,
+    /// Serve one client on stdin/stdout (inetd style), then stop every session and exit.
+    /// Nothing is listened on and nothing is advertised.
+    #[arg(long)]
+    pub stdio: bool,
     /// Advertise over mDNS even when listening on loopback only.
     #[arg(long, conflicts_with = "no_mdns")]
     pub mdns: bool,
@@ -134,6 +150,21 @@ pub struct FileConfig {
     mdns: Option<bool>,
     mdns_interfaces: Option<Vec<String>>,
     mdns_name: Option<String>,
+    auth_tokens: Option<PathBuf>,
+    audit_log: Option<PathBuf>,
+    quota_sessions: Option<usize>,
+    quota_bytes: Option<ByteSize>,
+    /// Per-identity quotas: `[quota.alice]` with `sessions` and/or `bytes`.
+    #[serde(default)]
+    quota: std::collections::HashMap<String, QuotaFile>,
+}
+
+/// One identity's quota in the TOML file.
+#[derive(Debug, Default, Clone, Copy, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct QuotaFile {
+    sessions: Option<usize>,
+    bytes: Option<ByteSize>,
 }
 
 /// A byte count in TOML: a number or a string like "512M".
@@ -193,6 +224,16 @@ pub struct Config {
     pub broker: Option<PathBuf>,
     /// mDNS: `None` = off; otherwise what to advertise where.
     pub mdns: Option<crate::discovery::Plan>,
+    /// Token file.
+    pub auth_tokens: Option<PathBuf>,
+    /// Audit log file (besides stderr).
+    pub audit_log: Option<PathBuf>,
+    /// Default quota of an identity: sessions, bytes.
+    pub quota_default: (usize, u64),
+    /// Quotas of named identities.
+    pub quotas: std::collections::HashMap<String, (usize, u64)>,
+    /// Serve one client on stdin/stdout.
+    pub stdio: bool,
 }
 
 /// Parses `LOW-HIGH` (inclusive, LOW ≤ HIGH, not 0).
@@ -245,7 +286,24 @@ impl Config {
             (None, Some(s)) => humantime::parse_duration(s).map_err(|e| format!("stop_grace {s:?}: {e}"))?,
             (None, None) => Duration::from_secs(5),
         };
+        let quota_default = (
+            flags.quota_sessions.or(file.quota_sessions).unwrap_or(usize::MAX),
+            flags.quota_bytes.or(file.quota_bytes.map(|b| b.0)).unwrap_or(u64::MAX),
+        );
+        let quotas = file
+            .quota
+            .iter()
+            .map(|(name, q)| {
+                (name.clone(), (q.sessions.unwrap_or(quota_default.0), q.bytes.map_or(quota_default.1, |b| b.0)))
+            })
+            .collect();
+        let auth_tokens = flags.auth_tokens.clone().or_else(|| file.auth_tokens.clone());
         let c = Config {
+            auth_tokens: auth_tokens.clone(),
+            audit_log: flags.audit_log.or(file.audit_log),
+            quota_default,
+            quotas,
+            stdio: flags.stdio,
             listen: flags.listen.or(file.listen).unwrap_or_else(|| "127.0.0.1:4444".parse().expect("literal")),
             max_sessions: flags.max_sessions.or(file.max_sessions).unwrap_or(64),
             max_total_size: flags.max_total_size.or(file.max_total_size.map(|b| b.0)).unwrap_or(1 << 30),
@@ -279,11 +337,11 @@ impl Config {
                     flags.mdns_interfaces
                 };
                 let name = flags.mdns_name.or(file.mdns_name).map(|n| crate::discovery::clip(&n));
-                on.then(|| crate::discovery::Plan {
+                (on && !flags.stdio).then(|| crate::discovery::Plan {
                     name: name.unwrap_or_else(crate::discovery::default_name),
                     interfaces,
                     force: flags.mdns || file.mdns == Some(true),
-                    auth_required: false,
+                    auth_required: auth_tokens.is_some(),
                 })
             },
         };
@@ -303,6 +361,11 @@ impl Config {
             ));
         }
         Ok(c)
+    }
+
+    /// The quota of an identity: most sessions, most bytes.
+    pub fn quota(&self, identity: &str) -> (usize, u64) {
+        self.quotas.get(identity).copied().unwrap_or(self.quota_default)
     }
 }
 
@@ -331,6 +394,17 @@ mod tests {
         assert_eq!(c.max_sessions, 9);
         assert_eq!(c.max_upload, 1 << 20);
         assert_eq!(c.stop_grace, Duration::from_secs(2));
+        std::fs::write(
+            &path,
+            "quota_sessions = 3\n[quota.alice]\nsessions = 10\nbytes = \"1M\"\n[quota.bob]\nbytes = 4096\n",
+        )
+        .unwrap();
+        let c = Config::load(Flags::parse_from(["debuglantern", "--config", path.to_str().unwrap()])).unwrap();
+        assert_eq!(c.quota("alice"), (10, 1 << 20));
+        assert_eq!(c.quota("bob"), (3, 4096));
+        assert_eq!(c.quota("carol"), (3, u64::MAX));
+        std::fs::write(&path, "[quota.alice]\nsesions = 1\n").unwrap();
+        assert!(Config::load(Flags::parse_from(["debuglantern", "--config", path.to_str().unwrap()])).is_err());
         std::fs::write(&path, "max_sesions = 7\n").unwrap();
         let err = Config::load(Flags::parse_from(["debuglantern", "--config", path.to_str().unwrap()])).unwrap_err();
         assert!(err.contains("max_sesions"), "{err}");

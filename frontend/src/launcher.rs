@@ -181,6 +181,19 @@ fn broker_child(sync_r: OwnedFd, sock: OwnedFd, binary: File, argv: &[CString]) 
         Err(e) => fail(format!("dup: {e}")),
     };
     let (bin, sock_hi) = (high(&binary), high(&sock));
+    // The broker never reads stdin or writes stdout (under --stdio they are the client's
+    // stream); only stderr stays, for its messages.
+    match nix::fcntl::open("/dev/null", nix::fcntl::OFlag::O_RDWR, nix::sys::stat::Mode::empty()) {
+        Ok(null) => {
+            if nix::unistd::dup2(null, 0).and_then(|_| nix::unistd::dup2(null, 1)).is_err() {
+                fail("pointing stdin and stdout at /dev/null".into());
+            }
+            if null > 1 {
+                let _ = nix::unistd::close(null);
+            }
+        }
+        Err(e) => fail(format!("opening /dev/null: {e}")),
+    }
     if let Err(e) = nix::unistd::dup2(sock_hi, 3) {
         fail(format!("placing the socket on fd 3: {e}"));
     }

@@ -1,6 +1,9 @@
 //! The frontend's library: everything of `debuglantern` except `main`, so that the parsers
 //! of untrusted input can be fuzzed and tested on their own.
 
+pub mod activation;
+pub mod audit;
+pub mod auth;
 pub mod bundle;
 pub mod cgroup;
 pub mod config;
@@ -11,6 +14,7 @@ pub mod protocol;
 pub mod server;
 pub mod session;
 pub mod store;
+pub mod stream;
 mod sys;
 pub mod worker;
 

@@ -18,20 +18,41 @@ fn main() -> ExitCode {
 }
 
 fn run() -> anyhow::Result<()> {
+    // Sockets passed by systemd sit on fds 3...: take them before anything opens a file.
+    let activated = frontend::activation::listen_fds().map_err(|e| anyhow::anyhow!("socket activation: {e}"))?;
     let cfg = config::Config::load(config::Flags::parse()).map_err(anyhow::Error::msg)?;
     let root = Uid::effective().is_root();
     let mut warnings = Vec::new();
-    // SPEC §3: a non-loopback address needs authentication, which this version does not
-    // have yet; only an explicit --insecure-no-auth opens the rig to the network.
-    if !cfg.listen.ip().is_loopback() {
+    let tokens = match &cfg.auth_tokens {
+        Some(path) => Some(frontend::auth::Tokens::load(path).map_err(anyhow::Error::msg)?),
+        None => None,
+    };
+    let audit = frontend::audit::Audit::open(cfg.audit_log.as_deref()).map_err(anyhow::Error::msg)?;
+    // Where clients come from: the activator's sockets, stdin/stdout, or our own listener.
+    let listeners = match (&activated, cfg.stdio) {
+        (Some(_), true) => anyhow::bail!("--stdio and socket activation (LISTEN_FDS) exclude each other"),
+        (Some(ls), false) => ls.iter().map(|l| l.local_addr()).collect::<Result<Vec<_>, _>>()?,
+        (None, true) => Vec::new(),
+        (None, false) => vec![cfg.listen],
+    };
+    // SPEC §3/§7: a non-loopback address needs tokens, or an explicit --insecure-no-auth.
+    let mut exposed: Vec<String> = listeners.iter().filter(|a| !a.ip().is_loopback()).map(|a| a.to_string()).collect();
+    if cfg.stdio {
+        // inetd / systemd Accept=yes hand over a network connection as stdin.
+        let peer = nix::sys::socket::getpeername::<nix::sys::socket::SockaddrStorage>(0)
+            .ok()
+            .and_then(|a| frontend::stream::to_std(&a));
+        exposed.extend(peer.filter(|p| !p.ip().is_loopback()).map(|p| format!("the --stdio client {p}")));
+    }
+    if !exposed.is_empty() && tokens.is_none() {
+        let exposed = exposed.join(", ");
         if !cfg.insecure_no_auth {
             anyhow::bail!(
-                "refusing to listen on {} without authentication: anyone who can reach it would control this rig. \
-                 Listen on loopback (the default), or pass --insecure-no-auth to accept that",
-                cfg.listen
+                "refusing to serve {exposed} without authentication: anyone who can reach it would control this rig. \
+                 Give --auth-tokens FILE, listen on loopback (the default), or pass --insecure-no-auth to accept that"
             );
         }
-        warnings.push(format!("--insecure-no-auth: anyone who can reach {} controls this rig", cfg.listen));
+        warnings.push(format!("--insecure-no-auth: anyone who can reach {exposed} controls this rig"));
     }
     // Resolve the frontend's user before anything starts: a typo must stop us here.
     let drop_to = if root {
@@ -54,9 +75,14 @@ fn run() -> anyhow::Result<()> {
             .push("gdbserver is not installed (/usr/bin/gdbserver): DEBUG and START --debug answer unsupported".into());
     }
     let broker_binary = launcher::open_binary(&cfg)?;
-    let listener = std::net::TcpListener::bind(cfg.listen)
-        .map_err(|e| anyhow::anyhow!("cannot listen on {}: {e} (choose another address with --listen)", cfg.listen))?;
-    let local = listener.local_addr()?;
+    let listeners = match activated {
+        Some(ls) => ls,
+        None if cfg.stdio => Vec::new(),
+        None => vec![std::net::TcpListener::bind(cfg.listen).map_err(|e| {
+            anyhow::anyhow!("cannot listen on {}: {e} (choose another address with --listen)", cfg.listen)
+        })?],
+    };
+    let locals: Vec<std::net::SocketAddr> = listeners.iter().map(|l| l.local_addr()).collect::<Result<_, _>>()?;
     frontend::raise_nofile();
     policy::rlimits::apply(&policy::rlimits::daemon())?;
     // Cgroup directories for the broker to manage (root only; warnings otherwise).
@@ -77,17 +103,29 @@ fn run() -> anyhow::Result<()> {
         None => policy::identity::harden_process()?,
     }
     let strict = cfg.strict;
-    let mut server = server::Server::new(cfg, listener, broker, bundles.fd, warnings)?;
+    let (clients, bridge) = if cfg.stdio {
+        let (ours, bridge) = frontend::activation::StdioBridge::prepare()?;
+        (server::Clients::Stdio(ours), Some(bridge))
+    } else {
+        (server::Clients::Listeners(listeners), None)
+    };
+    let security = server::Security { tokens, audit };
+    let mut server = server::Server::new(cfg, clients, broker, bundles.fd, security, warnings)?;
     // Confine ourselves before serving anyone: landlock (only /proc/self/fdinfo readable
-    // and the bundle store writable, no TCP connect), then the worker thread (it inherits
-    // the ruleset), then the seccomp allow list on every thread (no exec, ptrace, mount...).
+    // and the bundle store writable, no TCP connect), then the threads (they inherit the
+    // ruleset), then the seccomp allow list on every thread (no exec, ptrace, mount...).
     let seccomp = policy::seccomp::frontend()?;
     let store = server.store_fd().ok_or_else(|| anyhow::anyhow!("no bundle store"))?;
     if let Some(w) = policy::landlock::frontend(store).map_err(anyhow::Error::msg)? {
         server.add_warning(w);
     }
     server.start_worker()?;
-    server.start_mdns(local);
+    if let Some(b) = bridge {
+        b.start()?;
+    }
+    if let Some(first) = locals.first() {
+        server.start_mdns(*first);
+    }
     policy::seccomp::install_all_threads(&seccomp)?;
     let all_warnings = server.warnings().to_vec();
     for w in &all_warnings {
@@ -96,7 +134,13 @@ fn run() -> anyhow::Result<()> {
     if strict && !all_warnings.is_empty() {
         anyhow::bail!("--strict: refusing to start with {} warning(s)", all_warnings.len());
     }
-    eprintln!("debuglantern: listening on {local} (broker pid {broker_pid}, uid {})", Uid::effective());
+    let serving = if locals.is_empty() {
+        "one client on stdin/stdout".to_string()
+    } else {
+        let l: Vec<String> = locals.iter().map(|a| a.to_string()).collect();
+        format!("listening on {}", l.join(", "))
+    };
+    eprintln!("debuglantern: {serving} (broker pid {broker_pid}, uid {})", Uid::effective());
     server.run()?;
     eprintln!("debuglantern: every session stopped; exiting");
     Ok(())

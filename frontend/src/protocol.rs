@@ -187,6 +187,25 @@ pub enum Command {
 }
 
 impl Command {
+    /// The command's name, as the protocol spells it.
+    pub fn verb(&self) -> &'static str {
+        match self {
+            Command::Hello => "HELLO",
+            Command::Auth(_) => "AUTH",
+            Command::Upload { .. } => "UPLOAD",
+            Command::Start { .. } => "START",
+            Command::Stop(_) => "STOP",
+            Command::Kill(_) => "KILL",
+            Command::Debug { .. } => "DEBUG",
+            Command::List => "LIST",
+            Command::Status(_) => "STATUS",
+            Command::Delete(_) => "DELETE",
+            Command::Logs { .. } => "LOGS",
+            Command::Receipt { .. } => "RECEIPT",
+            Command::Events { .. } => "EVENTS",
+        }
+    }
+
     /// The command line a client sends for this command (without `\n`; an UPLOAD's bytes
     /// follow it). [`parse_line`] of it gives the command back.
     pub fn to_line(&self) -> String {

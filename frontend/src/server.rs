@@ -6,11 +6,13 @@
 //! the connection (its later, pipelined commands wait in its buffer or in the kernel),
 //! so replies always come back in order, while every other connection keeps being served.
 
+use crate::auth::{Identity, Throttle, Tokens};
 use crate::config::Config;
 use crate::elf;
 use crate::protocol::{self, Code, Command, ProtoError, StartOpts, UploadSize};
 use crate::session::{self, LogRing, Session, State};
-use mio::net::{TcpListener, TcpStream};
+use crate::stream::Stream;
+use mio::net::TcpListener;
 use mio::unix::SourceFd;
 use mio::{Events, Interest, Poll, Token};
 use nix::sys::signal::{SigSet, Signal};
@@ -21,12 +23,12 @@ use shared::{Refusal, Reply, Request, SessionId, StartSpec, Tube, TubeError, MAG
 use std::collections::{BTreeMap, HashMap};
 use std::fs::File;
 use std::io::{ErrorKind, Read, Write};
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::os::fd::{AsFd, AsRawFd, OwnedFd};
+use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 use uuid::Uuid;
 
-const LISTENER: Token = Token(0);
 const BROKER: Token = Token(1);
 const BROKER_PID: Token = Token(2);
 const SIGNALS: Token = Token(3);
@@ -48,6 +50,8 @@ pub struct Waiter {
 }
 
 struct Upload {
+    /// Who it will belong to.
+    owner: Arc<str>,
     memfd: File,
     remaining: u64,
     size: u64,
@@ -58,6 +62,8 @@ struct Upload {
 
 /// A bundle being extracted by the worker.
 struct Extracting {
+    owner: Arc<str>,
+    peer: String,
     conn: Token,
     wait: u64,
     /// Bytes reserved for the compressed upload.
@@ -78,8 +84,9 @@ enum Mode {
     Waiting(u64),
     /// Streaming a session's output.
     Follow { id: Uuid, offset: u64 },
-    /// Streaming events (of one session, or all), from sequence number `next`.
-    Events { filter: Option<Uuid>, next: u64 },
+    /// Streaming events (of one session, or all that `viewer` may see), from sequence
+    /// number `next`.
+    Events { filter: Option<Uuid>, next: u64, viewer: Identity },
 }
 
 /// Events kept for subscribers that fall behind (they are told how many they missed).
@@ -87,7 +94,7 @@ const EVENTS_KEPT: usize = 4096;
 
 /// The event log: the last [`EVENTS_KEPT`] events, numbered from 1.
 struct EventLog {
-    ring: std::collections::VecDeque<(u64, Uuid, Value)>,
+    ring: std::collections::VecDeque<(u64, Uuid, Arc<str>, Value)>,
     next_seq: u64,
     cap: usize,
 }
@@ -110,26 +117,27 @@ impl EventLog {
         EventLog { ring: Default::default(), next_seq: 1, cap }
     }
 
-    fn push(&mut self, id: Uuid, v: Value) -> u64 {
+    fn push(&mut self, id: Uuid, owner: Arc<str>, v: Value) -> u64 {
         let seq = self.next_seq;
         self.next_seq += 1;
         if self.ring.len() == self.cap {
             self.ring.pop_front();
         }
-        self.ring.push_back((seq, id, v));
+        self.ring.push_back((seq, id, owner, v));
         seq
     }
 
-    /// Up to `max` events from sequence `next` on, for `filter` (one session or all).
-    fn since(&self, next: u64, filter: Option<Uuid>, max: usize) -> Batch {
-        let oldest = self.ring.front().map_or(self.next_seq, |(s, _, _)| *s);
+    /// Up to `max` events from sequence `next` on, for `filter` (one session or all), of
+    /// the sessions `viewer` may see.
+    fn since(&self, next: u64, filter: Option<Uuid>, viewer: &Identity, max: usize) -> Batch {
+        let oldest = self.ring.front().map_or(self.next_seq, |(s, _, _, _)| *s);
         let mut b = Batch { next: next.max(oldest), missed: oldest.saturating_sub(next), ..Default::default() };
-        for (seq, id, v) in self.ring.iter().skip((b.next - oldest) as usize) {
+        for (seq, id, owner, v) in self.ring.iter().skip((b.next - oldest) as usize) {
             if b.events.len() == max {
                 break;
             }
             b.next = seq + 1;
-            if filter.is_some_and(|f| f != *id) {
+            if filter.is_some_and(|f| f != *id) || !viewer.may_see(owner) {
                 continue;
             }
             b.events.push(v.clone());
@@ -143,7 +151,17 @@ impl EventLog {
 }
 
 struct Conn {
-    stream: TcpStream,
+    stream: Stream,
+    /// The client's address (`None` for a `--stdio` client on a pipe).
+    peer: Option<SocketAddr>,
+    /// Our address it reached.
+    local: Option<SocketAddr>,
+    /// Who it is: `None` until AUTH succeeds on a rig with tokens.
+    identity: Option<Identity>,
+    /// The command being answered (for the audit log).
+    verb: &'static str,
+    /// Refusals written to the audit log for it (bounded).
+    refusals: u32,
     inbuf: Vec<u8>,
     out: Vec<u8>,
     out_pos: usize,
@@ -159,6 +177,8 @@ struct Conn {
 /// A debug port waiting for gdb: one connection, from `allowed`, before `deadline`.
 struct DebugPort {
     id: Uuid,
+    /// Who asked for it.
+    identity: Arc<str>,
     listener: TcpListener,
     allowed: std::net::IpAddr,
     deadline: Instant,
@@ -169,7 +189,10 @@ struct DebugPort {
 /// Bytes between gdb's TCP connection and gdbserver's stdio socket.
 struct Relay {
     id: Uuid,
-    tcp: TcpStream,
+    /// Who is debugging (for the audit log).
+    peer: String,
+    identity: Arc<str>,
+    tcp: Stream,
     unix: mio::net::UnixStream,
     to_unix: Vec<u8>,
     to_tcp: Vec<u8>,
@@ -188,8 +211,12 @@ enum Op {
         started: bool,
         /// DEBUG --stdio: the connection becomes the relay.
         stdio: bool,
+        /// Who asked.
+        identity: Arc<str>,
     },
     Load {
+        owner: Arc<str>,
+        peer: String,
         upload_size: u64,
         sha256: String,
         elf: elf::ElfInfo,
@@ -203,6 +230,8 @@ enum Op {
         env_keys: Vec<String>,
         /// START --debug: the (local, peer) addresses of the client.
         debug: Option<(std::net::IpAddr, std::net::IpAddr)>,
+        /// Who asked.
+        actor: Arc<str>,
     },
     Stop {
         id: Uuid,
@@ -222,11 +251,46 @@ enum PipeOwner {
     Log { id: Uuid, stream: usize, file: File },
 }
 
+/// An AUTH answer held back because its address failed too often.
+struct DelayedAuth {
+    at: Instant,
+    conn: Token,
+    wait: u64,
+    identity: Option<Identity>,
+}
+
+/// Where clients come from.
+#[derive(Debug)]
+pub enum Clients {
+    /// Listening sockets (bound by us or passed by systemd).
+    Listeners(Vec<std::net::TcpListener>),
+    /// One client on a Unix stream socket (`--stdio`): the daemon ends with it.
+    Stdio(std::os::unix::net::UnixStream),
+}
+
+/// Sessions and bytes of one identity's uploads in progress.
+#[derive(Debug, Default, Clone, Copy)]
+struct Reserved {
+    sessions: usize,
+    bytes: u64,
+}
+
+/// Refusals of one connection written to the audit log before it goes quiet about them.
+const AUDITED_REFUSALS: u32 = 32;
+
 /// The frontend.
 pub struct Server {
     cfg: Config,
     poll: Poll,
-    listener: Option<TcpListener>,
+    listeners: HashMap<Token, TcpListener>,
+    /// The `--stdio` client's connection: when it ends, the daemon shuts down.
+    stdio: Option<Token>,
+    /// Tokens (`None`: no authentication; everyone is anonymous).
+    tokens: Option<Tokens>,
+    throttle: Throttle,
+    delayed_auth: Vec<DelayedAuth>,
+    audit: crate::audit::Audit,
+    reserved_by: HashMap<Arc<str>, Reserved>,
     tube: Tube,
     broker_pidfd: OwnedFd,
     signals: SignalFd,
@@ -262,6 +326,39 @@ pub struct Server {
     relays: HashMap<u64, Relay>,
     relay_tokens: HashMap<Token, u64>,
     next_relay: u64,
+}
+
+/// Who may use the rig and where that is recorded.
+#[derive(Debug)]
+pub struct Security {
+    /// The operator's tokens; `None` = no authentication (loopback, or --insecure-no-auth).
+    pub tokens: Option<Tokens>,
+    /// The audit log.
+    pub audit: crate::audit::Audit,
+}
+
+impl Conn {
+    fn new(stream: Stream, peer: Option<SocketAddr>, local: Option<SocketAddr>, identity: Option<Identity>) -> Conn {
+        Conn {
+            stream,
+            peer,
+            local,
+            identity,
+            verb: "",
+            refusals: 0,
+            inbuf: Vec::new(),
+            out: Vec::new(),
+            out_pos: 0,
+            mode: Mode::Lines,
+            eof: false,
+            closing: false,
+            dead: false,
+        }
+    }
+
+    fn peer_str(&self) -> String {
+        self.peer.map_or_else(|| "stdio".to_string(), |p| p.to_string())
+    }
 }
 
 /// Why the daemon stops.
@@ -314,13 +411,12 @@ impl Server {
     /// the hello with the broker.
     pub fn new(
         cfg: Config,
-        listener: std::net::TcpListener,
+        clients: Clients,
         broker: crate::launcher::Broker,
         store: OwnedFd,
+        security: Security,
         mut warnings: Vec<String>,
     ) -> Result<Server, ServeError> {
-        listener.set_nonblocking(true)?;
-        let mut listener = TcpListener::from_std(listener);
         let poll = Poll::new()?;
         let mut tube = Tube::new(broker.sock)?;
         let mut mask = SigSet::empty();
@@ -345,7 +441,38 @@ impl Server {
         };
         warnings.extend(broker_warnings);
         let registry = poll.registry();
-        registry.register(&mut listener, LISTENER, Interest::READABLE)?;
+        let mut next_token = FIRST_DYNAMIC;
+        let mut listeners = HashMap::new();
+        let mut stdio = None;
+        let mut conns = HashMap::new();
+        match clients {
+            Clients::Listeners(ls) => {
+                for l in ls {
+                    l.set_nonblocking(true)?;
+                    let mut l = TcpListener::from_std(l);
+                    registry.register(&mut l, Token(next_token), Interest::READABLE)?;
+                    listeners.insert(Token(next_token), l);
+                    next_token += 1;
+                }
+            }
+            Clients::Stdio(sock) => {
+                sock.set_nonblocking(true)?;
+                let mut stream = Stream::Unix(mio::net::UnixStream::from_std(sock));
+                let t = Token(next_token);
+                next_token += 1;
+                registry.register(&mut stream, t, Interest::READABLE | Interest::WRITABLE)?;
+                // The bridge's peer: the socket on fd 0, when it is one (inetd, systemd Accept=yes).
+                let peer = nix::sys::socket::getpeername::<nix::sys::socket::SockaddrStorage>(0)
+                    .ok()
+                    .and_then(|a| crate::stream::to_std(&a));
+                let local = nix::sys::socket::getsockname::<nix::sys::socket::SockaddrStorage>(0)
+                    .ok()
+                    .and_then(|a| crate::stream::to_std(&a));
+                let identity = security.tokens.is_none().then(Identity::anonymous);
+                conns.insert(t, Conn::new(stream, peer, local, identity));
+                stdio = Some(t);
+            }
+        }
         registry.register(&mut SourceFd(&tube.as_raw_fd()), BROKER, Interest::READABLE)?;
         registry.register(&mut SourceFd(&broker.pidfd.as_raw_fd()), BROKER_PID, Interest::READABLE)?;
         registry.register(&mut SourceFd(&signals.as_raw_fd()), SIGNALS, Interest::READABLE)?;
@@ -353,15 +480,21 @@ impl Server {
         Ok(Server {
             cfg,
             poll,
-            listener: Some(listener),
+            listeners,
+            stdio,
+            tokens: security.tokens,
+            throttle: Throttle::default(),
+            delayed_auth: Vec::new(),
+            audit: security.audit,
+            reserved_by: HashMap::new(),
             tube,
             broker_pidfd: broker.pidfd,
             signals,
-            conns: HashMap::new(),
+            conns,
             pipes: HashMap::new(),
             sessions: BTreeMap::new(),
             pending: HashMap::new(),
-            next_token: FIRST_DYNAMIC,
+            next_token,
             next_tag: 2,
             next_wait: 1,
             reserved_sessions: 0,
@@ -392,7 +525,13 @@ impl Server {
         self.describe_jail();
         let mut events = Events::with_capacity(1024);
         loop {
-            let next = self.debug_ports.values().map(|p| p.deadline).chain(self.shutdown_deadline).min();
+            let next = self
+                .debug_ports
+                .values()
+                .map(|p| p.deadline)
+                .chain(self.delayed_auth.iter().map(|d| d.at))
+                .chain(self.shutdown_deadline)
+                .min();
             let timeout = next.map(|d| d.saturating_duration_since(Instant::now()));
             match self.poll.poll(&mut events, timeout) {
                 Ok(()) => {}
@@ -404,9 +543,10 @@ impl Server {
             }
             self.expire_debug_ports();
             let mut touched = Vec::new();
+            self.answer_delayed_auth(&mut touched);
             for ev in events.iter() {
                 match ev.token() {
-                    LISTENER => self.accept()?,
+                    t if self.listeners.contains_key(&t) => self.accept(t)?,
                     BROKER => {
                         if ev.is_writable() {
                             self.tube.flush()?;
@@ -468,6 +608,11 @@ impl Server {
             for t in touched {
                 self.drive(t);
             }
+            // A --stdio daemon serves one client: when it is gone, stop everything.
+            if self.stdio.is_some_and(|t| !self.conns.contains_key(&t)) && self.shutdown_deadline.is_none() {
+                eprintln!("debuglantern: the --stdio client is gone: stopping every session, then exiting");
+                self.begin_shutdown()?;
+            }
             let interest =
                 if self.tube.wants_write() { Interest::READABLE | Interest::WRITABLE } else { Interest::READABLE };
             self.poll.registry().reregister(&mut SourceFd(&self.tube.as_raw_fd()), BROKER, interest)?;
@@ -496,7 +641,7 @@ impl Server {
         if self.shutdown_deadline.is_some() {
             return Ok(());
         }
-        if let Some(mut l) = self.listener.take() {
+        for (_, mut l) in self.listeners.drain() {
             let _ = self.poll.registry().deregister(&mut l);
         }
         // Goodbye packets first: clients stop offering a rig that is going away.
@@ -515,10 +660,10 @@ impl Server {
         t
     }
 
-    fn accept(&mut self) -> Result<(), ServeError> {
+    fn accept(&mut self, lt: Token) -> Result<(), ServeError> {
         loop {
-            let Some(listener) = self.listener.as_ref() else { return Ok(()) };
-            let (mut stream, _peer) = match listener.accept() {
+            let Some(listener) = self.listeners.get(&lt) else { return Ok(()) };
+            let (mut stream, peer) = match listener.accept() {
                 Ok(s) => s,
                 Err(e) if e.kind() == ErrorKind::WouldBlock => return Ok(()),
                 Err(e)
@@ -542,32 +687,55 @@ impl Server {
                 continue;
             }
             let _ = stream.set_nodelay(true);
+            let local = stream.local_addr().ok();
             let t = self.token();
+            let mut stream = Stream::Tcp(stream);
             self.poll.registry().register(&mut stream, t, Interest::READABLE | Interest::WRITABLE)?;
-            self.conns.insert(
-                t,
-                Conn {
-                    stream,
-                    inbuf: Vec::new(),
-                    out: Vec::new(),
-                    out_pos: 0,
-                    mode: Mode::Lines,
-                    eof: false,
-                    closing: false,
-                    dead: false,
-                },
-            );
+            let identity = self.tokens.is_none().then(Identity::anonymous);
+            self.conns.insert(t, Conn::new(stream, Some(peer), local, identity));
         }
     }
 
     // ---- connections -------------------------------------------------------------------
 
+    /// Queues a reply line; a refusal is also audited.
     fn send(&mut self, t: Token, v: &Value) {
+        self.write_line(t, v);
+        if let Some(c) = self.conns.get_mut(&t) {
+            // Every refusal is audited, up to a bound per connection (a client sending
+            // garbage must not flood the log).
+            if v["ok"] == false && c.refusals <= AUDITED_REFUSALS {
+                c.refusals += 1;
+                let who = c.identity.as_ref().map(|i| Value::from(&*i.name)).unwrap_or(Value::Null);
+                let mut f = json!({"peer": c.peer_str(), "identity": who, "command": c.verb, "error": v["error"], "message": v["message"]});
+                if c.refusals > AUDITED_REFUSALS {
+                    f["note"] = json!("further refusals of this connection are not logged");
+                }
+                self.audit.log("refused", f);
+            }
+        }
+    }
+
+    fn write_line(&mut self, t: Token, v: &Value) {
         if let Some(c) = self.conns.get_mut(&t) {
             let mut line = serde_json::to_vec(v).unwrap_or_else(|_| br#"{"ok":false,"error":"internal"}"#.to_vec());
             line.push(b'\n');
             c.out.extend_from_slice(&line);
         }
+    }
+
+    /// Audits an action on a session: who, from where, on whose session.
+    fn audit_session(&mut self, t: Token, event: &str, id: Uuid) {
+        let owner = self.sessions.get(&id).map(|s| s.owner.clone());
+        self.audit_action(t, event, json!({"id": id.to_string(), "owner": owner.as_deref()}));
+    }
+
+    /// Records an action in the audit log, with who asked and from where.
+    fn audit_action(&mut self, t: Token, event: &str, mut fields: Value) {
+        let Some(c) = self.conns.get(&t) else { return };
+        fields["peer"] = json!(c.peer_str());
+        fields["identity"] = json!(c.identity.as_ref().map(|i| &*i.name));
+        self.audit.log(event, fields);
     }
 
     /// Replies and returns the connection to reading lines.
@@ -726,29 +894,37 @@ impl Server {
             Mode::Upload(u) => {
                 u.remaining -= data.len() as u64;
                 u.hasher.update(data);
-                u.memfd.write_all(data).err().map(|e| (u.size, u.remaining, e))
+                u.memfd.write_all(data).err().map(|e| (u.owner.clone(), u.size, u.remaining, e))
             }
             _ => None,
         };
-        if let Some((size, left, e)) = failure {
+        if let Some((owner, size, left, e)) = failure {
             // Out of memory for the memfd, most likely: drop what we stored, skip the rest.
             c.mode = Mode::Drain(left);
-            self.release(size);
+            self.release(&owner, size);
             eprintln!("debuglantern: cannot store an upload: {e}");
             self.send(t, &err_json(Code::Internal, format!("cannot store the upload on the rig: {e}")));
         }
     }
 
-    fn release(&mut self, size: u64) {
+    /// Gives back what [`Server::reserve`] promised.
+    fn release(&mut self, owner: &Arc<str>, size: u64) {
         self.reserved_sessions -= 1;
         self.reserved_bytes -= size;
+        if let Some(r) = self.reserved_by.get_mut(owner) {
+            r.sessions -= 1;
+            r.bytes -= size;
+            if r.sessions == 0 {
+                self.reserved_by.remove(owner);
+            }
+        }
     }
 
     /// A client went away mid-upload: nothing of it stays.
     fn abort_upload(&mut self, t: Token) {
         let Some(c) = self.conns.get_mut(&t) else { return };
         if let Mode::Upload(u) = std::mem::replace(&mut c.mode, Mode::Lines) {
-            self.release(u.size);
+            self.release(&u.owner, u.size);
         }
         if let Some(c) = self.conns.get_mut(&t) {
             c.closing = true;
@@ -761,19 +937,19 @@ impl Server {
             // A drain finished: its error was sent when the upload was refused.
             return;
         };
-        let Upload { memfd, size, hasher, exec_path, .. } = *u;
+        let Upload { owner, memfd, size, hasher, exec_path, .. } = *u;
         let sha256 = hex::encode(hasher.finalize());
         if let Some(exec_path) = exec_path {
-            return self.extract_bundle(t, memfd, size, sha256, exec_path);
+            return self.extract_bundle(t, owner, memfd, size, sha256, exec_path);
         }
         if let Err(e) = crate::sys::seal(&memfd) {
-            self.release(size);
+            self.release(&owner, size);
             return self.finish(t, &err_json(Code::Internal, format!("cannot seal the upload: {e}")));
         }
         let info = match elf::validate(&memfd) {
             Ok(i) => i,
             Err(why) => {
-                self.release(size);
+                self.release(&owner, size);
                 return self.finish(t, &err_json(Code::InvalidElf, why));
             }
         };
@@ -781,16 +957,26 @@ impl Server {
         let tag = self.next_tag();
         if let Err(e) = self.tube.send(tag, Request::Load { id: id_of(&id), memfd: memfd.into() }) {
             eprintln!("debuglantern: broker link: {e}");
-            self.release(size);
+            self.release(&owner, size);
             return self.finish(t, &err_json(Code::Internal, "the broker is unavailable"));
         }
-        self.park(t, tag, Op::Load { upload_size: size, sha256, elf: info, id, kind: session::Kind::Binary });
+        let peer = self.conns.get(&t).map(Conn::peer_str).unwrap_or_default();
+        let op = Op::Load { owner, peer, upload_size: size, sha256, elf: info, id, kind: session::Kind::Binary };
+        self.park(t, tag, op);
     }
 
     /// Hands a complete bundle upload to the worker; the connection waits.
-    fn extract_bundle(&mut self, t: Token, archive: File, size: u64, sha256: String, exec_path: String) {
+    fn extract_bundle(
+        &mut self,
+        t: Token,
+        owner: Arc<str>,
+        archive: File,
+        size: u64,
+        sha256: String,
+        exec_path: String,
+    ) {
         let Some(worker) = &self.worker else {
-            self.release(size);
+            self.release(&owner, size);
             return self.finish(t, &err_json(Code::Internal, "the bundle worker is not running"));
         };
         // Everything the budget has left, counting this upload's own reservation.
@@ -815,7 +1001,8 @@ impl Server {
         if let Some(c) = self.conns.get_mut(&t) {
             c.mode = Mode::Waiting(wait);
         }
-        self.extracting.insert(ticket, Extracting { conn: t, wait, size, sha256, exec_path, id });
+        let peer = self.conns.get(&t).map(Conn::peer_str).unwrap_or_default();
+        self.extracting.insert(ticket, Extracting { owner, peer, conn: t, wait, size, sha256, exec_path, id });
     }
 
     fn on_worker(&mut self, touched: &mut Vec<Token>) {
@@ -827,22 +1014,33 @@ impl Server {
             let Some(x) = self.extracting.remove(&ticket) else { continue };
             match result {
                 Err(why) => {
-                    self.release(x.size);
+                    self.release(&x.owner, x.size);
                     self.answer(x.conn, x.wait, &err_json(Code::InvalidBundle, why), touched);
                 }
                 Ok(b) => {
                     // The reservation now holds the extracted bytes instead of the archive.
                     self.reserved_bytes = self.reserved_bytes - x.size + b.bytes;
+                    if let Some(r) = self.reserved_by.get_mut(&x.owner) {
+                        r.bytes = r.bytes - x.size + b.bytes;
+                    }
                     let tag = self.next_tag();
                     let req = Request::LoadBundle { id: id_of(&x.id), exec_path: x.exec_path.clone().into_bytes() };
                     if self.tube.send(tag, req).is_err() {
-                        self.release(b.bytes);
+                        self.release(&x.owner, b.bytes);
                         self.remove_bundle(x.id);
                         self.answer(x.conn, x.wait, &err_json(Code::Internal, "the broker is unavailable"), touched);
                         continue;
                     }
                     let kind = session::Kind::Bundle { exec_path: x.exec_path };
-                    let op = Op::Load { upload_size: b.bytes, sha256: x.sha256, elf: b.elf, id: x.id, kind };
+                    let op = Op::Load {
+                        owner: x.owner,
+                        peer: x.peer,
+                        upload_size: b.bytes,
+                        sha256: x.sha256,
+                        elf: b.elf,
+                        id: x.id,
+                        kind,
+                    };
                     self.pending.insert(tag, Pending { conn: x.conn, wait: x.wait, op });
                 }
             }
@@ -900,7 +1098,7 @@ impl Server {
         if let Some(mut c) = self.conns.remove(&t) {
             let _ = self.poll.registry().deregister(&mut c.stream);
             if let Mode::Upload(u) = c.mode {
-                self.release(u.size);
+                self.release(&u.owner, u.size);
             }
         }
     }
@@ -908,33 +1106,60 @@ impl Server {
     // ---- commands ----------------------------------------------------------------------
 
     fn command(&mut self, t: Token, line: &[u8]) {
-        let cmd = match protocol::parse_line(line) {
+        let parsed = protocol::parse_line(line);
+        let Some(c) = self.conns.get_mut(&t) else { return };
+        c.verb = match &parsed {
+            Ok(Some(cmd)) => cmd.verb(),
+            _ => "",
+        };
+        let cmd = match parsed {
             Ok(Some(cmd)) => cmd,
             Ok(None) => return,
             Err(e) => return self.send(t, &proto_json(e)),
         };
+        // On a rig with tokens, only HELLO and AUTH are open to a connection that has not
+        // authenticated.
+        if c.identity.is_none() && !matches!(cmd, Command::Hello | Command::Auth(_)) {
+            let v = err_json(Code::Unauthorized, "authenticate first: AUTH <token> (lantern --token-file FILE)");
+            self.send(t, &v);
+            if let Command::Upload { size, .. } = cmd {
+                // Its bytes follow: skip them like any refused upload's, or close.
+                match size {
+                    UploadSize::Bytes(n) if n <= self.cfg.drain_limit => {
+                        if let Some(c) = self.conns.get_mut(&t) {
+                            c.mode = Mode::Drain(n);
+                        }
+                    }
+                    _ => self.fatal(
+                        t,
+                        &err_json(Code::TooLarge, "closing the connection: the upload's bytes cannot be skipped"),
+                    ),
+                }
+            }
+            return;
+        }
         match cmd {
             Command::Hello => {
-                let v = self.hello();
+                let v = self.hello(t);
                 self.send(t, &v)
             }
-            Command::Auth(_) => self.send(
-                t,
-                &err_json(
-                    Code::Unsupported,
-                    "authentication is not configured on this rig: every client on it is anonymous",
-                ),
-            ),
+            Command::Auth(token) => self.auth(t, token),
             Command::Upload { size, exec_path } => self.upload(t, size, exec_path),
             Command::Start { id, debug, opts } => self.start(t, id, debug, opts),
             Command::Stop(id) => self.stop(t, id, false),
             Command::Kill(id) => self.stop(t, id, true),
             Command::Delete(id) => self.delete(t, id),
             Command::List => {
-                let list: Vec<Value> = self.sessions.values().filter(|s| !s.deleting).map(Session::summary).collect();
+                let Some(viewer) = self.viewer(t) else { return };
+                let list: Vec<Value> = self
+                    .sessions
+                    .values()
+                    .filter(|s| !s.deleting && viewer.may_see(&s.owner))
+                    .map(Session::summary)
+                    .collect();
                 self.send(t, &json!({"ok": true, "sessions": list}))
             }
-            Command::Status(id) => match self.session(id) {
+            Command::Status(id) => match self.session(t, id) {
                 Ok(s) => {
                     let mut v = json!({"ok": true});
                     if let (Some(m), Value::Object(status)) = (v.as_object_mut(), s.status()) {
@@ -947,7 +1172,7 @@ impl Server {
             Command::Logs { id, follow } => self.logs(t, id, follow),
             Command::Debug { id, stdio } => self.debug(t, id, stdio),
             Command::Receipt { id, run } => {
-                let v = match self.session(id) {
+                let v = match self.session(t, id) {
                     Err(e) => e,
                     Ok(s) => {
                         let found = match run {
@@ -975,14 +1200,15 @@ impl Server {
             }
             Command::Events { id: filter, since } => {
                 if let Some(id) = filter {
-                    if let Err(e) = self.session(id) {
+                    if let Err(e) = self.session(t, id) {
                         return self.send(t, &e);
                     }
                 }
+                let Some(viewer) = self.viewer(t) else { return };
                 // From now on, or replaying what the log still holds from `since`.
                 let next = since.unwrap_or(self.events.next_seq).min(self.events.next_seq);
                 if let Some(c) = self.conns.get_mut(&t) {
-                    c.mode = Mode::Events { filter, next };
+                    c.mode = Mode::Events { filter, next, viewer };
                 }
                 let head = self.events.next_seq;
                 self.send(t, &json!({"ok": true, "subscribed": true, "next_seq": next, "head_seq": head}))
@@ -990,14 +1216,16 @@ impl Server {
         }
     }
 
-    fn hello(&self) -> Value {
+    fn hello(&self, t: Token) -> Value {
         let c = &self.cfg;
+        let identity = self.conns.get(&t).and_then(|c| c.identity.as_ref());
         json!({
             "ok": true,
             "server": "debuglantern",
             "version": env!("CARGO_PKG_VERSION"),
             "protocol": 1,
-            "auth_required": false,
+            "auth_required": self.tokens.is_some(),
+            "identity": identity.map(|i| json!({"name": &*i.name, "admin": i.admin})),
             "limits": {
                 "max_sessions": c.max_sessions,
                 "max_total_size": c.max_total_size,
@@ -1012,10 +1240,86 @@ impl Server {
         })
     }
 
-    fn session(&self, id: Uuid) -> Result<&Session, Value> {
+    /// Who a connection is (every connection past the gate in `command` has an identity).
+    fn viewer(&self, t: Token) -> Option<Identity> {
+        self.conns.get(&t).and_then(|c| c.identity.clone())
+    }
+
+    /// A session the connection's identity may see: others' sessions do not exist for it.
+    fn session(&self, t: Token, id: Uuid) -> Result<&Session, Value> {
+        let viewer = self.conns.get(&t).and_then(|c| c.identity.as_ref());
         match self.sessions.get(&id) {
-            Some(s) if !s.deleting => Ok(s),
+            Some(s) if !s.deleting && viewer.is_some_and(|v| v.may_see(&s.owner)) => Ok(s),
             _ => Err(err_json(Code::NotFound, format!("no session {id}"))),
+        }
+    }
+
+    /// AUTH: the token is checked at once, in constant time; the answer goes out when the
+    /// address's failures allow (`Throttle`). A failure leaves the connection
+    /// unauthenticated, whatever it was before.
+    fn auth(&mut self, t: Token, token: String) {
+        let Some(tokens) = &self.tokens else {
+            return self.send(
+                t,
+                &err_json(
+                    Code::Unsupported,
+                    "authentication is not configured on this rig: every client on it is anonymous",
+                ),
+            );
+        };
+        let found = tokens.check(token.as_bytes());
+        drop(token);
+        let Some(c) = self.conns.get_mut(&t) else { return };
+        c.identity = None;
+        let now = Instant::now();
+        let ip = c.peer.map_or(IpAddr::V4(std::net::Ipv4Addr::LOCALHOST), |p| p.ip());
+        let at = self.throttle.attempt(ip, now, found.is_none());
+        if at <= now {
+            return self.finish_auth(t, found);
+        }
+        let wait = self.next_wait;
+        self.next_wait += 1;
+        c.mode = Mode::Waiting(wait);
+        self.delayed_auth.push(DelayedAuth { at, conn: t, wait, identity: found });
+    }
+
+    fn finish_auth(&mut self, t: Token, found: Option<Identity>) {
+        let Some(c) = self.conns.get_mut(&t) else { return };
+        let peer = c.peer_str();
+        match found {
+            Some(id) => {
+                let v = json!({"ok": true, "identity": &*id.name, "admin": id.admin});
+                self.audit.log("auth_ok", json!({"peer": peer, "identity": &*id.name, "admin": id.admin}));
+                c.identity = Some(id);
+                self.finish(t, &v);
+            }
+            None => {
+                let failures = c.peer.map_or(0, |p| self.throttle.failures(p.ip()));
+                self.audit.log("auth_failed", json!({"peer": peer, "failures": failures}));
+                let v = err_json(
+                    Code::Unauthorized,
+                    "unknown token (repeated failures from your address are answered ever more slowly)",
+                );
+                // Audited above as auth_failed, not again as a refusal.
+                self.write_line(t, &v);
+                if let Some(c) = self.conns.get_mut(&t) {
+                    c.mode = Mode::Lines;
+                }
+            }
+        }
+    }
+
+    /// Answers AUTHs whose delay is over.
+    fn answer_delayed_auth(&mut self, touched: &mut Vec<Token>) {
+        let now = Instant::now();
+        let (due, later): (Vec<DelayedAuth>, Vec<DelayedAuth>) =
+            std::mem::take(&mut self.delayed_auth).into_iter().partition(|d| d.at <= now);
+        self.delayed_auth = later;
+        for d in due {
+            if self.conns.get(&d.conn).is_some_and(|c| matches!(c.mode, Mode::Waiting(w) if w == d.wait)) {
+                self.finish_auth(d.conn, d.identity);
+                touched.push(d.conn);
+            }
         }
     }
 
@@ -1049,6 +1353,8 @@ impl Server {
                 Code::TooLarge,
                 format!("upload of {size} bytes exceeds the limit of {} bytes", self.cfg.max_upload),
             ))
+        } else if let Some(why) = self.over_quota(t, size) {
+            Some(err_json(Code::LimitReached, why))
         } else if self.sessions.len() + self.reserved_sessions >= self.cfg.max_sessions {
             Some(err_json(
                 Code::LimitReached,
@@ -1085,24 +1391,66 @@ impl Server {
                 return;
             }
         };
+        let Some(owner) = self.viewer(t).map(|i| i.name) else { return };
+        self.reserve(&owner, size);
+        if let Some(c) = self.conns.get_mut(&t) {
+            c.mode = Mode::Upload(Box::new(Upload {
+                owner,
+                memfd,
+                remaining: size,
+                size,
+                hasher: Sha256::new(),
+                exec_path,
+            }));
+        }
+    }
+
+    /// Why an upload of `size` more bytes would take the connection's identity over its
+    /// quota, if it would.
+    fn over_quota(&self, t: Token, size: u64) -> Option<String> {
+        let who = self.viewer(t)?;
+        let (max_sessions, max_bytes) = self.cfg.quota(&who.name);
+        let r = self.reserved_by.get(&who.name).copied().unwrap_or_default();
+        let (mut sessions, mut bytes) = (r.sessions, r.bytes);
+        for s in self.sessions.values().filter(|s| s.owner == who.name) {
+            sessions += 1;
+            bytes += s.size;
+        }
+        if sessions >= max_sessions {
+            return Some(format!(
+                "{} holds {sessions} sessions, its quota on this rig is {max_sessions}; DELETE one first",
+                who.name
+            ));
+        }
+        if bytes + size > max_bytes {
+            return Some(format!(
+                "{} holds {bytes} bytes; {size} more would exceed its quota of {max_bytes} bytes; DELETE sessions first",
+                who.name
+            ));
+        }
+        None
+    }
+
+    /// Promises a session and `size` bytes to an upload in progress.
+    fn reserve(&mut self, owner: &Arc<str>, size: u64) {
         self.reserved_sessions += 1;
         self.reserved_bytes += size;
-        if let Some(c) = self.conns.get_mut(&t) {
-            c.mode = Mode::Upload(Box::new(Upload { memfd, remaining: size, size, hasher: Sha256::new(), exec_path }));
-        }
+        let r = self.reserved_by.entry(owner.clone()).or_default();
+        r.sessions += 1;
+        r.bytes += size;
     }
 
     fn start(&mut self, t: Token, id: Uuid, debug: bool, opts: StartOpts) {
         // START --debug attaches a debugger for the client that asked: note its addresses.
         let debug = match (debug, self.conns.get(&t)) {
             (false, _) => None,
-            (true, Some(c)) => match (c.stream.local_addr(), c.stream.peer_addr()) {
-                (Ok(l), Ok(p)) => Some((l.ip(), p.ip())),
-                _ => return self.send(t, &err_json(Code::Internal, "cannot tell the connection's addresses")),
+            (true, Some(c)) => match (c.local, c.peer) {
+                (Some(l), Some(p)) => Some((l.ip(), p.ip())),
+                _ => return self.send(t, &err_json(Code::Unsupported, "this connection has no network address to open a debug port on: use DEBUG <id> --stdio (lantern gdb-pipe)")),
             },
             (true, None) => return,
         };
-        let s = match self.session(id) {
+        let s = match self.session(t, id) {
             Ok(s) => s,
             Err(e) => return self.send(t, &e),
         };
@@ -1143,11 +1491,13 @@ impl Server {
         if let Some(s) = self.sessions.get_mut(&id) {
             s.busy = true;
         }
-        self.park(t, tag, Op::Start { id, limits, args, env_keys, debug });
+        let actor = self.viewer(t).map(|i| i.name).unwrap_or_else(|| Arc::from(""));
+        self.audit_session(t, "start", id);
+        self.park(t, tag, Op::Start { id, limits, args, env_keys, debug, actor });
     }
 
     fn stop(&mut self, t: Token, id: Uuid, kill: bool) {
-        let s = match self.session(id) {
+        let s = match self.session(t, id) {
             Ok(s) => s,
             Err(e) => return self.send(t, &e),
         };
@@ -1164,6 +1514,7 @@ impl Server {
         if self.tube.send(tag, req).is_err() {
             return self.send(t, &err_json(Code::Internal, "the broker is unavailable"));
         }
+        self.audit_session(t, if kill { "kill" } else { "stop" }, id);
         self.park(t, tag, Op::Stop { id });
         let wait = self.pending[&tag].wait;
         if let Some(s) = self.sessions.get_mut(&id) {
@@ -1172,7 +1523,7 @@ impl Server {
     }
 
     fn delete(&mut self, t: Token, id: Uuid) {
-        let s = match self.session(id) {
+        let s = match self.session(t, id) {
             Ok(s) => s,
             Err(e) => return self.send(t, &e),
         };
@@ -1186,11 +1537,12 @@ impl Server {
         if let Some(s) = self.sessions.get_mut(&id) {
             s.deleting = true;
         }
+        self.audit_session(t, "delete", id);
         self.park(t, tag, Op::Delete { id });
     }
 
     fn logs(&mut self, t: Token, id: Uuid, follow: bool) {
-        let s = match self.session(id) {
+        let s = match self.session(t, id) {
             Ok(s) => s,
             Err(e) => return self.send(t, &e),
         };
@@ -1253,7 +1605,7 @@ impl Server {
     // ---- debugging -------------------------------------------------------------------------
 
     fn debug(&mut self, t: Token, id: Uuid, stdio: bool) {
-        let s = match self.session(id) {
+        let s = match self.session(t, id) {
             Ok(s) => s,
             Err(e) => return self.send(t, &e),
         };
@@ -1262,9 +1614,14 @@ impl Server {
                 .send(t, &err_json(Code::InvalidState, format!("session is {}, not RUNNING", s.state.as_str())));
         }
         let Some(c) = self.conns.get(&t) else { return };
-        let (Ok(local), Ok(peer)) = (c.stream.local_addr(), c.stream.peer_addr()) else {
-            return self.send(t, &err_json(Code::Internal, "cannot tell the connection's addresses"));
+        let unspecified = IpAddr::V4(std::net::Ipv4Addr::UNSPECIFIED);
+        let (local, peer) = match (c.local, c.peer) {
+            (Some(l), Some(p)) => (l.ip(), p.ip()),
+            // The gdb protocol comes over this very connection: no port is opened.
+            _ if stdio => (unspecified, unspecified),
+            _ => return self.send(t, &err_json(Code::Unsupported, "this connection has no network address to open a debug port on: use DEBUG <id> --stdio (lantern gdb-pipe)")),
         };
+        let identity = c.identity.as_ref().map(|i| i.name.clone()).unwrap_or_else(|| Arc::from(""));
         let tag = self.next_tag();
         if self.tube.send(tag, Request::Debug { id: id_of(&id) }).is_err() {
             return self.send(t, &err_json(Code::Internal, "the broker is unavailable"));
@@ -1272,7 +1629,8 @@ impl Server {
         if let Some(s) = self.sessions.get_mut(&id) {
             s.busy = true;
         }
-        self.park(t, tag, Op::Debug { id, local: local.ip(), peer: peer.ip(), started: false, stdio });
+        self.audit_session(t, "debug", id);
+        self.park(t, tag, Op::Debug { id, local, peer, started: false, stdio, identity });
     }
 
     /// A TCP listener on the address the client reached us on, on the first free port of
@@ -1297,6 +1655,7 @@ impl Server {
         id: Uuid,
         local: std::net::IpAddr,
         peer: std::net::IpAddr,
+        identity: Arc<str>,
         sock: OwnedFd,
         held: bool,
     ) -> Value {
@@ -1312,7 +1671,7 @@ impl Server {
             return err_json(Code::Internal, format!("debug listener: {e}"));
         }
         let deadline = Instant::now() + self.cfg.debug_deadline;
-        self.debug_ports.insert(t, DebugPort { id, listener, allowed: peer, deadline, sock });
+        self.debug_ports.insert(t, DebugPort { id, listener, allowed: peer, identity, deadline, sock });
         let Some(s) = self.sessions.get_mut(&id) else { return err_json(Code::NotFound, "the session is gone") };
         s.state = State::Debugging;
         let host = match local {
@@ -1342,6 +1701,10 @@ impl Server {
             };
             if from.ip() != p.allowed {
                 eprintln!("debuglantern: refused a debug connection from {from} (only {} may connect)", p.allowed);
+                self.audit.log(
+                    "debug_refused",
+                    json!({"peer": from.to_string(), "id": p.id.to_string(), "allowed": p.allowed.to_string(), "identity": &*p.identity}),
+                );
                 drop(stream);
                 continue;
             }
@@ -1354,13 +1717,14 @@ impl Server {
             let (tt, tu) = (self.token(), self.token());
             let mut relay = Relay {
                 id: p.id,
-                tcp: stream,
+                peer: from.to_string(),
+                identity: p.identity.clone(),
+                tcp: Stream::Tcp(stream),
                 unix: mio::net::UnixStream::from_std(p.sock),
                 to_unix: Vec::new(),
                 to_tcp: Vec::new(),
                 tokens: [tt, tu],
             };
-            let _ = relay.tcp.set_nodelay(true);
             let both = Interest::READABLE | Interest::WRITABLE;
             if self.poll.registry().register(&mut relay.tcp, tt, both).is_err()
                 || self.poll.registry().register(&mut relay.unix, tu, both).is_err()
@@ -1370,6 +1734,10 @@ impl Server {
             self.relay_tokens.insert(tt, rid);
             self.relay_tokens.insert(tu, rid);
             self.relays.insert(rid, relay);
+            self.audit.log(
+                "debug_attach",
+                json!({"peer": from.to_string(), "id": p.id.to_string(), "identity": &*p.identity}),
+            );
             self.emit(p.id, "debug_attached", json!({"peer": from.to_string()}), touched);
             self.pump_relay(rid);
             return;
@@ -1378,7 +1746,15 @@ impl Server {
 
     /// DEBUG --stdio: after its reply line, the control connection itself carries the gdb
     /// remote protocol (no port is opened). The connection leaves the command loop for good.
-    fn relay_connection(&mut self, conn: Token, wait: u64, id: Uuid, sock: OwnedFd, touched: &mut Vec<Token>) {
+    fn relay_connection(
+        &mut self,
+        conn: Token,
+        wait: u64,
+        id: Uuid,
+        identity: Arc<str>,
+        sock: OwnedFd,
+        touched: &mut Vec<Token>,
+    ) {
         let waiting = self.conns.get(&conn).is_some_and(|c| matches!(c.mode, Mode::Waiting(w) if w == wait));
         let Some(mut c) = self.conns.remove(&conn).filter(|_| waiting) else { return };
         let _ = self.poll.registry().deregister(&mut c.stream);
@@ -1393,8 +1769,12 @@ impl Server {
         let rid = self.next_relay;
         self.next_relay += 1;
         let (tt, tu) = (self.token(), self.token());
+        let peer = format!("{} (control connection, --stdio)", c.peer_str());
+        self.audit.log("debug_attach", json!({"peer": peer, "id": id.to_string(), "identity": &*identity}));
         let mut relay = Relay {
             id,
+            peer,
+            identity,
             tcp: c.stream,
             unix: mio::net::UnixStream::from_std(unix),
             // Whatever the client already sent after the command line is gdb's.
@@ -1472,6 +1852,7 @@ impl Server {
 
     fn end_relay(&mut self, rid: u64) {
         if let Some(mut r) = self.relays.remove(&rid) {
+            self.audit.log("debug_detach", json!({"peer": r.peer, "id": r.id.to_string(), "identity": &*r.identity}));
             let _ = self.poll.registry().deregister(&mut r.tcp);
             let _ = self.poll.registry().deregister(&mut r.unix);
             for t in r.tokens {
@@ -1488,6 +1869,7 @@ impl Server {
             if let Some(mut p) = self.debug_ports.remove(&t) {
                 let _ = self.poll.registry().deregister(&mut p.listener);
                 eprintln!("debuglantern: debug port of {} closed: no debugger connected in time", p.id);
+                self.audit.log("debug_expired", json!({"id": p.id.to_string(), "identity": &*p.identity}));
             }
         }
     }
@@ -1525,7 +1907,8 @@ impl Server {
         if let (Some(m), Some(d)) = (v.as_object_mut(), detail.as_object_mut()) {
             m.append(d);
         }
-        self.events.push(id, v);
+        let owner = self.sessions.get(&id).map_or_else(|| Arc::from(""), |s| s.owner.clone());
+        self.events.push(id, owner, v);
         touched.extend(self.conns.iter().filter(|(_, c)| matches!(c.mode, Mode::Events { .. })).map(|(t, _)| *t));
     }
 
@@ -1534,11 +1917,12 @@ impl Server {
     /// whether the stream ended (a one-session stream ends with the session's deletion).
     fn pump_events(&mut self, t: Token) -> bool {
         let Some(c) = self.conns.get(&t) else { return false };
-        let Mode::Events { filter, next } = c.mode else { return false };
+        let Mode::Events { filter, next, ref viewer } = c.mode else { return false };
+        let viewer = viewer.clone();
         // Never more than the output buffer allows: a slow subscriber falls behind the
         // log (and is told so), it never makes the daemon hold more for it.
         let room = OUT_HIGH_WATER.saturating_sub(c.out.len() - c.out_pos) / 512;
-        let b = self.events.since(next, filter, room);
+        let b = self.events.since(next, filter, &viewer, room);
         if b.missed > 0 {
             self.send(t, &json!({"ok": true, "missed": b.missed}));
         }
@@ -1550,7 +1934,7 @@ impl Server {
             return true;
         }
         if let Some(c) = self.conns.get_mut(&t) {
-            c.mode = Mode::Events { filter, next: b.next };
+            c.mode = Mode::Events { filter, next: b.next, viewer };
         }
         false
     }
@@ -1597,15 +1981,20 @@ impl Server {
             return;
         };
         match (p.op, reply) {
-            (Op::Load { upload_size, sha256, elf, id, kind }, Reply::Loaded { .. }) => {
-                self.release(upload_size);
+            (Op::Load { owner, peer, upload_size, sha256, elf, id, kind }, Reply::Loaded { .. }) => {
+                self.release(&owner, upload_size);
                 self.loaded_bytes += upload_size;
                 let kind_name = match kind {
                     session::Kind::Binary => "binary",
                     session::Kind::Bundle { .. } => "bundle",
                 };
+                self.audit.log(
+                    "upload",
+                    json!({"peer": peer, "identity": &*owner, "id": id.to_string(), "kind": kind_name, "size": upload_size, "sha256": sha256}),
+                );
                 let s = Session {
                     id,
+                    owner,
                     kind,
                     state: State::Loaded,
                     size: upload_size,
@@ -1638,8 +2027,8 @@ impl Server {
                 self.answer(p.conn, p.wait, &v, touched);
                 self.emit(id, "uploaded", json!({"kind": kind_name, "size": upload_size, "sha256": sha256}), touched);
             }
-            (Op::Load { upload_size, id, kind, .. }, Reply::Refused { message, .. }) => {
-                self.release(upload_size);
+            (Op::Load { owner, upload_size, id, kind, .. }, Reply::Refused { message, .. }) => {
+                self.release(&owner, upload_size);
                 if kind != session::Kind::Binary {
                     self.remove_bundle(id);
                 }
@@ -1650,7 +2039,10 @@ impl Server {
                     touched,
                 );
             }
-            (Op::Start { id, limits, args, env_keys, debug }, Reply::Started { ns_pid, pidfd, stdout, stderr, .. }) => {
+            (
+                Op::Start { id, limits, args, env_keys, debug, actor },
+                Reply::Started { ns_pid, pidfd, stdout, stderr, .. },
+            ) => {
                 let pid = host_pid(&pidfd);
                 drop(pidfd);
                 let mut tokens = Vec::new();
@@ -1695,7 +2087,7 @@ impl Server {
                             if let Some(s) = self.sessions.get_mut(&id) {
                                 s.busy = true;
                             }
-                            let op = Op::Debug { id, local, peer, started: true, stdio: false };
+                            let op = Op::Debug { id, local, peer, started: true, stdio: false, identity: actor };
                             self.pending.insert(tag, Pending { conn: p.conn, wait: p.wait, op });
                         } else {
                             self.answer(
@@ -1728,18 +2120,18 @@ impl Server {
                 };
                 self.answer(p.conn, p.wait, &err_json(code, message), touched);
             }
-            (Op::Debug { id, stdio: true, .. }, Reply::Debugging { sock, .. }) => {
+            (Op::Debug { id, stdio: true, identity, .. }, Reply::Debugging { sock, .. }) => {
                 if let Some(s) = self.sessions.get_mut(&id) {
                     s.busy = false;
                     s.state = State::Debugging;
                 }
-                self.relay_connection(p.conn, p.wait, id, sock, touched);
+                self.relay_connection(p.conn, p.wait, id, identity, sock, touched);
             }
-            (Op::Debug { id, local, peer, started, .. }, Reply::Debugging { sock, .. }) => {
+            (Op::Debug { id, local, peer, started, identity, .. }, Reply::Debugging { sock, .. }) => {
                 if let Some(s) = self.sessions.get_mut(&id) {
                     s.busy = false;
                 }
-                let mut v = self.on_debugging(id, local, peer, sock, started);
+                let mut v = self.on_debugging(id, local, peer, identity, sock, started);
                 if started {
                     // START --debug's answer: the run and its debugger.
                     let (pid, ns_pid) = (v["debug"]["pid"].clone(), v["debug"]["ns_pid"].clone());
@@ -1847,6 +2239,9 @@ impl Server {
         }
         touched.extend(self.followers_of(id));
         if let Some(limit) = hit {
+            let owner = self.sessions.get(&id).map(|s| s.owner.clone());
+            self.audit
+                .log("limit_hit", json!({"id": id.to_string(), "owner": owner.as_deref(), "run": run, "limit": limit}));
             self.emit(id, "limit_hit", json!({"run": run, "limit": limit}), touched);
         }
         self.emit(id, "exited", json!({"run": run, "exit": session::exit_json(status), "limit_hit": hit}), touched);
@@ -1994,7 +2389,9 @@ mod tests {
         let mut l = EventLog::new(cap);
         for i in 0..n {
             let id = ids[i % ids.len()];
-            l.push(id, json!({"event": if i + 1 == n { "deleted" } else { "x" }, "i": i}));
+            // Owned by "u<last digit of the id>".
+            let owner: Arc<str> = Arc::from(format!("u{}", id.as_u128() % 10));
+            l.push(id, owner, json!({"event": if i + 1 == n { "deleted" } else { "x" }, "i": i}));
         }
         l
     }
@@ -2002,20 +2399,20 @@ mod tests {
     #[test]
     fn a_subscriber_that_fell_behind_is_told_how_many_it_missed() {
         let l = log_with(10, 4, &[Uuid::nil()]);
-        let b = l.since(1, None, 100);
+        let b = l.since(1, None, &Identity::anonymous(), 100);
         assert_eq!(b.missed, 6);
         assert_eq!(b.events.len(), 4);
         assert_eq!(b.next, 11);
         // Caught up: nothing more, nothing missed.
-        assert_eq!(l.since(11, None, 100), Batch { next: 11, ..Default::default() });
+        assert_eq!(l.since(11, None, &Identity::anonymous(), 100), Batch { next: 11, ..Default::default() });
     }
 
     #[test]
     fn batches_are_bounded_and_resume_where_they_stopped() {
         let l = log_with(10, 100, &[Uuid::nil()]);
-        let b = l.since(1, None, 3);
+        let b = l.since(1, None, &Identity::anonymous(), 3);
         assert_eq!((b.events.len(), b.next, b.missed), (3, 4, 0));
-        let b = l.since(b.next, None, 100);
+        let b = l.since(b.next, None, &Identity::anonymous(), 100);
         assert_eq!(b.events.len(), 7);
         assert_eq!(b.events[0]["i"], 3);
     }
@@ -2025,11 +2422,26 @@ mod tests {
         let (a, b) = (Uuid::from_u128(1), Uuid::from_u128(2));
         let l = log_with(9, 100, &[a, b, a]);
         // Events 0..9 alternate a, b, a; the last (i = 8, id a) is the deletion.
-        let got = l.since(1, Some(a), 100);
+        let got = l.since(1, Some(a), &Identity::anonymous(), 100);
         assert!(got.events.iter().all(|e| e["i"].as_u64().unwrap() % 3 != 1));
         assert!(got.ended);
-        let got_b = l.since(1, Some(b), 100);
+        let got_b = l.since(1, Some(b), &Identity::anonymous(), 100);
         assert_eq!(got_b.events.len(), 3);
         assert!(!got_b.ended);
+    }
+
+    #[test]
+    fn an_identity_sees_only_the_events_of_its_sessions() {
+        let (a, b) = (Uuid::from_u128(1), Uuid::from_u128(2));
+        let l = log_with(9, 100, &[a, b, a]);
+        let u2 = Identity { name: Arc::from("u2"), admin: false };
+        let got = l.since(1, None, &u2, 100);
+        assert_eq!(got.events.len(), 3);
+        assert!(got.events.iter().all(|e| e["i"].as_u64().unwrap() % 3 == 1));
+        assert_eq!(got.next, 10);
+        // Asking for another's session by id gives nothing either.
+        assert!(l.since(1, Some(a), &u2, 100).events.is_empty());
+        let admin = Identity { name: Arc::from("root"), admin: true };
+        assert_eq!(l.since(1, None, &admin, 100).events.len(), 9);
     }
 }

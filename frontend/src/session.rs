@@ -133,6 +133,8 @@ pub enum Kind {
 pub struct Session {
     /// Its id.
     pub id: Uuid,
+    /// The identity that uploaded it (SPEC §7): only it and admins see it.
+    pub owner: std::sync::Arc<str>,
     /// Binary or bundle.
     pub kind: Kind,
     /// State.
@@ -232,7 +234,7 @@ impl Session {
             "exec_path": exec_path,
             "args": self.run_args,
             "env_keys": self.run_env_keys,
-            "identity": "anonymous",
+            "identity": &*self.owner,
             "started": time(started),
             "ended": time(ended),
             "duration_ms": duration.as_millis() as u64,
@@ -258,6 +260,7 @@ impl Session {
             "state": self.state.as_str(),
             "kind": match self.kind { Kind::Binary => "binary", Kind::Bundle { .. } => "bundle" },
             "size": self.size,
+            "owner": &*self.owner,
             "pid": self.pid,
             "created": time(self.created),
             "exit": self.exit.map(exit_json),
