@@ -98,16 +98,25 @@ impl StdioBridge {
         let StdioBridge { theirs, stdin, stdout } = self;
         let mut to_server = theirs.try_clone()?;
         let mut from_server = theirs;
+        // Each thread says when it runs: a thread still starting when the seccomp filter
+        // lands would have its libc set-up calls (rseq, robust lists) refused.
+        let (up, running) = std::sync::mpsc::channel::<()>();
+        let up2 = up.clone();
         std::thread::Builder::new().name("stdin".into()).spawn(move || {
+            let _ = up.send(());
             copy(stdin, &mut to_server);
             let _ = to_server.shutdown(std::net::Shutdown::Write);
         })?;
         std::thread::Builder::new().name("stdout".into()).spawn(move || {
+            let _ = up2.send(());
             let mut out = stdout;
             copy(&mut from_server, &mut out);
             drop(out);
             let _ = from_server.shutdown(std::net::Shutdown::Both);
         })?;
+        for _ in 0..2 {
+            running.recv().map_err(|_| std::io::Error::other("a stdio thread died at start"))?;
+        }
         Ok(())
     }
 }
