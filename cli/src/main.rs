@@ -2,6 +2,12 @@
 //! with the server's own codec (`frontend::protocol`), prints tables for people and the
 //! server's JSON with `--json`.
 //!
+//! Authentication: a token from `--token-file FILE`, else `LANTERN_TOKEN`, else the config
+//! file `$XDG_CONFIG_HOME/lantern/config.toml` (`~/.config/lantern/config.toml`):
+//! `token = "..."` or `token_file = "..."` at the top, or per rig in `[rig."HOST:PORT"]`
+//! (or `[rig."instance name"]`); the top level may also name the default `rig`. Files
+//! holding a token must not be readable by group or others.
+//!
 //! Exit codes: 0 success; 1 the rig refused (the message says why, with its error code);
 //! 2 usage errors; 3 the rig cannot be reached or broke the protocol; `run` exits with the
 //! program's own code, or 128 + signal when it was killed.
@@ -30,6 +36,9 @@ struct Cli {
     /// (default 127.0.0.1:4444).
     #[arg(long, global = true, env = "LANTERN_RIG")]
     rig: Option<String>,
+    /// File holding the token for the rig (else LANTERN_TOKEN, else the config file).
+    #[arg(long, global = true, value_name = "FILE", env = "LANTERN_TOKEN_FILE")]
+    token_file: Option<PathBuf>,
     /// Print the server's JSON instead of tables.
     #[arg(long, global = true)]
     json: bool,
@@ -176,19 +185,35 @@ impl std::fmt::Display for Refused {
 
 impl std::error::Error for Refused {}
 
+/// Which rig, and the token for it.
+#[derive(Debug, Clone)]
+struct Target {
+    rig: String,
+    token: Option<String>,
+}
+
+const NO_TOKEN_HINT: &str =
+    "this rig wants a token: --token-file FILE, LANTERN_TOKEN, or token_file in ~/.config/lantern/config.toml";
+
 struct Conn {
     reader: BufReader<TcpStream>,
     writer: TcpStream,
+    /// No token was given (an `unauthorized` answer then says how to give one).
+    anonymous: bool,
 }
 
 impl Conn {
-    fn open(rig: &str) -> Result<Conn> {
-        let addr = resolve_rig(rig)?;
+    fn open(target: &Target) -> Result<Conn> {
+        let addr = resolve_rig(&target.rig)?;
         let s = TcpStream::connect(&addr).with_context(|| {
             format!("cannot reach the rig at {addr} (is debuglantern running there? --rig / LANTERN_RIG)")
         })?;
         let _ = s.set_nodelay(true);
-        Ok(Conn { reader: BufReader::new(s.try_clone()?), writer: s })
+        let mut c = Conn { reader: BufReader::new(s.try_clone()?), writer: s, anonymous: target.token.is_none() };
+        if let Some(token) = &target.token {
+            c.call(Command::Auth(token.clone())).context("authenticating")?;
+        }
+        Ok(c)
     }
 
     fn send(&mut self, cmd: &Command) -> Result<()> {
@@ -205,8 +230,11 @@ impl Conn {
 
     /// Reads one reply; a refusal becomes an error.
     fn ok(&mut self) -> Result<Value> {
-        let v = self.read()?;
+        let mut v = self.read()?;
         if v["ok"] != true {
+            if self.anonymous && v["error"] == "unauthorized" {
+                v["message"] = Value::from(NO_TOKEN_HINT);
+            }
             return Err(Refused(v).into());
         }
         Ok(v)
@@ -231,7 +259,10 @@ fn main() -> ExitCode {
 }
 
 fn run(cli: Cli) -> Result<ExitCode> {
-    let rig = cli.rig.clone().unwrap_or_else(|| "127.0.0.1:4444".into());
+    let config = UserConfig::load()?;
+    let rig = cli.rig.clone().or_else(|| config.rig.clone()).unwrap_or_else(|| "127.0.0.1:4444".into());
+    let token_file = cli.token_file.clone();
+    let target = Target { token: token_for(token_file.as_deref(), &config, &rig)?, rig: rig.clone() };
     let json = cli.json;
     let print = |v: &Value| println!("{v}");
     match cli.cmd {
@@ -260,7 +291,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
             clap_complete::generate(shell, &mut Cli::command(), "lantern", &mut std::io::stdout());
         }
         Cmd::Upload { path, exec } => {
-            let mut c = Conn::open(&rig)?;
+            let mut c = Conn::open(&target)?;
             let v = upload(&mut c, &path, exec)?;
             if json {
                 print(&v);
@@ -270,7 +301,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
         }
         Cmd::Start { id, debug, env, limits, args } => {
             let opts = start_opts(args, &env, &limits)?;
-            let v = Conn::open(&rig)?.call(Command::Start { id, debug, opts })?;
+            let v = Conn::open(&target)?.call(Command::Start { id, debug, opts })?;
             if json {
                 print(&v);
             } else if debug {
@@ -281,7 +312,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
             }
         }
         Cmd::Debug { id, gdb, file } => {
-            let v = Conn::open(&rig)?.call(Command::Debug { id, stdio: false })?;
+            let v = Conn::open(&target)?.call(Command::Debug { id, stdio: false })?;
             let d = &v["debug"];
             if !gdb {
                 if json {
@@ -306,14 +337,15 @@ fn run(cli: Cli) -> Result<ExitCode> {
             return Ok(ExitCode::from(st.code().unwrap_or(1).clamp(0, 255) as u8));
         }
         Cmd::GdbPipe { rig, id } => {
-            let mut c = Conn::open(&rig)?;
+            let target = Target { token: token_for(token_file.as_deref(), &config, &rig)?, rig };
+            let mut c = Conn::open(&target)?;
             c.call(Command::Debug { id, stdio: true })?;
             return gdb_pipe(c);
         }
-        Cmd::Stop { id } => stopped(Conn::open(&rig)?.call(Command::Stop(id))?, json),
-        Cmd::Kill { id } => stopped(Conn::open(&rig)?.call(Command::Kill(id))?, json),
+        Cmd::Stop { id } => stopped(Conn::open(&target)?.call(Command::Stop(id))?, json),
+        Cmd::Kill { id } => stopped(Conn::open(&target)?.call(Command::Kill(id))?, json),
         Cmd::Delete { id } => {
-            let v = Conn::open(&rig)?.call(Command::Delete(id))?;
+            let v = Conn::open(&target)?.call(Command::Delete(id))?;
             if json {
                 print(&v);
             } else {
@@ -321,7 +353,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
             }
         }
         Cmd::List => {
-            let v = Conn::open(&rig)?.call(Command::List)?;
+            let v = Conn::open(&target)?.call(Command::List)?;
             if json {
                 print(&v);
             } else {
@@ -340,7 +372,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
             }
         }
         Cmd::Status { id } => {
-            let v = Conn::open(&rig)?.call(Command::Status(id))?;
+            let v = Conn::open(&target)?.call(Command::Status(id))?;
             if json {
                 print(&v);
             } else {
@@ -353,7 +385,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
             }
         }
         Cmd::Logs { id, follow } => {
-            let mut c = Conn::open(&rig)?;
+            let mut c = Conn::open(&target)?;
             if follow {
                 let end = stream_logs(&mut c, id, json)?;
                 if json {
@@ -369,7 +401,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
             }
         }
         Cmd::Receipt { id, run, trace } => {
-            let v = Conn::open(&rig)?.call(Command::Receipt { id, run })?;
+            let v = Conn::open(&target)?.call(Command::Receipt { id, run })?;
             if let Some(path) = trace {
                 let t = perfetto_trace(&v["receipt"])?;
                 std::fs::write(&path, serde_json::to_vec_pretty(&t)?)
@@ -414,7 +446,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
             }
         }
         Cmd::Events { id, follow } => {
-            let mut c = Conn::open(&rig)?;
+            let mut c = Conn::open(&target)?;
             let sub = c.call(Command::Events { id, since: Some(1) })?;
             let head = sub["head_seq"].as_u64().unwrap_or(1);
             let mut seen = sub["next_seq"].as_u64().unwrap_or(1);
@@ -444,7 +476,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
                 }
             }
         }
-        Cmd::Run { path, exec, env, keep, args } => return run_program(&rig, &path, exec, &env, keep, args, json),
+        Cmd::Run { path, exec, env, keep, args } => return run_program(&target, &path, exec, &env, keep, args, json),
     }
     Ok(ExitCode::SUCCESS)
 }
@@ -634,7 +666,7 @@ fn stream_logs(c: &mut Conn, id: Uuid, json: bool) -> Result<Value> {
 }
 
 fn run_program(
-    rig: &str,
+    rig: &Target,
     path: &Path,
     exec: Option<String>,
     env: &[String],
@@ -647,7 +679,7 @@ fn run_program(
     let id: Uuid =
         up["id"].as_str().and_then(|s| s.parse().ok()).ok_or_else(|| anyhow!("the rig gave no session id"))?;
     // Ctrl-C stops the remote program (over a second connection); the stream then ends.
-    ctrlc_stop(rig.to_string(), id);
+    ctrlc_stop(rig.clone(), id);
     c.call(Command::Start { id, debug: false, opts: start_opts(args, env, &[])? })?;
     let end = stream_logs(&mut c, id, json)?;
     if json {
@@ -666,7 +698,7 @@ fn run_program(
 }
 
 /// On SIGINT, sends STOP for the session over a new connection.
-fn ctrlc_stop(rig: String, id: Uuid) {
+fn ctrlc_stop(target: Target, id: Uuid) {
     static HIT: AtomicBool = AtomicBool::new(false);
     extern "C" fn on_int(_: libc::c_int) {
         HIT.store(true, Ordering::SeqCst);
@@ -685,7 +717,7 @@ fn ctrlc_stop(rig: String, id: Uuid) {
     std::thread::spawn(move || loop {
         if HIT.swap(false, Ordering::SeqCst) {
             eprintln!("lantern: stopping {id}…");
-            if let Ok(mut c) = Conn::open(&rig) {
+            if let Ok(mut c) = Conn::open(&target) {
                 let _ = c.call(Command::Stop(id));
             }
         }
@@ -753,4 +785,93 @@ mod tests {
         assert!(start_opts(vec![], &["novalue".into()], &[]).is_err());
         assert!(start_opts(vec![], &[], &["bogus=1".into()]).is_err());
     }
+}
+
+/// The user's `lantern` configuration file.
+#[derive(Debug, Default)]
+struct UserConfig {
+    path: Option<PathBuf>,
+    rig: Option<String>,
+    table: toml::Table,
+}
+
+impl UserConfig {
+    fn path() -> Option<PathBuf> {
+        let base = std::env::var_os("XDG_CONFIG_HOME")
+            .filter(|v| !v.is_empty())
+            .map(PathBuf::from)
+            .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".config")))?;
+        Some(base.join("lantern").join("config.toml"))
+    }
+
+    fn load() -> Result<UserConfig> {
+        let Some(path) = UserConfig::path().filter(|p| p.exists()) else { return Ok(UserConfig::default()) };
+        let text = std::fs::read_to_string(&path).with_context(|| format!("reading {}", path.display()))?;
+        let table: toml::Table = text.parse().with_context(|| format!("{} is not valid TOML", path.display()))?;
+        for key in table.keys() {
+            if !matches!(key.as_str(), "rig" | "token" | "token_file") {
+                bail!("{}: unknown key {key:?} (known: rig, token, token_file, [rig.\"NAME\"])", path.display());
+            }
+        }
+        let rig = match table.get("rig") {
+            None | Some(toml::Value::Table(_)) => None,
+            Some(toml::Value::String(s)) => Some(s.clone()),
+            Some(other) => bail!("{}: rig must be a string or a table, not {other}", path.display()),
+        };
+        Ok(UserConfig { path: Some(path), rig, table })
+    }
+
+    /// The token for `rig`: from its own `[rig."NAME"]` table, else from the top level.
+    fn token(&self, rig: &str) -> Result<Option<String>> {
+        let Some(path) = &self.path else { return Ok(None) };
+        let per_rig =
+            self.table.get("rig").and_then(|r| r.as_table()).and_then(|t| t.get(rig)).and_then(|v| v.as_table());
+        for scope in per_rig.into_iter().chain(std::iter::once(&self.table)) {
+            if let Some(t) = scope.get("token") {
+                let t = t.as_str().ok_or_else(|| anyhow!("{}: token must be a string", path.display()))?;
+                private(path)?;
+                return Ok(Some(t.to_string()));
+            }
+            if let Some(f) = scope.get("token_file") {
+                let f = f.as_str().ok_or_else(|| anyhow!("{}: token_file must be a string", path.display()))?;
+                return read_token_file(Path::new(f)).map(Some);
+            }
+        }
+        Ok(None)
+    }
+}
+
+/// Refuses a file holding a token that others can read (like ssh with private keys).
+fn private(path: &Path) -> Result<()> {
+    use std::os::unix::fs::MetadataExt;
+    let mode = std::fs::metadata(path).with_context(|| format!("{}", path.display()))?.mode();
+    if mode & 0o077 != 0 {
+        bail!(
+            "{} holds a token but is readable by group or others (mode {:o}): run chmod 600 on it",
+            path.display(),
+            mode & 0o777
+        );
+    }
+    Ok(())
+}
+
+fn read_token_file(path: &Path) -> Result<String> {
+    private(path)?;
+    let text = std::fs::read_to_string(path).with_context(|| format!("reading the token file {}", path.display()))?;
+    let token = text.trim();
+    if token.is_empty() || token.contains(char::is_whitespace) {
+        bail!("{}: want one token on its own (no spaces)", path.display());
+    }
+    Ok(token.to_string())
+}
+
+/// --token-file, else LANTERN_TOKEN, else the config file.
+fn token_for(token_file: Option<&Path>, config: &UserConfig, rig: &str) -> Result<Option<String>> {
+    if let Some(f) = token_file {
+        return read_token_file(f).map(Some);
+    }
+    if let Some(t) = std::env::var("LANTERN_TOKEN").ok().filter(|t| !t.is_empty()) {
+        return Ok(Some(t));
+    }
+    config.token(rig)
 }

@@ -122,7 +122,10 @@ fn root_tokens_ownership_admin_and_the_audit_log() {
     let failed = find(&|l| l["audit"] == "auth_failed").expect("auth_failed");
     assert!(failed["peer"].as_str().unwrap().starts_with("127.0.0.1:"), "{failed}");
     let upload = find(&|l| l["audit"] == "upload" && l["id"] == a.as_str()).expect("upload");
-    assert_eq!((&upload["identity"], &upload["sha256"], &upload["size"]), (&Value::from("alice"), &up["sha256"], &up["size"]));
+    assert_eq!(
+        (&upload["identity"], &upload["sha256"], &upload["size"]),
+        (&Value::from("alice"), &up["sha256"], &up["size"])
+    );
     assert!(find(&|l| l["audit"] == "start" && l["id"] == a.as_str() && l["identity"] == "alice").is_some());
     assert!(find(&|l| l["audit"] == "kill" && l["id"] == a.as_str()).is_some());
     assert!(find(&|l| l["audit"] == "stop" && l["id"] == b.as_str() && l["identity"] == "root").is_some());
@@ -182,11 +185,9 @@ fn root_a_token_file_others_can_read_is_refused() {
         return;
     }
     let dir = scratch("perm");
-    for (mode, chown, want) in [
-        (0o644, None, "chmod 600"),
-        (0o640, None, "chmod 600"),
-        (0o600, Some(65534), "owned by uid 65534"),
-    ] {
+    for (mode, chown, want) in
+        [(0o644, None, "chmod 600"), (0o640, None, "chmod 600"), (0o600, Some(65534), "owned by uid 65534")]
+    {
         let tokens = token_file(&dir, mode);
         if let Some(uid) = chown {
             std::os::unix::fs::chown(&tokens, Some(uid), None).unwrap();
@@ -268,7 +269,7 @@ fn root_stdio_serves_one_client_then_stops_everything() {
     writeln!(stdin, "HELLO").unwrap();
     let h = read_json(&mut out);
     assert_eq!((&h["ok"], &h["auth_required"]), (&Value::from(true), &Value::from(false)), "{h}");
-    write!(stdin, "UPLOAD {}\n", hello.len()).unwrap();
+    writeln!(stdin, "UPLOAD {}", hello.len()).unwrap();
     stdin.write_all(&hello).unwrap();
     let id = read_json(&mut out)["id"].as_str().unwrap().to_string();
     writeln!(stdin, "START {id} {{\"args\":[\"x\"]}}").unwrap();
@@ -285,7 +286,7 @@ fn root_stdio_serves_one_client_then_stops_everything() {
     }
     assert!(text.contains("hello from the rig, 2 args"), "{text}");
     // A debug port needs a network address; over stdio, DEBUG --stdio is the way.
-    write!(stdin, "UPLOAD {}\n", sleeper.len()).unwrap();
+    writeln!(stdin, "UPLOAD {}", sleeper.len()).unwrap();
     stdin.write_all(&sleeper).unwrap();
     let s = read_json(&mut out)["id"].as_str().unwrap().to_string();
     writeln!(stdin, "START {s}").unwrap();
@@ -378,4 +379,74 @@ fn root_socket_activation_by_systemd_socket_activate() {
         std::thread::sleep(Duration::from_millis(50));
     };
     assert!(st.success(), "{st}: {}", log.lock().unwrap());
+}
+
+#[test]
+fn root_a_network_address_with_tokens_needs_no_insecure_flag() {
+    if !require_root("root_a_network_address_with_tokens_needs_no_insecure_flag") {
+        return;
+    }
+    let netns_run = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../shared/tools/netns-run");
+    assert!(netns_run.exists(), "{} is missing", netns_run.display());
+    let dir = scratch("net");
+    let tokens = token_file(&dir, 0o600);
+    let d = tests::bin_dir().join("debuglantern");
+    // In a private network namespace (loopback only), 0.0.0.0 is still "the network" to
+    // the daemon: with tokens it serves (and asks for AUTH); without, only with
+    // --insecure-no-auth, and then HELLO warns.
+    let script = format!(
+        r#"set -u
+{d} --listen 0.0.0.0:4444 --no-mdns --auth-tokens {t} 2>{o}/a.log & A=$!
+{d} --listen 0.0.0.0:4445 --no-mdns --insecure-no-auth 2>{o}/b.log & B=$!
+sleep 2
+exec 3<>/dev/tcp/127.0.0.1/4444; echo HELLO >&3; head -1 <&3 > {o}/a.json; echo LIST >&3; head -1 <&3 >> {o}/a.json; exec 3<&-
+exec 4<>/dev/tcp/127.0.0.1/4445; echo HELLO >&4; head -1 <&4 > {o}/b.json; exec 4<&-
+kill -TERM $A $B; wait $A $B
+"#,
+        t = tokens.display(),
+        o = dir.display(),
+        d = d.display()
+    );
+    let st = Command::new(&netns_run).args(["bash", "-c", &script]).status().unwrap();
+    assert!(st.success(), "{st}");
+    let a: Vec<Value> = std::fs::read_to_string(dir.join("a.json"))
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(a[0]["auth_required"], true, "{a:?}");
+    assert_eq!(a[1]["error"], "unauthorized", "{a:?}");
+    let b: Value = serde_json::from_str(std::fs::read_to_string(dir.join("b.json")).unwrap().trim()).unwrap();
+    assert_eq!(b["auth_required"], false);
+    let warned = b["warnings"].as_array().unwrap().iter().any(|w| w.as_str().unwrap().contains("--insecure-no-auth"));
+    assert!(warned, "{b}");
+    let _ = std::fs::remove_dir_all(dir);
+}
+
+#[test]
+fn the_shipped_systemd_units_pass_systemd_analyze_verify() {
+    let analyze = Path::new("/usr/bin/systemd-analyze");
+    if !analyze.exists() {
+        assert!(std::env::var("CI").as_deref() != Ok("true"), "systemd-analyze is missing (install systemd)");
+        eprintln!("SKIPPED: no systemd-analyze");
+        return;
+    }
+    let src = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../contrib/systemd");
+    let dir = scratch("units");
+    let mut names = Vec::new();
+    for e in std::fs::read_dir(&src).unwrap() {
+        let p = e.unwrap().path();
+        let name = p.file_name().unwrap().to_str().unwrap().to_string();
+        // ExecStart must name an existing binary: point it at the one just built.
+        let text = std::fs::read_to_string(&p)
+            .unwrap()
+            .replace("/usr/local/bin/debuglantern", tests::bin_dir().join("debuglantern").to_str().unwrap());
+        std::fs::write(dir.join(&name), text).unwrap();
+        names.push(dir.join(&name).display().to_string());
+    }
+    assert_eq!(names.len(), 4, "{names:?}");
+    let out = Command::new(analyze).args(["verify", "--man=no"]).args(&names).output().unwrap();
+    let said = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    assert!(out.status.success() && said.trim().is_empty(), "systemd-analyze verify: {said}");
+    let _ = std::fs::remove_dir_all(dir);
 }

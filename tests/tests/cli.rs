@@ -198,3 +198,68 @@ fn root_progress_bar_shows_on_a_terminal() {
     assert_eq!(text(&out.stdout).trim().len(), 36, "{}", text(&out.stdout));
     let _ = std::fs::remove_dir_all(dir);
 }
+
+#[test]
+fn root_tokens_from_a_file_the_environment_or_the_config_file() {
+    if !require_root("root_tokens_from_a_file_the_environment_or_the_config_file") {
+        return;
+    }
+    use std::os::unix::fs::PermissionsExt;
+    let dir = scratch("tokens");
+    let server_tokens = dir.join("server-tokens");
+    let alice = "a1a1a1a1a1a1a1a1a1a1a1a1a1a1a1a1";
+    std::fs::write(&server_tokens, format!("alice {alice}\n")).unwrap();
+    std::fs::set_permissions(&server_tokens, std::fs::Permissions::from_mode(0o600)).unwrap();
+    let d = Daemon::start(&["--auth-tokens", server_tokens.to_str().unwrap()]);
+    let rig = d.addr.to_string();
+    let empty_config = dir.join("no-config");
+    std::fs::create_dir_all(&empty_config).unwrap();
+    let run = |env: &[(&str, &str)], args: &[&str]| -> Output {
+        Command::new(bin_dir().join("lantern"))
+            .env_remove("LANTERN_TOKEN")
+            .env_remove("LANTERN_TOKEN_FILE")
+            .env("XDG_CONFIG_HOME", &empty_config)
+            .envs(env.iter().copied())
+            .args(["--rig", &rig])
+            .args(args)
+            .output()
+            .unwrap()
+    };
+    // No token: refused (exit 1), and told how to give one.
+    let out = run(&[], &["list"]);
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out.stderr));
+    assert!(
+        text(&out.stderr).contains("unauthorized") && text(&out.stderr).contains("--token-file"),
+        "{}",
+        text(&out.stderr)
+    );
+    // --token-file.
+    let tf = dir.join("token");
+    std::fs::write(&tf, format!("{alice}\n")).unwrap();
+    std::fs::set_permissions(&tf, std::fs::Permissions::from_mode(0o600)).unwrap();
+    let out = run(&[], &["--token-file", tf.to_str().unwrap(), "--json", "list"]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    // ... refused when others could read it.
+    std::fs::set_permissions(&tf, std::fs::Permissions::from_mode(0o644)).unwrap();
+    let out = run(&[], &["--token-file", tf.to_str().unwrap(), "list"]);
+    assert_eq!(out.status.code(), Some(3));
+    assert!(text(&out.stderr).contains("chmod 600"), "{}", text(&out.stderr));
+    // LANTERN_TOKEN; a wrong one is refused.
+    assert!(run(&[("LANTERN_TOKEN", alice)], &["list"]).status.success());
+    let out = run(&[("LANTERN_TOKEN", "not-the-token-at-all")], &["list"]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(text(&out.stderr).contains("unknown token"), "{}", text(&out.stderr));
+    // The config file: a token for this rig in its own table.
+    let cfg_home = dir.join("config");
+    std::fs::create_dir_all(cfg_home.join("lantern")).unwrap();
+    let cfg = cfg_home.join("lantern/config.toml");
+    std::fs::write(&cfg, format!("token = \"wrong-wrong-wrong-wrong\"\n[rig.\"{rig}\"]\ntoken = \"{alice}\"\n"))
+        .unwrap();
+    std::fs::set_permissions(&cfg, std::fs::Permissions::from_mode(0o600)).unwrap();
+    let prog = dir.join("hello");
+    std::fs::write(&prog, c_program("hello", programs::HELLO, false)).unwrap();
+    let out = run(&[("XDG_CONFIG_HOME", cfg_home.to_str().unwrap())], &["run", prog.to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(7), "{}", text(&out.stderr));
+    assert!(text(&out.stdout).contains("hello from the rig"));
+    let _ = std::fs::remove_dir_all(dir);
+}
