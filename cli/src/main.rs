@@ -834,7 +834,11 @@ impl UserConfig {
             }
             if let Some(f) = scope.get("token_file") {
                 let f = f.as_str().ok_or_else(|| anyhow!("{}: token_file must be a string", path.display()))?;
-                return read_token_file(Path::new(f)).map(Some);
+                let f = match (f.strip_prefix("~/"), std::env::var_os("HOME")) {
+                    (Some(rest), Some(home)) => PathBuf::from(home).join(rest),
+                    _ => PathBuf::from(f),
+                };
+                return read_token_file(&f).map(Some);
             }
         }
         Ok(None)
