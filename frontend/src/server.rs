@@ -9,7 +9,7 @@
 use crate::auth::{Identity, Throttle, Tokens};
 use crate::config::Config;
 use crate::elf;
-use crate::protocol::{self, Code, Command, ProtoError, StartOpts, UploadSize};
+use crate::protocol::{self, Code, Command, Frame, Framer, ProtoError, StartOpts, UploadSize};
 use crate::session::{self, LogRing, Session, State};
 use crate::stream::Stream;
 use mio::net::TcpListener;
@@ -53,7 +53,6 @@ struct Upload {
     /// Who it will belong to.
     owner: Arc<str>,
     memfd: File,
-    remaining: u64,
     size: u64,
     hasher: Sha256,
     /// A bundle's executable path; `None` for a single binary.
@@ -78,8 +77,8 @@ enum Mode {
     Lines,
     /// Reading the raw bytes of an upload.
     Upload(Box<Upload>),
-    /// Discarding the bytes of a refused upload.
-    Drain(u64),
+    /// Discarding the bytes of a refused upload (the framer counts them).
+    Drain,
     /// Parked until the broker answers (or a run ends); the number identifies the wait.
     Waiting(u64),
     /// Streaming a session's output.
@@ -162,6 +161,8 @@ struct Conn {
     verb: &'static str,
     /// Refusals written to the audit log for it (bounded).
     refusals: u32,
+    /// Where its command lines and upload payloads begin and end.
+    framer: Framer,
     inbuf: Vec<u8>,
     out: Vec<u8>,
     out_pos: usize,
@@ -346,6 +347,7 @@ impl Conn {
             identity,
             verb: "",
             refusals: 0,
+            framer: Framer::default(),
             inbuf: Vec::new(),
             out: Vec::new(),
             out_pos: 0,
@@ -593,8 +595,7 @@ impl Server {
                             if ev.is_error() {
                                 c.dead = true;
                             }
-                            if ev.is_read_closed() && !matches!(c.mode, Mode::Lines | Mode::Upload(_) | Mode::Drain(_))
-                            {
+                            if ev.is_read_closed() && !matches!(c.mode, Mode::Lines | Mode::Upload(_) | Mode::Drain) {
                                 // Parked: nothing will be read from it; note the EOF now.
                                 c.eof = true;
                             }
@@ -764,7 +765,7 @@ impl Server {
             }
             let progressed = match c.mode {
                 Mode::Lines => self.step_lines(t),
-                Mode::Upload(_) | Mode::Drain(_) => self.step_upload(t),
+                Mode::Upload(_) | Mode::Drain => self.step_upload(t),
                 Mode::Waiting(_) => false,
                 Mode::Follow { .. } => self.pump_follow(t),
                 Mode::Events { .. } => self.pump_events(t),
@@ -803,69 +804,73 @@ impl Server {
 
     fn step_lines(&mut self, t: Token) -> bool {
         let Some(c) = self.conns.get_mut(&t) else { return false };
-        if let Some(nl) = c.inbuf.iter().position(|&b| b == b'\n') {
-            let line: Vec<u8> = c.inbuf.drain(..=nl).collect();
-            self.command(t, &line[..line.len() - 1]);
-            return true;
-        }
-        if c.inbuf.len() > protocol::MAX_LINE + 1 {
-            self.fatal(
-                t,
-                &err_json(
-                    Code::BadRequest,
-                    format!("line longer than {} bytes; closing the connection", protocol::MAX_LINE),
-                ),
-            );
-            return false;
-        }
-        if c.eof {
-            if !c.inbuf.is_empty() {
-                // A last line without '\n': take it as a command.
-                let line = std::mem::take(&mut c.inbuf);
+        match c.framer.next(&mut c.inbuf, c.eof) {
+            Frame::Line(line) => {
                 self.command(t, &line);
+                true
             }
-            if let Some(c) = self.conns.get_mut(&t) {
-                if matches!(c.mode, Mode::Lines) {
-                    c.closing = true;
-                }
+            Frame::TooLong => {
+                self.fatal(
+                    t,
+                    &err_json(
+                        Code::BadRequest,
+                        format!("line longer than {} bytes; closing the connection", protocol::MAX_LINE),
+                    ),
+                );
+                false
             }
-            return false;
+            // Only in payload mode, which step_upload serves.
+            Frame::Payload(_) | Frame::PayloadEnd => false,
+            Frame::NeedMore if c.eof => {
+                c.closing = true;
+                false
+            }
+            Frame::NeedMore => self.fill(t) || self.conns.get(&t).is_some_and(|c| c.eof),
         }
-        self.fill(t) || self.conns.get(&t).is_some_and(|c| c.eof)
+    }
+
+    /// Puts a connection into an upload's payload: `Mode::Upload` stores it,
+    /// `Mode::Drain` skips it; the framer counts it either way.
+    fn payload_mode(&mut self, t: Token, mode: Mode, size: u64) {
+        if let Some(c) = self.conns.get_mut(&t) {
+            c.mode = mode;
+            c.framer.expect_payload(size);
+        }
     }
 
     fn step_upload(&mut self, t: Token) -> bool {
         let Some(c) = self.conns.get_mut(&t) else { return false };
-        let want = match &c.mode {
-            Mode::Upload(u) => u.remaining,
-            Mode::Drain(n) => *n,
-            _ => return false,
-        };
-        if want == 0 {
-            self.complete_upload(t);
-            return true;
+        let want = c.framer.payload_left().unwrap_or(0);
+        if want == 0 || !c.inbuf.is_empty() {
+            // The payload's end, or bytes already buffered after the command line.
+            return match c.framer.next(&mut c.inbuf, c.eof) {
+                Frame::Payload(bytes) => {
+                    self.consume_upload(t, &bytes);
+                    true
+                }
+                _ => {
+                    self.complete_upload(t);
+                    true
+                }
+            };
         }
+        // The fast path: straight from the socket into the scratch buffer.
         let mut buf = std::mem::take(&mut self.scratch);
         let cap = want.min(buf.len() as u64) as usize;
-        let got = if !c.inbuf.is_empty() {
-            // Bytes already buffered after the command line come first.
-            let n = cap.min(c.inbuf.len());
-            buf[..n].copy_from_slice(&c.inbuf[..n]);
-            c.inbuf.drain(..n);
-            Ok(n)
-        } else {
-            match c.stream.read(&mut buf[..cap]) {
-                Ok(0) => {
-                    c.eof = true;
-                    Err(true)
-                }
-                Ok(n) => Ok(n),
-                Err(e) if e.kind() == ErrorKind::WouldBlock => Err(false),
-                Err(e) if e.kind() == ErrorKind::Interrupted => Ok(0),
-                Err(_) => {
-                    c.dead = true;
-                    Err(true)
-                }
+        let got = match c.stream.read(&mut buf[..cap]) {
+            Ok(0) => {
+                c.eof = true;
+                Err(true)
+            }
+            Ok(n) => {
+                c.framer.payload_read(n as u64);
+                Ok(n)
+            }
+            Err(e) if e.kind() == ErrorKind::WouldBlock => Err(false),
+            Err(e) if e.kind() == ErrorKind::Interrupted => Ok(0),
+            Err(_) => {
+                c.dead = true;
+                Err(true)
             }
         };
         let progressed = match got {
@@ -887,20 +892,15 @@ impl Server {
     fn consume_upload(&mut self, t: Token, data: &[u8]) {
         let Some(c) = self.conns.get_mut(&t) else { return };
         let failure = match &mut c.mode {
-            Mode::Drain(n) => {
-                *n -= data.len() as u64;
-                None
-            }
             Mode::Upload(u) => {
-                u.remaining -= data.len() as u64;
                 u.hasher.update(data);
-                u.memfd.write_all(data).err().map(|e| (u.owner.clone(), u.size, u.remaining, e))
+                u.memfd.write_all(data).err().map(|e| (u.owner.clone(), u.size, e))
             }
             _ => None,
         };
-        if let Some((owner, size, left, e)) = failure {
+        if let Some((owner, size, e)) = failure {
             // Out of memory for the memfd, most likely: drop what we stored, skip the rest.
-            c.mode = Mode::Drain(left);
+            c.mode = Mode::Drain;
             self.release(&owner, size);
             eprintln!("debuglantern: cannot store an upload: {e}");
             self.send(t, &err_json(Code::Internal, format!("cannot store the upload on the rig: {e}")));
@@ -1125,11 +1125,7 @@ impl Server {
             if let Command::Upload { size, .. } = cmd {
                 // Its bytes follow: skip them like any refused upload's, or close.
                 match size {
-                    UploadSize::Bytes(n) if n <= self.cfg.drain_limit => {
-                        if let Some(c) = self.conns.get_mut(&t) {
-                            c.mode = Mode::Drain(n);
-                        }
-                    }
+                    UploadSize::Bytes(n) if n <= self.cfg.drain_limit => self.payload_mode(t, Mode::Drain, n),
                     _ => self.fatal(
                         t,
                         &err_json(Code::TooLarge, "closing the connection: the upload's bytes cannot be skipped"),
@@ -1375,34 +1371,20 @@ impl Server {
         if let Some(err) = refusal {
             // Refused before storing a byte; the bytes are read and dropped.
             self.send(t, &err);
-            if let Some(c) = self.conns.get_mut(&t) {
-                c.mode = Mode::Drain(size);
-            }
-            return;
+            return self.payload_mode(t, Mode::Drain, size);
         }
         let memfd = match crate::sys::memfd_for_upload(size) {
             Ok(f) => f,
             Err(e) => {
                 // Out of memory for it: refuse before storing a byte, skip the bytes.
                 self.send(t, &err_json(Code::LimitReached, format!("the rig cannot hold {size} more bytes now: {e}")));
-                if let Some(c) = self.conns.get_mut(&t) {
-                    c.mode = Mode::Drain(size);
-                }
-                return;
+                return self.payload_mode(t, Mode::Drain, size);
             }
         };
         let Some(owner) = self.viewer(t).map(|i| i.name) else { return };
         self.reserve(&owner, size);
-        if let Some(c) = self.conns.get_mut(&t) {
-            c.mode = Mode::Upload(Box::new(Upload {
-                owner,
-                memfd,
-                remaining: size,
-                size,
-                hasher: Sha256::new(),
-                exec_path,
-            }));
-        }
+        let upload = Upload { owner, memfd, size, hasher: Sha256::new(), exec_path };
+        self.payload_mode(t, Mode::Upload(Box::new(upload)), size);
     }
 
     /// Why an upload of `size` more bytes would take the connection's identity over its
