@@ -118,11 +118,15 @@ fn root_semantic_garbage_is_refused_and_the_broker_survives() {
     // Still alive and working: a real run.
     let spec = StartSpec { argv: vec![b"hello".to_vec()], env: vec![], limits: Default::default(), debug: false };
     p.tube.send(8, Request::Start { id: SessionId([2; 16]), spec }).unwrap();
-    assert!(matches!(recv(&mut p.tube), (8, Reply::Started { .. })));
+    // Hold the run's output pipes until it ends: closing them early would kill the
+    // program with SIGPIPE when it writes (a race this test once lost under load).
+    let started = recv(&mut p.tube);
+    assert!(matches!(started, (8, Reply::Started { .. })));
     match recv(&mut p.tube) {
         (0, Reply::Exited { status, .. }) => assert_eq!(status, shared::ExitStatus::Code(7)),
         other => panic!("{other:?}"),
     }
+    drop(started);
     assert!(p.child.try_wait().unwrap().is_none());
     let Peer { child, tube } = p;
     drop(tube);
