@@ -180,6 +180,10 @@ const MAX_DELAY: Duration = Duration::from_secs(8);
 const FORGET_AFTER: Duration = Duration::from_secs(600);
 /// Addresses remembered at once.
 const MAX_TRACKED: usize = 8192;
+/// An address whose next answer is further away than this gets no answer slot at all:
+/// its AUTH is refused at once, without looking at the token. Parallel guessing cannot
+/// grow the queue of held answers beyond this.
+const MAX_BACKLOG: Duration = Duration::from_secs(60);
 
 #[derive(Debug, Clone, Copy)]
 struct Penalty {
@@ -219,8 +223,17 @@ fn delay_after(failures: u32) -> Duration {
 }
 
 impl Throttle {
+    /// How long an address is locked out, if it is: its AUTH is then refused at once,
+    /// without an answer slot and without checking the token.
+    pub fn locked(&self, ip: IpAddr, now: Instant) -> Option<Duration> {
+        let p = self.by_addr.get(&key(ip)).filter(|p| now.duration_since(p.last_failure) < FORGET_AFTER)?;
+        let wait = p.next.saturating_duration_since(now);
+        (wait > MAX_BACKLOG).then(|| wait - MAX_BACKLOG)
+    }
+
     /// When an AUTH from `ip` that arrives `now` may be answered; `failed` says whether it
-    /// failed (a failure delays the address's next answers).
+    /// failed (a failure delays the address's next answers). Call [`Throttle::locked`]
+    /// first: a locked address's token must not even be checked.
     pub fn attempt(&mut self, ip: IpAddr, now: Instant, failed: bool) -> Instant {
         let k = key(ip);
         let p = self.by_addr.get(&k).copied().filter(|p| now.duration_since(p.last_failure) < FORGET_AFTER);
@@ -332,6 +345,12 @@ mod tests {
         let c = th.attempt(ip, t0, false);
         assert_eq!(a, b);
         assert_eq!(c - b, MAX_DELAY);
+        // Far behind: locked out, no slot (and the token is not looked at).
+        assert!(th.locked(ip, t0).is_some());
+        assert!(th.locked(other, t0).is_none());
+        let second = Duration::from_secs(1);
+        assert_eq!(th.locked(ip, c - MAX_BACKLOG - second), Some(second));
+        assert_eq!(th.locked(ip, c - MAX_BACKLOG + second), None);
         // Forgiven after a quiet while.
         let later = t0 + FORGET_AFTER + Duration::from_secs(600);
         assert_eq!(th.attempt(ip, later, false), later);

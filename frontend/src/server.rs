@@ -1263,12 +1263,21 @@ impl Server {
                 ),
             );
         };
-        let found = tokens.check(token.as_bytes());
-        drop(token);
         let Some(c) = self.conns.get_mut(&t) else { return };
         c.identity = None;
         let now = Instant::now();
         let ip = c.peer.map_or(IpAddr::V4(std::net::Ipv4Addr::LOCALHOST), |p| p.ip());
+        if let Some(wait) = self.throttle.locked(ip, now) {
+            // Too many failures queued for this address: no answer slot, no token check.
+            self.audit.log("auth_locked", json!({"peer": c.peer_str(), "retry_after_s": wait.as_secs() + 1}));
+            let v = err_json(
+                Code::Unauthorized,
+                format!("too many failed AUTH attempts from your address: try again in {} s", wait.as_secs() + 1),
+            );
+            return self.write_line(t, &v);
+        }
+        let found = tokens.check(token.as_bytes());
+        drop(token);
         let at = self.throttle.attempt(ip, now, found.is_none());
         if at <= now {
             return self.finish_auth(t, found);
