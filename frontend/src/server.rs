@@ -712,7 +712,7 @@ impl Server {
                 if c.refusals > AUDITED_REFUSALS {
                     f["note"] = json!("further refusals of this connection are not logged");
                 }
-                self.audit.log("refused", f);
+                self.audit.log_noise("refused", f);
             }
         }
     }
@@ -1269,7 +1269,7 @@ impl Server {
         let ip = c.peer.map_or(IpAddr::V4(std::net::Ipv4Addr::LOCALHOST), |p| p.ip());
         if let Some(wait) = self.throttle.locked(ip, now) {
             // Too many failures queued for this address: no answer slot, no token check.
-            self.audit.log("auth_locked", json!({"peer": c.peer_str(), "retry_after_s": wait.as_secs() + 1}));
+            self.audit.log_noise("auth_locked", json!({"peer": c.peer_str(), "retry_after_s": wait.as_secs() + 1}));
             let v = err_json(
                 Code::Unauthorized,
                 format!("too many failed AUTH attempts from your address: try again in {} s", wait.as_secs() + 1),
@@ -1300,7 +1300,7 @@ impl Server {
             }
             None => {
                 let failures = c.peer.map_or(0, |p| self.throttle.failures(p.ip()));
-                self.audit.log("auth_failed", json!({"peer": peer, "failures": failures}));
+                self.audit.log_noise("auth_failed", json!({"peer": peer, "failures": failures}));
                 let v = err_json(
                     Code::Unauthorized,
                     "unknown token (repeated failures from your address are answered ever more slowly)",
@@ -1692,7 +1692,7 @@ impl Server {
             };
             if from.ip() != p.allowed {
                 eprintln!("debuglantern: refused a debug connection from {from} (only {} may connect)", p.allowed);
-                self.audit.log(
+                self.audit.log_noise(
                     "debug_refused",
                     json!({"peer": from.to_string(), "id": p.id.to_string(), "allowed": p.allowed.to_string(), "identity": &*p.identity}),
                 );
