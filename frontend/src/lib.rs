@@ -9,6 +9,7 @@ pub mod cgroup;
 pub mod config;
 pub mod discovery;
 pub mod elf;
+pub mod hasher;
 pub mod launcher;
 pub mod protocol;
 pub mod server;

@@ -18,7 +18,6 @@ use mio::{Events, Interest, Poll, Token};
 use nix::sys::signal::{SigSet, Signal};
 use nix::sys::signalfd::{SfdFlags, SignalFd};
 use serde_json::{json, Value};
-use sha2::{Digest, Sha256};
 use shared::{Refusal, Reply, Request, SessionId, StartSpec, Tube, TubeError, MAGIC, WIRE_VERSION};
 use std::collections::{BTreeMap, HashMap};
 use std::fs::File;
@@ -54,7 +53,8 @@ struct Upload {
     owner: Arc<str>,
     memfd: File,
     size: u64,
-    hasher: Sha256,
+    /// Its job on the hashing thread, which writes the bytes into `memfd`.
+    job: u64,
     /// A bundle's executable path; `None` for a single binary.
     exec_path: Option<String>,
 }
@@ -292,6 +292,13 @@ pub struct Server {
     delayed_auth: Vec<DelayedAuth>,
     audit: crate::audit::Audit,
     reserved_by: HashMap<Arc<str>, Reserved>,
+    /// The thread that stores and hashes upload bytes.
+    hasher: Option<crate::hasher::Hasher>,
+    /// Uploads whose last byte arrived, waiting for the thread: job → (conn, wait, upload).
+    hashing: HashMap<u64, (Token, u64, Box<Upload>)>,
+    next_job: u64,
+    /// Connections that found no free upload buffer (driven again when one comes back).
+    starved: Vec<Token>,
     tube: Tube,
     broker_pidfd: OwnedFd,
     signals: SignalFd,
@@ -489,6 +496,10 @@ impl Server {
             delayed_auth: Vec::new(),
             audit: security.audit,
             reserved_by: HashMap::new(),
+            hasher: None,
+            hashing: HashMap::new(),
+            next_job: 1,
+            starved: Vec::new(),
             tube,
             broker_pidfd: broker.pidfd,
             signals,
@@ -577,7 +588,10 @@ impl Server {
                         }
                         return Err(ServeError::BrokerExited(how));
                     }
-                    WORKER => self.on_worker(&mut touched),
+                    WORKER => {
+                        self.on_worker(&mut touched);
+                        self.on_hasher(&mut touched);
+                    }
                     SIGNALS => {
                         while let Ok(Some(sig)) = self.signals.read_signal() {
                             eprintln!("debuglantern: signal {}: stopping every session, then exiting", sig.ssi_signo);
@@ -845,7 +859,7 @@ impl Server {
             // The payload's end, or bytes already buffered after the command line.
             return match c.framer.next(&mut c.inbuf, c.eof) {
                 Frame::Payload(bytes) => {
-                    self.consume_upload(t, &bytes);
+                    self.consume_upload(t, bytes);
                     true
                 }
                 _ => {
@@ -854,8 +868,22 @@ impl Server {
                 }
             };
         }
-        // The fast path: straight from the socket into the scratch buffer.
-        let mut buf = std::mem::take(&mut self.scratch);
+        // The fast path: straight from the socket into a buffer of the hashing thread (an
+        // upload), or into the scratch buffer (a drain).
+        let storing = matches!(c.mode, Mode::Upload(_));
+        let mut buf = if storing {
+            match self.hasher.as_mut().and_then(|h| h.buffer()) {
+                Some(b) => b,
+                None => {
+                    // Every buffer is in flight: go on when one comes back.
+                    self.starved.push(t);
+                    return false;
+                }
+            }
+        } else {
+            std::mem::take(&mut self.scratch)
+        };
+        let Some(c) = self.conns.get_mut(&t) else { return false };
         let cap = want.min(buf.len() as u64) as usize;
         let got = match c.stream.read(&mut buf[..cap]) {
             Ok(0) => {
@@ -873,37 +901,34 @@ impl Server {
                 Err(true)
             }
         };
-        let progressed = match got {
-            Ok(n) => {
-                self.consume_upload(t, &buf[..n]);
-                true
-            }
+        let (progressed, n) = match got {
+            Ok(n) => (true, n),
             Err(gone) => {
                 if gone {
                     self.abort_upload(t);
                 }
-                false
+                (false, 0)
             }
         };
-        self.scratch = buf;
+        if storing {
+            buf.truncate(n);
+            match self.hasher.as_mut() {
+                Some(h) if n == 0 => h.give_back(buf),
+                _ => self.consume_upload(t, buf),
+            }
+        } else {
+            self.scratch = buf;
+        }
         progressed
     }
 
-    fn consume_upload(&mut self, t: Token, data: &[u8]) {
-        let Some(c) = self.conns.get_mut(&t) else { return };
-        let failure = match &mut c.mode {
-            Mode::Upload(u) => {
-                u.hasher.update(data);
-                u.memfd.write_all(data).err().map(|e| (u.owner.clone(), u.size, e))
-            }
-            _ => None,
-        };
-        if let Some((owner, size, e)) = failure {
-            // Out of memory for the memfd, most likely: drop what we stored, skip the rest.
-            c.mode = Mode::Drain;
-            self.release(&owner, size);
-            eprintln!("debuglantern: cannot store an upload: {e}");
-            self.send(t, &err_json(Code::Internal, format!("cannot store the upload on the rig: {e}")));
+    /// Passes payload bytes on: to the hashing thread for an upload; nowhere for a drain.
+    fn consume_upload(&mut self, t: Token, data: Vec<u8>) {
+        let Some(c) = self.conns.get(&t) else { return };
+        match (&c.mode, self.hasher.as_mut()) {
+            (Mode::Upload(u), Some(h)) => h.chunk(u.job, data),
+            (_, Some(h)) => h.give_back_if_pooled(data),
+            _ => {}
         }
     }
 
@@ -924,6 +949,9 @@ impl Server {
     fn abort_upload(&mut self, t: Token) {
         let Some(c) = self.conns.get_mut(&t) else { return };
         if let Mode::Upload(u) = std::mem::replace(&mut c.mode, Mode::Lines) {
+            if let Some(h) = &self.hasher {
+                h.abort(u.job);
+            }
             self.release(&u.owner, u.size);
         }
         if let Some(c) = self.conns.get_mut(&t) {
@@ -931,14 +959,52 @@ impl Server {
         }
     }
 
+    /// The last byte arrived: wait for the hashing thread to have stored and hashed them all.
     fn complete_upload(&mut self, t: Token) {
         let Some(c) = self.conns.get_mut(&t) else { return };
         let Mode::Upload(u) = std::mem::replace(&mut c.mode, Mode::Lines) else {
             // A drain finished: its error was sent when the upload was refused.
             return;
         };
-        let Upload { owner, memfd, size, hasher, exec_path, .. } = *u;
-        let sha256 = hex::encode(hasher.finalize());
+        let wait = self.next_wait;
+        self.next_wait += 1;
+        c.mode = Mode::Waiting(wait);
+        if let Some(h) = &self.hasher {
+            h.end(u.job);
+        }
+        self.hashing.insert(u.job, (t, wait, u));
+    }
+
+    /// The hashing thread finished uploads (and gave buffers back): go on with them, and
+    /// with the connections that waited for a buffer.
+    fn on_hasher(&mut self, touched: &mut Vec<Token>) {
+        let done = match self.hasher.as_mut() {
+            Some(h) => h.results(),
+            None => return,
+        };
+        for (job, result) in done {
+            let Some((t, wait, u)) = self.hashing.remove(&job) else { continue };
+            let ours = self.conns.get(&t).is_some_and(|c| matches!(c.mode, Mode::Waiting(w) if w == wait));
+            // A client that left after its last byte still gets its session (as before the
+            // thread existed); its answer is dropped.
+            let t = if ours { t } else { Token(usize::MAX) };
+            match result {
+                Ok(sha256) => self.stored_upload(t, *u, sha256),
+                Err(e) => {
+                    self.release(&u.owner, u.size);
+                    eprintln!("debuglantern: {e}");
+                    self.finish(t, &err_json(Code::Internal, e));
+                }
+            }
+            touched.push(t);
+        }
+        touched.append(&mut self.starved);
+    }
+
+    /// An upload whose bytes are all stored and hashed: a bundle goes to the worker, a
+    /// binary is sealed, validated and handed to the broker.
+    fn stored_upload(&mut self, t: Token, u: Upload, sha256: String) {
+        let Upload { owner, memfd, size, exec_path, .. } = u;
         if let Some(exec_path) = exec_path {
             return self.extract_bundle(t, owner, memfd, size, sha256, exec_path);
         }
@@ -1098,6 +1164,9 @@ impl Server {
         if let Some(mut c) = self.conns.remove(&t) {
             let _ = self.poll.registry().deregister(&mut c.stream);
             if let Mode::Upload(u) = c.mode {
+                if let Some(h) = &self.hasher {
+                    h.abort(u.job);
+                }
                 self.release(&u.owner, u.size);
             }
         }
@@ -1392,7 +1461,25 @@ impl Server {
         };
         let Some(owner) = self.viewer(t).map(|i| i.name) else { return };
         self.reserve(&owner, size);
-        let upload = Upload { owner, memfd, size, hasher: Sha256::new(), exec_path };
+        let job = self.next_job;
+        self.next_job += 1;
+        let thread_copy = match (memfd.try_clone(), &self.hasher) {
+            (Ok(f), Some(_)) => f,
+            (Err(e), _) => {
+                self.release(&owner, size);
+                self.send(t, &err_json(Code::Internal, format!("cannot store the upload: {e}")));
+                return self.payload_mode(t, Mode::Drain, size);
+            }
+            (_, None) => {
+                self.release(&owner, size);
+                self.send(t, &err_json(Code::Internal, "the upload thread is not running"));
+                return self.payload_mode(t, Mode::Drain, size);
+            }
+        };
+        if let Some(h) = &self.hasher {
+            h.begin(job, thread_copy);
+        }
+        let upload = Upload { owner, memfd, size, job, exec_path };
         self.payload_mode(t, Mode::Upload(Box::new(upload)), size);
     }
 
@@ -2309,6 +2396,7 @@ impl Server {
 impl Server {
     /// Starts the worker thread (after landlock, before seccomp: see `worker`).
     pub fn start_worker(&mut self) -> std::io::Result<()> {
+        self.hasher = Some(crate::hasher::Hasher::start(self.waker.clone())?);
         if let Some(store) = self.store.take() {
             self.worker = Some(crate::worker::Worker::start(store, self.waker.clone())?);
         }
