@@ -1797,7 +1797,11 @@ impl Server {
                 id: p.id,
                 peer: from.to_string(),
                 identity: p.identity.clone(),
-                tcp: Stream::Tcp(stream),
+                tcp: Stream::Tcp({
+                    // gdb's packets are small and latency-bound: no Nagle.
+                    let _ = stream.set_nodelay(true);
+                    stream
+                }),
                 unix: mio::net::UnixStream::from_std(p.sock),
                 to_unix: Vec::new(),
                 to_tcp: Vec::new(),
