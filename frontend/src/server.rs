@@ -192,6 +192,8 @@ struct Relay {
     id: Uuid,
     /// Who is debugging (for the audit log).
     peer: String,
+    /// The relay is the `--stdio` daemon's one client (DEBUG --stdio on it).
+    stdio_client: bool,
     identity: Arc<str>,
     tcp: Stream,
     unix: mio::net::UnixStream,
@@ -623,8 +625,11 @@ impl Server {
             for t in touched {
                 self.drive(t);
             }
-            // A --stdio daemon serves one client: when it is gone, stop everything.
-            if self.stdio.is_some_and(|t| !self.conns.contains_key(&t)) && self.shutdown_deadline.is_none() {
+            // A --stdio daemon serves one client: when it is gone (also as a DEBUG --stdio
+            // relay), stop everything.
+            let stdio_gone = self.stdio.is_some_and(|t| !self.conns.contains_key(&t))
+                && !self.relays.values().any(|r| r.stdio_client);
+            if stdio_gone && self.shutdown_deadline.is_none() {
                 eprintln!("debuglantern: the --stdio client is gone: stopping every session, then exiting");
                 self.begin_shutdown()?;
             }
@@ -1796,6 +1801,7 @@ impl Server {
             let mut relay = Relay {
                 id: p.id,
                 peer: from.to_string(),
+                stdio_client: false,
                 identity: p.identity.clone(),
                 tcp: Stream::Tcp({
                     // gdb's packets are small and latency-bound: no Nagle.
@@ -1856,6 +1862,7 @@ impl Server {
         let mut relay = Relay {
             id,
             peer,
+            stdio_client: self.stdio == Some(conn),
             identity,
             tcp: c.stream,
             unix: mio::net::UnixStream::from_std(unix),
