@@ -10,13 +10,18 @@
 //!    status and the tree's resource use, and exits. Its exit tears the namespace down.
 //!
 //! Signals sent to PID 1 from inside the namespace are dropped unless PID 1 handles them;
-//! init blocks them and takes them with `sigwait`, so the program cannot kill it.
+//! init blocks them and takes them from a signalfd, so the program cannot kill it.
+//!
+//! The program's process installs, just before exec, a seccomp filter that hands every
+//! `exit_group` of the tree to the init (seccomp user notification; the listener comes
+//! over a socketpair). The init notes the process (pid, parent, name, start, status) and
+//! lets the exit proceed: the receipt lists every process that ended by itself.
 
 use crate::sys;
 use nix::sys::signal::{kill, SigSet, Signal};
 use nix::sys::wait::{waitpid, WaitPidFlag, WaitStatus};
 use nix::unistd::Pid;
-use shared::{ExitStatus, Message, Tube, Usage, WireError};
+use shared::{ExitStatus, Message, ProcSpan, Tube, Usage, WireError};
 use std::ffi::CString;
 use std::os::fd::{AsRawFd, OwnedFd};
 
@@ -142,9 +147,11 @@ struct Image {
     env: Vec<CString>,
     seccomp: Vec<seccompiler::BpfProgram>,
     debug: bool,
+    /// Where the program's process sends the exit listener.
+    notes: OwnedFd,
 }
 
-/// Signals the init takes with `sigwait`.
+/// Signals the init takes (from a signalfd).
 fn init_signals() -> SigSet {
     let mut s = SigSet::empty();
     for sig in [Signal::SIGCHLD, Signal::SIGTERM, Signal::SIGINT, Signal::SIGHUP, Signal::SIGUSR1, Signal::SIGUSR2] {
@@ -181,7 +188,16 @@ pub fn run(plan: InitPlan) -> ! {
         cgroup_procs,
         debug,
     } = plan;
-    let image = Image { program, stdin, stdout, stderr, argv, env, seccomp, debug };
+    let (notes_r, notes) = match nix::sys::socket::socketpair(
+        nix::sys::socket::AddressFamily::Unix,
+        nix::sys::socket::SockType::SeqPacket,
+        None,
+        nix::sys::socket::SockFlag::SOCK_CLOEXEC,
+    ) {
+        Ok(p) => p,
+        Err(_) => sys::exit_now(123),
+    };
+    let image = Image { program, stdin, stdout, stderr, argv, env, seccomp, debug, notes };
     let mut ctl = match Tube::new(ctl) {
         Ok(t) => t,
         Err(_) => sys::exit_now(120),
@@ -220,6 +236,7 @@ pub fn run(plan: InitPlan) -> ! {
     };
     drop(err_w);
     drop(image);
+    let _ = nix::fcntl::fcntl(notes_r.as_raw_fd(), nix::fcntl::FcntlArg::F_SETFL(nix::fcntl::OFlag::O_NONBLOCK));
     let mut report = [0u8; 5];
     if let Ok(5) = nix::unistd::read(err_r.as_raw_fd(), &mut report) {
         let e = nix::errno::Errno::from_raw(i32::from_ne_bytes([report[1], report[2], report[3], report[4]]));
@@ -256,10 +273,14 @@ pub fn run(plan: InitPlan) -> ! {
             }
         }
     }
+    // The program sent its exit listener before exec (nothing if the kernel refused one:
+    // the run then has no process list, and nothing else changes).
+    let listener = receive_fd(&notes_r);
+    drop(notes_r);
     if ctl.send(0, InitMsg::Running { ns_pid: child.as_raw() as u32, pidfd }).is_err() {
         sys::exit_now(122);
     }
-    supervise(child, &mut ctl)
+    supervise(child, &mut ctl, listener)
 }
 
 /// Becomes the session's identity. Order matters: the bounding set and securebits need
@@ -302,14 +323,15 @@ fn exec_program(plan: &Image, err_w: OwnedFd) -> ! {
         let mut b = [stage, 0, 0, 0, 0];
         b[1..].copy_from_slice(&(e as i32).to_ne_bytes());
         let _ = nix::unistd::write(&err_w, &b);
-        sys::exit_now(127)
+        // Not exit_group: the exit listener may be installed with nobody answering yet.
+        sys::exit_thread(127)
     };
     for (from, to) in [(&plan.stdin, 0), (&plan.stdout, 1), (&plan.stderr, 2)] {
         if let Err(e) = nix::unistd::dup2(from.as_raw_fd(), to) {
             report(0, e);
         }
     }
-    let mut keep = vec![err_w.as_raw_fd()];
+    let mut keep = vec![err_w.as_raw_fd(), plan.notes.as_raw_fd()];
     if let Program::Memfd(fd) = &plan.program {
         keep.push(fd.as_raw_fd());
     }
@@ -317,6 +339,20 @@ fn exec_program(plan: &Image, err_w: OwnedFd) -> ! {
     if plan.debug && nix::sys::ptrace::traceme().is_err() {
         report(1, nix::errno::Errno::last());
     }
+    // Every exit_group of the tree goes by the init from now on.
+    if let Ok(listener) = sys::exit_listener() {
+        let fds = [listener.as_raw_fd()];
+        let cmsg = [nix::sys::socket::ControlMessage::ScmRights(&fds)];
+        let iov = [std::io::IoSlice::new(b"L")];
+        let _ = nix::sys::socket::sendmsg::<()>(
+            plan.notes.as_raw_fd(),
+            &iov,
+            &cmsg,
+            nix::sys::socket::MsgFlags::empty(),
+            None,
+        );
+    }
+    // `notes` and the listener are close-on-exec: the program gets neither.
     if policy::seccomp::install(&plan.seccomp).is_err() {
         report(1, nix::errno::Errno::last());
     }
@@ -327,9 +363,109 @@ fn exec_program(plan: &Image, err_w: OwnedFd) -> ! {
     report(2, e)
 }
 
-/// Waits for signals until the program has exited, then cleans the namespace and reports.
-fn supervise(program: Pid, ctl: &mut Tube) -> ! {
-    let signals = init_signals();
+/// The exit listener the program's process sent, if any.
+fn receive_fd(sock: &OwnedFd) -> Option<OwnedFd> {
+    let mut buf = [0u8; 1];
+    let mut iov = [std::io::IoSliceMut::new(&mut buf)];
+    let mut space = nix::cmsg_space!([std::os::fd::RawFd; 1]);
+    let msg = nix::sys::socket::recvmsg::<()>(
+        sock.as_raw_fd(),
+        &mut iov,
+        Some(&mut space),
+        nix::sys::socket::MsgFlags::MSG_CMSG_CLOEXEC,
+    )
+    .ok()?;
+    let fd = msg.cmsgs().ok()?.find_map(|c| match c {
+        nix::sys::socket::ControlMessageOwned::ScmRights(fds) => fds.first().copied(),
+        _ => None,
+    })?;
+    shared::os::adopt_fd(fd).ok()
+}
+
+/// The processes that ended, as the exit listener told them.
+struct Tree {
+    listener: Option<OwnedFd>,
+    spans: Vec<ProcSpan>,
+    dropped: u32,
+    /// Clock ticks per second of `/proc/<pid>/stat` start times.
+    hz: u64,
+}
+
+impl Tree {
+    fn new(listener: Option<OwnedFd>) -> Tree {
+        let hz = nix::unistd::sysconf(nix::unistd::SysconfVar::CLK_TCK).ok().flatten().unwrap_or(100).max(1) as u64;
+        Tree { listener, spans: Vec::new(), dropped: 0, hz }
+    }
+
+    /// Answers every pending exit notification (waiting up to `timeout_ms` for the first).
+    /// A process blocked in `exit_group` waits for this, so nothing may delay it long.
+    fn serve(&mut self, timeout_ms: u16) {
+        use std::os::fd::AsFd;
+        let mut timeout = timeout_ms;
+        while let Some(l) = &self.listener {
+            let mut pfd = [nix::poll::PollFd::new(l.as_fd(), nix::poll::PollFlags::POLLIN)];
+            match nix::poll::poll(&mut pfd, nix::poll::PollTimeout::from(timeout)) {
+                Ok(0) | Err(_) => return,
+                Ok(_) => {}
+            }
+            let ev = pfd[0].revents().unwrap_or(nix::poll::PollFlags::empty());
+            if ev.contains(nix::poll::PollFlags::POLLIN) {
+                if let Ok(note) = sys::exit_note(l.as_fd()) {
+                    let span = self.describe(note);
+                    // Noted first (the process is still there to be read), then let go.
+                    let _ = sys::exit_continue(l.as_fd(), note.id);
+                    self.record(span);
+                }
+            } else if ev.intersects(nix::poll::PollFlags::POLLHUP | nix::poll::PollFlags::POLLERR) {
+                // No process under the filter is left.
+                self.listener = None;
+            }
+            timeout = 0;
+        }
+    }
+
+    fn describe(&self, note: sys::ExitNote) -> ProcSpan {
+        let now = std::time::SystemTime::now();
+        let now_us = now.duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_micros() as u64);
+        let mut span =
+            ProcSpan { pid: note.pid, ppid: 0, comm: String::new(), start_us: now_us, end_us: now_us, code: note.code };
+        let Ok(stat) = std::fs::read_to_string(format!("/proc/{}/stat", note.pid)) else { return span };
+        // "pid (comm) state ppid ... starttime(22nd field) ...": comm may hold anything,
+        // so split at the last ')'.
+        let (Some(open), Some(close)) = (stat.find('('), stat.rfind(')')) else { return span };
+        span.comm = stat[open + 1..close].chars().take(15).collect();
+        let rest: Vec<&str> = stat[close + 1..].split_whitespace().collect();
+        span.ppid = rest.get(1).and_then(|v| v.parse().ok()).unwrap_or(0);
+        let start_ticks: u64 = rest.get(19).and_then(|v| v.parse().ok()).unwrap_or(0);
+        if let Ok(boot) = nix::time::clock_gettime(nix::time::ClockId::CLOCK_BOOTTIME) {
+            let boot_us = boot.tv_sec() as u64 * 1_000_000 + boot.tv_nsec() as u64 / 1000;
+            let start_boot_us = start_ticks.saturating_mul(1_000_000) / self.hz;
+            span.start_us = now_us.saturating_sub(boot_us.saturating_sub(start_boot_us));
+        }
+        span
+    }
+
+    fn record(&mut self, span: ProcSpan) {
+        if self.spans.len() < shared::MAX_SPANS {
+            self.spans.push(span);
+        } else {
+            self.dropped = self.dropped.saturating_add(1);
+        }
+    }
+}
+
+/// Waits for signals (and exit notifications) until the program has exited, then cleans
+/// the namespace and reports.
+fn supervise(program: Pid, ctl: &mut Tube, listener: Option<OwnedFd>) -> ! {
+    use std::os::fd::AsFd;
+    let signals = match nix::sys::signalfd::SignalFd::with_flags(
+        &init_signals(),
+        nix::sys::signalfd::SfdFlags::SFD_CLOEXEC | nix::sys::signalfd::SfdFlags::SFD_NONBLOCK,
+    ) {
+        Ok(s) => s,
+        Err(_) => sys::exit_now(124),
+    };
+    let mut tree = Tree::new(listener);
     let mut status = None;
     loop {
         // Reap everything that is ready; remember the program's status.
@@ -352,7 +488,10 @@ fn supervise(program: Pid, ctl: &mut Tube) -> ! {
                 while let Ok(WaitStatus::Exited(..) | WaitStatus::Signaled(..)) =
                     waitpid(Pid::from_raw(-1), Some(WaitPidFlag::WNOHANG))
                 {}
-                std::thread::sleep(std::time::Duration::from_millis(5));
+                tree.serve(5);
+                if tree.listener.is_none() {
+                    std::thread::sleep(std::time::Duration::from_millis(5));
+                }
             }
             let _ = kill(Pid::from_raw(-1), Signal::SIGKILL);
             while waitpid(Pid::from_raw(-1), None).is_ok() {}
@@ -363,22 +502,33 @@ fn supervise(program: Pid, ctl: &mut Tube) -> ! {
                 .ok()
                 .and_then(|s| s.trim().parse::<u64>().ok())
                 .map_or(0, |last| last.saturating_sub(1));
-            let usage = Usage { user_us, sys_us, max_rss_kib, processes };
+            let usage = Usage { user_us, sys_us, max_rss_kib, processes, tree: tree.spans, tree_dropped: tree.dropped };
             let _ = ctl.send(0, InitMsg::Exited { status, usage });
             sys::exit_now(0);
         }
-        match signals.wait() {
-            Ok(Signal::SIGTERM | Signal::SIGINT | Signal::SIGHUP) => {
-                let _ = kill(Pid::from_raw(-1), Signal::SIGTERM);
+        // Sleep until a signal or an exit notification.
+        {
+            let mut fds = vec![nix::poll::PollFd::new(signals.as_fd(), nix::poll::PollFlags::POLLIN)];
+            if let Some(l) = &tree.listener {
+                fds.push(nix::poll::PollFd::new(l.as_fd(), nix::poll::PollFlags::POLLIN));
             }
-            Ok(Signal::SIGUSR1) => {
-                let _ = kill(Pid::from_raw(-1), Signal::SIGKILL);
+            let _ = nix::poll::poll(&mut fds, nix::poll::PollTimeout::NONE);
+        }
+        tree.serve(0);
+        while let Ok(Some(info)) = signals.read_signal() {
+            match Signal::try_from(info.ssi_signo as i32) {
+                Ok(Signal::SIGTERM | Signal::SIGINT | Signal::SIGHUP) => {
+                    let _ = kill(Pid::from_raw(-1), Signal::SIGTERM);
+                }
+                Ok(Signal::SIGUSR1) => {
+                    let _ = kill(Pid::from_raw(-1), Signal::SIGKILL);
+                }
+                Ok(Signal::SIGUSR2) => {
+                    // The debugger went away: a program it never resumed must not stay stopped.
+                    let _ = kill(program, Signal::SIGCONT);
+                }
+                _ => {}
             }
-            Ok(Signal::SIGUSR2) => {
-                // The debugger went away: a program it never resumed must not stay stopped.
-                let _ = kill(program, Signal::SIGCONT);
-            }
-            _ => {}
         }
     }
 }

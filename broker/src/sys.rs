@@ -104,3 +104,131 @@ pub fn children_usage() -> (u64, u64, u64) {
 }
 
 pub use shared::os::{exit_now, fork_into, pidfd_signal, Forked};
+
+// ---- seccomp user notification: every process exit of a session, for its receipt -------
+
+/// `SECCOMP_SET_MODE_FILTER`.
+const SECCOMP_SET_MODE_FILTER: libc::c_uint = 1;
+/// `SECCOMP_FILTER_FLAG_NEW_LISTENER`.
+const SECCOMP_FILTER_FLAG_NEW_LISTENER: libc::c_ulong = 1 << 3;
+const SECCOMP_RET_USER_NOTIF: u32 = 0x7fc0_0000;
+const SECCOMP_RET_ALLOW: u32 = 0x7fff_0000;
+/// `_IOWR('!', 0, struct seccomp_notif)` (80 bytes).
+const SECCOMP_IOCTL_NOTIF_RECV: libc::c_ulong = 0xc050_2100;
+/// `_IOWR('!', 1, struct seccomp_notif_resp)` (24 bytes).
+const SECCOMP_IOCTL_NOTIF_SEND: libc::c_ulong = 0xc018_2101;
+const SECCOMP_USER_NOTIF_FLAG_CONTINUE: u32 = 1;
+
+#[cfg(target_arch = "x86_64")]
+const AUDIT_ARCH: u32 = 0xc000_003e;
+#[cfg(target_arch = "aarch64")]
+const AUDIT_ARCH: u32 = 0xc000_00b7;
+
+/// `struct seccomp_data`.
+#[repr(C)]
+#[derive(Default)]
+struct SeccompData {
+    nr: i32,
+    arch: u32,
+    instruction_pointer: u64,
+    args: [u64; 6],
+}
+
+/// `struct seccomp_notif`.
+#[repr(C)]
+#[derive(Default)]
+struct SeccompNotif {
+    id: u64,
+    pid: u32,
+    flags: u32,
+    data: SeccompData,
+}
+
+/// `struct seccomp_notif_resp`.
+#[repr(C)]
+struct SeccompNotifResp {
+    id: u64,
+    val: i64,
+    error: i32,
+    flags: u32,
+}
+
+/// Installs, on the calling thread, a filter that hands every `exit_group` of this process
+/// and its descendants to a supervisor (which answers "continue", after noting the exit),
+/// and returns the supervisor's listener. Everything else passes this filter untouched;
+/// the session's own filter decides the rest. Needs `no_new_privs`.
+pub fn exit_listener() -> Result<std::os::fd::OwnedFd, Errno> {
+    use libc::{sock_filter, sock_fprog, BPF_ABS, BPF_JEQ, BPF_JMP, BPF_K, BPF_LD, BPF_RET, BPF_W};
+    let ld = |k: u32| sock_filter { code: (BPF_LD | BPF_W | BPF_ABS) as u16, jt: 0, jf: 0, k };
+    let jeq = |k: u32, jf: u8| sock_filter { code: (BPF_JMP | BPF_JEQ | BPF_K) as u16, jt: 0, jf, k };
+    let ret = |k: u32| sock_filter { code: (BPF_RET | BPF_K) as u16, jt: 0, jf: 0, k };
+    let prog = [
+        ld(4),                               // seccomp_data.arch
+        jeq(AUDIT_ARCH, 3),                  // another ABI: allow
+        ld(0),                               // seccomp_data.nr
+        jeq(libc::SYS_exit_group as u32, 1), // not exit_group: allow
+        ret(SECCOMP_RET_USER_NOTIF),
+        ret(SECCOMP_RET_ALLOW),
+    ];
+    let fprog = sock_fprog { len: prog.len() as u16, filter: prog.as_ptr() as *mut sock_filter };
+    // SAFETY: seccomp(2) reads `fprog`, which points at `prog`; both outlive the call.
+    let fd = unsafe {
+        libc::syscall(
+            libc::SYS_seccomp,
+            SECCOMP_SET_MODE_FILTER,
+            SECCOMP_FILTER_FLAG_NEW_LISTENER,
+            &fprog as *const sock_fprog,
+        )
+    };
+    if fd < 0 {
+        return Err(Errno::last());
+    }
+    shared::os::adopt_fd(fd as RawFd).map_err(|_| Errno::EBADF)
+}
+
+/// A process of the session about to exit.
+#[derive(Debug, Clone, Copy)]
+pub struct ExitNote {
+    /// The notification's id (for the answer).
+    pub id: u64,
+    /// Its pid (in the session's PID namespace, which is the supervisor's).
+    pub pid: u32,
+    /// The status it passes to `exit_group`.
+    pub code: i32,
+}
+
+/// Takes one notification from the listener (blocks if none is pending).
+pub fn exit_note(listener: std::os::fd::BorrowedFd<'_>) -> Result<ExitNote, Errno> {
+    use std::os::fd::AsRawFd;
+    // The kernel wants the buffer zeroed.
+    let mut n = SeccompNotif::default();
+    // SAFETY: NOTIF_RECV writes one `struct seccomp_notif` into `n`, which has its layout.
+    let r = unsafe { libc::ioctl(listener.as_raw_fd(), SECCOMP_IOCTL_NOTIF_RECV as _, &mut n as *mut SeccompNotif) };
+    if r < 0 {
+        return Err(Errno::last());
+    }
+    Ok(ExitNote { id: n.id, pid: n.pid, code: n.data.args[0] as i32 })
+}
+
+/// Lets the notified `exit_group` proceed.
+pub fn exit_continue(listener: std::os::fd::BorrowedFd<'_>, id: u64) -> Result<(), Errno> {
+    use std::os::fd::AsRawFd;
+    let resp = SeccompNotifResp { id, val: 0, error: 0, flags: SECCOMP_USER_NOTIF_FLAG_CONTINUE };
+    // SAFETY: NOTIF_SEND reads one `struct seccomp_notif_resp` from `resp`.
+    let r =
+        unsafe { libc::ioctl(listener.as_raw_fd(), SECCOMP_IOCTL_NOTIF_SEND as _, &resp as *const SeccompNotifResp) };
+    if r < 0 {
+        return Err(Errno::last());
+    }
+    Ok(())
+}
+
+/// Ends the calling thread, which in a single-threaded process ends it, with `exit` rather
+/// than `exit_group`: used where the exit listener may have no supervisor yet.
+pub fn exit_thread(code: i32) -> ! {
+    // SAFETY: SYS_exit ends the calling thread and does not return.
+    unsafe {
+        libc::syscall(libc::SYS_exit, code);
+    }
+    unreachable!("SYS_exit returned")
+}

@@ -762,6 +762,27 @@ fn perfetto_trace(r: &Value) -> Result<Value> {
     if let Some(t) = get("limit_hit") {
         events.push(serde_json::json!({"name": format!("limit hit: {}", r["limit_hit"].as_str().unwrap_or("")), "ph": "i", "s": "p", "ts": t, "pid": 1, "tid": 2}));
     }
+    // The process tree: a track per session pid, a span from its start to its exit_group.
+    // The kernel keeps start times in clock ticks (10 ms), so a start is clamped into the run.
+    let procs = r["processes"].as_array().cloned().unwrap_or_default();
+    if !procs.is_empty() {
+        events.push(serde_json::json!({"name": "process_name", "ph": "M", "pid": 2, "args": {"name": "process tree (session pids)"}}));
+    }
+    for p in &procs {
+        let when = |k: &str| -> Result<u64> {
+            let t = humantime::parse_rfc3339(p[k].as_str().unwrap_or("")).context("bad time in the receipt")?;
+            Ok(t.duration_since(std::time::UNIX_EPOCH)?.as_micros() as u64)
+        };
+        let (pid, end) = (p["pid"].as_u64().unwrap_or(0), when("end")?.min(exited));
+        let start = when("start")?.clamp(spawned, end);
+        let comm = p["comm"].as_str().unwrap_or("?");
+        events.push(serde_json::json!({"name": "thread_name", "ph": "M", "pid": 2, "tid": pid, "args": {"name": format!("pid {pid} ({comm})")}}));
+        events.push(serde_json::json!({
+            "name": format!("{comm} (exit {})", p["exit_code"]), "cat": "process", "ph": "X", "ts": start,
+            "dur": end - start, "pid": 2, "tid": pid,
+            "args": {"pid": pid, "ppid": p["ppid"], "exit_code": p["exit_code"]},
+        }));
+    }
     Ok(serde_json::json!({"traceEvents": events, "displayTimeUnit": "ms", "otherData": {"receipt": r}}))
 }
 

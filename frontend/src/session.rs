@@ -205,7 +205,7 @@ impl Session {
         match self.exit? {
             ExitStatus::Signal(s) if s == libc::SIGXCPU => Some("cpu"),
             ExitStatus::Signal(s) if s == libc::SIGKILL && self.limits.cpu_seconds > 0 => {
-                let used = self.usage.map(|u| (u.user_us + u.sys_us) / 1_000_000).unwrap_or(0);
+                let used = self.usage.as_ref().map(|u| (u.user_us + u.sys_us) / 1_000_000).unwrap_or(0);
                 (used >= self.limits.cpu_seconds).then_some("cpu")
             }
             _ => None,
@@ -219,7 +219,7 @@ impl Session {
         let started = self.started.unwrap_or(self.created);
         let ended = self.ended.unwrap_or_else(SystemTime::now);
         let duration = ended.duration_since(started).unwrap_or_default();
-        let usage = self.usage.unwrap_or_default();
+        let usage = self.usage.clone().unwrap_or_default();
         let (exec_path, kind) = match &self.kind {
             Kind::Binary => (Value::Null, "binary"),
             Kind::Bundle { exec_path } => (json!(exec_path), "bundle"),
@@ -244,6 +244,16 @@ impl Session {
             "cpu_sys_ms": usage.sys_us / 1000,
             "max_rss_kib": usage.max_rss_kib,
             "processes_spawned": usage.processes,
+            // Every process that ended with exit_group, in the order they ended.
+            "processes": usage.tree.iter().map(|p| json!({
+                "pid": p.pid,
+                "ppid": p.ppid,
+                "comm": p.comm,
+                "start": time(SystemTime::UNIX_EPOCH + std::time::Duration::from_micros(p.start_us)),
+                "end": time(SystemTime::UNIX_EPOCH + std::time::Duration::from_micros(p.end_us)),
+                "exit_code": p.code,
+            })).collect::<Vec<_>>(),
+            "processes_unlisted": usage.tree_dropped,
             "stdout": {"bytes": self.out_bytes[0], "sha256": digest(0)},
             "stderr": {"bytes": self.out_bytes[1], "sha256": digest(1)},
             "jail": jail,
@@ -284,7 +294,7 @@ impl Session {
         m.insert("limit_hit".into(), json!(self.limit_hit()));
         m.insert(
             "usage".into(),
-            match self.usage {
+            match &self.usage {
                 Some(u) => json!({"cpu_user_ms": u.user_us / 1000, "cpu_sys_ms": u.sys_us / 1000, "max_rss_kib": u.max_rss_kib}),
                 None => Value::Null,
             },

@@ -79,7 +79,7 @@ pub enum ExitStatus {
 
 /// Resources a run's whole process tree used (from `getrusage(RUSAGE_CHILDREN)` in the
 /// session's init, after everything was reaped).
-#[derive(Encode, Decode, Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[derive(Encode, Decode, Debug, Clone, PartialEq, Eq, Default)]
 pub struct Usage {
     /// User CPU time, microseconds.
     pub user_us: u64,
@@ -90,6 +90,31 @@ pub struct Usage {
     /// Processes the run created (the program and everything it forked), read from the
     /// session's fresh PID namespace, where pids are handed out from 1 (the init).
     pub processes: u64,
+    /// The processes of the tree that ended with `exit_group`, in the order they ended (at
+    /// most [`MAX_SPANS`]; a process killed by a signal never calls it).
+    pub tree: Vec<ProcSpan>,
+    /// Exits beyond [`MAX_SPANS`], counted only.
+    pub tree_dropped: u32,
+}
+
+/// Most process spans one run reports (they travel in one message of at most 64 KiB).
+pub const MAX_SPANS: usize = 512;
+
+/// One process of a session's tree, from its start to its `exit_group`.
+#[derive(Encode, Decode, Debug, Clone, PartialEq, Eq, Default)]
+pub struct ProcSpan {
+    /// Its pid in the session (the program is 2).
+    pub pid: u32,
+    /// Its parent's pid in the session (1 = the init, for orphans and the program).
+    pub ppid: u32,
+    /// Its command name (`comm`, at most 15 bytes).
+    pub comm: String,
+    /// Start, microseconds since the Unix epoch (the kernel keeps it in clock ticks: 10 ms).
+    pub start_us: u64,
+    /// `exit_group`, microseconds since the Unix epoch.
+    pub end_us: u64,
+    /// The status it passed to `exit_group`.
+    pub code: i32,
 }
 
 /// Error kinds the broker reports; the frontend maps them to control-protocol codes.

@@ -131,6 +131,10 @@ fn root_logs_follow_json_list_receipt_trace_and_errors() {
     for e in t["traceEvents"].as_array().unwrap().iter().filter(|e| e["ph"] == "X") {
         assert!(e["ts"].as_u64().unwrap() > 0 && e["dur"].is_u64(), "{e}");
     }
+    // The process tree: the program itself (session pid 2) has its own span.
+    let program = t["traceEvents"].as_array().unwrap().iter().find(|e| e["cat"] == "process" && e["args"]["pid"] == 2);
+    let program = program.unwrap_or_else(|| panic!("no process span for pid 2: {names:?}"));
+    assert_eq!((&program["args"]["ppid"], &program["args"]["exit_code"]), (&1.into(), &0.into()), "{program}");
     let r = lantern(&d, &["--json", "receipt", &id]);
     let v: serde_json::Value = serde_json::from_slice(&r.stdout).unwrap();
     assert_eq!(v["receipt"]["stdout"]["bytes"], expect.len());

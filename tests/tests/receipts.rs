@@ -54,6 +54,27 @@ fn root_receipt_records_exit_processes_output_and_jail() {
     assert_eq!(r["run"], 1);
     assert_eq!(r["exit"]["code"], 5);
     assert!(r["processes_spawned"].as_u64().unwrap() >= 4, "{r}");
+    // Every process of the tree, as it ended: the three children (parent: the program,
+    // status 0), then the program itself (ns pid 2, parent: the init, status 5).
+    let procs = r["processes"].as_array().unwrap();
+    assert_eq!(procs.len(), 4, "{r}");
+    assert_eq!(r["processes_unlisted"], 0);
+    for child in &procs[..3] {
+        assert_eq!((&child["ppid"], &child["exit_code"]), (&Value::from(2), &Value::from(0)), "{child}");
+        // The name of a fork is its parent's (for a memfd program, the memfd's name).
+        assert_eq!(child["comm"], procs[3]["comm"]);
+        assert!(!child["comm"].as_str().unwrap().is_empty());
+        assert!(child["pid"].as_u64().unwrap() > 2);
+    }
+    assert_eq!(
+        (&procs[3]["pid"], &procs[3]["ppid"], &procs[3]["exit_code"]),
+        (&Value::from(2), &Value::from(1), &Value::from(5))
+    );
+    let t = |v: &Value| humantime::parse_rfc3339(v.as_str().unwrap()).unwrap();
+    for p in procs {
+        assert!(t(&p["start"]) <= t(&p["end"]), "{p}");
+        assert!(t(&p["end"]) <= t(&r["ended"]), "{p}");
+    }
     assert_eq!(r["args"], serde_json::json!(["one", "two"]));
     let mut keys: Vec<&str> = r["env_keys"].as_array().unwrap().iter().map(|k| k.as_str().unwrap()).collect();
     keys.sort();
