@@ -135,6 +135,8 @@ pub struct InitPlan {
     pub cgroup_procs: Vec<OwnedFd>,
     /// Leave the program stopped at its entry point (START --debug).
     pub debug: bool,
+    /// Hand every exit_group of the tree to the init, for the receipt's process list.
+    pub list_processes: bool,
 }
 
 /// What the program's process needs to exec.
@@ -147,6 +149,7 @@ struct Image {
     env: Vec<CString>,
     seccomp: Vec<seccompiler::BpfProgram>,
     debug: bool,
+    list_processes: bool,
     /// Where the program's process sends the exit listener.
     notes: OwnedFd,
 }
@@ -187,6 +190,7 @@ pub fn run(plan: InitPlan) -> ! {
         seccomp,
         cgroup_procs,
         debug,
+        list_processes,
     } = plan;
     let (notes_r, notes) = match nix::sys::socket::socketpair(
         nix::sys::socket::AddressFamily::Unix,
@@ -197,7 +201,7 @@ pub fn run(plan: InitPlan) -> ! {
         Ok(p) => p,
         Err(_) => sys::exit_now(123),
     };
-    let image = Image { program, stdin, stdout, stderr, argv, env, seccomp, debug, notes };
+    let image = Image { program, stdin, stdout, stderr, argv, env, seccomp, debug, list_processes, notes };
     let mut ctl = match Tube::new(ctl) {
         Ok(t) => t,
         Err(_) => sys::exit_now(120),
@@ -340,7 +344,7 @@ fn exec_program(plan: &Image, err_w: OwnedFd) -> ! {
         report(1, nix::errno::Errno::last());
     }
     // Every exit_group of the tree goes by the init from now on.
-    if let Ok(listener) = sys::exit_listener() {
+    if let Some(Ok(listener)) = plan.list_processes.then(sys::exit_listener) {
         let fds = [listener.as_raw_fd()];
         let cmsg = [nix::sys::socket::ControlMessage::ScmRights(&fds)];
         let iov = [std::io::IoSlice::new(b"L")];

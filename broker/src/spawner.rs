@@ -319,6 +319,7 @@ fn spawn(req: SpawnRequest, session_seccomp: &[seccompiler::BpfProgram]) -> Resu
         seccomp: session_seccomp.to_vec(),
         cgroup_procs: req.cgroup_procs,
         debug: req.spec.debug,
+        list_processes: req.spec.list_processes,
     };
     let flags = libc::CLONE_NEWPID | libc::CLONE_NEWNS | libc::CLONE_NEWNET | libc::CLONE_NEWIPC | libc::CLONE_NEWUTS;
     match sys::fork_into(flags) {

@@ -69,6 +69,10 @@ enum Cmd {
         /// Limits of this run, e.g. cpu_seconds=5 (repeatable; they only tighten).
         #[arg(long = "limit", value_name = "NAME=N")]
         limits: Vec<String>,
+        /// Do not list every process of the tree in the receipt (each process exit then
+        /// skips a round trip to the session's init: for fork-heavy programs).
+        #[arg(long)]
+        no_process_list: bool,
         /// Arguments after the program's name.
         #[arg(last = true)]
         args: Vec<String>,
@@ -299,8 +303,9 @@ fn run(cli: Cli) -> Result<ExitCode> {
                 println!("{}", v["id"].as_str().unwrap_or(""));
             }
         }
-        Cmd::Start { id, debug, env, limits, args } => {
-            let opts = start_opts(args, &env, &limits)?;
+        Cmd::Start { id, debug, env, limits, no_process_list, args } => {
+            let mut opts = start_opts(args, &env, &limits)?;
+            opts.list_processes = no_process_list.then_some(false);
             let v = Conn::open(&target)?.call(Command::Start { id, debug, opts })?;
             if json {
                 print(&v);
@@ -577,7 +582,7 @@ fn start_opts(args: Vec<String>, env: &[String], limits: &[String]) -> Result<St
         };
         *slot = Some(n);
     }
-    Ok(StartOpts { args, env, limits: (l != LimitOpts::default()).then_some(l) })
+    Ok(StartOpts { args, env, limits: (l != LimitOpts::default()).then_some(l), list_processes: None })
 }
 
 /// The bytes to upload: a file as it is, a directory as a .tar.gz made on the fly.

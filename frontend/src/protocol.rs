@@ -94,6 +94,10 @@ pub struct StartOpts {
     /// Per-run limits; they may only tighten the daemon's.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub limits: Option<LimitOpts>,
+    /// List every process of the tree in the receipt (default true; `false` saves a round
+    /// trip to the session's init per process exit, for fork-heavy programs).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub list_processes: Option<bool>,
 }
 
 /// Per-START limits.
@@ -628,6 +632,7 @@ mod tests {
             args: vec!["a b".into(), "{x}".into()],
             env: Some([("K".to_string(), "v w".to_string())].into()),
             limits: Some(LimitOpts { cpu_seconds: Some(3), ..Default::default() }),
+            list_processes: Some(false),
         };
         for cmd in [
             Command::Hello,

@@ -1553,6 +1553,7 @@ impl Server {
         let env_keys: Vec<String> = env.iter().map(|(k, _)| k.clone()).collect();
         let env: Vec<Vec<u8>> = env.into_iter().map(|(k, v)| format!("{k}={v}").into_bytes()).collect();
         let args = opts.args;
+        let list_processes = opts.list_processes.unwrap_or(true);
         let req = opts.limits.unwrap_or_default();
         let limits = policy::rlimits::tighten(
             self.cfg.limits,
@@ -1566,7 +1567,7 @@ impl Server {
             },
         );
         let tag = self.next_tag();
-        let spec = StartSpec { argv, env, limits, debug: debug.is_some() };
+        let spec = StartSpec { argv, env, limits, debug: debug.is_some(), list_processes };
         if let Err(e) = self.tube.send(tag, Request::Start { id: id_of(&id), spec }) {
             eprintln!("debuglantern: broker link: {e}");
             return self.send(t, &err_json(Code::Internal, "the broker is unavailable"));

@@ -66,6 +66,9 @@ pub struct StartSpec {
     pub limits: RunLimits,
     /// Stop the program at its entry point, for a debugger to attach (START --debug).
     pub debug: bool,
+    /// Note every `exit_group` of the tree for the receipt (costs a round trip to the init
+    /// per process exit).
+    pub list_processes: bool,
 }
 
 /// How a run ended.
@@ -499,6 +502,7 @@ mod tests {
             env: vec![b"A=1".to_vec()],
             limits: RunLimits::default(),
             debug: false,
+            list_processes: true,
         };
         let wire = RequestWire::Start { id: SessionId([7; 16]), spec };
         let bytes = bincode::encode_to_vec(Envelope { tag: 9, body: wire.clone() }, bincode_config()).unwrap();

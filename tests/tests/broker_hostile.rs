@@ -112,11 +112,23 @@ fn root_semantic_garbage_is_refused_and_the_broker_survives() {
     assert!(matches!(recv(&mut p.tube), (5, Reply::Loaded { .. })));
     p.tube.send(6, Request::Stop { id: SessionId([2; 16]), grace_ms: 1 }).unwrap();
     assert!(matches!(recv(&mut p.tube), (6, Reply::Refused { .. })));
-    let spec = StartSpec { argv: vec![b"a\0b".to_vec()], env: vec![], limits: Default::default(), debug: false };
+    let spec = StartSpec {
+        argv: vec![b"a\0b".to_vec()],
+        env: vec![],
+        limits: Default::default(),
+        debug: false,
+        list_processes: true,
+    };
     p.tube.send(7, Request::Start { id: SessionId([2; 16]), spec }).unwrap();
     assert!(matches!(recv(&mut p.tube), (7, Reply::Refused { .. })));
     // Still alive and working: a real run.
-    let spec = StartSpec { argv: vec![b"hello".to_vec()], env: vec![], limits: Default::default(), debug: false };
+    let spec = StartSpec {
+        argv: vec![b"hello".to_vec()],
+        env: vec![],
+        limits: Default::default(),
+        debug: false,
+        list_processes: true,
+    };
     p.tube.send(8, Request::Start { id: SessionId([2; 16]), spec }).unwrap();
     // Hold the run's output pipes until it ends: closing them early would kill the
     // program with SIGPIPE when it writes (a race this test once lost under load).
@@ -181,6 +193,7 @@ fn root_structural_garbage_fails_closed_and_kills_sessions() {
             env: vec![],
             limits: Default::default(),
             debug: false,
+            list_processes: true,
         };
         p.tube.send(3, Request::Start { id: SessionId([1; 16]), spec }).unwrap();
         let (_, started) = recv(&mut p.tube);

@@ -108,6 +108,13 @@ fn root_receipt_records_exit_processes_output_and_jail() {
     c.wait_state(&id, "STOPPED", Duration::from_secs(10));
     assert_eq!(receipt(&mut c, &id, None)["run"], 2);
     assert_eq!(receipt(&mut c, &id, Some(1))["args"], serde_json::json!(["one", "two"]));
+    // Without the process list (fork-heavy programs): none listed, still counted.
+    c.cmd(&format!(r#"START {id} {{"list_processes":false}}"#));
+    c.wait_state(&id, "STOPPED", Duration::from_secs(10));
+    let r = receipt(&mut c, &id, None);
+    assert_eq!((&r["run"], &r["exit"]["code"]), (&Value::from(3), &Value::from(5)));
+    assert_eq!(r["processes"], serde_json::json!([]));
+    assert!(r["processes_spawned"].as_u64().unwrap() >= 4, "{r}");
     assert_eq!(c.cmd(&format!("RECEIPT {id} --run 9"))["error"], "not_found");
 }
 
