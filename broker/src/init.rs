@@ -414,11 +414,18 @@ impl Tree {
             }
             let ev = pfd[0].revents().unwrap_or(nix::poll::PollFlags::empty());
             if ev.contains(nix::poll::PollFlags::POLLIN) {
-                if let Ok(note) = sys::exit_note(l.as_fd()) {
-                    let span = self.describe(note);
-                    // Noted first (the process is still there to be read), then let go.
-                    let _ = sys::exit_continue(l.as_fd(), note.id);
-                    self.record(span);
+                match sys::exit_note(l.as_fd()) {
+                    Ok(note) => {
+                        let span = self.describe(note);
+                        // Noted first (the process is still there to be read), then let go.
+                        let _ = sys::exit_continue(l.as_fd(), note.id);
+                        self.record(span);
+                    }
+                    // The process died in between (SIGKILL), or a signal interrupted us.
+                    Err(nix::errno::Errno::ENOENT | nix::errno::Errno::EINTR) => {}
+                    // Anything else would repeat forever: give the listener up. The kernel
+                    // then fails the notifications and every exit goes on by itself.
+                    Err(_) => self.listener = None,
                 }
             } else if ev.intersects(nix::poll::PollFlags::POLLHUP | nix::poll::PollFlags::POLLERR) {
                 // No process under the filter is left.
