@@ -173,10 +173,25 @@ fn start_exit() {
     let d = Daemon::start(&[]);
     let mut c = d.client();
     let id = c.load(&bin);
+    // The build before (DEBUGLANTERN_BASELINE, see scripts/bench-ab), interleaved run for
+    // run with this one so that both see the same machine.
+    let mut base = baseline().map(|dir| {
+        let bd = Daemon::start_binary(&dir.join("debuglantern"), &[], &[]);
+        let mut bc = bd.client();
+        let bid = bc.load(&bin);
+        (bd, bc, bid)
+    });
     for _ in 0..10 {
         run_once(&mut c, &id);
     }
-    let mut ours: Vec<f64> = (0..N).map(|_| run_once(&mut c, &id)).collect();
+    let mut ours = Vec::with_capacity(N);
+    let mut theirs = Vec::with_capacity(N);
+    for _ in 0..N {
+        ours.push(run_once(&mut c, &id));
+        if let Some((_, bc, bid)) = base.as_mut() {
+            theirs.push(run_once(bc, bid));
+        }
+    }
     let b = median(&mut bare);
     println!("## START→exit of a trivial static binary ({N} runs each; ms)");
     println!("| path | median | p99 | ratio (median) |");
@@ -198,8 +213,25 @@ fn start_exit() {
         pct(&mut ours, 0.99),
         o / b
     );
+    if !theirs.is_empty() {
+        let t = median(&mut theirs);
+        println!(
+            "| the build before (DEBUGLANTERN_BASELINE), same runs interleaved | {t:.3} | {:.3} | {:.2} |",
+            pct(&mut theirs, 0.99),
+            t / b
+        );
+        println!();
+        println!("A/B: this build / the build before = {:.3} (median START→exit)", o / t);
+    }
     println!();
     let _ = std::fs::remove_dir_all(dir);
+}
+
+/// The directory of an earlier build's binaries, for A/B rows (`DEBUGLANTERN_BASELINE`).
+fn baseline() -> Option<std::path::PathBuf> {
+    let dir = std::path::PathBuf::from(std::env::var_os("DEBUGLANTERN_BASELINE")?);
+    assert!(dir.join("debuglantern").exists(), "DEBUGLANTERN_BASELINE={} has no debuglantern", dir.display());
+    Some(dir)
 }
 
 fn which(name: &str) -> Option<std::path::PathBuf> {

@@ -59,14 +59,19 @@ impl Daemon {
     /// Like [`Daemon::start`], with the daemon's command line prefixed by `wrapper`
     /// (e.g. `setpriv --reuid ...` to start it rootless).
     pub fn start_as(wrapper: &[&str], args: &[&str]) -> Daemon {
-        let daemon = bin_dir().join("debuglantern");
+        Self::start_binary(&bin_dir().join("debuglantern"), wrapper, args)
+    }
+
+    /// Like [`Daemon::start_as`], with another build's `debuglantern` (its broker beside
+    /// it): the benchmark's A/B against an earlier build.
+    pub fn start_binary(daemon: &std::path::Path, wrapper: &[&str], args: &[&str]) -> Daemon {
         let mut cmd = match wrapper.split_first() {
             Some((first, rest)) => {
                 let mut c = Command::new(first);
-                c.args(rest).arg(&daemon);
+                c.args(rest).arg(daemon);
                 c
             }
-            None => Command::new(&daemon),
+            None => Command::new(daemon),
         };
         let mut child = cmd
             .args(["--listen", "127.0.0.1:0"])
