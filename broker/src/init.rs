@@ -210,9 +210,14 @@ pub fn run(plan: InitPlan) -> ! {
         let _ = ctl.send(0, InitMsg::Failed { message });
         sys::exit_now(121)
     };
-    // Join the session's cgroups before anything else is allocated.
+    // Join the session's cgroups before anything else is allocated, then make them the
+    // root of a cgroup namespace of its own: /proc/self/cgroup then reads "/" and tells
+    // nothing of the host's layout, the daemon's pid or the uid range.
     if let Err(e) = crate::cgroup::join(cgroup_procs) {
         fail(&mut ctl, e);
+    }
+    if let Err(e) = nix::sched::unshare(nix::sched::CloneFlags::CLONE_NEWCGROUP) {
+        fail(&mut ctl, format!("cannot enter a cgroup namespace of its own: {e}"));
     }
     // If the broker dies, so do we (and with us the namespace).
     if nix::sys::prctl::set_pdeathsig(Signal::SIGKILL).is_err() {
@@ -344,7 +349,7 @@ fn exec_program(plan: &Image, err_w: OwnedFd) -> ! {
         report(1, nix::errno::Errno::last());
     }
     // Every exit_group of the tree goes by the init from now on.
-    if let Some(Ok(listener)) = plan.list_processes.then(sys::exit_listener) {
+    if let Some(Ok(listener)) = plan.list_processes.then(|| sys::notify_listener(&[libc::SYS_exit_group])) {
         let fds = [listener.as_raw_fd()];
         let cmsg = [nix::sys::socket::ControlMessage::ScmRights(&fds)];
         let iov = [std::io::IoSlice::new(b"L")];

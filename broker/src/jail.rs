@@ -171,6 +171,43 @@ fn write_ro(path: &Path, bytes: &[u8]) -> Result<(), String> {
         .map_err(|e| err(path.display(), e))
 }
 
+/// Hides what a session's `/proc` would tell of the host (`policy::mounts`): `/dev/null`
+/// over files, an empty read-only tmpfs over directories, read-only binds of the rest.
+/// What this kernel does not have is skipped.
+fn mask_proc() -> Result<(), String> {
+    let hidden = MsFlags::MS_NOSUID | MsFlags::MS_NODEV | MsFlags::MS_NOEXEC;
+    for (path, _) in policy::mounts::PROC_MASKED_FILES {
+        if std::fs::symlink_metadata(path).is_err() {
+            continue;
+        }
+        // /dev/null keeps working as a device (no nodev): reads give EOF, writes EROFS.
+        mount(Some("/dev/null"), *path, None::<&str>, MsFlags::MS_BIND, None::<&str>)
+            .map_err(|e| err(format!("mask {path}"), e))?;
+        let flags = MsFlags::MS_REMOUNT
+            | MsFlags::MS_BIND
+            | MsFlags::MS_RDONLY
+            | MsFlags::MS_NOSUID
+            | MsFlags::MS_NOEXEC
+            | locked_flags(Path::new("/dev/null"));
+        mount(None::<&str>, *path, None::<&str>, flags, None::<&str>)
+            .map_err(|e| err(format!("mask {path} read-only"), e))?;
+    }
+    for (path, _) in policy::mounts::PROC_MASKED_DIRS {
+        if !Path::new(path).is_dir() {
+            continue;
+        }
+        mount(Some("masked"), *path, Some("tmpfs"), hidden | MsFlags::MS_RDONLY, Some("size=4k,nr_inodes=1,mode=0555"))
+            .map_err(|e| err(format!("mask {path}"), e))?;
+    }
+    for (path, _) in policy::mounts::PROC_READ_ONLY {
+        if std::fs::symlink_metadata(path).is_err() {
+            continue;
+        }
+        ro_bind(Path::new(path), Path::new(path), hidden, true).map_err(|e| format!("read-only {path}: {e}"))?;
+    }
+    Ok(())
+}
+
 /// In a session's init, still root of the broker's user namespace: the session's own
 /// `/proc`, `/tmp` and `/dev/pts`; its bundle (if any) read-only on `/bundle`, and no
 /// other bundle visible. The working directory is the bundle, else `/tmp`.
@@ -182,6 +219,7 @@ pub fn session_mounts(plan: &[SessionMount], bundle: Option<&str>) -> Result<(),
                 if Path::new("/proc/self").exists() {
                     mount(Some("proc"), "/proc", Some("proc"), base | MsFlags::MS_NOEXEC, None::<&str>)
                         .map_err(|e| err("mount the session's /proc", e))?;
+                    mask_proc()?;
                 }
             }
             SessionMount::Tmp(bytes) => {

@@ -74,9 +74,10 @@ fn main() {
     // Fork the spawner while we are unconfined, then confine ourselves: landlock (only the
     // cgroup directories), then the seccomp allow list (no fork, exec, mount or socket).
     let confined = (|| -> Result<OwnedFd, String> {
-        let session_seccomp = policy::seccomp::session().map_err(|e| e.to_string())?;
-        let spawner = spawner::start(&session_seccomp)?;
-        let own = policy::seccomp::broker().map_err(|e| e.to_string())?;
+        let session_seccomp = policy::seccomp::session();
+        let spawner_seccomp = policy::seccomp::spawner();
+        let spawner = spawner::start(&session_seccomp, &spawner_seccomp)?;
+        let own = policy::seccomp::broker();
         if let Some(w) = policy::landlock::broker(&cgroups.dir_fds())? {
             warnings.push(w);
         }

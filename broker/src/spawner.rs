@@ -229,20 +229,29 @@ impl Message for SpawnReply {
 }
 
 /// Forks the spawner. Returns the broker's end of its socket; the child never returns.
-pub fn start(session_seccomp: &[seccompiler::BpfProgram]) -> Result<OwnedFd, String> {
+/// The spawner confines itself with `own_seccomp` (a deny list that stacks under every
+/// session it builds) before it reads a request.
+pub fn start(
+    session_seccomp: &[seccompiler::BpfProgram],
+    own_seccomp: &[seccompiler::BpfProgram],
+) -> Result<OwnedFd, String> {
     let (ours, theirs) = shared::tube::socketpair().map_err(|e| format!("socketpair: {e}"))?;
     match sys::fork_into(0).map_err(|e| format!("fork the spawner: {e}"))? {
         sys::Forked::Parent { .. } => Ok(ours),
         sys::Forked::Child => {
             drop(ours);
-            serve(theirs, session_seccomp)
+            serve(theirs, session_seccomp, own_seccomp)
         }
     }
 }
 
-fn serve(sock: OwnedFd, session_seccomp: &[seccompiler::BpfProgram]) -> ! {
+fn serve(sock: OwnedFd, session_seccomp: &[seccompiler::BpfProgram], own_seccomp: &[seccompiler::BpfProgram]) -> ! {
     sys::close_all_except(&[0, 1, 2, sock.as_raw_fd()]);
     let _ = nix::sys::prctl::set_pdeathsig(nix::sys::signal::Signal::SIGKILL);
+    if let Err(e) = policy::seccomp::install(own_seccomp) {
+        eprintln!("debuglantern-broker: spawner: {e}");
+        sys::exit_now(1);
+    }
     // Inits are reaped by the kernel; the broker watches them through pidfds.
     sys::set_sigchld(false);
     let Ok(mut tube) = Tube::new(sock) else { sys::exit_now(1) };

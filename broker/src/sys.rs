@@ -111,18 +111,11 @@ pub use shared::os::{exit_now, fork_into, pidfd_signal, Forked};
 const SECCOMP_SET_MODE_FILTER: libc::c_uint = 1;
 /// `SECCOMP_FILTER_FLAG_NEW_LISTENER`.
 const SECCOMP_FILTER_FLAG_NEW_LISTENER: libc::c_ulong = 1 << 3;
-const SECCOMP_RET_USER_NOTIF: u32 = 0x7fc0_0000;
-const SECCOMP_RET_ALLOW: u32 = 0x7fff_0000;
 /// `_IOWR('!', 0, struct seccomp_notif)` (80 bytes).
 const SECCOMP_IOCTL_NOTIF_RECV: libc::c_ulong = 0xc050_2100;
 /// `_IOWR('!', 1, struct seccomp_notif_resp)` (24 bytes).
 const SECCOMP_IOCTL_NOTIF_SEND: libc::c_ulong = 0xc018_2101;
 const SECCOMP_USER_NOTIF_FLAG_CONTINUE: u32 = 1;
-
-#[cfg(target_arch = "x86_64")]
-const AUDIT_ARCH: u32 = 0xc000_003e;
-#[cfg(target_arch = "aarch64")]
-const AUDIT_ARCH: u32 = 0xc000_00b7;
 
 /// `struct seccomp_data`.
 #[repr(C)]
@@ -153,31 +146,22 @@ struct SeccompNotifResp {
     flags: u32,
 }
 
-/// Installs, on the calling thread, a filter that hands every `exit_group` of this process
-/// and its descendants to a supervisor (which answers "continue", after noting the exit),
-/// and returns the supervisor's listener. Everything else passes this filter untouched;
-/// the session's own filter decides the rest. Needs `no_new_privs`.
-pub fn exit_listener() -> Result<std::os::fd::OwnedFd, Errno> {
-    use libc::{sock_filter, sock_fprog, BPF_ABS, BPF_JEQ, BPF_JMP, BPF_K, BPF_LD, BPF_RET, BPF_W};
-    let ld = |k: u32| sock_filter { code: (BPF_LD | BPF_W | BPF_ABS) as u16, jt: 0, jf: 0, k };
-    let jeq = |k: u32, jf: u8| sock_filter { code: (BPF_JMP | BPF_JEQ | BPF_K) as u16, jt: 0, jf, k };
-    let ret = |k: u32| sock_filter { code: (BPF_RET | BPF_K) as u16, jt: 0, jf: 0, k };
-    let prog = [
-        ld(4),                               // seccomp_data.arch
-        jeq(AUDIT_ARCH, 3),                  // another ABI: allow
-        ld(0),                               // seccomp_data.nr
-        jeq(libc::SYS_exit_group as u32, 1), // not exit_group: allow
-        ret(SECCOMP_RET_USER_NOTIF),
-        ret(SECCOMP_RET_ALLOW),
-    ];
-    let fprog = sock_fprog { len: prog.len() as u16, filter: prog.as_ptr() as *mut sock_filter };
+/// Installs, on the calling thread, a filter (`policy::seccomp::notifier`) that hands every
+/// call of `nrs` made by this process and its descendants to a supervisor (which answers
+/// "continue", after noting it), and returns the supervisor's listener. Everything else
+/// passes this filter untouched; the session's own filters decide the rest. Needs
+/// `no_new_privs`.
+pub fn notify_listener(nrs: &[i64]) -> Result<std::os::fd::OwnedFd, Errno> {
+    let prog = policy::seccomp::notifier(nrs);
+    // seccompiler's sock_filter has the kernel's layout (u16, u8, u8, u32).
+    let fprog = libc::sock_fprog { len: prog.len() as u16, filter: prog.as_ptr() as *mut libc::sock_filter };
     // SAFETY: seccomp(2) reads `fprog`, which points at `prog`; both outlive the call.
     let fd = unsafe {
         libc::syscall(
             libc::SYS_seccomp,
             SECCOMP_SET_MODE_FILTER,
             SECCOMP_FILTER_FLAG_NEW_LISTENER,
-            &fprog as *const sock_fprog,
+            &fprog as *const libc::sock_fprog,
         )
     };
     if fd < 0 {

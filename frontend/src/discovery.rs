@@ -6,6 +6,9 @@
 //!
 //! `mdns-sd` runs its own thread; it is started before the frontend's seccomp filter, and
 //! we wait until it answers, so that its start-up is over before the filter is in force.
+//! Every command to it opens a UDP socket to wake that thread, which the event loop's
+//! own filter refuses (it keeps TCP only): the withdrawal at shutdown is therefore made
+//! from a small control thread of ours, started with the responder.
 
 use mdns_sd::{IfKind, ServiceDaemon, ServiceEvent, ServiceInfo};
 use std::collections::BTreeMap;
@@ -30,12 +33,13 @@ pub struct Plan {
     pub auth_required: bool,
 }
 
-/// A running advertisement.
+/// A running advertisement: the instance name, and the thread that will withdraw it.
 pub struct Advertiser {
-    daemon: ServiceDaemon,
-    fullname: String,
     /// The instance name in use.
     pub name: String,
+    fullname: String,
+    stop: std::sync::mpsc::Sender<()>,
+    control: std::thread::JoinHandle<()>,
 }
 
 /// The default instance name: `debuglantern @ <hostname>`, cut to 63 bytes.
@@ -117,7 +121,26 @@ pub fn start(plan: &Plan, listen: SocketAddr) -> Result<Advertiser, String> {
         .enable_addr_auto();
     let fullname = info.get_fullname().to_string();
     daemon.register(info).map_err(|e| format!("mDNS: {e}"))?;
-    Ok(Advertiser { daemon, fullname, name })
+    // The control thread holds the responder until it is told to withdraw it; it reports
+    // running before we return (libc's thread set-up must be over before seccomp).
+    let (stop, stopped) = std::sync::mpsc::channel::<()>();
+    let (up_tx, up) = std::sync::mpsc::channel::<()>();
+    let goodbye = fullname.clone();
+    let control = std::thread::Builder::new()
+        .name("mdns-control".into())
+        .spawn(move || {
+            let _ = up_tx.send(());
+            let _ = stopped.recv();
+            if let Ok(rx) = daemon.unregister(&goodbye) {
+                let _ = rx.recv_timeout(Duration::from_secs(2));
+            }
+            if let Ok(rx) = daemon.shutdown() {
+                let _ = rx.recv_timeout(Duration::from_secs(2));
+            }
+        })
+        .map_err(|e| format!("mDNS control thread: {e}"))?;
+    up.recv().map_err(|_| "mDNS: the control thread died at start".to_string())?;
+    Ok(Advertiser { name, fullname, stop, control })
 }
 
 /// Instance names of our service type that answer within `wait`.
@@ -162,14 +185,11 @@ impl std::fmt::Debug for Advertiser {
 }
 
 impl Advertiser {
-    /// Withdraws the service (goodbye packets) and stops the responder.
+    /// Withdraws the service (goodbye packets) and stops the responder, from the control
+    /// thread; returns when that is done (at most about 4 s).
     pub fn stop(self) {
-        if let Ok(rx) = self.daemon.unregister(&self.fullname) {
-            let _ = rx.recv_timeout(Duration::from_secs(2));
-        }
-        if let Ok(rx) = self.daemon.shutdown() {
-            let _ = rx.recv_timeout(Duration::from_secs(2));
-        }
+        let _ = self.stop.send(());
+        let _ = self.control.join();
     }
 }
 

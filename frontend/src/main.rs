@@ -114,7 +114,8 @@ fn run() -> anyhow::Result<()> {
     // Confine ourselves before serving anyone: landlock (only /proc/self/fdinfo readable
     // and the bundle store writable, no TCP connect), then the threads (they inherit the
     // ruleset), then the seccomp allow list on every thread (no exec, ptrace, mount...).
-    let seccomp = policy::seccomp::frontend()?;
+    let seccomp = policy::seccomp::frontend();
+    let loop_seccomp = policy::seccomp::frontend_loop();
     let store = server.store_fd().ok_or_else(|| anyhow::anyhow!("no bundle store"))?;
     if let Some(w) = policy::landlock::frontend(store).map_err(anyhow::Error::msg)? {
         server.add_warning(w);
@@ -127,6 +128,9 @@ fn run() -> anyhow::Result<()> {
         server.start_mdns(*first);
     }
     policy::seccomp::install_all_threads(&seccomp)?;
+    // This thread, the event loop, gives up what only the mDNS thread needs (UDP and
+    // netlink sockets, interface ioctls): per-thread filters, as firecracker does.
+    policy::seccomp::install(std::slice::from_ref(&loop_seccomp))?;
     let all_warnings = server.warnings().to_vec();
     for w in &all_warnings {
         eprintln!("debuglantern: warning: {w}");

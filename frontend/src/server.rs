@@ -1307,6 +1307,7 @@ impl Server {
             },
             "warnings": self.warnings,
             "mdns": self.advertiser.as_ref().map(|a| json!({"instance": a.name, "service": crate::discovery::SERVICE})),
+            "jail": self.jail,
         })
     }
 
@@ -2447,19 +2448,65 @@ impl Server {
         self.warnings.push(w);
     }
 
-    /// Describes the confinement of sessions for receipts, from what the start-up found.
+    /// Describes the confinement of sessions (HELLO, receipts), from the policy and what
+    /// the start-up found.
     fn describe_jail(&mut self) {
         let has = |needle: &str| self.warnings.iter().any(|w| w.contains(needle));
-        self.jail = json!({
-            "namespaces": ["user", "pid", "mount", "network", "ipc", "uts"],
-            "root": "tmpfs with read-only system binds, own /proc, /tmp, /dev/pts",
-            "uid": if has("share one uid") { "shared (rootless)" } else { "distinct per session" },
-            "capabilities": "none",
-            "no_new_privs": true,
-            "seccomp": "session deny list",
-            "cgroups": if has("cgroup") { json!([]) } else { json!(["memory", "pids"]) },
-            "rlimits": ["cpu", "address_space", "open_files", "processes", "core"],
-        });
+        self.jail = jail_description(
+            if has("share one uid") { "shared (rootless)" } else { "distinct per session" },
+            if has("cgroup") { json!([]) } else { json!(["memory", "pids"]) },
+        );
+    }
+}
+
+/// What confines a session, as HELLO and receipts report it.
+pub fn jail_description(uid: &str, cgroups: Value) -> Value {
+    use policy::seccomp::session as s;
+    let families: Vec<String> = s::SOCKET_FAMILIES
+        .iter()
+        .map(|(f, _)| match *f {
+            libc::AF_UNIX => "unix".to_string(),
+            libc::AF_INET => "inet".to_string(),
+            libc::AF_INET6 => "inet6".to_string(),
+            libc::AF_NETLINK => "netlink (route only)".to_string(),
+            other => format!("family {other}"),
+        })
+        .collect();
+    let paths = |l: &'static [(&'static str, &'static str)]| l.iter().map(|(p, _)| *p).collect::<Vec<&str>>();
+    json!({
+        "namespaces": ["user", "pid", "mount", "network", "ipc", "uts", "cgroup"],
+        "root": "tmpfs with read-only system binds, own /proc, /tmp, /dev/pts; no /sys",
+        "uid": uid,
+        "capabilities": "none",
+        "no_new_privs": true,
+        "seccomp": {
+            "mode": "allowlist",
+            "allowed": s::allowed().count(),
+            "default": "ENOSYS",
+            "denied": s::DENIED.len(),
+            "denied_errno": "EPERM",
+            "socket_families": families,
+            "other_families": "EAFNOSUPPORT",
+            "clone_namespaces": "EPERM",
+            "x32_abi": "killed",
+            "foreign_arch": "killed",
+        },
+        "proc": {
+            "masked": paths(policy::mounts::PROC_MASKED_FILES).into_iter().chain(paths(policy::mounts::PROC_MASKED_DIRS)).collect::<Vec<_>>(),
+            "read_only": paths(policy::mounts::PROC_READ_ONLY),
+        },
+        "cgroup_namespace": true,
+        "cgroups": cgroups,
+        "rlimits": ["cpu", "address_space", "open_files", "processes", "core"],
+        "spawner_seccomp": format!("deny list of {} calls, stacked under every session", policy::seccomp::spawner_denied().count()),
+        "frontend_seccomp": "allow list; the event loop thread also refuses UDP, raw and netlink sockets and interface ioctls",
+    })
+}
+
+impl Server {
+    /// The jail description (for tests of the frontend).
+    pub fn jail(&self) -> &Value {
+        &self.jail
     }
 }
 

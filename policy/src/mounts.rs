@@ -74,11 +74,41 @@ fn passwd(session_uids: u32) -> String {
     s
 }
 
+/// Files of a session's `/proc` that are hidden (Docker's list, and `/proc/cmdline`): the
+/// host's `/dev/null` is bound over them, read-only, so they read as empty.
+pub const PROC_MASKED_FILES: &[(&str, &str)] = &[
+    ("/proc/kcore", "an image of physical memory"),
+    ("/proc/keys", "keys of every keyring the kernel holds"),
+    ("/proc/timer_list", "timers of the whole host, with their owners"),
+    ("/proc/timer_stats", "timers of the whole host, with their owners"),
+    ("/proc/sched_debug", "the scheduler's state of every host process"),
+    ("/proc/latency_stats", "latencies of every host process"),
+    ("/proc/interrupts", "the host's interrupt counters (a side channel)"),
+    ("/proc/cmdline", "the host's kernel command line"),
+];
+
+/// Directories of a session's `/proc` that are hidden under an empty read-only tmpfs.
+pub const PROC_MASKED_DIRS: &[(&str, &str)] = &[
+    ("/proc/acpi", "firmware tables and controls"),
+    ("/proc/scsi", "the host's SCSI devices (and, on old kernels, writable controls)"),
+    ("/proc/asound", "the host's sound devices"),
+];
+
+/// Parts of a session's `/proc` that stay readable but are bound read-only.
+pub const PROC_READ_ONLY: &[(&str, &str)] = &[
+    ("/proc/sys", "kernel tunables"),
+    ("/proc/sysrq-trigger", "the magic SysRq key"),
+    ("/proc/irq", "interrupt affinity"),
+    ("/proc/bus", "bus devices"),
+    ("/proc/fs", "filesystem controls"),
+];
+
 /// Per-session mounts, made by the session's init before it gives up root of the broker's
 /// user namespace.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum SessionMount {
-    /// A fresh `/proc` of the session's own PID namespace.
+    /// A fresh `/proc` of the session's own PID namespace, with [`PROC_MASKED_FILES`] and
+    /// [`PROC_MASKED_DIRS`] hidden and [`PROC_READ_ONLY`] read-only.
     Proc,
     /// A private `/tmp` of at most this many bytes (and inodes / 256 of it, min 1024).
     Tmp(u64),
@@ -108,6 +138,31 @@ mod tests {
             }
         }
         assert!(plan.contains(&Entry::RoBind("/usr")));
+    }
+
+    #[test]
+    fn proc_masks_cover_dockers_and_the_command_line() {
+        let masked: Vec<&str> = PROC_MASKED_FILES.iter().chain(PROC_MASKED_DIRS).map(|(p, _)| *p).collect();
+        for p in [
+            "/proc/kcore",
+            "/proc/keys",
+            "/proc/timer_list",
+            "/proc/sched_debug",
+            "/proc/scsi",
+            "/proc/acpi",
+            "/proc/cmdline",
+        ] {
+            assert!(masked.contains(&p), "{p} is not masked");
+        }
+        let ro: Vec<&str> = PROC_READ_ONLY.iter().map(|(p, _)| *p).collect();
+        for p in ["/proc/sys", "/proc/sysrq-trigger", "/proc/irq", "/proc/bus"] {
+            assert!(ro.contains(&p), "{p} is not read-only");
+        }
+        assert!(PROC_MASKED_FILES
+            .iter()
+            .chain(PROC_MASKED_DIRS)
+            .chain(PROC_READ_ONLY)
+            .all(|(p, why)| p.starts_with("/proc/") && !why.is_empty()));
     }
 
     #[test]

@@ -16,6 +16,9 @@
 #include <string.h>
 #include <sys/mman.h>
 #include <sys/mount.h>
+#include <sys/fanotify.h>
+#include <sys/personality.h>
+#include <linux/netlink.h>
 #include <sys/ptrace.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
@@ -31,11 +34,39 @@ static const char *name(int e) {
     case EAGAIN: return "EAGAIN"; case ENOMEM: return "ENOMEM"; case EMFILE: return "EMFILE";
     case ENOSPC: return "ENOSPC"; case ETXTBSY: return "ETXTBSY"; case EINVAL: return "EINVAL";
     case EBADF: return "EBADF"; case EFBIG: return "EFBIG"; case EDQUOT: return "EDQUOT";
+    case EAFNOSUPPORT: return "EAFNOSUPPORT"; case EPROTONOSUPPORT: return "EPROTONOSUPPORT";
     default: { static char b[32]; snprintf(b, sizeof b, "errno%d", e); return b; }
     }
 }
 static int out(const char *probe, long r) {
     printf("RESULT %s %s\n", probe, r < 0 ? name(errno) : "SUCCEEDED");
+    fflush(stdout);
+    return 0;
+}
+
+/* Runs `fn` in a child and reports how the child ended: "SIG<n>" if a signal killed it,
+ * else the errno name it exited with (0 = the call succeeded). */
+static int in_child(const char *probe, long (*fn)(void)) {
+    pid_t c = fork();
+    if (c == 0) { long r = fn(); _exit(r < 0 ? errno : 0); }
+    int st = 0;
+    waitpid(c, &st, 0);
+    if (WIFSIGNALED(st)) printf("RESULT %s %s\n", probe, WTERMSIG(st) == SIGSYS ? "SIGSYS" : "SIGNAL");
+    else if (WEXITSTATUS(st) == 0) printf("RESULT %s SUCCEEDED\n", probe);
+    else printf("RESULT %s %s\n", probe, name(WEXITSTATUS(st)));
+    fflush(stdout);
+    return 0;
+}
+static long x32_unshare(void) { return syscall(0x40000000 | SYS_unshare, CLONE_NEWUSER); }
+static long x32_getpid(void) { return syscall(0x40000000 | SYS_getpid); }
+static long i386_getpid(void) { long r; __asm__ volatile("int $0x80" : "=a"(r) : "a"(20L) : "memory"); return r < 0 ? (errno = -r, -1) : r; }
+/* Reads a file: "EMPTY" if it reads as nothing, "READ <n>" if it has content, else errno. */
+static int read_file(const char *probe, const char *path) {
+    int fd = open(path, O_RDONLY);
+    if (fd < 0) return out(probe, -1);
+    char b[4096]; long n = read(fd, b, sizeof b);
+    if (n < 0) return out(probe, -1);
+    if (n == 0) printf("RESULT %s EMPTY\n", probe); else printf("RESULT %s READ %ld\n", probe, n);
     fflush(stdout);
     return 0;
 }
@@ -108,6 +139,45 @@ int main(int argc, char **argv) {
         FILE *f = fopen("/proc/self/status", "r"); char l[256];
         while (f && fgets(l, sizeof l, f)) if (!strncmp(l, "Uid:", 4) || !strncmp(l, "Cap", 3) || !strncmp(l, "NoNewPrivs", 10) || !strncmp(l, "Seccomp:", 8)) fputs(l, stdout);
         return 0;
+    }
+    if (!strcmp(p, "vsock")) return out(p, socket(AF_VSOCK, SOCK_STREAM, 0));
+    if (!strcmp(p, "packet")) return out(p, socket(AF_PACKET, SOCK_RAW, htons(0x0003)));
+    if (!strcmp(p, "alg")) return out(p, socket(AF_ALG, SOCK_SEQPACKET, 0));
+    if (!strcmp(p, "netlink_audit")) return out(p, socket(AF_NETLINK, SOCK_RAW, NETLINK_AUDIT));
+    if (!strcmp(p, "netlink_route")) return out(p, socket(AF_NETLINK, SOCK_RAW | SOCK_CLOEXEC, NETLINK_ROUTE));
+    if (!strcmp(p, "socketpair_inet")) { int sv[2]; return out(p, socketpair(AF_INET, SOCK_STREAM, 0, sv)); }
+    if (!strcmp(p, "x32_unshare")) return in_child(p, x32_unshare);
+    if (!strcmp(p, "x32_getpid")) return in_child(p, x32_getpid);
+    if (!strcmp(p, "i386_getpid")) return in_child(p, i386_getpid);
+    if (!strcmp(p, "beyond_table")) return out(p, syscall(1000, 0, 0, 0));
+    if (!strcmp(p, "fanotify")) return out(p, fanotify_init(FAN_CLASS_NOTIF, O_RDONLY));
+    if (!strcmp(p, "personality")) return out(p, personality(ADDR_NO_RANDOMIZE));
+    if (!strcmp(p, "io_uring")) { char params[120] = {0}; return out(p, syscall(425 /* io_uring_setup */, 1, params)); }
+    if (!strcmp(p, "read_cmdline")) return read_file(p, "/proc/cmdline");
+    if (!strcmp(p, "read_keys")) return read_file(p, "/proc/keys");
+    if (!strcmp(p, "read_kcore")) return read_file(p, "/proc/kcore");
+    if (!strcmp(p, "read_timer_list")) return read_file(p, "/proc/timer_list");
+    if (!strcmp(p, "read_sched_debug")) return read_file(p, "/proc/sched_debug");
+    if (!strcmp(p, "read_meminfo")) return read_file(p, "/proc/meminfo");
+    if (!strcmp(p, "write_sysctl")) return out(p, open("/proc/sys/kernel/domainname", O_WRONLY));
+    if (!strcmp(p, "sysrq")) return out(p, open("/proc/sysrq-trigger", O_WRONLY));
+    if (!strcmp(p, "sys")) return out(p, open("/sys", O_RDONLY | O_DIRECTORY));
+    if (!strcmp(p, "mount_opts")) {
+        /* The options of the mount at argv[2], from mountinfo: "ro" or "rw", or ABSENT. */
+        FILE *f = fopen("/proc/self/mountinfo", "r"); char l[1024]; const char *want = argc > 2 ? argv[2] : "";
+        const char *res = "ABSENT";
+        while (f && fgets(l, sizeof l, f)) {
+            char mp[512], opts[256];
+            if (sscanf(l, "%*s %*s %*s %*s %511s %255s", mp, opts) == 2 && !strcmp(mp, want))
+                res = !strncmp(opts, "ro", 2) ? "ro" : "rw";
+        }
+        printf("RESULT %s %s\n", p, res); return 0;
+    }
+    if (!strcmp(p, "cgroup")) {
+        FILE *f = fopen("/proc/self/cgroup", "r"); char l[512]; int n = 0;
+        if (!f) return out(p, -1);
+        while (fgets(l, sizeof l, f)) { printf("CG %s", l); n++; }
+        printf("RESULT %s %d\n", p, n); return 0;
     }
     printf("unknown probe %s\n", p);
     return 2;

@@ -101,6 +101,71 @@ fn root_escape_process_and_kernel_probes_fail() {
     assert!(!out.contains("Uid:\t0\t"), "{out}");
 }
 
+#[test]
+fn root_escape_side_doors_abis_and_host_information_are_closed() {
+    let Some((_d, mut c, id)) = setup() else { return };
+    // HELLO says which of these are in force.
+    let jail = &c.cmd("HELLO")["jail"];
+    assert_eq!(jail["seccomp"]["mode"], "allowlist", "{jail}");
+    assert_eq!(jail["seccomp"]["default"], "ENOSYS");
+    assert_eq!(jail["seccomp"]["x32_abi"], "killed");
+    assert!(jail["seccomp"]["allowed"].as_u64().unwrap() > 200, "{jail}");
+    assert!(jail["proc"]["masked"].to_string().contains("/proc/cmdline"), "{jail}");
+    assert_eq!(jail["cgroup_namespace"], true);
+    assert!(jail["namespaces"].to_string().contains("cgroup"));
+    assert!(jail["spawner_seccomp"].as_str().unwrap().starts_with("deny list"));
+    for (probe, want) in [
+        // Socket families a test never needs (vsock reaches the hypervisor on a VM rig).
+        ("vsock", &["EAFNOSUPPORT"][..]),
+        ("packet", &["EAFNOSUPPORT"]),
+        ("alg", &["EAFNOSUPPORT"]),
+        ("netlink_audit", &["EAFNOSUPPORT"]),
+        ("socketpair_inet", &["EAFNOSUPPORT"]),
+        ("netlink_route", &["SUCCEEDED"]),
+        // Refused by the filter itself: the x32 and i386 ABIs kill the caller (SIGSYS);
+        // the kernel alone would answer ENOSYS (x32 off) or run it (i386).
+        ("x32_unshare", &["SIGSYS"]),
+        ("x32_getpid", &["SIGSYS"]),
+        ("i386_getpid", &["SIGSYS"]),
+        // Past the end of the table: the allowlist's default.
+        ("beyond_table", &["ENOSYS"]),
+        ("fanotify", &["EPERM"]),
+        ("personality", &["EPERM"]),
+        ("io_uring", &["EPERM"]),
+        // What /proc would tell of the host.
+        ("read_cmdline", &["EMPTY"]),
+        ("read_keys", &["EMPTY", "ENOENT"]),
+        ("read_kcore", &["EMPTY", "ENOENT"]),
+        ("read_timer_list", &["EMPTY", "ENOENT"]),
+        ("read_sched_debug", &["EMPTY", "ENOENT"]),
+        ("write_sysctl", &["EROFS", "EACCES"]),
+        ("sysrq", &["EROFS", "EACCES", "ENOENT"]),
+        ("sys", &["ENOENT"]),
+    ] {
+        let (out, _) = run(&mut c, &id, &[probe], json!({}));
+        let got = outcome(&out, probe);
+        assert!(want.contains(&got.as_str()), "{probe}: {got} (want one of {want:?})");
+    }
+    // Mounted read-only over the session's /proc (the last mount at a path wins).
+    for path in ["/proc/sys", "/proc/sysrq-trigger", "/proc/cmdline", "/proc/kcore", "/proc/acpi"] {
+        let (out, _) = run(&mut c, &id, &["mount_opts", path], json!({}));
+        let got =
+            out.lines().filter_map(|l| l.strip_prefix("RESULT mount_opts ")).next_back().unwrap_or("").to_string();
+        let exists = std::path::Path::new(path).exists();
+        assert!(got == "ro" || (!exists && got == "ABSENT"), "{path}: {got} (on the host it exists: {exists})");
+    }
+    // What programs need from /proc is still there.
+    let (out, _) = run(&mut c, &id, &["read_meminfo"], json!({}));
+    assert!(outcome(&out, "read_meminfo").starts_with("READ "), "{out}");
+    // Its own cgroup namespace: every hierarchy reads "/" (no host path, pid or uid).
+    let (out, _) = run(&mut c, &id, &["cgroup"], json!({}));
+    let lines: Vec<&str> = out.lines().filter_map(|l| l.strip_prefix("CG ")).collect();
+    assert!(!lines.is_empty(), "{out}");
+    for l in lines {
+        assert!(l.ends_with(":/"), "/proc/self/cgroup reveals {l:?}");
+    }
+}
+
 /// Asserts the rig answers at once and a bystander session is still there.
 fn rig_responsive(d: &Daemon, bystander: &str) {
     let t = Instant::now();

@@ -98,7 +98,19 @@ fn root_privileges_of_frontend_broker_and_sessions() {
     assert_eq!(proc_status(d.pid(), "CapPrm").unwrap(), "0000000000000000");
     assert_eq!(proc_status(d.pid(), "NoNewPrivs").unwrap(), "1");
     assert_eq!(proc_status(d.pid(), "Seccomp").unwrap(), "2", "frontend runs without its seccomp filter");
+    // The event loop (the main thread) has its own filter on top of the process's; the
+    // other threads (uploads, bundles, mDNS) only the process's.
     assert_eq!(proc_status(d.pid(), "Seccomp_filters").unwrap(), "2");
+    let tasks: Vec<i32> = std::fs::read_dir(format!("/proc/{}/task", d.pid()))
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().parse().unwrap())
+        .filter(|t| *t != d.pid())
+        .collect();
+    assert!(tasks.len() >= 2, "{tasks:?}");
+    for t in tasks {
+        let st = std::fs::read_to_string(format!("/proc/{}/task/{t}/status", d.pid())).unwrap();
+        assert!(st.contains("Seccomp:\t2") && st.contains("Seccomp_filters:\t1"), "thread {t}: {st}");
+    }
     // Broker: another non-root host uid, in its own user, PID, mount and network namespaces.
     let broker_uid = proc_status(d.broker_pid, "Uid").unwrap();
     let bu: u32 = broker_uid.split_whitespace().next().unwrap().parse().unwrap();
@@ -110,7 +122,12 @@ fn root_privileges_of_frontend_broker_and_sessions() {
     }
     assert_eq!(proc_status(d.broker_pid, "NoNewPrivs").unwrap(), "1");
     assert_eq!(proc_status(d.broker_pid, "Seccomp").unwrap(), "2", "broker runs without its seccomp filter");
-    assert_eq!(proc_status(d.broker_pid, "Seccomp_filters").unwrap(), "2");
+    assert_eq!(proc_status(d.broker_pid, "Seccomp_filters").unwrap(), "1");
+    // The spawner (the broker's one child) has a filter of its own.
+    let children = std::fs::read_to_string(format!("/proc/{0}/task/{0}/children", d.broker_pid)).unwrap();
+    let spawner: i32 = children.split_whitespace().next().expect("the broker's spawner").parse().unwrap();
+    assert_eq!(proc_status(spawner, "Seccomp").unwrap(), "2", "the spawner runs without a seccomp filter");
+    assert_eq!(proc_status(spawner, "Seccomp_filters").unwrap(), "1");
     // The broker's root is the jail's tmpfs, not the host's.
     let root: Vec<String> = std::fs::read_dir(format!("/proc/{}/root", d.broker_pid))
         .unwrap()
@@ -127,6 +144,8 @@ fn root_privileges_of_frontend_broker_and_sessions() {
         assert_eq!(proc_status(*p, "CapEff").unwrap(), "0000000000000000");
         assert_eq!(proc_status(*p, "CapBnd").unwrap(), "0000000000000000");
         assert_eq!(proc_status(*p, "NoNewPrivs").unwrap(), "1");
+        // The spawner's deny list, the exit notifier, and the session's allowlist.
+        assert_eq!(proc_status(*p, "Seccomp_filters").unwrap(), "3");
         let its = std::fs::read_link(format!("/proc/{p}/ns/pid")).unwrap();
         let broker = std::fs::read_link(format!("/proc/{}/ns/pid", d.broker_pid)).unwrap();
         assert_ne!(its, broker, "session shares the broker's PID namespace");
