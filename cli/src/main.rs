@@ -1,5 +1,5 @@
 //! `lantern`: the everyday client of a debuglantern rig. It speaks the control protocol
-//! with the server's own codec (`frontend::protocol`), prints tables for people and the
+//! with the protocol's own types (crate `proto`), prints tables for people and the
 //! server's JSON with `--json`.
 //!
 //! Authentication: a token from `--token-file FILE`, else `LANTERN_TOKEN`, else the config
@@ -12,12 +12,22 @@
 //! 2 usage errors; 3 the rig cannot be reached or broke the protocol; `run` exits with the
 //! program's own code, or 128 + signal when it was killed.
 
+mod bundle;
+mod config;
+mod conn;
+mod trace;
+
 use anyhow::{anyhow, bail, Context, Result};
 use clap::{CommandFactory, Parser, Subcommand};
-use frontend::protocol::{Command, LimitOpts, StartOpts, UploadSize};
-use serde_json::Value;
-use std::io::{BufRead, BufReader, IsTerminal, Write};
-use std::net::TcpStream;
+use config::{token_for, UserConfig};
+use conn::{Conn, Refused, Target};
+use proto::reply::{
+    Debugging, Deleted, EventLine, Exit, FollowLine, List, Loaded, LogEnd, Logs, ReceiptReply, Started, Status,
+    Stopped, Subscribed,
+};
+use proto::{Command, LimitOpts, StartOpts, UploadSize};
+use serde::Serialize;
+use std::io::{IsTerminal, Write};
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -175,81 +185,6 @@ enum Cmd {
     },
 }
 
-/// A refusal from the rig (exit 1), as opposed to a broken connection (exit 3).
-#[derive(Debug)]
-struct Refused(Value);
-
-impl std::fmt::Display for Refused {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        let code = self.0["error"].as_str().unwrap_or("error");
-        let msg = self.0["message"].as_str().unwrap_or("");
-        write!(f, "{code}: {msg}")
-    }
-}
-
-impl std::error::Error for Refused {}
-
-/// Which rig, and the token for it.
-#[derive(Debug, Clone)]
-struct Target {
-    rig: String,
-    token: Option<String>,
-}
-
-const NO_TOKEN_HINT: &str =
-    "this rig wants a token: --token-file FILE, LANTERN_TOKEN, or token_file in ~/.config/lantern/config.toml";
-
-struct Conn {
-    reader: BufReader<TcpStream>,
-    writer: TcpStream,
-    /// No token was given (an `unauthorized` answer then says how to give one).
-    anonymous: bool,
-}
-
-impl Conn {
-    fn open(target: &Target) -> Result<Conn> {
-        let addr = resolve_rig(&target.rig)?;
-        let s = TcpStream::connect(&addr).with_context(|| {
-            format!("cannot reach the rig at {addr} (is debuglantern running there? --rig / LANTERN_RIG)")
-        })?;
-        let _ = s.set_nodelay(true);
-        let mut c = Conn { reader: BufReader::new(s.try_clone()?), writer: s, anonymous: target.token.is_none() };
-        if let Some(token) = &target.token {
-            c.call(Command::Auth(token.clone())).context("authenticating")?;
-        }
-        Ok(c)
-    }
-
-    fn send(&mut self, cmd: &Command) -> Result<()> {
-        self.writer.write_all(format!("{}\n", cmd.to_line()).as_bytes()).context("sending to the rig")
-    }
-
-    fn read(&mut self) -> Result<Value> {
-        let mut line = String::new();
-        if self.reader.read_line(&mut line).context("reading from the rig")? == 0 {
-            bail!("the rig closed the connection");
-        }
-        serde_json::from_str(&line).with_context(|| format!("the rig's reply is not JSON: {line:?}"))
-    }
-
-    /// Reads one reply; a refusal becomes an error.
-    fn ok(&mut self) -> Result<Value> {
-        let mut v = self.read()?;
-        if v["ok"] != true {
-            if self.anonymous && v["error"] == "unauthorized" {
-                v["message"] = Value::from(NO_TOKEN_HINT);
-            }
-            return Err(Refused(v).into());
-        }
-        Ok(v)
-    }
-
-    fn call(&mut self, cmd: Command) -> Result<Value> {
-        self.send(&cmd)?;
-        self.ok()
-    }
-}
-
 fn main() -> ExitCode {
     let cli = Cli::parse();
     match run(cli) {
@@ -262,19 +197,30 @@ fn main() -> ExitCode {
     }
 }
 
+/// Prints a reply as the server's JSON (one line).
+fn print_json<T: Serialize>(v: &T) -> Result<()> {
+    let mut out = std::io::stdout().lock();
+    serde_json::to_writer(&mut out, v)?;
+    out.write_all(b"\n")?;
+    Ok(())
+}
+
+fn exit_text(e: Option<Exit>) -> String {
+    e.map_or_else(|| "-".into(), |e| e.to_string())
+}
+
 fn run(cli: Cli) -> Result<ExitCode> {
     let config = UserConfig::load()?;
     let rig = cli.rig.clone().or_else(|| config.rig.clone()).unwrap_or_else(|| "127.0.0.1:4444".into());
     let token_file = cli.token_file.clone();
     let target = Target { token: token_for(token_file.as_deref(), &config, &rig)?, rig: rig.clone() };
     let json = cli.json;
-    let print = |v: &Value| println!("{v}");
     match cli.cmd {
         Cmd::Discover { timeout } => {
-            let found = frontend::discovery::discover(Duration::from_secs_f64(timeout.clamp(0.1, 600.0)))
-                .map_err(|e| anyhow!(e))?;
+            let found =
+                discovery::discover(Duration::from_secs_f64(timeout.clamp(0.1, 600.0))).map_err(|e| anyhow!(e))?;
             if json {
-                println!("{}", serde_json::json!({"ok": true, "rigs": found}));
+                print_json(&serde_json::json!({"ok": true, "rigs": found}))?;
             } else if found.is_empty() {
                 println!("no rig answered within {timeout} s");
             } else {
@@ -298,45 +244,44 @@ fn run(cli: Cli) -> Result<ExitCode> {
             let mut c = Conn::open(&target)?;
             let v = upload(&mut c, &path, exec)?;
             if json {
-                print(&v);
+                print_json(&v)?;
             } else {
-                println!("{}", v["id"].as_str().unwrap_or(""));
+                println!("{}", v.id);
             }
         }
         Cmd::Start { id, debug, env, limits, no_process_list, args } => {
             let mut opts = start_opts(args, &env, &limits)?;
             opts.list_processes = no_process_list.then_some(false);
-            let v = Conn::open(&target)?.call(Command::Start { id, debug, opts })?;
+            let v: Started = Conn::open(&target)?.call(Command::Start { id, debug, opts })?;
             if json {
-                print(&v);
-            } else if debug {
-                println!("{} DEBUGGING (held at its entry point) pid {}; connect with:", id, v["pid"]);
-                println!("{}", v["debug"]["gdb"].as_str().unwrap_or(""));
+                print_json(&v)?;
+            } else if let Some(d) = &v.debug {
+                println!("{} DEBUGGING (held at its entry point) pid {}; connect with:", id, pid_text(v.pid));
+                println!("{}", d.gdb);
             } else {
-                println!("{} RUNNING pid {} (ns pid {})", id, v["pid"], v["ns_pid"]);
+                println!("{} RUNNING pid {} (ns pid {})", id, pid_text(v.pid), v.ns_pid);
             }
         }
         Cmd::Debug { id, gdb, file } => {
-            let v = Conn::open(&target)?.call(Command::Debug { id, stdio: false })?;
-            let d = &v["debug"];
+            let v: Debugging = Conn::open(&target)?.call(Command::Debug { id, stdio: false })?;
+            let d = v.debug.as_ref().ok_or_else(|| anyhow!("the rig opened no debug port"))?;
             if !gdb {
                 if json {
-                    print(&v);
+                    print_json(&v)?;
                 } else {
-                    println!("{}", d["gdb"].as_str().unwrap_or(""));
+                    println!("{}", d.gdb);
                 }
                 return Ok(ExitCode::SUCCESS);
             }
-            let host = d["host"].as_str().unwrap_or("127.0.0.1");
-            let host = if host.contains(':') { format!("[{host}]") } else { host.to_string() };
+            let host = if d.host.contains(':') { format!("[{}]", d.host) } else { d.host.clone() };
             let mut cmd = std::process::Command::new("gdb");
             cmd.args(["-q", "-ex", "set confirm off"]);
             if let Some(f) = &file {
                 cmd.arg(f);
             }
-            cmd.args(["-ex", &format!("target remote {host}:{}", d["port"])]);
+            cmd.args(["-ex", &format!("target remote {host}:{}", d.port)]);
             if file.is_none() {
-                cmd.args(["-ex", &format!("file target:/proc/{}/exe", d["ns_pid"])]);
+                cmd.args(["-ex", &format!("file target:/proc/{}/exe", d.ns_pid)]);
             }
             let st = cmd.status().context("running gdb (is it installed?)")?;
             return Ok(ExitCode::from(st.code().unwrap_or(1).clamp(0, 255) as u8));
@@ -344,48 +289,50 @@ fn run(cli: Cli) -> Result<ExitCode> {
         Cmd::GdbPipe { rig, id } => {
             let target = Target { token: token_for(token_file.as_deref(), &config, &rig)?, rig };
             let mut c = Conn::open(&target)?;
-            c.call(Command::Debug { id, stdio: true })?;
+            c.call::<Debugging>(Command::Debug { id, stdio: true })?;
             return gdb_pipe(c);
         }
-        Cmd::Stop { id } => stopped(Conn::open(&target)?.call(Command::Stop(id))?, json),
-        Cmd::Kill { id } => stopped(Conn::open(&target)?.call(Command::Kill(id))?, json),
+        Cmd::Stop { id } => stopped(Conn::open(&target)?.call(Command::Stop(id))?, json)?,
+        Cmd::Kill { id } => stopped(Conn::open(&target)?.call(Command::Kill(id))?, json)?,
         Cmd::Delete { id } => {
-            let v = Conn::open(&target)?.call(Command::Delete(id))?;
+            let v: Deleted = Conn::open(&target)?.call(Command::Delete(id))?;
             if json {
-                print(&v);
+                print_json(&v)?;
             } else {
                 println!("{id} deleted");
             }
         }
         Cmd::List => {
-            let v = Conn::open(&target)?.call(Command::List)?;
+            let v: List = Conn::open(&target)?.call(Command::List)?;
             if json {
-                print(&v);
+                print_json(&v)?;
             } else {
                 println!("{:<36}  {:<9} {:<6} {:>10}  {:>8}  EXIT", "ID", "STATE", "KIND", "SIZE", "PID");
-                for s in v["sessions"].as_array().into_iter().flatten() {
+                for s in &v.sessions {
+                    let kind = match s.kind {
+                        proto::reply::Kind::Binary => "binary",
+                        proto::reply::Kind::Bundle => "bundle",
+                    };
                     println!(
                         "{:<36}  {:<9} {:<6} {:>10}  {:>8}  {}",
-                        s["id"].as_str().unwrap_or(""),
-                        s["state"].as_str().unwrap_or(""),
-                        s["kind"].as_str().unwrap_or(""),
-                        s["size"],
-                        s["pid"].as_i64().map_or("-".into(), |p| p.to_string()),
-                        exit_text(&s["exit"]),
+                        s.id,
+                        s.state.as_str(),
+                        kind,
+                        s.size,
+                        s.pid.map_or("-".into(), |p| p.to_string()),
+                        exit_text(s.exit),
                     );
                 }
             }
         }
         Cmd::Status { id } => {
-            let v = Conn::open(&target)?.call(Command::Status(id))?;
+            let v: Status = Conn::open(&target)?.call(Command::Status(id))?;
             if json {
-                print(&v);
+                print_json(&v)?;
             } else {
-                for (k, val) in v.as_object().into_iter().flatten().filter(|(k, _)| *k != "ok") {
-                    println!(
-                        "{k:>10}: {}",
-                        if val.is_string() { val.as_str().unwrap_or("").to_string() } else { val.to_string() }
-                    );
+                let fields = serde_json::to_value(&v)?;
+                for (k, val) in fields.as_object().into_iter().flatten().filter(|(k, _)| *k != "ok") {
+                    println!("{k:>10}: {}", val.as_str().map_or_else(|| val.to_string(), str::to_string));
                 }
             }
         }
@@ -394,90 +341,70 @@ fn run(cli: Cli) -> Result<ExitCode> {
             if follow {
                 let end = stream_logs(&mut c, id, json)?;
                 if json {
-                    print(&end);
+                    print_json(&end)?;
                 }
             } else {
-                let v = c.call(Command::Logs { id, follow: false })?;
+                let v: Logs = c.call(Command::Logs { id, follow: false })?;
                 if json {
-                    print(&v);
+                    print_json(&v)?;
                 } else {
-                    write_output(&v)?;
+                    let bytes = match &v.data_base64 {
+                        Some(b) => proto::base64::decode(b).unwrap_or_else(|| v.data.clone().into_bytes()),
+                        None => v.data.clone().into_bytes(),
+                    };
+                    write_out(&bytes)?;
                 }
             }
         }
         Cmd::Receipt { id, run, trace } => {
-            let v = Conn::open(&target)?.call(Command::Receipt { id, run })?;
+            let v: ReceiptReply = Conn::open(&target)?.call(Command::Receipt { id, run })?;
             if let Some(path) = trace {
-                let t = perfetto_trace(&v["receipt"])?;
+                let t = trace::perfetto(&v.receipt)?;
                 std::fs::write(&path, serde_json::to_vec_pretty(&t)?)
                     .with_context(|| format!("writing {}", path.display()))?;
             }
             if json {
-                print(&v);
+                print_json(&v)?;
             } else {
-                let r = &v["receipt"];
-                println!(
-                    "session {} run {} ({})",
-                    r["session"].as_str().unwrap_or(""),
-                    r["run"],
-                    r["kind"].as_str().unwrap_or("")
-                );
-                println!(
-                    "  exit       {}{}",
-                    exit_text(&r["exit"]),
-                    r["limit_hit"].as_str().map_or(String::new(), |l| format!(" (limit hit: {l})"))
-                );
-                println!(
-                    "  time       {} → {} ({} ms)",
-                    r["started"].as_str().unwrap_or(""),
-                    r["ended"].as_str().unwrap_or(""),
-                    r["duration_ms"]
-                );
+                let r = &v.receipt;
+                let kind = match r.kind {
+                    proto::reply::Kind::Binary => "binary",
+                    proto::reply::Kind::Bundle => "bundle",
+                };
+                println!("session {} run {} ({kind})", r.session, r.run);
+                let hit = r.limit_hit.map_or(String::new(), |l| format!(" (limit hit: {})", l.as_str()));
+                println!("  exit       {}{hit}", exit_text(r.exit));
+                println!("  time       {} → {} ({} ms)", r.started, r.ended, r.duration_ms);
                 println!(
                     "  cpu        user {} ms, sys {} ms; max RSS {} KiB; {} processes",
-                    r["cpu_user_ms"], r["cpu_sys_ms"], r["max_rss_kib"], r["processes_spawned"]
+                    r.cpu_user_ms, r.cpu_sys_ms, r.max_rss_kib, r.processes_spawned
                 );
-                println!(
-                    "  stdout     {} bytes sha256 {}",
-                    r["stdout"]["bytes"],
-                    r["stdout"]["sha256"].as_str().unwrap_or("")
-                );
-                println!(
-                    "  stderr     {} bytes sha256 {}",
-                    r["stderr"]["bytes"],
-                    r["stderr"]["sha256"].as_str().unwrap_or("")
-                );
-                println!("  binary     sha256 {}", r["sha256"].as_str().unwrap_or(""));
+                println!("  stdout     {} bytes sha256 {}", r.stdout.bytes, r.stdout.sha256);
+                println!("  stderr     {} bytes sha256 {}", r.stderr.bytes, r.stderr.sha256);
+                println!("  binary     sha256 {}", r.sha256);
             }
         }
         Cmd::Events { id, follow } => {
             let mut c = Conn::open(&target)?;
-            let sub = c.call(Command::Events { id, since: Some(1) })?;
-            let head = sub["head_seq"].as_u64().unwrap_or(1);
-            let mut seen = sub["next_seq"].as_u64().unwrap_or(1);
+            let sub: Subscribed = c.call(Command::Events { id, since: Some(1) })?;
+            let head = sub.head_seq;
+            let mut seen = sub.next_seq;
             // Without -f: what the rig holds now, then stop.
             while follow || seen < head {
-                let v = c.read()?;
-                if v["end"] == true {
-                    break;
-                }
-                if let Some(s) = v["seq"].as_u64() {
-                    seen = s + 1;
-                } else if let Some(m) = v["missed"].as_u64() {
-                    seen += m;
+                let line: EventLine = c.read()?;
+                match &line {
+                    EventLine::End(_) => break,
+                    EventLine::Event(e) => seen = e.seq + 1,
+                    EventLine::Missed(m) => seen += m.missed,
                 }
                 if json {
-                    print(&v);
-                } else if let Some(m) = v["missed"].as_u64() {
-                    println!("({m} older events are no longer kept)");
+                    print_json(&line)?;
                 } else {
-                    println!(
-                        "{:>6} {} {:<15} {}",
-                        v["seq"],
-                        v["time"].as_str().unwrap_or(""),
-                        v["event"].as_str().unwrap_or(""),
-                        v["id"].as_str().unwrap_or("")
-                    );
+                    match line {
+                        EventLine::Missed(m) => println!("({} older events are no longer kept)", m.missed),
+                        EventLine::Event(e) => println!("{:>6} {} {:<15} {}", e.seq, e.time, e.what.name(), e.id),
+                        EventLine::End(_) => {}
+                    }
                 }
             }
         }
@@ -486,24 +413,8 @@ fn run(cli: Cli) -> Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
-/// HOST[:PORT] as given, or the address of a rig advertising that instance name.
-fn resolve_rig(rig: &str) -> Result<String> {
-    let looks_like_host = !rig.contains(' ') && !rig.contains('@') && rig.chars().all(|c| c.is_ascii_graphic());
-    if looks_like_host {
-        return Ok(if rig.contains(':') { rig.to_string() } else { format!("{rig}:4444") });
-    }
-    let found = frontend::discovery::discover(Duration::from_secs(3)).map_err(|e| anyhow!(e))?;
-    let r = found
-        .iter()
-        .find(|r| r.instance.eq_ignore_ascii_case(rig))
-        .ok_or_else(|| anyhow!("no rig named {rig:?} answered on the local network (lantern discover lists them)"))?;
-    let ip = r
-        .addresses
-        .iter()
-        .find(|a| a.is_ipv4())
-        .or(r.addresses.first())
-        .ok_or_else(|| anyhow!("rig {rig:?} advertises no address"))?;
-    Ok(std::net::SocketAddr::new(*ip, r.port).to_string())
+fn pid_text(pid: Option<i32>) -> String {
+    pid.map_or_else(|| "null".into(), |p| p.to_string())
 }
 
 /// Copies stdin to the rig and the rig to stdout until either side ends.
@@ -536,21 +447,12 @@ fn gdb_pipe(c: Conn) -> Result<ExitCode> {
     }
 }
 
-fn stopped(v: Value, json: bool) {
+fn stopped(v: Stopped, json: bool) -> Result<()> {
     if json {
-        println!("{v}");
+        print_json(&v)
     } else {
-        println!("{} STOPPED {}", v["id"].as_str().unwrap_or(""), exit_text(&v["exit"]));
-    }
-}
-
-fn exit_text(e: &Value) -> String {
-    if let Some(c) = e["code"].as_i64() {
-        format!("exit {c}")
-    } else if let Some(s) = e["signal"].as_i64() {
-        format!("signal {s}")
-    } else {
-        "-".into()
+        println!("{} STOPPED {}", v.id, exit_text(v.exit));
+        Ok(())
     }
 }
 
@@ -591,14 +493,10 @@ fn payload(path: &Path) -> Result<Vec<u8>> {
     if !meta.is_dir() {
         return std::fs::read(path).with_context(|| format!("reading {}", path.display()));
     }
-    let gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::default());
-    let mut tar = tar::Builder::new(gz);
-    tar.follow_symlinks(false);
-    tar.append_dir_all(".", path).with_context(|| format!("archiving {}", path.display()))?;
-    Ok(tar.into_inner()?.finish()?)
+    bundle::tar_gz(path).with_context(|| format!("archiving {}", path.display()))
 }
 
-fn upload(c: &mut Conn, path: &Path, exec: Option<String>) -> Result<Value> {
+fn upload(c: &mut Conn, path: &Path, exec: Option<String>) -> Result<Loaded> {
     if std::fs::metadata(path).is_ok_and(|m| m.is_dir()) && exec.is_none() {
         bail!("{} is a directory: say which program in it to run with --exec PATH", path.display());
     }
@@ -624,48 +522,24 @@ fn upload(c: &mut Conn, path: &Path, exec: Option<String>) -> Result<Value> {
     if let Some(b) = bar {
         b.finish_and_clear();
     }
-    c.ok()
+    c.read()
 }
 
-fn write_output(v: &Value) -> Result<()> {
+fn write_out(bytes: &[u8]) -> Result<()> {
     let mut out = std::io::stdout().lock();
-    match v["data_base64"].as_str() {
-        Some(b64) => out.write_all(&base64_decode(b64))?,
-        None => out.write_all(v["data"].as_str().unwrap_or("").as_bytes())?,
-    }
+    out.write_all(bytes)?;
     out.flush()?;
     Ok(())
 }
 
-fn base64_decode(s: &str) -> Vec<u8> {
-    let val = |c: u8| match c {
-        b'A'..=b'Z' => c - b'A',
-        b'a'..=b'z' => c - b'a' + 26,
-        b'0'..=b'9' => c - b'0' + 52,
-        b'+' => 62,
-        _ => 63,
-    };
-    let bytes: Vec<u8> = s.bytes().filter(|&c| c != b'=').collect();
-    let mut out = Vec::with_capacity(bytes.len() * 3 / 4);
-    for ch in bytes.chunks(4) {
-        let n = ch.iter().enumerate().fold(0u32, |n, (i, &c)| n | (u32::from(val(c)) << (18 - 6 * i)));
-        out.extend_from_slice(&n.to_be_bytes()[1..ch.len().max(1)]);
-    }
-    out
-}
-
 /// Streams a run's output to stdout until it ends; returns the final object.
-fn stream_logs(c: &mut Conn, id: Uuid, json: bool) -> Result<Value> {
+fn stream_logs(c: &mut Conn, id: Uuid, json: bool) -> Result<LogEnd> {
     c.send(&Command::Logs { id, follow: true })?;
     loop {
-        let v = c.ok()?;
-        if v["end"] == true {
-            return Ok(v);
-        }
-        if json {
-            println!("{v}");
-        } else {
-            write_output(&v)?;
+        match c.read::<FollowLine>()? {
+            FollowLine::End(end) => return Ok(end),
+            FollowLine::Chunk(chunk) if json => print_json(&chunk)?,
+            FollowLine::Chunk(chunk) => write_out(&chunk.bytes())?,
         }
     }
 }
@@ -681,22 +555,19 @@ fn run_program(
 ) -> Result<ExitCode> {
     let mut c = Conn::open(rig)?;
     let up = upload(&mut c, path, exec)?;
-    let id: Uuid =
-        up["id"].as_str().and_then(|s| s.parse().ok()).ok_or_else(|| anyhow!("the rig gave no session id"))?;
+    let id = up.id;
     // Ctrl-C stops the remote program (over a second connection); the stream then ends.
     ctrlc_stop(rig.clone(), id);
-    c.call(Command::Start { id, debug: false, opts: start_opts(args, env, &[])? })?;
+    c.call::<Started>(Command::Start { id, debug: false, opts: start_opts(args, env, &[])? })?;
     let end = stream_logs(&mut c, id, json)?;
     if json {
-        println!("{end}");
+        print_json(&end)?;
     }
     if !keep {
-        let _ = c.call(Command::Delete(id));
+        let _ = c.call::<Deleted>(Command::Delete(id));
     }
-    let e = &end["exit"];
-    let code = match (e["code"].as_i64(), e["signal"].as_i64()) {
-        (Some(c), _) => c,
-        (None, Some(s)) => 128 + s,
+    let code = match end {
+        LogEnd::Ended { exit: Some(e), .. } => e.shell_status(),
         _ => 1,
     };
     Ok(ExitCode::from(code.clamp(0, 255) as u8))
@@ -723,85 +594,16 @@ fn ctrlc_stop(target: Target, id: Uuid) {
         if HIT.swap(false, Ordering::SeqCst) {
             eprintln!("lantern: stopping {id}…");
             if let Ok(mut c) = Conn::open(&target) {
-                let _ = c.call(Command::Stop(id));
+                let _ = c.call::<Stopped>(Command::Stop(id));
             }
         }
         std::thread::sleep(Duration::from_millis(50));
     });
 }
 
-/// A Chrome/Perfetto trace (JSON object format) of a run's timeline: the run, its setup,
-/// the program and the debugger's attach windows as spans, limit hits as instants.
-fn perfetto_trace(r: &Value) -> Result<Value> {
-    let mut at = std::collections::HashMap::new();
-    let mut debug_windows = Vec::new();
-    let mut attached = None;
-    for e in r["timeline"].as_array().into_iter().flatten() {
-        let t = humantime::parse_rfc3339(e["time"].as_str().unwrap_or("")).context("bad time in the receipt")?;
-        let us = t.duration_since(std::time::UNIX_EPOCH)?.as_micros() as u64;
-        let event = e["event"].as_str().unwrap_or("");
-        match event {
-            "debug_attached" => attached = Some(us),
-            "debug_detached" => debug_windows.extend(attached.take().map(|a| (a, us))),
-            _ => {}
-        }
-        at.insert(event.to_string(), us);
-    }
-    let get = |k: &str| at.get(k).copied();
-    let (Some(spawned), Some(exited)) = (get("spawned"), get("exited")) else {
-        bail!("the receipt has no timeline (a run of an older rig?)");
-    };
-    let ready = get("setup_finished").unwrap_or(spawned);
-    let span = |name: &str, ts: u64, end: u64, tid: u64| serde_json::json!({"name": name, "cat": "run", "ph": "X", "ts": ts, "dur": end.saturating_sub(ts), "pid": 1, "tid": tid, "args": {"session": r["session"], "run": r["run"]}});
-    let mut events = vec![
-        serde_json::json!({"name": "process_name", "ph": "M", "pid": 1, "args": {"name": format!("session {}", r["session"].as_str().unwrap_or(""))}}),
-        span(&format!("run {}", r["run"]), spawned, exited, 1),
-        span("jail setup", spawned, ready, 2),
-        span(&format!("program ({})", exit_text(&r["exit"])), ready, exited, 2),
-    ];
-    // A debugger still attached when the run ended: its window ends with the run.
-    debug_windows.extend(attached.map(|a| (a, exited)));
-    for (a, b) in debug_windows {
-        events.push(span("debugger attached", a, b, 3));
-    }
-    if let Some(t) = get("limit_hit") {
-        events.push(serde_json::json!({"name": format!("limit hit: {}", r["limit_hit"].as_str().unwrap_or("")), "ph": "i", "s": "p", "ts": t, "pid": 1, "tid": 2}));
-    }
-    // The process tree: a track per session pid, a span from its start to its exit_group.
-    // The kernel keeps start times in clock ticks (10 ms), so a start is clamped into the run.
-    let procs = r["processes"].as_array().cloned().unwrap_or_default();
-    if !procs.is_empty() {
-        events.push(serde_json::json!({"name": "process_name", "ph": "M", "pid": 2, "args": {"name": "process tree (session pids)"}}));
-    }
-    for p in &procs {
-        let when = |k: &str| -> Result<u64> {
-            let t = humantime::parse_rfc3339(p[k].as_str().unwrap_or("")).context("bad time in the receipt")?;
-            Ok(t.duration_since(std::time::UNIX_EPOCH)?.as_micros() as u64)
-        };
-        let (pid, end) = (p["pid"].as_u64().unwrap_or(0), when("end")?.min(exited));
-        let start = when("start")?.clamp(spawned, end);
-        let comm = p["comm"].as_str().unwrap_or("?");
-        events.push(serde_json::json!({"name": "thread_name", "ph": "M", "pid": 2, "tid": pid, "args": {"name": format!("pid {pid} ({comm})")}}));
-        events.push(serde_json::json!({
-            "name": format!("{comm} (exit {})", p["exit_code"]), "cat": "process", "ph": "X", "ts": start,
-            "dur": end - start, "pid": 2, "tid": pid,
-            "args": {"pid": pid, "ppid": p["ppid"], "exit_code": p["exit_code"]},
-        }));
-    }
-    Ok(serde_json::json!({"traceEvents": events, "displayTimeUnit": "ms", "otherData": {"receipt": r}}))
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn base64_round_trips_with_the_server() {
-        for data in [&b""[..], b"f", b"fo", b"foo", b"\xff\x00\x10binary"] {
-            let (_, b64) = frontend::session::output_json(&[data, &b"\xff"[..]].concat());
-            assert_eq!(base64_decode(b64.unwrap().as_str().unwrap()), [data, &b"\xff"[..]].concat());
-        }
-    }
 
     #[test]
     fn start_options() {
@@ -811,97 +613,4 @@ mod tests {
         assert!(start_opts(vec![], &["novalue".into()], &[]).is_err());
         assert!(start_opts(vec![], &[], &["bogus=1".into()]).is_err());
     }
-}
-
-/// The user's `lantern` configuration file.
-#[derive(Debug, Default)]
-struct UserConfig {
-    path: Option<PathBuf>,
-    rig: Option<String>,
-    table: toml::Table,
-}
-
-impl UserConfig {
-    fn path() -> Option<PathBuf> {
-        let base = std::env::var_os("XDG_CONFIG_HOME")
-            .filter(|v| !v.is_empty())
-            .map(PathBuf::from)
-            .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".config")))?;
-        Some(base.join("lantern").join("config.toml"))
-    }
-
-    fn load() -> Result<UserConfig> {
-        let Some(path) = UserConfig::path().filter(|p| p.exists()) else { return Ok(UserConfig::default()) };
-        let text = std::fs::read_to_string(&path).with_context(|| format!("reading {}", path.display()))?;
-        let table: toml::Table = text.parse().with_context(|| format!("{} is not valid TOML", path.display()))?;
-        for key in table.keys() {
-            if !matches!(key.as_str(), "rig" | "token" | "token_file") {
-                bail!("{}: unknown key {key:?} (known: rig, token, token_file, [rig.\"NAME\"])", path.display());
-            }
-        }
-        let rig = match table.get("rig") {
-            None | Some(toml::Value::Table(_)) => None,
-            Some(toml::Value::String(s)) => Some(s.clone()),
-            Some(other) => bail!("{}: rig must be a string or a table, not {other}", path.display()),
-        };
-        Ok(UserConfig { path: Some(path), rig, table })
-    }
-
-    /// The token for `rig`: from its own `[rig."NAME"]` table, else from the top level.
-    fn token(&self, rig: &str) -> Result<Option<String>> {
-        let Some(path) = &self.path else { return Ok(None) };
-        let per_rig =
-            self.table.get("rig").and_then(|r| r.as_table()).and_then(|t| t.get(rig)).and_then(|v| v.as_table());
-        for scope in per_rig.into_iter().chain(std::iter::once(&self.table)) {
-            if let Some(t) = scope.get("token") {
-                let t = t.as_str().ok_or_else(|| anyhow!("{}: token must be a string", path.display()))?;
-                private(path)?;
-                return Ok(Some(t.to_string()));
-            }
-            if let Some(f) = scope.get("token_file") {
-                let f = f.as_str().ok_or_else(|| anyhow!("{}: token_file must be a string", path.display()))?;
-                let f = match (f.strip_prefix("~/"), std::env::var_os("HOME")) {
-                    (Some(rest), Some(home)) => PathBuf::from(home).join(rest),
-                    _ => PathBuf::from(f),
-                };
-                return read_token_file(&f).map(Some);
-            }
-        }
-        Ok(None)
-    }
-}
-
-/// Refuses a file holding a token that others can read (like ssh with private keys).
-fn private(path: &Path) -> Result<()> {
-    use std::os::unix::fs::MetadataExt;
-    let mode = std::fs::metadata(path).with_context(|| format!("{}", path.display()))?.mode();
-    if mode & 0o077 != 0 {
-        bail!(
-            "{} holds a token but is readable by group or others (mode {:o}): run chmod 600 on it",
-            path.display(),
-            mode & 0o777
-        );
-    }
-    Ok(())
-}
-
-fn read_token_file(path: &Path) -> Result<String> {
-    private(path)?;
-    let text = std::fs::read_to_string(path).with_context(|| format!("reading the token file {}", path.display()))?;
-    let token = text.trim();
-    if token.is_empty() || token.contains(char::is_whitespace) {
-        bail!("{}: want one token on its own (no spaces)", path.display());
-    }
-    Ok(token.to_string())
-}
-
-/// --token-file, else LANTERN_TOKEN, else the config file.
-fn token_for(token_file: Option<&Path>, config: &UserConfig, rig: &str) -> Result<Option<String>> {
-    if let Some(f) = token_file {
-        return read_token_file(f).map(Some);
-    }
-    if let Some(t) = std::env::var("LANTERN_TOKEN").ok().filter(|t| !t.is_empty()) {
-        return Ok(Some(t));
-    }
-    config.token(rig)
 }

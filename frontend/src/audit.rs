@@ -98,9 +98,7 @@ impl Audit {
         if let Some(f) = self.file.as_mut().filter(|_| !self.file_failed) {
             if let Err(e) = f.write_all(line) {
                 self.file_failed = true;
-                eprintln!(
-                    "debuglantern: warning: cannot write the audit log ({e}); it goes to stderr only from now on"
-                );
+                log::warn!("cannot write the audit log ({e}); it goes to stderr only from now on");
             }
         }
     }

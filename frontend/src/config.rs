@@ -223,7 +223,7 @@ pub struct Config {
     /// Broker binary.
     pub broker: Option<PathBuf>,
     /// mDNS: `None` = off; otherwise what to advertise where.
-    pub mdns: Option<crate::discovery::Plan>,
+    pub mdns: Option<discovery::Plan>,
     /// Token file.
     pub auth_tokens: Option<PathBuf>,
     /// Audit log file (besides stderr).
@@ -336,9 +336,9 @@ impl Config {
                 } else {
                     flags.mdns_interfaces
                 };
-                let name = flags.mdns_name.or(file.mdns_name).map(|n| crate::discovery::clip(&n));
-                (on && !flags.stdio).then(|| crate::discovery::Plan {
-                    name: name.unwrap_or_else(crate::discovery::default_name),
+                let name = flags.mdns_name.or(file.mdns_name).map(|n| discovery::clip(&n));
+                (on && !flags.stdio).then(|| discovery::Plan {
+                    name: name.unwrap_or_else(discovery::default_name),
                     interfaces,
                     force: flags.mdns || file.mdns == Some(true),
                     auth_required: auth_tokens.is_some(),

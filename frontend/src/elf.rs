@@ -29,6 +29,18 @@ pub struct ElfInfo {
     pub is_static: bool,
 }
 
+impl From<ElfInfo> for proto::reply::Elf {
+    fn from(e: ElfInfo) -> Self {
+        proto::reply::Elf {
+            class: e.class.into(),
+            machine: e.machine.into(),
+            kind: e.kind.into(),
+            interpreter: e.interpreter,
+            is_static: e.is_static,
+        }
+    }
+}
+
 /// Reads `len` bytes at `offset` of the image; errors if they are not all there.
 pub trait ReadAt {
     /// The image's size.

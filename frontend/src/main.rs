@@ -8,10 +8,11 @@ use nix::unistd::Uid;
 use std::process::ExitCode;
 
 fn main() -> ExitCode {
+    frontend::logger::install("debuglantern");
     match run() {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
-            eprintln!("debuglantern: {e:#}");
+            log::error!("{e:#}");
             ExitCode::FAILURE
         }
     }
@@ -133,7 +134,7 @@ fn run() -> anyhow::Result<()> {
     policy::seccomp::install(std::slice::from_ref(&loop_seccomp))?;
     let all_warnings = server.warnings().to_vec();
     for w in &all_warnings {
-        eprintln!("debuglantern: warning: {w}");
+        log::warn!("{w}");
     }
     if strict && !all_warnings.is_empty() {
         anyhow::bail!("--strict: refusing to start with {} warning(s)", all_warnings.len());
@@ -144,9 +145,9 @@ fn run() -> anyhow::Result<()> {
         let l: Vec<String> = locals.iter().map(|a| a.to_string()).collect();
         format!("listening on {}", l.join(", "))
     };
-    eprintln!("debuglantern: {serving} (broker pid {broker_pid}, uid {})", Uid::effective());
+    log::info!("{serving} (broker pid {broker_pid}, uid {})", Uid::effective());
     server.run()?;
-    eprintln!("debuglantern: every session stopped; exiting");
+    log::info!("every session stopped; exiting");
     Ok(())
 }
 

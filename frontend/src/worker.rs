@@ -71,7 +71,7 @@ impl Worker {
                         let result = extract(&store, archive, &dir, &exec_path, limits);
                         if result.is_err() {
                             if let Err(e) = bundle::remove_tree(store.as_fd(), &dir) {
-                                eprintln!("debuglantern: cleaning up refused bundle {dir}: {e}");
+                                log::error!("cleaning up refused bundle {dir}: {e}");
                             }
                         }
                         if tx.send(Done::Extracted { ticket, result }).is_err() {
@@ -81,7 +81,7 @@ impl Worker {
                     }
                     Job::Remove { dir } => {
                         if let Err(e) = bundle::remove_tree(store.as_fd(), &dir) {
-                            eprintln!("debuglantern: removing bundle {dir}: {e}");
+                            log::error!("removing bundle {dir}: {e}");
                         }
                     }
                 }

@@ -3,7 +3,7 @@
 use libfuzzer_sys::fuzz_target;
 
 fuzz_target!(|data: &[u8]| {
-    match frontend::protocol::parse_line(data) {
+    match proto::parse_line(data) {
         Ok(_) => {}
         Err(e) => assert!(!e.message.is_empty()),
     }

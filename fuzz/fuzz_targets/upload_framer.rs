@@ -1,9 +1,9 @@
-//! The upload framer (`frontend::protocol::Framer`): a connection's bytes cut into command
+//! The upload framer (`proto::Framer`): a connection's bytes cut into command
 //! lines and UPLOAD payloads. Whatever the bytes and however they arrive in pieces, the
 //! frames are the same; a payload is exactly as long as its UPLOAD said (unless the
 //! stream ends first), is never read as commands, and no line is longer than the limit.
 #![no_main]
-use frontend::protocol::{parse_line, split_stream, Command, Frame, UploadSize, MAX_LINE};
+use proto::{parse_line, split_stream, Command, Frame, UploadSize, MAX_LINE};
 use libfuzzer_sys::fuzz_target;
 
 fuzz_target!(|data: &[u8]| {

@@ -1,0 +1,341 @@
+//! The session state machine (SPEC §4): `START`, `STOP`, `KILL`, `DELETE`, and what the
+//! broker reports of a run — spawned, started (or failed), exited — with the receipt of
+//! every run that ended (§9). Each command's start and its completion are next to each
+//! other here.
+
+use super::broker_link::{refusal_code, Owner};
+use super::ctx::{Caller, Followup, Outcome, Shared, Waiter};
+use super::model::{exit_reply, limits_reply, now, Session, RECEIPTS_KEPT};
+use super::uploads::session_id;
+use proto::reply::{Deleted, EventKind, Jail, Kind, Mark, Process, Receipt, Started, State, Stopped, StreamDigest};
+use proto::{Error, StartOpts, Time};
+use serde_json::json;
+use shared::{Reply, Request, RunLimits, StartSpec};
+use std::collections::HashMap;
+use std::os::fd::{AsRawFd, OwnedFd};
+use uuid::Uuid;
+
+/// Version of the receipt schema (RECEIPT's `schema` field).
+pub const RECEIPT_SCHEMA: &str = "debuglantern.receipt/1";
+
+/// A request with the broker.
+#[derive(Debug)]
+enum Waiting {
+    Start { caller: Caller, id: Uuid, limits: RunLimits, args: Vec<String>, env_keys: Vec<String>, debug: bool },
+    Stop { to: Waiter, id: Uuid },
+    Delete { to: Waiter, id: Uuid },
+}
+
+/// The lifecycle owner.
+#[derive(Debug, Default)]
+pub struct Lifecycle {
+    waiting: HashMap<u64, Waiting>,
+    /// STOPs and KILLs waiting for their run to end, by session.
+    exit_waiters: HashMap<Uuid, Vec<Waiter>>,
+}
+
+/// The host pid of a pidfd, from `/proc/self/fdinfo`.
+fn host_pid(pidfd: &OwnedFd) -> Option<i32> {
+    let info = std::fs::read_to_string(format!("/proc/self/fdinfo/{}", pidfd.as_raw_fd())).ok()?;
+    // -1 once the process has exited (it may already have).
+    info.lines().find_map(|l| l.strip_prefix("Pid:")).and_then(|v| v.trim().parse().ok()).filter(|&p: &i32| p > 0)
+}
+
+fn refusal(reply: Reply) -> Error {
+    match reply {
+        Reply::Refused { refusal, message } => Error::new(refusal_code(refusal), message),
+        other => {
+            log::error!("unexpected broker reply {other:?}");
+            Error::internal("unexpected answer from the broker")
+        }
+    }
+}
+
+impl Lifecycle {
+    /// `START <id> [--debug] [<json>]`.
+    pub fn start(&mut self, sh: &mut Shared, caller: &Caller, id: Uuid, debug: bool, opts: StartOpts) -> Outcome {
+        // START --debug opens a debug port for the client that asked, on the address it used.
+        if debug && (caller.local.is_none() || caller.peer.is_none()) {
+            return Outcome::Refuse(Error::unsupported(
+                "this connection has no network address to open a debug port on: use DEBUG <id> --stdio (lantern gdb-pipe)",
+            ));
+        }
+        let s = match sh.sessions.visible(caller.identity.as_ref(), id) {
+            Ok(s) => s,
+            Err(e) => return Outcome::Refuse(e),
+        };
+        if s.busy || s.state.alive() {
+            return Outcome::Refuse(Error::invalid_state(format!("session is {}; STOP it first", s.state.as_str())));
+        }
+        let mut argv = vec![b"program".to_vec()];
+        argv.extend(opts.args.iter().map(|a| a.as_bytes().to_vec()));
+        let env: Vec<(String, String)> = match opts.env {
+            Some(env) => env.into_iter().collect(),
+            None => [("PATH", "/usr/local/bin:/usr/bin:/bin"), ("HOME", "/tmp"), ("TERM", "dumb")]
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect(),
+        };
+        let env_keys: Vec<String> = env.iter().map(|(k, _)| k.clone()).collect();
+        let env: Vec<Vec<u8>> = env.into_iter().map(|(k, v)| format!("{k}={v}").into_bytes()).collect();
+        let req = opts.limits.unwrap_or_default();
+        let limits = policy::rlimits::tighten(
+            sh.cfg.limits,
+            RunLimits {
+                cpu_seconds: req.cpu_seconds.unwrap_or(0),
+                address_space: req.address_space.unwrap_or(0),
+                open_files: req.open_files.unwrap_or(0),
+                processes: req.processes.unwrap_or(0),
+                tmp_bytes: req.tmp_bytes.unwrap_or(0),
+                memory_bytes: req.memory_bytes.unwrap_or(0),
+            },
+        );
+        let list_processes = opts.list_processes.unwrap_or(true);
+        let spec = StartSpec { argv, env, limits, debug, list_processes };
+        let tag = match sh.broker.send(Owner::Lifecycle, Request::Start { id: session_id(&id), spec }) {
+            Ok(t) => t,
+            Err(e) => return Outcome::Refuse(e),
+        };
+        if let Some(s) = sh.sessions.get_mut(&id) {
+            s.busy = true;
+        }
+        sh.audit_session(caller, "start", id);
+        let args = opts.args;
+        self.waiting.insert(tag, Waiting::Start { caller: caller.clone(), id, limits, args, env_keys, debug });
+        Outcome::Park
+    }
+
+    /// `STOP <id>` (SIGTERM, SIGKILL after the grace) or `KILL <id>`: answered when the
+    /// run has ended.
+    pub fn stop(&mut self, sh: &mut Shared, caller: &Caller, id: Uuid, kill: bool) -> Outcome {
+        let s = match sh.sessions.visible(caller.identity.as_ref(), id) {
+            Ok(s) => s,
+            Err(e) => return Outcome::Refuse(e),
+        };
+        if !s.state.alive() {
+            return Outcome::Refuse(Error::invalid_state(format!("session is {}, not RUNNING", s.state.as_str())));
+        }
+        let req = if kill {
+            Request::Kill { id: session_id(&id) }
+        } else {
+            Request::Stop { id: session_id(&id), grace_ms: sh.cfg.stop_grace.as_millis() as u64 }
+        };
+        let tag = match sh.broker.send(Owner::Lifecycle, req) {
+            Ok(t) => t,
+            Err(e) => return Outcome::Refuse(e),
+        };
+        sh.audit_session(caller, if kill { "kill" } else { "stop" }, id);
+        self.waiting.insert(tag, Waiting::Stop { to: caller.waiter, id });
+        self.exit_waiters.entry(id).or_default().push(caller.waiter);
+        Outcome::Park
+    }
+
+    /// `DELETE <id>`: kills the run if any, then the session is gone.
+    pub fn delete(&mut self, sh: &mut Shared, caller: &Caller, id: Uuid) -> Outcome {
+        let s = match sh.sessions.visible(caller.identity.as_ref(), id) {
+            Ok(s) => s,
+            Err(e) => return Outcome::Refuse(e),
+        };
+        if s.busy && !s.state.alive() {
+            return Outcome::Refuse(Error::invalid_state("session is starting; try again"));
+        }
+        let tag = match sh.broker.send(Owner::Lifecycle, Request::Delete { id: session_id(&id) }) {
+            Ok(t) => t,
+            Err(e) => return Outcome::Refuse(e),
+        };
+        if let Some(s) = sh.sessions.get_mut(&id) {
+            s.deleting = true;
+        }
+        sh.audit_session(caller, "delete", id);
+        self.waiting.insert(tag, Waiting::Delete { to: caller.waiter, id });
+        // Followers of the session end their stream.
+        sh.sessions.touch(id);
+        Outcome::Park
+    }
+
+    /// The broker's answer to a request of ours.
+    pub fn on_reply(&mut self, sh: &mut Shared, tag: u64, reply: Reply) {
+        let Some(w) = self.waiting.remove(&tag) else { return };
+        match w {
+            Waiting::Start { caller, id, limits, args, env_keys, debug } => match reply {
+                Reply::Started { ns_pid, pidfd, stdout, stderr, .. } => {
+                    let pid = host_pid(&pidfd);
+                    drop(pidfd);
+                    let Some(s) = sh.sessions.get_mut(&id) else { return };
+                    s.busy = false;
+                    s.state = State::Running;
+                    s.pid = pid;
+                    s.ns_pid = Some(ns_pid);
+                    s.exit = None;
+                    s.usage = None;
+                    s.cgroup_hit = None;
+                    s.limits = limits;
+                    s.runs += 1;
+                    s.started = Some(now());
+                    s.ended = None;
+                    s.logs.clear();
+                    s.out_bytes = [0, 0];
+                    s.out_hash = Default::default();
+                    s.run_args = args;
+                    s.run_env_keys = env_keys;
+                    s.pipes_open = 2;
+                    let run = s.runs;
+                    sh.emit(id, EventKind::SetupFinished { run, pid, ns_pid });
+                    sh.follow_up(Followup::Pipes { id, stdout, stderr });
+                    if debug {
+                        // Held at its entry point: the debugger is attached, then START is
+                        // answered.
+                        if let Some(s) = sh.sessions.get_mut(&id) {
+                            s.busy = true;
+                        }
+                        sh.follow_up(Followup::DebugStarted { caller, id });
+                    } else {
+                        let r = Started { ok: proto::True, id, state: State::Running, debug: None, pid, ns_pid };
+                        sh.answer(caller.waiter, Outcome::reply(&r));
+                    }
+                }
+                other => {
+                    if let Some(s) = sh.sessions.get_mut(&id) {
+                        s.busy = false;
+                    }
+                    let e = refusal(other);
+                    sh.emit(id, EventKind::StartFailed { message: e.message.clone() });
+                    sh.answer(caller.waiter, Outcome::Refuse(e));
+                }
+            },
+            Waiting::Stop { to, id } => match reply {
+                // The answer comes when the run has ended.
+                Reply::Accepted { .. } => {}
+                other => {
+                    // Usually a race with the run's own exit, whose event came first.
+                    if let Some(w) = self.exit_waiters.get_mut(&id) {
+                        w.retain(|w| *w != to);
+                    }
+                    let state = sh.sessions.get(&id).map(|s| s.state.as_str()).unwrap_or("gone");
+                    let e = refusal(other);
+                    sh.answer(to, Outcome::Refuse(Error::invalid_state(format!("session is {state}: {}", e.message))));
+                }
+            },
+            Waiting::Delete { to, id } => match reply {
+                Reply::Deleted { .. } => {
+                    sh.emit(id, EventKind::Deleted {});
+                    let bundle = sh.sessions.remove(&id).is_some_and(|s| s.kind == Kind::Bundle);
+                    for w in self.exit_waiters.remove(&id).unwrap_or_default() {
+                        sh.answer(w, Outcome::Refuse(Error::not_found("the session was deleted")));
+                    }
+                    sh.follow_up(Followup::Deleted { id, bundle });
+                    sh.answer(to, Outcome::reply(&Deleted { ok: proto::True, id, deleted: true }));
+                    sh.sessions.touch(id);
+                }
+                other => {
+                    if let Some(s) = sh.sessions.get_mut(&id) {
+                        s.deleting = false;
+                    }
+                    let e = refusal(other);
+                    sh.answer(
+                        to,
+                        Outcome::Refuse(Error::internal(format!("the broker refused to delete: {}", e.message))),
+                    );
+                }
+            },
+        }
+    }
+
+    /// The broker created a run's init.
+    pub fn on_spawned(&mut self, sh: &mut Shared, id: Uuid) {
+        let run = sh.sessions.get(&id).map_or(0, |s| s.runs + 1);
+        sh.emit(id, EventKind::Spawned { run });
+    }
+
+    /// A run ended, everything of it reaped (its pipes were drained first): the state, the
+    /// receipt, the STOPs and KILLs waiting for it, the events.
+    pub fn on_exited(
+        &mut self,
+        sh: &mut Shared,
+        id: Uuid,
+        status: shared::ExitStatus,
+        usage: shared::Usage,
+        limit_hit: Option<shared::LimitHit>,
+    ) {
+        let Some(s) = sh.sessions.get_mut(&id) else { return };
+        s.state = State::Stopped;
+        s.exit = Some(exit_reply(status));
+        s.usage = Some(usage);
+        s.cgroup_hit = limit_hit;
+        s.ended = Some(now());
+        // The receipt is written now: its timeline ends here (the events follow below).
+        let t = now();
+        if s.limit_hit().is_some() {
+            s.timeline.push(("limit_hit", t));
+        }
+        s.timeline.push(("exited", t));
+        let receipt = receipt(s, &sh.jail, &sh.warnings);
+        if s.receipts.len() == RECEIPTS_KEPT {
+            s.receipts.pop_front();
+        }
+        s.receipts.push_back(receipt);
+        let (run, hit, owner, exit) = (s.runs, s.limit_hit(), s.owner.clone(), exit_reply(status));
+        let stopped = Stopped { ok: proto::True, id, state: State::Stopped, exit: Some(exit), limit_hit: hit };
+        for w in self.exit_waiters.remove(&id).unwrap_or_default() {
+            sh.answer(w, Outcome::reply(&stopped));
+        }
+        sh.sessions.touch(id);
+        if let Some(limit) = hit {
+            sh.audit.log("limit_hit", json!({"id": id.to_string(), "owner": &*owner, "run": run, "limit": limit}));
+            sh.emit(id, EventKind::LimitHit { run, limit });
+        }
+        sh.emit(id, EventKind::Exited { run, exit, limit_hit: hit });
+    }
+}
+
+/// The receipt of the run that just ended (called once, when it has ended and its output
+/// is drained).
+fn receipt(s: &Session, jail: &Jail, warnings: &[String]) -> Receipt {
+    use sha2::Digest;
+    let started = s.started.unwrap_or(s.created);
+    let ended = s.ended.unwrap_or_else(now);
+    let duration = ended.0.duration_since(started.0).unwrap_or_default();
+    let usage = s.usage.clone().unwrap_or_default();
+    let digest =
+        |i: usize| StreamDigest { bytes: s.out_bytes[i], sha256: hex::encode(s.out_hash[i].clone().finalize()) };
+    Receipt {
+        schema: RECEIPT_SCHEMA.into(),
+        session: s.id,
+        run: s.runs,
+        kind: s.kind,
+        sha256: s.sha256.clone(),
+        exec_path: s.exec_path.clone(),
+        args: s.run_args.clone(),
+        env_keys: s.run_env_keys.clone(),
+        identity: s.owner.clone(),
+        started,
+        ended,
+        duration_ms: duration.as_millis() as u64,
+        exit: s.exit,
+        limit_hit: s.limit_hit(),
+        cpu_user_ms: usage.user_us / 1000,
+        cpu_sys_ms: usage.sys_us / 1000,
+        max_rss_kib: usage.max_rss_kib,
+        processes_spawned: usage.processes,
+        // Every process that ended with exit_group, in the order they ended.
+        processes: usage
+            .tree
+            .iter()
+            .map(|p| Process {
+                pid: p.pid,
+                ppid: p.ppid,
+                comm: p.comm.clone(),
+                start: Time::from_micros(p.start_us),
+                end: Time::from_micros(p.end_us),
+                exit_code: p.code,
+            })
+            .collect(),
+        processes_unlisted: usage.tree_dropped,
+        stdout: digest(0),
+        stderr: digest(1),
+        jail: jail.clone(),
+        limits: limits_reply(&s.limits),
+        warnings: warnings.to_vec(),
+        timeline: s.timeline.iter().map(|(e, t)| Mark { event: e.to_string(), time: *t }).collect(),
+    }
+}

@@ -1,0 +1,804 @@
+//! The frontend's single-threaded event loop (mio, edge-triggered). Each token stands for
+//! one [`io::Source`]; each concern owns its state in its own module and its handlers
+//! return an [`ctx::Outcome`] that only this loop applies to a connection:
+//!
+//! | module | owns |
+//! |---|---|
+//! | [`conn`] | a connection's bytes, framing, mode and output |
+//! | [`access`] | AUTH, the tokens, the slow-down of failures |
+//! | [`uploads`] | UPLOAD: budgets, quotas, the hashing and bundle threads, loading |
+//! | [`lifecycle`] | START, STOP, KILL, DELETE, runs' ends, receipts |
+//! | [`output`] | log pipes, LOGS, LOGS --follow |
+//! | [`events`] | EVENTS subscribers |
+//! | [`debug`] | DEBUG: ports, relays |
+//! | [`queries`] | HELLO, LIST, STATUS, RECEIPT |
+//!
+//! Each connection handles one command at a time: a command that needs the broker parks
+//! the connection (its later, pipelined commands wait in its buffer or in the kernel), so
+//! replies always come back in order, while every other connection keeps being served.
+//! Owners never call each other: a completion that concerns another owner leaves a
+//! [`ctx::Followup`], which the loop hands on.
+
+pub mod access;
+pub mod broker_link;
+pub mod conn;
+pub mod ctx;
+pub mod debug;
+pub mod events;
+pub mod io;
+pub mod lifecycle;
+pub mod model;
+pub mod output;
+pub mod queries;
+pub mod uploads;
+
+use self::broker_link::{BrokerLink, Incoming, Owner};
+use self::conn::{Conn, Mode};
+use self::ctx::{Followup, Outcome, Shared, StreamKind, Waiter};
+use self::io::{Io, Source};
+use crate::auth::Tokens;
+use crate::config::Config;
+use crate::stream::Stream;
+use mio::net::TcpListener;
+use mio::unix::SourceFd;
+use mio::{Events, Interest, Poll, Token};
+use nix::sys::signal::{SigSet, Signal};
+use nix::sys::signalfd::{SfdFlags, SignalFd};
+use proto::{Code, Command, Frame, UploadSize};
+use serde_json::json;
+use shared::{Reply, Request, Tube, TubeError, MAGIC, WIRE_VERSION};
+use std::collections::HashMap;
+use std::io::{ErrorKind, Read, Write};
+use std::net::SocketAddr;
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use uuid::Uuid;
+
+const BROKER: Token = Token(1);
+const BROKER_PID: Token = Token(2);
+const SIGNALS: Token = Token(3);
+const WAKER: Token = Token(4);
+const FIRST_DYNAMIC: usize = 16;
+
+/// Refusals of one connection written to the audit log before it goes quiet about them.
+const AUDITED_REFUSALS: u32 = 32;
+
+/// Where clients come from.
+#[derive(Debug)]
+pub enum Clients {
+    /// Listening sockets (bound by us or passed by systemd).
+    Listeners(Vec<std::net::TcpListener>),
+    /// One client on a Unix stream socket (`--stdio`): the daemon ends with it.
+    Stdio(std::os::unix::net::UnixStream),
+}
+
+/// Who may use the rig and where that is recorded.
+#[derive(Debug)]
+pub struct Security {
+    /// The operator's tokens; `None` = no authentication (loopback, or --insecure-no-auth).
+    pub tokens: Option<Tokens>,
+    /// The audit log.
+    pub audit: crate::audit::Audit,
+}
+
+/// Why the daemon stops.
+#[derive(Debug, thiserror::Error)]
+pub enum ServeError {
+    /// The broker is gone or misbehaved: fail closed.
+    #[error("broker link failed")]
+    Broker(#[from] TubeError),
+    /// The broker exited.
+    #[error("the broker exited unexpectedly ({0})")]
+    BrokerExited(String),
+    /// The hello failed.
+    #[error("broker hello: {0}")]
+    Hello(String),
+    /// epoll or signalfd failed.
+    #[error("event loop")]
+    Io(#[from] std::io::Error),
+    /// Shutdown took too long.
+    #[error("the broker did not finish shutting down in time")]
+    ShutdownTimeout,
+}
+
+impl From<nix::Error> for ServeError {
+    fn from(e: nix::Error) -> Self {
+        ServeError::Io(e.into())
+    }
+}
+
+/// The frontend.
+pub struct Server {
+    poll: Poll,
+    sh: Shared,
+    conns: HashMap<Token, Conn>,
+    listeners: Vec<Option<(Token, TcpListener)>>,
+    /// The `--stdio` client's connection: when it ends, the daemon shuts down.
+    stdio: Option<Token>,
+    broker_pidfd: OwnedFd,
+    signals: SignalFd,
+    waker: Arc<mio::Waker>,
+    /// The bundle store (handed to the worker when it starts).
+    store: Option<OwnedFd>,
+    access: access::Access,
+    uploads: uploads::Uploads,
+    lifecycle: lifecycle::Lifecycle,
+    output: output::Output,
+    events: events::Events,
+    debug: debug::Debug,
+    /// The mDNS advertisement, if any (withdrawn at shutdown).
+    advertiser: Option<discovery::Advertiser>,
+    shutdown_deadline: Option<Instant>,
+    next_wait: u64,
+    scratch: Vec<u8>,
+    /// The event log's head when subscribers were last pumped.
+    events_pumped: u64,
+}
+
+impl std::fmt::Debug for Server {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Server")
+            .field("sessions", &self.sh.sessions.len())
+            .field("connections", &self.conns.len())
+            .finish()
+    }
+}
+
+impl Server {
+    /// Sets up the loop around the clients' sockets and a started broker, and does the
+    /// hello with the broker.
+    pub fn new(
+        cfg: Config,
+        clients: Clients,
+        broker: crate::launcher::Broker,
+        store: OwnedFd,
+        security: Security,
+        mut warnings: Vec<String>,
+    ) -> Result<Server, ServeError> {
+        let poll = Poll::new()?;
+        let mut tube = Tube::new(broker.sock)?;
+        let mut mask = SigSet::empty();
+        mask.add(Signal::SIGTERM);
+        mask.add(Signal::SIGINT);
+        mask.thread_block()?;
+        let signals = SignalFd::with_flags(&mask, SfdFlags::SFD_NONBLOCK | SfdFlags::SFD_CLOEXEC)?;
+        warnings.extend(hello(&mut tube)?);
+        let mut io = Io::new(poll.registry().try_clone()?, FIRST_DYNAMIC);
+        let access = access::Access::new(security.tokens);
+        let mut listeners = Vec::new();
+        let mut stdio = None;
+        let mut conns = HashMap::new();
+        match clients {
+            Clients::Listeners(ls) => {
+                for (i, l) in ls.into_iter().enumerate() {
+                    l.set_nonblocking(true)?;
+                    let mut l = TcpListener::from_std(l);
+                    let t = io.register(&mut l, Interest::READABLE, Source::Listener(i))?;
+                    listeners.push(Some((t, l)));
+                }
+            }
+            Clients::Stdio(sock) => {
+                sock.set_nonblocking(true)?;
+                let mut stream = Stream::Unix(mio::net::UnixStream::from_std(sock));
+                let t = io.register(&mut stream, Interest::READABLE | Interest::WRITABLE, Source::Conn)?;
+                // The bridge's peer: the socket on fd 0, when it is one (inetd, systemd Accept=yes).
+                let addr =
+                    |a: nix::Result<nix::sys::socket::SockaddrStorage>| a.ok().and_then(|a| crate::stream::to_std(&a));
+                let peer = addr(nix::sys::socket::getpeername(0));
+                let local = addr(nix::sys::socket::getsockname(0));
+                let mut c = Conn::new(stream, peer, local, access.initial());
+                c.stdio_client = true;
+                conns.insert(t, c);
+                stdio = Some(t);
+            }
+        }
+        io.register_at(&mut SourceFd(&tube.as_raw_fd()), BROKER, Interest::READABLE, Source::Broker)?;
+        io.register_at(&mut SourceFd(&broker.pidfd.as_raw_fd()), BROKER_PID, Interest::READABLE, Source::BrokerPid)?;
+        io.register_at(&mut SourceFd(&signals.as_raw_fd()), SIGNALS, Interest::READABLE, Source::Signals)?;
+        let waker = Arc::new(mio::Waker::new(poll.registry(), WAKER)?);
+        io.name(WAKER, Source::Waker);
+        let mut sh = Shared::new(cfg, BrokerLink::new(tube), security.audit, io, warnings);
+        sh.auth_required = access.required();
+        Ok(Server {
+            poll,
+            sh,
+            conns,
+            listeners,
+            stdio,
+            broker_pidfd: broker.pidfd,
+            signals,
+            waker,
+            store: Some(store),
+            access,
+            uploads: uploads::Uploads::default(),
+            lifecycle: lifecycle::Lifecycle::default(),
+            output: output::Output::default(),
+            events: events::Events::default(),
+            debug: debug::Debug::default(),
+            advertiser: None,
+            shutdown_deadline: None,
+            next_wait: 1,
+            scratch: vec![0u8; 1 << 20],
+            events_pumped: 0,
+        })
+    }
+
+    /// Starts the helper threads (after landlock, before seccomp: see `hasher`, `worker`).
+    pub fn start_worker(&mut self) -> std::io::Result<()> {
+        match self.store.take() {
+            Some(store) => self.uploads.start_threads(store, self.waker.clone()),
+            None => Ok(()),
+        }
+    }
+
+    /// The bundle store's descriptor, for the landlock ruleset (before the worker starts).
+    pub fn store_fd(&self) -> Option<BorrowedFd<'_>> {
+        self.store.as_ref().map(|s| s.as_fd())
+    }
+
+    /// Warnings of this daemon (degraded host, rootless mode, broker's).
+    pub fn warnings(&self) -> &[String] {
+        &self.sh.warnings
+    }
+
+    /// Adds a warning (shown in HELLO).
+    pub fn add_warning(&mut self, w: String) {
+        self.sh.warnings.push(w);
+    }
+
+    /// Starts advertising over mDNS if the configuration asks for it here (a failure is a
+    /// warning). After landlock, before seccomp: the responder's threads inherit the first
+    /// and have started before the second.
+    pub fn start_mdns(&mut self, listen: SocketAddr) {
+        let Some(plan) = self.sh.cfg.mdns.clone() else { return };
+        if !discovery::wanted(&plan, listen) {
+            return;
+        }
+        match discovery::start(&plan, listen) {
+            Ok(a) => {
+                log::info!("advertising {:?} over mDNS", a.name);
+                self.sh.mdns =
+                    Some(proto::reply::Mdns { instance: a.name.clone(), service: discovery::SERVICE.to_string() });
+                self.advertiser = Some(a);
+            }
+            Err(e) => self.sh.warnings.push(format!("not advertised over mDNS: {e}")),
+        }
+    }
+
+    /// Serves until SIGTERM/SIGINT (Ok, after the broker stopped every session) or until
+    /// the broker fails (Err: the caller exits non-zero; the broker's death already took
+    /// every session with it).
+    pub fn run(mut self) -> Result<(), ServeError> {
+        let has = |needle: &str| self.sh.warnings.iter().any(|w| w.contains(needle));
+        let uid = if has("share one uid") { "shared (rootless)" } else { "distinct per session" };
+        let cgroups = if has("cgroup") { vec![] } else { vec!["memory".to_string(), "pids".to_string()] };
+        self.sh.jail = queries::jail(uid, cgroups);
+        let mut events = Events::with_capacity(1024);
+        loop {
+            let next = [self.debug.next_deadline(), self.access.next_deadline(), self.shutdown_deadline]
+                .into_iter()
+                .flatten()
+                .min();
+            let timeout = next.map(|d| d.saturating_duration_since(Instant::now()));
+            match self.poll.poll(&mut events, timeout) {
+                Ok(()) => {}
+                Err(e) if e.kind() == ErrorKind::Interrupted => continue,
+                Err(e) => return Err(e.into()),
+            }
+            if self.shutdown_deadline.is_some_and(|d| Instant::now() >= d) {
+                return Err(ServeError::ShutdownTimeout);
+            }
+            self.debug.expire(&mut self.sh);
+            self.access.answer_due(&mut self.sh);
+            let mut touched = Vec::new();
+            for ev in events.iter() {
+                let t = ev.token();
+                let Some(source) = self.sh.io.source(t) else { continue };
+                match source {
+                    Source::Listener(i) => self.accept(i)?,
+                    Source::Broker => {
+                        if ev.is_writable() {
+                            self.sh.broker.flush()?;
+                        }
+                        loop {
+                            match self.sh.broker.recv() {
+                                Ok(Some(incoming)) => self.on_broker(incoming),
+                                Ok(None) => break,
+                                // The broker closes its end when it has finished shutting down.
+                                Err(TubeError::PeerGone) if self.shutdown_deadline.is_some() => {
+                                    return self.await_broker_exit()
+                                }
+                                Err(e) => return Err(e.into()),
+                            }
+                        }
+                    }
+                    Source::BrokerPid => {
+                        let how = match shared::os::reap_pidfd(self.broker_pidfd.as_fd()) {
+                            Ok(shared::os::Reaped::Code(c)) => format!("exit code {c}"),
+                            Ok(shared::os::Reaped::Signal(s)) => format!("killed by signal {s}"),
+                            Ok(shared::os::Reaped::Running) => continue,
+                            Err(e) => format!("waitid: {e}"),
+                        };
+                        if self.shutdown_deadline.is_some() && how == "exit code 0" {
+                            return Ok(());
+                        }
+                        return Err(ServeError::BrokerExited(how));
+                    }
+                    Source::Waker => {
+                        self.uploads.on_wake(&mut self.sh);
+                        touched.extend(self.uploads.take_starved());
+                    }
+                    Source::Signals => {
+                        while let Ok(Some(sig)) = self.signals.read_signal() {
+                            log::info!("signal {}: stopping every session, then exiting", sig.ssi_signo);
+                            self.begin_shutdown()?;
+                        }
+                    }
+                    Source::Pipe { .. } => self.output.readable(&mut self.sh, t),
+                    Source::DebugPort => self.debug.accept(&mut self.sh, t),
+                    Source::Relay { relay, .. } => self.debug.pump(&mut self.sh, relay),
+                    Source::Conn => {
+                        if let Some(c) = self.conns.get_mut(&t) {
+                            if ev.is_error() {
+                                c.dead = true;
+                            }
+                            if ev.is_read_closed() && matches!(c.mode, Mode::Waiting(_) | Mode::Stream(_)) {
+                                // Nothing is read from it in these modes: note the EOF now.
+                                c.eof = true;
+                            }
+                        }
+                        touched.push(t);
+                    }
+                }
+            }
+            // Drive what changed until nothing more follows (a command's completion can
+            // answer other connections, and events wake subscribers).
+            for _ in 0..64 {
+                self.settle(&mut touched);
+                if touched.is_empty() {
+                    break;
+                }
+                touched.sort_unstable();
+                touched.dedup();
+                for t in std::mem::take(&mut touched) {
+                    self.drive(t);
+                }
+            }
+            // A --stdio daemon serves one client: when it is gone (also as a DEBUG --stdio
+            // relay), stop everything.
+            let stdio_gone =
+                self.stdio.is_some_and(|t| !self.conns.contains_key(&t)) && !self.debug.relays_stdio_client();
+            if stdio_gone && self.shutdown_deadline.is_none() {
+                log::info!("the --stdio client is gone: stopping every session, then exiting");
+                self.begin_shutdown()?;
+            }
+            let interest =
+                if self.sh.broker.wants_write() { Interest::READABLE | Interest::WRITABLE } else { Interest::READABLE };
+            self.sh.io.reregister(&mut SourceFd(&self.sh.broker.as_raw_fd()), BROKER, interest)?;
+        }
+    }
+
+    /// Hands on what owners left for each other, applies the answers they queued, and
+    /// notes which streams have something new; `touched` gets every connection to drive.
+    fn settle(&mut self, touched: &mut Vec<Token>) {
+        loop {
+            let followups = self.sh.take_followups();
+            let answers = self.sh.take_answers();
+            if followups.is_empty() && answers.is_empty() {
+                break;
+            }
+            for f in followups {
+                self.follow_up(f);
+            }
+            for a in answers {
+                let waits = self.conns.get(&a.to.conn).is_some_and(|c| c.mode == Mode::Waiting(a.to.wait));
+                if waits {
+                    self.apply(a.to.conn, a.to.wait, a.outcome);
+                    touched.push(a.to.conn);
+                }
+            }
+        }
+        for id in self.sh.sessions.take_dirty() {
+            touched.extend(self.output.followers_of(id));
+        }
+        if self.sh.events.head() != self.events_pumped {
+            self.events_pumped = self.sh.events.head();
+            touched.extend(self.events.subscribers());
+        }
+    }
+
+    fn follow_up(&mut self, f: Followup) {
+        match f {
+            Followup::Pipes { id, stdout, stderr } => self.output.add_pipes(&mut self.sh, id, stdout, stderr),
+            Followup::DebugStarted { caller, id } => self.debug.start_held(&mut self.sh, caller, id),
+            Followup::Deleted { id, bundle } => {
+                self.output.forget(&mut self.sh, id);
+                self.debug.forget(&mut self.sh, id);
+                if bundle {
+                    self.uploads.remove_bundle(id);
+                }
+            }
+        }
+    }
+
+    fn on_broker(&mut self, incoming: Incoming) {
+        let sh = &mut self.sh;
+        match incoming {
+            Incoming::Event(Reply::Exited { id, status, usage, limit_hit }) => {
+                let id = Uuid::from_bytes(id.0);
+                // Every process of the run is dead: the pipes hold their last bytes.
+                self.output.drain(sh, id);
+                self.debug.forget(sh, id);
+                self.lifecycle.on_exited(sh, id, status, usage, limit_hit);
+            }
+            Incoming::Event(Reply::DebugEnded { id }) => self.debug.on_ended(sh, Uuid::from_bytes(id.0)),
+            Incoming::Event(Reply::Spawned { id }) => self.lifecycle.on_spawned(sh, Uuid::from_bytes(id.0)),
+            Incoming::Event(other) => log::error!("unexpected broker event {other:?}"),
+            Incoming::Reply { owner: Owner::Uploads, tag, reply } => self.uploads.on_reply(sh, tag, reply),
+            Incoming::Reply { owner: Owner::Lifecycle, tag, reply } => self.lifecycle.on_reply(sh, tag, reply),
+            Incoming::Reply { owner: Owner::Debug, tag, reply } => self.debug.on_reply(sh, tag, reply),
+            Incoming::Stray(tag, reply) => log::error!("broker answered an unknown request {tag}: {reply:?}"),
+        }
+    }
+
+    /// After the broker closed its socket during shutdown: wait for it to exit and report
+    /// whether it stopped everything cleanly.
+    fn await_broker_exit(&mut self) -> Result<(), ServeError> {
+        let deadline = self.shutdown_deadline.unwrap_or_else(Instant::now);
+        loop {
+            match shared::os::reap_pidfd(self.broker_pidfd.as_fd())? {
+                shared::os::Reaped::Code(0) => return Ok(()),
+                shared::os::Reaped::Code(c) => return Err(ServeError::BrokerExited(format!("exit code {c}"))),
+                shared::os::Reaped::Signal(s) => return Err(ServeError::BrokerExited(format!("killed by signal {s}"))),
+                shared::os::Reaped::Running if Instant::now() >= deadline => return Err(ServeError::ShutdownTimeout),
+                shared::os::Reaped::Running => {
+                    let mut pfd = [nix::poll::PollFd::new(self.broker_pidfd.as_fd(), nix::poll::PollFlags::POLLIN)];
+                    nix::poll::poll(&mut pfd, nix::poll::PollTimeout::from(100u16))?;
+                }
+            }
+        }
+    }
+
+    fn begin_shutdown(&mut self) -> Result<(), ServeError> {
+        if self.shutdown_deadline.is_some() {
+            return Ok(());
+        }
+        for slot in &mut self.listeners {
+            if let Some((t, mut l)) = slot.take() {
+                self.sh.io.deregister(&mut l, t);
+            }
+        }
+        // Goodbye packets first: clients stop offering a rig that is going away.
+        if let Some(a) = self.advertiser.take() {
+            a.stop();
+        }
+        let grace = self.sh.cfg.stop_grace;
+        self.sh.broker.notify(Request::Shutdown { grace_ms: grace.as_millis() as u64 })?;
+        self.shutdown_deadline = Some(Instant::now() + grace + Duration::from_secs(5));
+        Ok(())
+    }
+
+    fn accept(&mut self, i: usize) -> Result<(), ServeError> {
+        loop {
+            let Some(Some((_, listener))) = self.listeners.get(i) else { return Ok(()) };
+            let (mut stream, peer) = match listener.accept() {
+                Ok(s) => s,
+                Err(e) if e.kind() == ErrorKind::WouldBlock => return Ok(()),
+                Err(e)
+                    if matches!(e.raw_os_error(), Some(libc::EMFILE | libc::ENFILE | libc::ENOBUFS | libc::ENOMEM)) =>
+                {
+                    log::error!("cannot accept: {e}");
+                    return Ok(());
+                }
+                Err(e) if e.kind() == ErrorKind::ConnectionAborted || e.kind() == ErrorKind::Interrupted => continue,
+                Err(e) => return Err(e.into()),
+            };
+            if self.conns.len() >= self.sh.cfg.max_connections {
+                let e = proto::Error::limit(format!(
+                    "the rig serves at most {} connections; try again later",
+                    self.sh.cfg.max_connections
+                ));
+                let _ = stream.write(&proto::line(&e));
+                continue;
+            }
+            let _ = stream.set_nodelay(true);
+            let local = stream.local_addr().ok();
+            let mut stream = Stream::Tcp(stream);
+            let t = self.sh.io.register(&mut stream, Interest::READABLE | Interest::WRITABLE, Source::Conn)?;
+            self.conns.insert(t, Conn::new(stream, Some(peer), local, self.access.initial()));
+        }
+    }
+
+    // ---- connections -------------------------------------------------------------------
+
+    /// Applies what a handler decided for connection `t` (its command's wait is `wait`).
+    fn apply(&mut self, t: Token, wait: u64, outcome: Outcome) {
+        let Some(c) = self.conns.get_mut(&t) else { return };
+        match outcome {
+            Outcome::Nothing => c.mode = Mode::Lines,
+            Outcome::Reply(line) => {
+                c.out.extend_from_slice(&line);
+                c.mode = Mode::Lines;
+            }
+            Outcome::Refuse(e) => {
+                self.refuse(t, &e);
+                if let Some(c) = self.conns.get_mut(&t) {
+                    c.mode = Mode::Lines;
+                }
+            }
+            Outcome::Fatal(e) => {
+                self.refuse(t, &e);
+                if let Some(c) = self.conns.get_mut(&t) {
+                    c.mode = Mode::Lines;
+                    c.closing = true;
+                }
+            }
+            Outcome::Park => c.mode = Mode::Waiting(wait),
+            Outcome::Payload { job, size } => {
+                c.mode = Mode::Payload { job: Some(job), wait };
+                c.framer.expect_payload(size);
+            }
+            Outcome::Drain { refusal, size } => {
+                self.refuse(t, &refusal);
+                if let Some(c) = self.conns.get_mut(&t) {
+                    c.mode = Mode::Payload { job: None, wait };
+                    c.framer.expect_payload(size);
+                }
+            }
+            Outcome::Identity { identity, then } => {
+                c.identity = identity;
+                self.apply(t, wait, *then);
+            }
+            Outcome::Stream { reply, kind } => {
+                c.out.extend_from_slice(&reply);
+                c.mode = Mode::Stream(kind);
+            }
+            Outcome::Relay { reply, id, identity, sock } => {
+                let Some(mut c) = self.conns.remove(&t) else { return };
+                self.sh.io.deregister(&mut c.stream, t);
+                let mut early_out = c.take_out();
+                early_out.extend_from_slice(&reply);
+                // Whatever the client already sent after the command line is gdb's.
+                let early_in = std::mem::take(&mut c.inbuf);
+                let peer = c.peer_str();
+                self.debug.adopt(&mut self.sh, c.stream, peer, c.stdio_client, id, identity, sock, early_in, early_out);
+            }
+        }
+    }
+
+    /// Writes a refusal, and audits it (up to a bound per connection: a client sending
+    /// garbage must not flood the log).
+    fn refuse(&mut self, t: Token, e: &proto::Error) {
+        let Some(c) = self.conns.get_mut(&t) else { return };
+        proto::line_into(&mut c.out, e);
+        if c.refusals <= AUDITED_REFUSALS {
+            c.refusals += 1;
+            let who = c.identity.as_ref().map(|i| &*i.name);
+            let mut f = json!({"peer": c.peer_str(), "identity": who, "command": c.verb, "error": e.error, "message": e.message});
+            if c.refusals > AUDITED_REFUSALS {
+                f["note"] = json!("further refusals of this connection are not logged");
+            }
+            self.sh.audit.log_noise("refused", f);
+        }
+    }
+
+    /// Does everything a connection can do now: read, run commands, stream, write.
+    fn drive(&mut self, t: Token) {
+        loop {
+            let Some(c) = self.conns.get(&t) else { return };
+            if c.dead || c.closing {
+                break;
+            }
+            let progressed = match c.mode {
+                Mode::Lines => self.step_lines(t),
+                Mode::Payload { .. } => self.step_payload(t),
+                Mode::Waiting(_) => false,
+                Mode::Stream(kind) => self.pump(t, kind),
+            };
+            if !progressed {
+                break;
+            }
+        }
+        let Some(c) = self.conns.get_mut(&t) else { return };
+        c.flush();
+        if c.finished() {
+            self.close(t);
+        }
+    }
+
+    fn close(&mut self, t: Token) {
+        let Some(mut c) = self.conns.remove(&t) else { return };
+        self.sh.io.deregister(&mut c.stream, t);
+        if let Mode::Payload { job: Some(job), .. } = c.mode {
+            self.uploads.abort(job);
+        }
+        self.output.drop_follower(t);
+        self.events.drop_sub(t);
+    }
+
+    /// Streams what the owner of the stream has for it; when the stream ends, the
+    /// connection reads commands again.
+    fn pump(&mut self, t: Token, kind: StreamKind) -> bool {
+        let Some(c) = self.conns.get(&t) else { return false };
+        let room = c.out_room();
+        let p = match kind {
+            StreamKind::Follow => self.output.pump(&self.sh, t, room),
+            StreamKind::Events => self.events.pump(&self.sh, t, room),
+        };
+        let Some(c) = self.conns.get_mut(&t) else { return false };
+        c.out.extend_from_slice(&p.lines);
+        if p.done {
+            c.mode = Mode::Lines;
+        }
+        p.done
+    }
+
+    fn step_lines(&mut self, t: Token) -> bool {
+        let Some(c) = self.conns.get_mut(&t) else { return false };
+        match c.framer.next(&mut c.inbuf, c.eof) {
+            Frame::Line(line) => {
+                self.command(t, &line);
+                true
+            }
+            Frame::TooLong => {
+                let e =
+                    proto::Error::bad(format!("line longer than {} bytes; closing the connection", proto::MAX_LINE));
+                self.apply(t, 0, Outcome::Fatal(e));
+                false
+            }
+            // Only in payload mode, which step_payload serves.
+            Frame::Payload(_) | Frame::PayloadEnd => false,
+            Frame::NeedMore if c.eof => {
+                c.closing = true;
+                false
+            }
+            Frame::NeedMore => c.fill(&mut self.scratch) || c.eof,
+        }
+    }
+
+    /// An upload's payload: bytes already buffered go through the framer; the rest is read
+    /// straight from the socket into a buffer of the hashing thread (or the scratch buffer,
+    /// for a refused upload's bytes, which are dropped).
+    fn step_payload(&mut self, t: Token) -> bool {
+        let Some(c) = self.conns.get_mut(&t) else { return false };
+        let Mode::Payload { job, wait } = c.mode else { return false };
+        let want = c.framer.payload_left().unwrap_or(0);
+        if want == 0 || !c.inbuf.is_empty() {
+            match c.framer.next(&mut c.inbuf, c.eof) {
+                Frame::Payload(bytes) => {
+                    if let Some(job) = job {
+                        self.uploads.chunk(job, bytes);
+                    }
+                }
+                _ => {
+                    let outcome = match job {
+                        Some(job) => self.uploads.payload_end(Waiter { conn: t, wait }, job),
+                        // A drain finished: its error was sent when the upload was refused.
+                        None => Outcome::Nothing,
+                    };
+                    self.apply(t, wait, outcome);
+                }
+            }
+            return true;
+        }
+        let mut buf = match job {
+            Some(_) => match self.uploads.buffer(t) {
+                Some(b) => b,
+                // Every buffer is in flight: go on when one comes back.
+                None => return false,
+            },
+            None => std::mem::take(&mut self.scratch),
+        };
+        let Some(c) = self.conns.get_mut(&t) else { return false };
+        let cap = want.min(buf.len() as u64) as usize;
+        let read = match c.stream.read(&mut buf[..cap]) {
+            Ok(0) => {
+                c.eof = true;
+                c.closing = true;
+                None
+            }
+            Ok(n) => {
+                c.framer.payload_read(n as u64);
+                Some(n)
+            }
+            Err(e) if e.kind() == ErrorKind::WouldBlock => Some(0),
+            Err(e) if e.kind() == ErrorKind::Interrupted => Some(0),
+            Err(_) => {
+                c.dead = true;
+                None
+            }
+        };
+        match job {
+            Some(job) => {
+                let n = read.unwrap_or(0);
+                buf.truncate(n);
+                self.uploads.chunk(job, buf);
+                if read.is_none() {
+                    // The client went away mid-upload: nothing of it stays.
+                    self.uploads.abort(job);
+                    if let Some(c) = self.conns.get_mut(&t) {
+                        c.mode = Mode::Lines;
+                    }
+                }
+            }
+            None => self.scratch = buf,
+        }
+        matches!(read, Some(n) if n > 0)
+    }
+
+    /// Runs one command line.
+    fn command(&mut self, t: Token, line: &[u8]) {
+        let parsed = proto::parse_line(line);
+        let wait = self.next_wait;
+        self.next_wait += 1;
+        let Some(c) = self.conns.get_mut(&t) else { return };
+        c.verb = match &parsed {
+            Ok(Some(cmd)) => cmd.verb(),
+            _ => "",
+        };
+        let cmd = match parsed {
+            Ok(Some(cmd)) => cmd,
+            Ok(None) => return,
+            Err(e) => return self.apply(t, wait, Outcome::Refuse(e)),
+        };
+        let caller = c.caller(t, wait);
+        // On a rig with tokens, only HELLO and AUTH are open to a connection that has not
+        // authenticated.
+        if caller.identity.is_none() && !matches!(cmd, Command::Hello | Command::Auth(_)) {
+            let e =
+                proto::Error::new(Code::Unauthorized, "authenticate first: AUTH <token> (lantern --token-file FILE)");
+            let outcome = match cmd {
+                // Its bytes follow: skip them like any refused upload's, or close.
+                Command::Upload { size: UploadSize::Bytes(n), .. } if n <= self.sh.cfg.drain_limit => {
+                    Outcome::Drain { refusal: e, size: n }
+                }
+                Command::Upload { .. } => {
+                    self.apply(t, wait, Outcome::Refuse(e));
+                    Outcome::Fatal(proto::Error::new(
+                        Code::TooLarge,
+                        "closing the connection: the upload's bytes cannot be skipped",
+                    ))
+                }
+                _ => Outcome::Refuse(e),
+            };
+            return self.apply(t, wait, outcome);
+        }
+        let sh = &mut self.sh;
+        let outcome = match cmd {
+            Command::Hello => queries::hello(sh, &caller),
+            Command::Auth(token) => self.access.auth(sh, &caller, token),
+            Command::Upload { size, exec_path } => self.uploads.upload(sh, &caller, size, exec_path),
+            Command::Start { id, debug, opts } => self.lifecycle.start(sh, &caller, id, debug, opts),
+            Command::Stop(id) => self.lifecycle.stop(sh, &caller, id, false),
+            Command::Kill(id) => self.lifecycle.stop(sh, &caller, id, true),
+            Command::Delete(id) => self.lifecycle.delete(sh, &caller, id),
+            Command::List => queries::list(sh, &caller),
+            Command::Status(id) => queries::status(sh, &caller, id),
+            Command::Receipt { id, run } => queries::receipt(sh, &caller, id, run),
+            Command::Logs { id, follow } => self.output.logs(sh, &caller, id, follow),
+            Command::Debug { id, stdio } => self.debug.debug(sh, &caller, id, stdio),
+            Command::Events { id, since } => self.events.subscribe(sh, &caller, id, since),
+        };
+        self.apply(t, wait, outcome);
+    }
+}
+
+/// The hello with the broker, synchronously: nothing is served before the broker is known
+/// good. Returns the broker's warnings.
+fn hello(tube: &mut Tube) -> Result<Vec<String>, ServeError> {
+    tube.send(1, Request::Hello { magic: MAGIC, version: WIRE_VERSION })?;
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let mut pfd = [nix::poll::PollFd::new(tube.as_fd(), nix::poll::PollFlags::POLLIN)];
+        nix::poll::poll(&mut pfd, nix::poll::PollTimeout::from(100u16))?;
+        match tube.recv::<Reply>()? {
+            Some((1, Reply::Hello { magic, version, warnings })) if magic == MAGIC && version == WIRE_VERSION => {
+                return Ok(warnings)
+            }
+            Some((_, other)) => return Err(ServeError::Hello(format!("unexpected answer {other:?}"))),
+            None if Instant::now() > deadline => return Err(ServeError::Hello("no answer within 10 s".into())),
+            None => {}
+        }
+    }
+}
