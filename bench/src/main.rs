@@ -242,55 +242,80 @@ fn rss_kib(pid: i32) -> u64 {
     tests::proc_status(pid, "VmRSS").and_then(|v| v.split_whitespace().next()?.parse().ok()).unwrap_or(0)
 }
 
+/// One row of the control-plane load: `clients` connections sending `what` for 3 s.
+/// The client reads each reply line and checks only its head (`{"ok":true`), so that its
+/// own work stays small beside the daemon's on a 2-core machine.
+fn control_row(addr: std::net::SocketAddr, ids: &[String], what: &'static str, clients: usize) -> (f64, f64, f64) {
+    use std::io::BufRead;
+    let stop = Arc::new(AtomicBool::new(false));
+    let lat = Arc::new(Mutex::new(Vec::new()));
+    let ids = Arc::new(ids.to_vec());
+    let handles: Vec<_> = (0..clients)
+        .map(|i| {
+            let (stop, lat, ids) = (stop.clone(), lat.clone(), ids.clone());
+            std::thread::spawn(move || {
+                let mut c = Client::connect(addr);
+                let mut mine = Vec::new();
+                let mut k = i;
+                let mut line = String::new();
+                while !stop.load(Ordering::Relaxed) {
+                    let cmd = match what {
+                        "HELLO" => "HELLO\n".to_string(),
+                        "LIST" => "LIST\n".to_string(),
+                        _ => format!("STATUS {}\n", ids[k % ids.len()]),
+                    };
+                    k += 7;
+                    let t = Instant::now();
+                    c.send_raw(cmd.as_bytes());
+                    line.clear();
+                    c.reader.read_line(&mut line).unwrap();
+                    mine.push(t.elapsed().as_secs_f64() * 1e3);
+                    assert!(line.starts_with("{\"ok\":true"), "{}", &line[..line.len().min(200)]);
+                }
+                lat.lock().unwrap().extend(mine);
+            })
+        })
+        .collect();
+    std::thread::sleep(Duration::from_secs(3));
+    stop.store(true, Ordering::Relaxed);
+    for h in handles {
+        h.join().unwrap();
+    }
+    let mut l = lat.lock().unwrap().clone();
+    (l.len() as f64 / 3.0, pct(&mut l, 0.5), pct(&mut l, 0.99))
+}
+
 fn control_plane() {
     const SESSIONS: usize = 1000;
     let bin = c_program("hello", programs::HELLO, false);
-    let d = Daemon::start(&["--max-sessions", "1000", "--max-total-size", "1G"]);
+    let args = ["--max-sessions", "1000", "--max-total-size", "1G"];
+    let d = Daemon::start(&args);
     let before = rss_kib(d.pid()) + rss_kib(d.broker_pid);
-    let ids: Vec<String> = {
+    let load = |d: &Daemon| -> Vec<String> {
         let mut c = d.client();
         (0..SESSIONS).map(|_| c.load(&bin)).collect()
     };
+    let ids = load(&d);
     std::thread::sleep(Duration::from_millis(200));
     let after = rss_kib(d.pid()) + rss_kib(d.broker_pid);
+    // The build before, loaded the same way; its rows alternate with ours.
+    let base = baseline().map(|dir| {
+        let bd = Daemon::start_binary(&dir.join("debuglantern"), &[], &args);
+        let bids = load(&bd);
+        (bd, bids)
+    });
     println!("## Control plane with {SESSIONS} sessions loaded (3 s per row, loopback)");
-    println!("| request | clients | requests/s | p50 ms | p99 ms |");
-    println!("|---|---|---|---|---|");
-    for (what, clients) in [("STATUS <id>", 100), ("LIST (all 1000)", 10), ("HELLO", 100)] {
-        let stop = Arc::new(AtomicBool::new(false));
-        let lat = Arc::new(Mutex::new(Vec::new()));
-        let ids = Arc::new(ids.clone());
-        let handles: Vec<_> = (0..clients)
-            .map(|i| {
-                let (stop, lat, ids, addr) = (stop.clone(), lat.clone(), ids.clone(), d.addr);
-                std::thread::spawn(move || {
-                    let mut c = Client::connect(addr);
-                    let mut mine = Vec::new();
-                    let mut k = i;
-                    while !stop.load(Ordering::Relaxed) {
-                        let line = match what {
-                            "HELLO" => "HELLO".to_string(),
-                            "LIST (all 1000)" => "LIST".to_string(),
-                            _ => format!("STATUS {}", ids[k % ids.len()]),
-                        };
-                        k += 7;
-                        let t = Instant::now();
-                        let r = c.cmd(&line);
-                        mine.push(t.elapsed().as_secs_f64() * 1e3);
-                        assert_eq!(r["ok"], true);
-                    }
-                    lat.lock().unwrap().extend(mine);
-                })
-            })
-            .collect();
-        std::thread::sleep(Duration::from_secs(3));
-        stop.store(true, Ordering::Relaxed);
-        for h in handles {
-            h.join().unwrap();
+    println!("| request | clients | build | requests/s | p50 ms | p99 ms | ratio |");
+    println!("|---|---|---|---|---|---|---|");
+    for (what, clients) in [("STATUS <id>", 100), ("LIST", 10), ("HELLO", 100)] {
+        let (rps, p50, p99) = control_row(d.addr, &ids, what, clients);
+        let shown = if what == "LIST" { "LIST (all 1000)" } else { what };
+        let theirs = base.as_ref().map(|(bd, bids)| control_row(bd.addr, bids, what, clients));
+        let ratio = theirs.map_or(String::new(), |(b, _, _)| format!("{:.2}", rps / b));
+        println!("| {shown} | {clients} | this | {rps:.0} | {p50:.3} | {p99:.3} | {ratio} |");
+        if let Some((b, b50, b99)) = theirs {
+            println!("| {shown} | {clients} | before | {b:.0} | {b50:.3} | {b99:.3} | 1.00 |");
         }
-        let mut l = lat.lock().unwrap().clone();
-        let n = l.len();
-        println!("| {what} | {clients} | {:.0} | {:.3} | {:.3} |", n as f64 / 3.0, pct(&mut l, 0.5), pct(&mut l, 0.99));
     }
     println!();
     println!("## Daemon memory per loaded session (beyond the binary's own {} bytes)", bin.len());
