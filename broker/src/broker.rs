@@ -9,8 +9,7 @@
 //! it means the frontend is compromised or broken, so the broker fails closed: it kills
 //! every session and exits non-zero, and the daemon with it.
 
-use crate::init::InitMsg;
-use crate::spawner::{SpawnImage, SpawnReply, SpawnRequest, SpawnerCall};
+use crate::messages::{InitMsg, SpawnImage, SpawnReply, SpawnRequest, SpawnerCall};
 use crate::sys;
 use mio::unix::SourceFd;
 use mio::{Events, Interest, Poll, Token};
@@ -311,7 +310,7 @@ impl Broker {
     }
 
     /// Admits a new session whose image was checked (`Err`: why it was refused).
-    fn load(&mut self, tag: u64, id: SessionId, image: Result<Image, String>) -> Result<(), BrokerError> {
+    fn load(&mut self, tag: u64, id: SessionId, image: Result<Image, ImageError>) -> Result<(), BrokerError> {
         if self.shutting_down {
             return self.refuse(tag, Refusal::InvalidState, "the broker is shutting down");
         }
@@ -323,7 +322,7 @@ impl Broker {
         }
         let image = match image {
             Ok(image) => image,
-            Err(why) => return self.refuse(tag, Refusal::BadRequest, why),
+            Err(why) => return self.refuse(tag, Refusal::BadRequest, why.to_string()),
         };
         self.sessions.insert(id, Session { image, run: None, spawning: false, delete_tag: None });
         self.tube.send(tag, Reply::Loaded { id })?;
@@ -371,7 +370,7 @@ impl Broker {
                 Ok((c, procs)) => (Some(c), procs),
                 Err(message) => {
                     self.free_slots.push(slot);
-                    return self.refuse(tag, Refusal::Internal, message);
+                    return self.refuse(tag, Refusal::Internal, shared::chain(&message));
                 }
             },
             _ => (None, Vec::new()),
@@ -693,23 +692,36 @@ fn request_kill(run: &mut Run) {
 
 /// A bundle's executable path: relative, no `..`, no NUL, bounded. (The frontend checked
 /// it already; a message is hostile until checked here too.)
-fn check_exec_path(p: &[u8]) -> Result<(), String> {
+fn check_exec_path(p: &[u8]) -> Result<(), ImageError> {
     if p.is_empty() || p.len() > 4096 || p.contains(&0) || p.starts_with(b"/") {
-        return Err("exec path must be relative, non-empty, without NUL, at most 4096 bytes".into());
+        return Err(ImageError::ExecPath);
     }
     if p.split(|&b| b == b'/').any(|c| c == b"..") {
-        return Err("exec path must not contain '..'".into());
+        return Err(ImageError::DotDot);
     }
     Ok(())
 }
 
+/// Why a session's image is refused.
+#[derive(Debug, thiserror::Error)]
+enum ImageError {
+    #[error("exec path must be relative, non-empty, without NUL, at most 4096 bytes")]
+    ExecPath,
+    #[error("exec path must not contain '..'")]
+    DotDot,
+    #[error("memfd seals are {0:#x}, want write|grow|shrink|seal")]
+    Seals(i32),
+    #[error("descriptor is not a sealable memfd")]
+    NotMemfd,
+}
+
 /// The broker accepts only a memfd sealed against every change: what runs is byte for byte
 /// what the frontend validated and hashed.
-fn check_sealed_memfd(fd: &OwnedFd) -> Result<(), String> {
+fn check_sealed_memfd(fd: &OwnedFd) -> Result<(), ImageError> {
     let want = SealFlag::F_SEAL_WRITE | SealFlag::F_SEAL_GROW | SealFlag::F_SEAL_SHRINK | SealFlag::F_SEAL_SEAL;
     match fcntl(fd.as_raw_fd(), FcntlArg::F_GET_SEALS) {
         Ok(bits) if SealFlag::from_bits_truncate(bits).contains(want) => Ok(()),
-        Ok(bits) => Err(format!("memfd seals are {bits:#x}, want write|grow|shrink|seal")),
-        Err(_) => Err("descriptor is not a sealable memfd".into()),
+        Ok(bits) => Err(ImageError::Seals(bits)),
+        Err(_) => Err(ImageError::NotMemfd),
     }
 }

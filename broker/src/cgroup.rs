@@ -26,21 +26,45 @@ pub struct SessionCgroup {
     name: String,
 }
 
-fn open_dir(path: &str) -> Result<OwnedFd, String> {
-    let fd = nix::fcntl::open(path, OFlag::O_RDONLY | OFlag::O_DIRECTORY | OFlag::O_CLOEXEC, Mode::empty())
-        .map_err(|e| format!("open {path}: {e}"))?;
-    shared::os::adopt_fd(fd).map_err(|e| format!("open {path}: {e}"))
+/// A cgroup operation that failed.
+#[derive(Debug, thiserror::Error)]
+pub enum CgroupError {
+    /// The launcher's `--cgroups` argument is malformed.
+    #[error("bad --cgroups part {0:?}")]
+    Arg(String),
+    /// A file or directory could not be made, opened or written.
+    #[error("{what} {path}")]
+    Io {
+        /// What was done.
+        what: &'static str,
+        /// To which path.
+        path: String,
+        /// Why it failed.
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+fn io(what: &'static str, path: impl Into<String>) -> impl FnOnce(nix::Error) -> CgroupError {
+    let path = path.into();
+    move |e| CgroupError::Io { what, path, source: e.into() }
+}
+
+fn open_dir(path: &str) -> Result<OwnedFd, CgroupError> {
+    nix::fcntl::open(path, OFlag::O_RDONLY | OFlag::O_DIRECTORY | OFlag::O_CLOEXEC, Mode::empty())
+        .and_then(shared::os::adopt_fd)
+        .map_err(io("open", path))
 }
 
 impl Cgroups {
     /// Opens `memory=PATH,pids=PATH` (either may be missing; empty = none).
-    pub fn open(arg: &str) -> Result<Cgroups, String> {
+    pub fn open(arg: &str) -> Result<Cgroups, CgroupError> {
         let mut c = Cgroups::default();
         for part in arg.split(',').filter(|p| !p.is_empty()) {
             match part.split_once('=') {
                 Some(("memory", p)) => c.memory = Some(open_dir(p)?),
                 Some(("pids", p)) => c.pids = Some(open_dir(p)?),
-                _ => return Err(format!("bad --cgroups part {part:?}")),
+                _ => return Err(CgroupError::Arg(part.to_string())),
             }
         }
         Ok(c)
@@ -68,22 +92,19 @@ impl Cgroups {
 
     /// Creates the session's directories and writes its limits. Returns the directories
     /// and, for the init to join them, their `cgroup.procs` opened for writing.
-    pub fn create(&self, slot: u32, l: &RunLimits) -> Result<(SessionCgroup, Vec<OwnedFd>), String> {
+    pub fn create(&self, slot: u32, l: &RunLimits) -> Result<(SessionCgroup, Vec<OwnedFd>), CgroupError> {
         let name = format!("session{slot}");
         let mut procs = Vec::new();
         for dir in self.dirs() {
             // A leftover of a crashed run is empty by now: remove it to reset its counters.
             let _ = nix::unistd::unlinkat(Some(dir.as_raw_fd()), name.as_str(), nix::unistd::UnlinkatFlags::RemoveDir);
             nix::sys::stat::mkdirat(Some(dir.as_raw_fd()), name.as_str(), Mode::from_bits_truncate(0o755))
-                .map_err(|e| format!("mkdir cgroup {name}: {e}"))?;
-            let fd = openat(
-                Some(dir.as_raw_fd()),
-                format!("{name}/cgroup.procs").as_str(),
-                OFlag::O_WRONLY | OFlag::O_CLOEXEC,
-                Mode::empty(),
-            )
-            .map_err(|e| format!("open {name}/cgroup.procs: {e}"))?;
-            procs.push(shared::os::adopt_fd(fd).map_err(|e| e.to_string())?);
+                .map_err(io("create the cgroup", name.clone()))?;
+            let path = format!("{name}/cgroup.procs");
+            let fd = openat(Some(dir.as_raw_fd()), path.as_str(), OFlag::O_WRONLY | OFlag::O_CLOEXEC, Mode::empty())
+                .and_then(shared::os::adopt_fd)
+                .map_err(io("open", path))?;
+            procs.push(fd);
         }
         let sc = SessionCgroup { name };
         if let Some(mem) = &self.memory {
@@ -120,18 +141,22 @@ impl Cgroups {
             if let Err(e) =
                 nix::unistd::unlinkat(Some(dir.as_raw_fd()), sc.name.as_str(), nix::unistd::UnlinkatFlags::RemoveDir)
             {
-                eprintln!("debuglantern-broker: cannot remove cgroup {}: {e} (retried at its next use)", sc.name);
+                log::warn!("cannot remove cgroup {}: {e} (retried at its next use)", sc.name);
             }
         }
         hit
     }
 }
 
-fn write_at(dir: &OwnedFd, path: &str, value: &str) -> Result<(), String> {
+fn write_at(dir: &OwnedFd, path: &str, value: &str) -> Result<(), CgroupError> {
     let fd = openat(Some(dir.as_raw_fd()), path, OFlag::O_WRONLY | OFlag::O_CLOEXEC, Mode::empty())
-        .map_err(|e| format!("open {path}: {e}"))?;
-    let mut f = std::fs::File::from(shared::os::adopt_fd(fd).map_err(|e| e.to_string())?);
-    f.write_all(value.as_bytes()).map_err(|e| format!("write {value} to {path}: {e}"))
+        .and_then(shared::os::adopt_fd)
+        .map_err(io("open", path))?;
+    std::fs::File::from(fd).write_all(value.as_bytes()).map_err(|source| CgroupError::Io {
+        what: "write a limit to",
+        path: path.into(),
+        source,
+    })
 }
 
 fn read_at(dir: &OwnedFd, path: &str) -> String {
@@ -155,9 +180,13 @@ fn counter(text: &str, key: &str) -> u64 {
 }
 
 /// The init joins its cgroups: writing 0 to `cgroup.procs` moves the writer.
-pub fn join(procs: Vec<OwnedFd>) -> Result<(), String> {
+pub fn join(procs: Vec<OwnedFd>) -> Result<(), CgroupError> {
     for fd in procs {
-        std::fs::File::from(fd).write_all(b"0\n").map_err(|e| format!("join the session's cgroup: {e}"))?;
+        std::fs::File::from(fd).write_all(b"0\n").map_err(|source| CgroupError::Io {
+            what: "join",
+            path: "the session's cgroup".into(),
+            source,
+        })?;
     }
     Ok(())
 }

@@ -17,83 +17,14 @@
 //! over a socketpair). The init notes the process (pid, parent, name, start, status) and
 //! lets the exit proceed: the receipt lists every process that ended by itself.
 
+use crate::messages::InitMsg;
 use crate::sys;
 use nix::sys::signal::{kill, SigSet, Signal};
 use nix::sys::wait::{waitpid, WaitPidFlag, WaitStatus};
 use nix::unistd::Pid;
-use shared::{ExitStatus, Message, ProcSpan, Tube, Usage, WireError};
+use shared::{ExitStatus, ProcSpan, Tube, Usage};
 use std::ffi::CString;
 use std::os::fd::{AsRawFd, OwnedFd};
-
-/// Messages from a session's init to the broker.
-#[derive(Debug)]
-pub enum InitMsg {
-    /// The program was exec'd.
-    Running {
-        /// Its pid inside the session's namespace.
-        ns_pid: u32,
-        /// A pidfd for it.
-        pidfd: OwnedFd,
-    },
-    /// Setup or exec failed; the run never started.
-    Failed {
-        /// What failed, for the user.
-        message: String,
-    },
-    /// The program exited and everything was reaped.
-    Exited {
-        /// The program's status.
-        status: ExitStatus,
-        /// The whole tree's resource use.
-        usage: Usage,
-    },
-}
-
-/// Encodable form of [`InitMsg`].
-#[derive(bincode::Encode, bincode::Decode, Debug)]
-pub enum InitWire {
-    /// See [`InitMsg::Running`].
-    Running {
-        /// Pid in the session namespace.
-        ns_pid: u32,
-    },
-    /// See [`InitMsg::Failed`].
-    Failed {
-        /// Reason.
-        message: String,
-    },
-    /// See [`InitMsg::Exited`].
-    Exited {
-        /// Status.
-        status: ExitStatus,
-        /// Usage.
-        usage: Usage,
-    },
-}
-
-impl Message for InitMsg {
-    type Wire = InitWire;
-
-    fn into_wire(self) -> (InitWire, Vec<OwnedFd>) {
-        match self {
-            InitMsg::Running { ns_pid, pidfd } => (InitWire::Running { ns_pid }, vec![pidfd]),
-            InitMsg::Failed { message } => (InitWire::Failed { message }, vec![]),
-            InitMsg::Exited { status, usage } => (InitWire::Exited { status, usage }, vec![]),
-        }
-    }
-
-    fn from_wire(wire: InitWire, mut fds: Vec<OwnedFd>) -> Result<Self, WireError> {
-        let expected = usize::from(matches!(wire, InitWire::Running { .. }));
-        if fds.len() != expected {
-            return Err(WireError::FdCount { kind: "init", expected, got: fds.len() });
-        }
-        Ok(match wire {
-            InitWire::Running { ns_pid } => InitMsg::Running { ns_pid, pidfd: fds.remove(0) },
-            InitWire::Failed { message } => InitMsg::Failed { message },
-            InitWire::Exited { status, usage } => InitMsg::Exited { status, usage },
-        })
-    }
-}
 
 /// What the program's process execs.
 #[derive(Debug)]
@@ -214,7 +145,7 @@ pub fn run(plan: InitPlan) -> ! {
     // root of a cgroup namespace of its own: /proc/self/cgroup then reads "/" and tells
     // nothing of the host's layout, the daemon's pid or the uid range.
     if let Err(e) = crate::cgroup::join(cgroup_procs) {
-        fail(&mut ctl, e);
+        fail(&mut ctl, shared::chain(&e));
     }
     if let Err(e) = nix::sched::unshare(nix::sched::CloneFlags::CLONE_NEWCGROUP) {
         fail(&mut ctl, format!("cannot enter a cgroup namespace of its own: {e}"));
@@ -225,10 +156,10 @@ pub fn run(plan: InitPlan) -> ! {
     }
     let _ = nix::unistd::sethostname("debuglantern");
     if let Err(e) = crate::jail::session_mounts(&mounts, bundle.as_deref()) {
-        fail(&mut ctl, e);
+        fail(&mut ctl, shared::chain(&e));
     }
-    if let Err(e) = take_identity(ns_uid) {
-        fail(&mut ctl, format!("cannot drop to the session identity: {e}"));
+    if let Err(e) = sys::take_identity(ns_uid) {
+        fail(&mut ctl, format!("cannot drop to the session identity: {}", shared::chain(&e)));
     }
     if let Err(e) = policy::rlimits::apply(&limits) {
         fail(&mut ctl, format!("cannot apply limits: {e}"));
@@ -290,20 +221,6 @@ pub fn run(plan: InitPlan) -> ! {
         sys::exit_now(122);
     }
     supervise(child, &mut ctl, listener)
-}
-
-/// Becomes the session's identity. Order matters: the bounding set and securebits need
-/// `CAP_SETPCAP`, the uid change needs `CAP_SETUID`, and the uid change itself clears the
-/// remaining capabilities.
-fn take_identity(ns_uid: Option<u32>) -> Result<(), String> {
-    sys::lock_out_capabilities().map_err(|e| format!("capability bounding set: {e}"))?;
-    if let Some(uid) = ns_uid {
-        let (u, g) = (nix::unistd::Uid::from_raw(uid), nix::unistd::Gid::from_raw(uid));
-        nix::unistd::setgroups(&[]).map_err(|e| format!("setgroups: {e}"))?;
-        nix::unistd::setresgid(g, g, g).map_err(|e| format!("setresgid: {e}"))?;
-        nix::unistd::setresuid(u, u, u).map_err(|e| format!("setresuid: {e}"))?;
-    }
-    sys::clear_capabilities().map_err(|e| format!("capabilities: {e}"))
 }
 
 /// Which step of [`exec_program`] failed (first byte of its report).
@@ -547,33 +464,4 @@ fn supervise(program: Pid, ctl: &mut Tube, listener: Option<OwnedFd>) -> ! {
             }
         }
     }
-}
-
-/// In a session's namespaces, still root of the broker's user namespace: become the
-/// session's identity and exec gdbserver attached to `target`, its stdio on `sock`, its
-/// stderr to /dev/null. Never returns.
-pub fn exec_gdbserver(sock: OwnedFd, ns_uid: Option<u32>, target: u32, seccomp: &[seccompiler::BpfProgram]) -> ! {
-    sys::reset_signals();
-    let _ = nix::unistd::setsid();
-    let null = nix::fcntl::open("/dev/null", nix::fcntl::OFlag::O_RDWR, nix::sys::stat::Mode::empty());
-    let placed = nix::unistd::dup2(sock.as_raw_fd(), 0).and_then(|_| nix::unistd::dup2(sock.as_raw_fd(), 1));
-    if placed.is_err() {
-        sys::exit_now(126);
-    }
-    if let Ok(fd) = null {
-        let _ = nix::unistd::dup2(fd, 2);
-    }
-    sys::close_all_except(&[]);
-    if take_identity(ns_uid).is_err() || std::env::set_current_dir("/").is_err() {
-        sys::exit_now(126);
-    }
-    if policy::seccomp::install(seccomp).is_err() {
-        sys::exit_now(126);
-    }
-    let target = CString::new(target.to_string()).expect("digits");
-    let argv = [c"gdbserver".to_owned(), c"--once".to_owned(), c"--attach".to_owned(), c"-".to_owned(), target];
-    let path = CString::new(crate::spawner::GDBSERVER).expect("no NUL");
-    let env: [CString; 0] = [];
-    let _ = nix::unistd::execve(&path, &argv, &env);
-    sys::exit_now(127)
 }

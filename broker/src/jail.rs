@@ -13,8 +13,17 @@ use std::path::{Path, PathBuf};
 /// mounted on it is visible only in our mount namespace).
 const STAGING: &str = "/tmp";
 
-fn err(what: impl std::fmt::Display, e: impl std::fmt::Display) -> String {
-    format!("{what}: {e}")
+/// A step of building the jail root or a session's mounts that failed.
+#[derive(Debug, thiserror::Error)]
+#[error("{step}")]
+pub struct JailError {
+    step: String,
+    #[source]
+    source: std::io::Error,
+}
+
+fn err(step: impl std::fmt::Display, e: impl Into<std::io::Error>) -> JailError {
+    JailError { step: step.to_string(), source: e.into() }
 }
 
 fn inside(root: &Path, p: &str) -> PathBuf {
@@ -44,7 +53,7 @@ fn locked_flags(path: &Path) -> MsFlags {
 
 /// Binds `src` on `dst` read-only, nosuid (+ `extra`), keeping the flags a user namespace
 /// may not clear. `recursive` also binds the mounts below `src`.
-fn ro_bind(src: &Path, dst: &Path, extra: MsFlags, recursive: bool) -> Result<(), String> {
+fn ro_bind(src: &Path, dst: &Path, extra: MsFlags, recursive: bool) -> Result<(), JailError> {
     let rec = if recursive { MsFlags::MS_REC } else { MsFlags::empty() };
     mount(Some(src), dst, None::<&str>, MsFlags::MS_BIND | rec, None::<&str>)
         .map_err(|e| err(format!("bind {}", src.display()), e))?;
@@ -56,7 +65,7 @@ fn ro_bind(src: &Path, dst: &Path, extra: MsFlags, recursive: bool) -> Result<()
 
 /// Builds the root, pivots into it, detaches the host's tree. Returns warnings for what
 /// the host did not allow (e.g. no `/proc` mount).
-pub fn enter_root(session_uids: u32, bundles: Option<PathBuf>) -> Result<Vec<String>, String> {
+pub fn enter_root(session_uids: u32, bundles: Option<PathBuf>) -> Result<Vec<String>, JailError> {
     let mut warnings = Vec::new();
     // Nothing we mount may propagate back to the host's namespace.
     mount(None::<&str>, "/", None::<&str>, MsFlags::MS_REC | MsFlags::MS_PRIVATE, None::<&str>)
@@ -70,8 +79,8 @@ pub fn enter_root(session_uids: u32, bundles: Option<PathBuf>) -> Result<Vec<Str
                 nix::fcntl::OFlag::O_PATH | nix::fcntl::OFlag::O_DIRECTORY | nix::fcntl::OFlag::O_CLOEXEC,
                 Mode::empty(),
             )
-            .map_err(|e| err(format!("open the bundle store {}", p.display()), e))
-            .and_then(|fd| shared::os::adopt_fd(fd).map_err(|e| e.to_string()))?,
+            .and_then(shared::os::adopt_fd)
+            .map_err(|e| err(format!("open the bundle store {}", p.display()), e))?,
         ),
         None => None,
     };
@@ -165,7 +174,7 @@ pub fn enter_root(session_uids: u32, bundles: Option<PathBuf>) -> Result<Vec<Str
     Ok(warnings)
 }
 
-fn write_ro(path: &Path, bytes: &[u8]) -> Result<(), String> {
+fn write_ro(path: &Path, bytes: &[u8]) -> Result<(), JailError> {
     std::fs::write(path, bytes).map_err(|e| err(path.display(), e))?;
     nix::sys::stat::fchmodat(None, path, Mode::from_bits_truncate(0o444), nix::sys::stat::FchmodatFlags::FollowSymlink)
         .map_err(|e| err(path.display(), e))
@@ -174,7 +183,7 @@ fn write_ro(path: &Path, bytes: &[u8]) -> Result<(), String> {
 /// Hides what a session's `/proc` would tell of the host (`policy::mounts`): `/dev/null`
 /// over files, an empty read-only tmpfs over directories, read-only binds of the rest.
 /// What this kernel does not have is skipped.
-fn mask_proc() -> Result<(), String> {
+fn mask_proc() -> Result<(), JailError> {
     let hidden = MsFlags::MS_NOSUID | MsFlags::MS_NODEV | MsFlags::MS_NOEXEC;
     for (path, _) in policy::mounts::PROC_MASKED_FILES {
         if std::fs::symlink_metadata(path).is_err() {
@@ -203,7 +212,7 @@ fn mask_proc() -> Result<(), String> {
         if std::fs::symlink_metadata(path).is_err() {
             continue;
         }
-        ro_bind(Path::new(path), Path::new(path), hidden, true).map_err(|e| format!("read-only {path}: {e}"))?;
+        ro_bind(Path::new(path), Path::new(path), hidden, true)?;
     }
     Ok(())
 }
@@ -211,7 +220,7 @@ fn mask_proc() -> Result<(), String> {
 /// In a session's init, still root of the broker's user namespace: the session's own
 /// `/proc`, `/tmp` and `/dev/pts`; its bundle (if any) read-only on `/bundle`, and no
 /// other bundle visible. The working directory is the bundle, else `/tmp`.
-pub fn session_mounts(plan: &[SessionMount], bundle: Option<&str>) -> Result<(), String> {
+pub fn session_mounts(plan: &[SessionMount], bundle: Option<&str>) -> Result<(), JailError> {
     let base = MsFlags::MS_NOSUID | MsFlags::MS_NODEV;
     for m in plan {
         match m {
@@ -244,7 +253,7 @@ pub fn session_mounts(plan: &[SessionMount], bundle: Option<&str>) -> Result<(),
     if let Some(dir) = bundle {
         let src = PathBuf::from(store).join(dir);
         // A bundle is executable (that is its point), never setuid, never a device.
-        ro_bind(&src, Path::new(own), MsFlags::MS_NODEV, false).map_err(|e| format!("the session's bundle: {e}"))?;
+        ro_bind(&src, Path::new(own), MsFlags::MS_NODEV, false)?;
     }
     match umount2(store, MntFlags::MNT_DETACH) {
         Ok(()) | Err(nix::Error::EINVAL) => {}

@@ -9,8 +9,10 @@
 
 mod broker;
 mod cgroup;
+mod gdbserver;
 mod init;
 mod jail;
+mod messages;
 mod spawner;
 mod sys;
 
@@ -19,53 +21,63 @@ use std::os::fd::OwnedFd;
 /// The descriptor the launcher puts the broker's socket on.
 const SOCKET_FD: i32 = 3;
 
+/// Why the broker did not start (exit 2: not started by debuglantern; 1: the host refused).
+#[derive(Debug, thiserror::Error)]
+enum StartError {
+    #[error("{0}")]
+    Usage(String),
+    #[error("no socket on fd {SOCKET_FD}; this binary is started by debuglantern")]
+    NoSocket(#[source] nix::Error),
+    #[error("not in a user namespace of its own; it is started by debuglantern")]
+    NotInUserNs,
+    #[error("cgroups")]
+    Cgroups(#[from] cgroup::CgroupError),
+    #[error("cannot build the jail root")]
+    Jail(#[from] jail::JailError),
+    #[error("cannot harden the broker")]
+    Harden(#[from] policy::PolicyError),
+    #[error("cannot start the spawner")]
+    Spawner(#[from] messages::SpawnError),
+    #[error("cannot confine the broker: {0}")]
+    Landlock(String),
+    #[error("cannot confine the broker")]
+    Seccomp(#[from] policy::seccomp::SeccompError),
+    #[error("every session was killed")]
+    Serve(#[from] broker::BrokerError),
+}
+
 fn main() {
-    let (session_uids, cgroups_arg, bundles) = match parse_args(std::env::args().skip(1)) {
-        Ok(a) => a,
+    shared::logger::install("debuglantern-broker");
+    let code = match run() {
+        Ok(()) => 0,
         Err(e) => {
-            eprintln!("debuglantern-broker: {e}");
-            std::process::exit(2);
+            log::error!("{}", shared::chain(&e));
+            match e {
+                StartError::Usage(_) | StartError::NoSocket(_) | StartError::NotInUserNs => 2,
+                _ => 1,
+            }
         }
     };
+    std::process::exit(code);
+}
+
+fn run() -> Result<(), StartError> {
+    let (session_uids, cgroups_arg, bundles) = parse_args(std::env::args().skip(1)).map_err(StartError::Usage)?;
     // Sanitise: nothing inherited but stdio and our socket.
     sys::close_all_except(&[SOCKET_FD]);
-    let sock: OwnedFd = match shared::os::adopt_fd(SOCKET_FD) {
-        Ok(s) => s,
-        Err(e) => {
-            eprintln!("debuglantern-broker: no socket on fd {SOCKET_FD} ({e}); this binary is started by debuglantern");
-            std::process::exit(2);
-        }
-    };
+    let sock: OwnedFd = shared::os::adopt_fd(SOCKET_FD).map_err(StartError::NoSocket)?;
     // The broker always runs in a user namespace of its own (the launcher makes it); refuse
     // to build a jail root anywhere else, so it can never remount the host's tree.
     match std::fs::read_to_string("/proc/self/uid_map") {
         Ok(map) if map.split_whitespace().collect::<Vec<_>>() != ["0", "0", "4294967295"] => {}
-        _ => {
-            eprintln!("debuglantern-broker: not in a user namespace of its own; it is started by debuglantern");
-            std::process::exit(2);
-        }
+        _ => return Err(StartError::NotInUserNs),
     }
     // The cgroup directories are opened before the pivot: afterwards there is no /sys.
-    let cgroups = match cgroup::Cgroups::open(&cgroups_arg) {
-        Ok(c) => c,
-        Err(e) => {
-            eprintln!("debuglantern-broker: cgroups: {e}");
-            std::process::exit(1);
-        }
-    };
-    let mut warnings = match jail::enter_root(session_uids, bundles) {
-        Ok(w) => w,
-        Err(e) => {
-            eprintln!("debuglantern-broker: cannot build the jail root: {e}");
-            std::process::exit(1);
-        }
-    };
+    let cgroups = cgroup::Cgroups::open(&cgroups_arg)?;
+    let mut warnings = jail::enter_root(session_uids, bundles)?;
     // no_new_privs and not dumpable (inherited by every session), no core dumps.
-    if let Err(e) = policy::identity::harden_process().and_then(|()| policy::rlimits::apply(&policy::rlimits::daemon()))
-    {
-        eprintln!("debuglantern-broker: {e}");
-        std::process::exit(1);
-    }
+    policy::identity::harden_process()?;
+    policy::rlimits::apply(&policy::rlimits::daemon())?;
     // We are PID 1 of our namespace: orphans come to us (a debug helper's gdbserver, for
     // one). The kernel reaps them if SIGCHLD is ignored; a zombie left here would keep its
     // session's namespace from ever finishing its teardown. (Our own child, the spawner,
@@ -73,32 +85,13 @@ fn main() {
     sys::set_sigchld(false);
     // Fork the spawner while we are unconfined, then confine ourselves: landlock (only the
     // cgroup directories), then the seccomp allow list (no fork, exec, mount or socket).
-    let confined = (|| -> Result<OwnedFd, String> {
-        let session_seccomp = policy::seccomp::session();
-        let spawner_seccomp = policy::seccomp::spawner();
-        let spawner = spawner::start(&session_seccomp, &spawner_seccomp)?;
-        let own = policy::seccomp::broker();
-        if let Some(w) = policy::landlock::broker(&cgroups.dir_fds())? {
-            warnings.push(w);
-        }
-        policy::seccomp::install(&own).map_err(|e| e.to_string())?;
-        Ok(spawner)
-    })();
-    let spawner = match confined {
-        Ok(s) => s,
-        Err(e) => {
-            eprintln!("debuglantern-broker: cannot confine the broker: {e}");
-            std::process::exit(1);
-        }
-    };
-    let code = match broker::Broker::new(sock, spawner, session_uids, warnings, cgroups).and_then(|b| b.run()) {
-        Ok(()) => 0,
-        Err(e) => {
-            eprintln!("debuglantern-broker: {}; every session was killed", error_chain(&e));
-            1
-        }
-    };
-    std::process::exit(code);
+    let spawner = spawner::start(&policy::seccomp::session(), &policy::seccomp::spawner())?;
+    if let Some(w) = policy::landlock::broker(&cgroups.dir_fds()).map_err(StartError::Landlock)? {
+        warnings.push(w);
+    }
+    policy::seccomp::install(&policy::seccomp::broker())?;
+    broker::Broker::new(sock, spawner, session_uids, warnings, cgroups)?.run()?;
+    Ok(())
 }
 
 fn parse_args(mut args: impl Iterator<Item = String>) -> Result<(u32, String, Option<std::path::PathBuf>), String> {
@@ -115,15 +108,4 @@ fn parse_args(mut args: impl Iterator<Item = String>) -> Result<(u32, String, Op
         }
     }
     Ok((uids.ok_or("missing --session-uids")?, cgroups, bundles))
-}
-
-/// "outer: inner: innermost".
-fn error_chain(e: &dyn std::error::Error) -> String {
-    let mut s = e.to_string();
-    let mut cur = e.source();
-    while let Some(c) = cur {
-        s.push_str(&format!(": {c}"));
-        cur = c.source();
-    }
-    s
 }

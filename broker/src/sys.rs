@@ -105,6 +105,30 @@ pub fn children_usage() -> (u64, u64, u64) {
 
 pub use shared::os::{exit_now, fork_into, pidfd_signal, Forked};
 
+/// Becomes the session's identity. Order matters: the bounding set and securebits need
+/// `CAP_SETPCAP`, the uid change needs `CAP_SETUID`, and the uid change itself clears the
+/// remaining capabilities.
+pub fn take_identity(ns_uid: Option<u32>) -> Result<(), IdentityError> {
+    let step = |step: &'static str| move |source| IdentityError { step, source };
+    lock_out_capabilities().map_err(step("capability bounding set"))?;
+    if let Some(uid) = ns_uid {
+        let (u, g) = (nix::unistd::Uid::from_raw(uid), nix::unistd::Gid::from_raw(uid));
+        nix::unistd::setgroups(&[]).map_err(step("setgroups"))?;
+        nix::unistd::setresgid(g, g, g).map_err(step("setresgid"))?;
+        nix::unistd::setresuid(u, u, u).map_err(step("setresuid"))?;
+    }
+    clear_capabilities().map_err(step("capabilities"))
+}
+
+/// A step of taking the session's identity that failed.
+#[derive(Debug, thiserror::Error)]
+#[error("{step}")]
+pub struct IdentityError {
+    step: &'static str,
+    #[source]
+    source: Errno,
+}
+
 // ---- seccomp user notification: every process exit of a session, for its receipt -------
 
 /// `SECCOMP_SET_MODE_FILTER`.

@@ -99,7 +99,7 @@ pub fn resolve_rig(rig: &str) -> Result<String> {
     if looks_like_host {
         return Ok(if rig.contains(':') { rig.to_string() } else { format!("{rig}:4444") });
     }
-    let found = discovery::discover(Duration::from_secs(3)).map_err(anyhow::Error::msg)?;
+    let found = discovery::discover(Duration::from_secs(3))?;
     let r = found.iter().find(|r| r.instance.eq_ignore_ascii_case(rig)).ok_or_else(|| {
         anyhow::anyhow!("no rig named {rig:?} answered on the local network (lantern discover lists them)")
     })?;

@@ -217,8 +217,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
     let json = cli.json;
     match cli.cmd {
         Cmd::Discover { timeout } => {
-            let found =
-                discovery::discover(Duration::from_secs_f64(timeout.clamp(0.1, 600.0))).map_err(|e| anyhow!(e))?;
+            let found = discovery::discover(Duration::from_secs_f64(timeout.clamp(0.1, 600.0)))?;
             if json {
                 print_json(&serde_json::json!({"ok": true, "rigs": found}))?;
             } else if found.is_empty() {

@@ -15,6 +15,34 @@ use std::collections::BTreeMap;
 use std::net::{IpAddr, SocketAddr};
 use std::time::{Duration, Instant};
 
+/// Why mDNS could not be used.
+#[derive(Debug, thiserror::Error)]
+pub enum DiscoveryError {
+    /// Not acceptable: the reason, for the operator.
+    #[error("{0}")]
+    Invalid(String),
+    /// Something it needed failed.
+    #[error("{what}")]
+    Because {
+        /// What was being done.
+        what: String,
+        /// What failed.
+        #[source]
+        source: Box<dyn std::error::Error + Send + Sync>,
+    },
+}
+
+fn invalid(why: impl Into<String>) -> DiscoveryError {
+    DiscoveryError::Invalid(why.into())
+}
+
+fn because<E: Into<Box<dyn std::error::Error + Send + Sync>>>(
+    what: impl Into<String>,
+) -> impl FnOnce(E) -> DiscoveryError {
+    let what = what.into();
+    move |e| DiscoveryError::Because { what, source: e.into() }
+}
+
 /// The DNS-SD service type.
 pub const SERVICE: &str = "_mydebug._tcp.local.";
 /// Longest instance name (a DNS label).
@@ -87,28 +115,28 @@ pub fn wanted(plan: &Plan, listen: SocketAddr) -> bool {
 }
 
 /// Starts advertising. Blocks for about a second to look for a conflicting name.
-pub fn start(plan: &Plan, listen: SocketAddr) -> Result<Advertiser, String> {
-    let daemon = ServiceDaemon::new().map_err(|e| format!("mDNS: {e}"))?;
+pub fn start(plan: &Plan, listen: SocketAddr) -> Result<Advertiser, DiscoveryError> {
+    let daemon = ServiceDaemon::new().map_err(because("mDNS"))?;
     // Interfaces: the operator's, else the one(s) we listen on.
     if !plan.interfaces.is_empty() || !listen.ip().is_unspecified() {
-        daemon.disable_interface(IfKind::All).map_err(|e| format!("mDNS: {e}"))?;
+        daemon.disable_interface(IfKind::All).map_err(because("mDNS"))?;
         if plan.interfaces.is_empty() {
             let on = if listen.ip().is_loopback() { IfKind::LoopbackV4 } else { IfKind::Addr(listen.ip()) };
-            daemon.enable_interface(on).map_err(|e| format!("mDNS: {e}"))?;
+            daemon.enable_interface(on).map_err(because("mDNS"))?;
         } else {
             let names: Vec<IfKind> = plan.interfaces.iter().map(|n| IfKind::Name(n.clone())).collect();
-            daemon.enable_interface(names).map_err(|e| format!("mDNS: {e}"))?;
+            daemon.enable_interface(names).map_err(because("mDNS"))?;
         }
     } else {
         // Listening on every address: every interface but loopback.
-        daemon.disable_interface(vec![IfKind::LoopbackV4, IfKind::LoopbackV6]).map_err(|e| format!("mDNS: {e}"))?;
+        daemon.disable_interface(vec![IfKind::LoopbackV4, IfKind::LoopbackV6]).map_err(because("mDNS"))?;
     }
     // The daemon's thread runs once it answers.
     daemon
         .get_metrics()
-        .map_err(|e| format!("mDNS: {e}"))?
+        .map_err(because("mDNS"))?
         .recv_timeout(Duration::from_secs(5))
-        .map_err(|_| "mDNS: the responder did not start".to_string())?;
+        .map_err(|_| invalid("mDNS: the responder did not start"))?;
     let taken = names_on_the_network(&daemon, Duration::from_millis(1200));
     let name = free_name(&plan.name, &taken);
     let host = nix::unistd::gethostname().map(|h| h.to_string_lossy().into_owned()).unwrap_or_else(|_| "rig".into());
@@ -117,10 +145,10 @@ pub fn start(plan: &Plan, listen: SocketAddr) -> Result<Advertiser, String> {
     let props_ref: Vec<(&str, &str)> = props.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
     let addrs: &[IpAddr] = &[];
     let info = ServiceInfo::new(SERVICE, &name, &host, addrs, listen.port(), &props_ref[..])
-        .map_err(|e| format!("mDNS service record: {e}"))?
+        .map_err(because("mDNS service record"))?
         .enable_addr_auto();
     let fullname = info.get_fullname().to_string();
-    daemon.register(info).map_err(|e| format!("mDNS: {e}"))?;
+    daemon.register(info).map_err(because("mDNS"))?;
     // The control thread holds the responder until it is told to withdraw it; it reports
     // running before we return (libc's thread set-up must be over before seccomp).
     let (stop, stopped) = std::sync::mpsc::channel::<()>();
@@ -138,8 +166,8 @@ pub fn start(plan: &Plan, listen: SocketAddr) -> Result<Advertiser, String> {
                 let _ = rx.recv_timeout(Duration::from_secs(2));
             }
         })
-        .map_err(|e| format!("mDNS control thread: {e}"))?;
-    up.recv().map_err(|_| "mDNS: the control thread died at start".to_string())?;
+        .map_err(because("mDNS control thread"))?;
+    up.recv().map_err(|_| invalid("mDNS: the control thread died at start"))?;
     Ok(Advertiser { name, fullname, stop, control })
 }
 
@@ -209,10 +237,10 @@ pub struct Found {
 }
 
 /// Browses for rigs for `wait` (for `lantern discover`).
-pub fn discover(wait: Duration) -> Result<Vec<Found>, String> {
-    let daemon = ServiceDaemon::new().map_err(|e| format!("mDNS: {e}"))?;
+pub fn discover(wait: Duration) -> Result<Vec<Found>, DiscoveryError> {
+    let daemon = ServiceDaemon::new().map_err(because("mDNS"))?;
     let _ = daemon.disable_interface(vec![IfKind::LoopbackV4, IfKind::LoopbackV6]);
-    let rx = daemon.browse(SERVICE).map_err(|e| format!("mDNS: {e}"))?;
+    let rx = daemon.browse(SERVICE).map_err(because("mDNS"))?;
     let end = Instant::now() + wait;
     let mut found: BTreeMap<String, Found> = BTreeMap::new();
     while let Ok(ev) = rx.recv_deadline(end) {

@@ -8,6 +8,34 @@ use std::net::TcpListener;
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, RawFd};
 use std::os::unix::net::UnixStream;
 
+/// Why the sockets passed by systemd were refused.
+#[derive(Debug, thiserror::Error)]
+pub enum ActivationError {
+    /// Not acceptable: the reason, for the operator.
+    #[error("{0}")]
+    Invalid(String),
+    /// Something it needed failed.
+    #[error("{what}")]
+    Because {
+        /// What was being done.
+        what: String,
+        /// What failed.
+        #[source]
+        source: Box<dyn std::error::Error + Send + Sync>,
+    },
+}
+
+fn invalid(why: impl Into<String>) -> ActivationError {
+    ActivationError::Invalid(why.into())
+}
+
+fn because<E: Into<Box<dyn std::error::Error + Send + Sync>>>(
+    what: impl Into<String>,
+) -> impl FnOnce(E) -> ActivationError {
+    let what = what.into();
+    move |e| ActivationError::Because { what, source: e.into() }
+}
+
 /// First descriptor of the `LISTEN_FDS` protocol.
 const SD_LISTEN_FDS_START: RawFd = 3;
 /// More than this many passed sockets is taken as a mistake.
@@ -16,7 +44,7 @@ const MAX_PASSED: usize = 64;
 /// The listening TCP sockets systemd passed, if it passed any to this process. Must run
 /// first in `main`, before anything else opens a descriptor. The variables are removed
 /// (nothing we start inherits them) and the sockets made close-on-exec.
-pub fn listen_fds() -> Result<Option<Vec<TcpListener>>, String> {
+pub fn listen_fds() -> Result<Option<Vec<TcpListener>>, ActivationError> {
     let (Ok(pid), Ok(n)) = (std::env::var("LISTEN_PID"), std::env::var("LISTEN_FDS")) else {
         return Ok(None);
     };
@@ -27,9 +55,9 @@ pub fn listen_fds() -> Result<Option<Vec<TcpListener>>, String> {
         // Meant for another process (e.g. our parent): not ours to take.
         return Ok(None);
     }
-    let n: usize = n.trim().parse().map_err(|_| format!("LISTEN_FDS={n:?} is not a number"))?;
+    let n: usize = n.trim().parse().map_err(|_| invalid(format!("LISTEN_FDS={n:?} is not a number")))?;
     if n == 0 || n > MAX_PASSED {
-        return Err(format!("LISTEN_FDS={n}: want 1 to {MAX_PASSED} listening sockets"));
+        return Err(invalid(format!("LISTEN_FDS={n}: want 1 to {MAX_PASSED} listening sockets")));
     }
     let mut out = Vec::with_capacity(n);
     for fd in SD_LISTEN_FDS_START..SD_LISTEN_FDS_START + n as RawFd {
@@ -37,32 +65,33 @@ pub fn listen_fds() -> Result<Option<Vec<TcpListener>>, String> {
         // `check_listener` before anything relies on it); nothing else in this process
         // knows of them, as this runs first in main, so each is owned exactly once.
         let borrowed = unsafe { BorrowedFd::borrow_raw(fd) };
-        check_listener(borrowed).map_err(|e| format!("passed descriptor {fd}: {e}"))?;
+        check_listener(borrowed).map_err(because(format!("passed descriptor {fd}")))?;
         nix::fcntl::fcntl(fd, nix::fcntl::FcntlArg::F_SETFD(nix::fcntl::FdFlag::FD_CLOEXEC))
-            .map_err(|e| format!("passed descriptor {fd}: {e}"))?;
+            .map_err(because(format!("passed descriptor {fd}")))?;
         // SAFETY: see above; `fd` is an open, listening TCP socket owned by nobody else.
         out.push(unsafe { TcpListener::from_raw_fd(fd) });
     }
     Ok(Some(out))
 }
 
-fn check_listener(fd: BorrowedFd<'_>) -> Result<(), String> {
+fn check_listener(fd: BorrowedFd<'_>) -> Result<(), ActivationError> {
     use nix::sys::socket::{getsockname, getsockopt, sockopt, AddressFamily, SockType, SockaddrLike, SockaddrStorage};
-    let st = nix::sys::stat::fstat(fd.as_raw_fd()).map_err(|e| format!("not open ({e})"))?;
+    let st = nix::sys::stat::fstat(fd.as_raw_fd()).map_err(because("not open"))?;
     if st.st_mode & libc::S_IFMT != libc::S_IFSOCK {
-        return Err("not a socket".into());
+        return Err(invalid("not a socket"));
     }
-    if getsockopt(&fd, sockopt::SockType).map_err(|e| e.to_string())? != SockType::Stream {
-        return Err("not a stream socket (use ListenStream=)".into());
+    if getsockopt(&fd, sockopt::SockType).map_err(because("SO_TYPE"))? != SockType::Stream {
+        return Err(invalid("not a stream socket (use ListenStream=)"));
     }
-    let addr: SockaddrStorage = getsockname(fd.as_raw_fd()).map_err(|e| e.to_string())?;
+    let addr: SockaddrStorage = getsockname(fd.as_raw_fd()).map_err(because("getsockname"))?;
     if !matches!(addr.family(), Some(AddressFamily::Inet | AddressFamily::Inet6)) {
-        return Err("not a TCP socket (ListenStream= must be an address:port)".into());
+        return Err(invalid("not a TCP socket (ListenStream= must be an address:port)"));
     }
-    if !getsockopt(&fd, sockopt::AcceptConn).map_err(|e| e.to_string())? {
-        return Err("a connected socket, not a listening one: use Accept=no in the socket unit \
-             (or, for one daemon per connection, --stdio with StandardInput=socket)"
-            .into());
+    if !getsockopt(&fd, sockopt::AcceptConn).map_err(because("SO_ACCEPTCONN"))? {
+        return Err(invalid(
+            "a connected socket, not a listening one: use Accept=no in the socket unit \
+             (or, for one daemon per connection, --stdio with StandardInput=socket)",
+        ));
     }
     Ok(())
 }

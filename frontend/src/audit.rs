@@ -10,6 +10,25 @@ use std::io::Write;
 use std::path::Path;
 use std::time::{Instant, SystemTime};
 
+/// Why the audit log could not be opened.
+#[derive(Debug, thiserror::Error)]
+pub enum AuditError {
+    /// Something it needed failed.
+    #[error("{what}")]
+    Because {
+        /// What was being done.
+        what: String,
+        /// What failed.
+        #[source]
+        source: Box<dyn std::error::Error + Send + Sync>,
+    },
+}
+
+fn because<E: Into<Box<dyn std::error::Error + Send + Sync>>>(what: impl Into<String>) -> impl FnOnce(E) -> AuditError {
+    let what = what.into();
+    move |e| AuditError::Because { what, source: e.into() }
+}
+
 /// Lines of the kinds anyone can cause (refusals, failed AUTHs) written at most this fast
 /// on average...
 const NOISE_PER_SEC: f64 = 200.0;
@@ -37,7 +56,7 @@ impl Default for Audit {
 
 impl Audit {
     /// Opens (creates, mode 0600, appending) the optional audit file.
-    pub fn open(path: Option<&Path>) -> Result<Audit, String> {
+    pub fn open(path: Option<&Path>) -> Result<Audit, AuditError> {
         use std::os::unix::fs::OpenOptionsExt;
         let file = match path {
             None => None,
@@ -48,7 +67,7 @@ impl Audit {
                     .mode(0o600)
                     .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC)
                     .open(p)
-                    .map_err(|e| format!("cannot open the audit log {}: {e}", p.display()))?,
+                    .map_err(because(format!("cannot open the audit log {}", p.display())))?,
             ),
         };
         Ok(Audit { file, ..Audit::default() })

@@ -14,6 +14,34 @@ use std::path::Path;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+/// Why the token file was refused.
+#[derive(Debug, thiserror::Error)]
+pub enum TokensError {
+    /// Not acceptable: the reason, for the operator.
+    #[error("{0}")]
+    Invalid(String),
+    /// Something it needed failed.
+    #[error("{what}")]
+    Because {
+        /// What was being done.
+        what: String,
+        /// What failed.
+        #[source]
+        source: Box<dyn std::error::Error + Send + Sync>,
+    },
+}
+
+fn invalid(why: impl Into<String>) -> TokensError {
+    TokensError::Invalid(why.into())
+}
+
+fn because<E: Into<Box<dyn std::error::Error + Send + Sync>>>(
+    what: impl Into<String>,
+) -> impl FnOnce(E) -> TokensError {
+    let what = what.into();
+    move |e| TokensError::Because { what, source: e.into() }
+}
+
 /// Who a connection is.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Identity {
@@ -72,40 +100,40 @@ fn valid_identity(name: &str) -> bool {
 
 impl Tokens {
     /// Reads and checks the operator's token file.
-    pub fn load(path: &Path) -> Result<Tokens, String> {
+    pub fn load(path: &Path) -> Result<Tokens, TokensError> {
         use std::os::unix::fs::OpenOptionsExt;
         let shown = path.display();
         let file = std::fs::OpenOptions::new()
             .read(true)
             .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC)
             .open(path)
-            .map_err(|e| format!("cannot open the token file {shown}: {e}"))?;
-        let meta = file.metadata().map_err(|e| format!("{shown}: {e}"))?;
+            .map_err(because(format!("cannot open the token file {shown}")))?;
+        let meta = file.metadata().map_err(because(shown.to_string()))?;
         if !meta.is_file() {
-            return Err(format!("the token file {shown} is not a regular file"));
+            return Err(invalid(format!("the token file {shown} is not a regular file")));
         }
         let me = nix::unistd::Uid::effective().as_raw();
         if meta.uid() != me {
-            return Err(format!(
+            return Err(invalid(format!(
                 "the token file {shown} is owned by uid {}, not by the daemon's user (uid {me}): \
                  chown it, so that nobody else can change who may use this rig",
                 meta.uid()
-            ));
+            )));
         }
         if meta.mode() & 0o077 != 0 {
-            return Err(format!(
+            return Err(invalid(format!(
                 "the token file {shown} is readable or writable by group or others (mode {:o}): run chmod 600 on it",
                 meta.mode() & 0o7777
-            ));
+            )));
         }
         let mut text = String::new();
         std::io::Read::read_to_string(&mut &file, &mut text)
-            .map_err(|e| format!("cannot read the token file {shown}: {e} (it must be UTF-8 text)"))?;
-        Tokens::parse(&text).map_err(|e| format!("{shown}: {e}"))
+            .map_err(because(format!("cannot read the token file {shown} (it must be UTF-8 text)")))?;
+        Tokens::parse(&text).map_err(because(shown.to_string()))
     }
 
     /// Parses `identity token [admin]` lines.
-    pub fn parse(text: &str) -> Result<Tokens, String> {
+    pub fn parse(text: &str) -> Result<Tokens, TokensError> {
         let mut entries: Vec<Entry> = Vec::new();
         let mut admin_of: HashMap<String, bool> = HashMap::new();
         for (n, line) in text.lines().enumerate() {
@@ -118,31 +146,33 @@ impl Tokens {
             let (name, token, admin) = match words[..] {
                 [name, token] => (name, token, false),
                 [name, token, "admin"] => (name, token, true),
-                [_, _, other] => return Err(format!("line {n}: unknown flag {other:?} (the only flag is admin)")),
-                _ => return Err(format!("line {n}: want `identity token [admin]`")),
+                [_, _, other] => {
+                    return Err(invalid(format!("line {n}: unknown flag {other:?} (the only flag is admin)")))
+                }
+                _ => return Err(invalid(format!("line {n}: want `identity token [admin]`"))),
             };
             if !valid_identity(name) {
-                return Err(format!("line {n}: identity {name:?} must be 1-64 of A-Z a-z 0-9 . _ - @"));
+                return Err(invalid(format!("line {n}: identity {name:?} must be 1-64 of A-Z a-z 0-9 . _ - @")));
             }
             if token.len() < MIN_TOKEN_LEN {
-                return Err(format!(
+                return Err(invalid(format!(
                     "line {n}: the token of {name} is shorter than {MIN_TOKEN_LEN} characters (e.g. `openssl rand -hex 32`)"
-                ));
+                )));
             }
             if let Some(&was) = admin_of.get(name) {
                 if was != admin {
-                    return Err(format!("line {n}: {name} is admin on one line and not on another"));
+                    return Err(invalid(format!("line {n}: {name} is admin on one line and not on another")));
                 }
             }
             admin_of.insert(name.to_string(), admin);
             let d = digest(token.as_bytes());
             if entries.iter().any(|e| e.digest == d) {
-                return Err(format!("line {n}: this token is given twice; every token must be unique"));
+                return Err(invalid(format!("line {n}: this token is given twice; every token must be unique")));
             }
             entries.push(Entry { identity: Identity { name: Arc::from(name), admin }, digest: d });
         }
         if entries.is_empty() {
-            return Err("no tokens: every line is empty or a comment; nobody could use this rig".into());
+            return Err(invalid("no tokens: every line is empty or a comment; nobody could use this rig"));
         }
         Ok(Tokens { entries })
     }
@@ -297,7 +327,7 @@ mod tests {
             ("a 0123456789abcdef0123456789abcdef root\n", "unknown flag"),
         ] {
             let e = Tokens::parse(text).unwrap_err();
-            assert!(e.contains(want), "{text:?}: {e}");
+            assert!(e.to_string().contains(want), "{text:?}: {e}");
         }
     }
 
@@ -309,9 +339,9 @@ mod tests {
         let p = dir.join("tokens");
         std::fs::write(&p, A).unwrap();
         std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o644)).unwrap();
-        assert!(Tokens::load(&p).unwrap_err().contains("chmod 600"));
+        assert!(Tokens::load(&p).unwrap_err().to_string().contains("chmod 600"));
         std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o640)).unwrap();
-        assert!(Tokens::load(&p).unwrap_err().contains("chmod 600"));
+        assert!(Tokens::load(&p).unwrap_err().to_string().contains("chmod 600"));
         std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o600)).unwrap();
         assert_eq!(Tokens::load(&p).unwrap().len(), 3);
         let link = dir.join("link");

@@ -34,6 +34,38 @@ pub struct Limits {
     pub max_depth: usize,
 }
 
+/// Why a bundle was not extracted (or not removed).
+#[derive(Debug, thiserror::Error)]
+pub enum BundleError {
+    /// The archive is not an acceptable bundle: the reason, for the user.
+    #[error("{0}")]
+    Refused(String),
+    /// The rig failed to write or remove it.
+    #[error("{what}")]
+    Io {
+        /// What was being done.
+        what: String,
+        /// Why it failed.
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+impl From<String> for BundleError {
+    fn from(why: String) -> Self {
+        BundleError::Refused(why)
+    }
+}
+
+fn refused(why: impl Into<String>) -> BundleError {
+    BundleError::Refused(why.into())
+}
+
+pub fn io<E: Into<std::io::Error>>(what: impl Into<String>) -> impl FnOnce(E) -> BundleError {
+    let what = what.into();
+    move |e| BundleError::Io { what, source: e.into() }
+}
+
 /// What a valid bundle holds.
 #[derive(Debug, Clone)]
 pub struct Extracted {
@@ -61,39 +93,39 @@ fn own(fd: std::os::fd::RawFd) -> OwnedFd {
 }
 
 /// Checks a path from the archive (or the exec path) and returns its components.
-pub fn clean_path(raw: &[u8], max_depth: usize) -> Result<Vec<String>, String> {
+pub fn clean_path(raw: &[u8], max_depth: usize) -> Result<Vec<String>, BundleError> {
     let s =
         std::str::from_utf8(raw).map_err(|_| format!("path {:?} is not valid UTF-8", String::from_utf8_lossy(raw)))?;
     if s.len() > MAX_PATH {
-        return Err(format!("path longer than {MAX_PATH} bytes"));
+        return Err(refused(format!("path longer than {MAX_PATH} bytes")));
     }
     if s.chars().any(|c| c.is_control()) {
-        return Err(format!("path {s:?} contains control characters (newlines included)"));
+        return Err(refused(format!("path {s:?} contains control characters (newlines included)")));
     }
     if s.starts_with('/') {
-        return Err(format!("absolute path {s:?}"));
+        return Err(refused(format!("absolute path {s:?}")));
     }
     let mut parts = Vec::new();
     for c in s.split('/') {
         match c {
             "" | "." => {}
-            ".." => return Err(format!("path {s:?} contains '..'")),
-            c if c.len() > MAX_NAME => return Err(format!("a name in {s:?} is longer than {MAX_NAME} bytes")),
+            ".." => return Err(refused(format!("path {s:?} contains '..'"))),
+            c if c.len() > MAX_NAME => return Err(refused(format!("a name in {s:?} is longer than {MAX_NAME} bytes"))),
             c => parts.push(c.to_string()),
         }
     }
     if parts.len() > max_depth {
-        return Err(format!("path {s:?} is deeper than {max_depth} levels"));
+        return Err(refused(format!("path {s:?} is deeper than {max_depth} levels")));
     }
     Ok(parts)
 }
 
 /// A symlink's target must be relative and, resolved lexically from the link's directory,
 /// stay inside the bundle.
-fn check_link(parts: &[String], target: &[u8]) -> Result<(), String> {
+fn check_link(parts: &[String], target: &[u8]) -> Result<(), BundleError> {
     let t = std::str::from_utf8(target).map_err(|_| "symlink target is not valid UTF-8".to_string())?;
     if t.is_empty() || t.starts_with('/') || t.chars().any(|c| c.is_control()) {
-        return Err(format!("symlink {} → {t:?} must be relative", parts.join("/")));
+        return Err(refused(format!("symlink {} → {t:?} must be relative", parts.join("/"))));
     }
     let mut depth = parts.len() as i64 - 1;
     for c in t.split('/') {
@@ -103,7 +135,7 @@ fn check_link(parts: &[String], target: &[u8]) -> Result<(), String> {
             _ => depth += 1,
         }
         if depth < 0 {
-            return Err(format!("symlink {} → {t:?} points outside the bundle", parts.join("/")));
+            return Err(refused(format!("symlink {} → {t:?} points outside the bundle", parts.join("/"))));
         }
     }
     Ok(())
@@ -119,12 +151,12 @@ fn errno_reason(e: nix::Error, path: &str) -> String {
 }
 
 /// Opens (creating as needed) the directory of `parts`, beneath `root`.
-fn open_dir(root: BorrowedFd<'_>, parts: &[String]) -> Result<OwnedFd, String> {
-    let mut dir = own(nix::unistd::dup(root.as_raw_fd()).map_err(|e| e.to_string())?);
+fn open_dir(root: BorrowedFd<'_>, parts: &[String]) -> Result<OwnedFd, BundleError> {
+    let mut dir = own(nix::unistd::dup(root.as_raw_fd()).map_err(io("duplicate the bundle directory"))?);
     for (i, name) in parts.iter().enumerate() {
         match nix::sys::stat::mkdirat(Some(dir.as_raw_fd()), name.as_str(), Mode::from_bits_truncate(0o755)) {
             Ok(()) | Err(nix::Error::EEXIST) => {}
-            Err(e) => return Err(errno_reason(e, &parts[..=i].join("/"))),
+            Err(e) => return Err(refused(errno_reason(e, &parts[..=i].join("/")))),
         }
         let fd =
             openat2(dir.as_raw_fd(), name.as_str(), how(OFlag::O_DIRECTORY | OFlag::O_RDONLY, 0)).map_err(|e| {
@@ -142,10 +174,15 @@ fn file_mode(mode: u32) -> u32 {
 
 /// Extracts `src` (gzip-compressed tar) beneath `root` and validates `exec_path`.
 /// On error the caller removes whatever was written (see [`remove_tree`]).
-pub fn extract(src: impl Read, root: BorrowedFd<'_>, exec_path: &str, limits: Limits) -> Result<Extracted, String> {
+pub fn extract(
+    src: impl Read,
+    root: BorrowedFd<'_>,
+    exec_path: &str,
+    limits: Limits,
+) -> Result<Extracted, BundleError> {
     let exec_parts = clean_path(exec_path.as_bytes(), limits.max_depth).map_err(|e| format!("exec_path: {e}"))?;
     if exec_parts.is_empty() {
-        return Err("exec_path names the bundle root, not a program".into());
+        return Err(refused("exec_path names the bundle root, not a program"));
     }
     let gz = flate2::read::GzDecoder::new(src);
     let mut archive = tar::Archive::new(gz);
@@ -162,14 +199,14 @@ pub fn extract(src: impl Read, root: BorrowedFd<'_>, exec_path: &str, limits: Li
         }
         count += 1;
         if count > limits.max_entries {
-            return Err(format!("more than {} entries", limits.max_entries));
+            return Err(refused(format!("more than {} entries", limits.max_entries)));
         }
         let raw_path = entry.path_bytes().into_owned();
         let parts = clean_path(&raw_path, limits.max_depth)?;
         let shown = parts.join("/");
         let mode = entry.header().mode().map_err(|e| format!("entry {shown:?}: bad mode: {e}"))?;
         if mode & 0o6000 != 0 && !matches!(kind, EntryType::Directory) {
-            return Err(format!("{shown:?} is setuid or setgid"));
+            return Err(refused(format!("{shown:?} is setuid or setgid")));
         }
         match kind {
             EntryType::Directory => {
@@ -177,11 +214,11 @@ pub fn extract(src: impl Read, root: BorrowedFd<'_>, exec_path: &str, limits: Li
             }
             EntryType::Regular | EntryType::Continuous => {
                 let Some((name, dirs)) = parts.split_last() else {
-                    return Err("a file entry names the bundle root".into());
+                    return Err(refused("a file entry names the bundle root"));
                 };
                 let declared = entry.header().size().map_err(|e| format!("entry {shown:?}: bad size: {e}"))?;
                 if bytes.saturating_add(declared) > limits.max_bytes {
-                    return Err(format!("bundle extracts to more than {} bytes", limits.max_bytes));
+                    return Err(refused(format!("bundle extracts to more than {} bytes", limits.max_bytes)));
                 }
                 let dir = open_dir(root, dirs)?;
                 let fd = openat2(
@@ -196,15 +233,15 @@ pub fn extract(src: impl Read, root: BorrowedFd<'_>, exec_path: &str, limits: Li
                 let n = std::io::copy(&mut limited, &mut out).map_err(|e| format!("{shown:?}: {}", io_reason(&e)))?;
                 bytes += n;
                 if bytes > limits.max_bytes {
-                    return Err(format!("bundle extracts to more than {} bytes", limits.max_bytes));
+                    return Err(refused(format!("bundle extracts to more than {} bytes", limits.max_bytes)));
                 }
-                out.flush().map_err(|e| e.to_string())?;
+                out.flush().map_err(io(format!("write {shown:?}")))?;
                 nix::sys::stat::fchmod(out.as_raw_fd(), Mode::from_bits_truncate(file_mode(mode)))
-                    .map_err(|e| e.to_string())?;
+                    .map_err(io(format!("set the mode of {shown:?}")))?;
             }
             EntryType::Symlink => {
                 let Some((name, dirs)) = parts.split_last() else {
-                    return Err("a symlink entry names the bundle root".into());
+                    return Err(refused("a symlink entry names the bundle root"));
                 };
                 let target =
                     entry.link_name_bytes().ok_or_else(|| format!("symlink {shown:?} has no target"))?.into_owned();
@@ -213,17 +250,17 @@ pub fn extract(src: impl Read, root: BorrowedFd<'_>, exec_path: &str, limits: Li
                 nix::unistd::symlinkat(target.as_slice(), Some(dir.as_raw_fd()), name.as_str())
                     .map_err(|e| errno_reason(e, &shown))?;
             }
-            EntryType::Link => return Err(format!("{shown:?} is a hard link (not accepted)")),
-            EntryType::Char | EntryType::Block => return Err(format!("{shown:?} is a device node")),
-            EntryType::Fifo => return Err(format!("{shown:?} is a fifo")),
-            other => return Err(format!("{shown:?} has unsupported type {other:?}")),
+            EntryType::Link => return Err(refused(format!("{shown:?} is a hard link (not accepted)"))),
+            EntryType::Char | EntryType::Block => return Err(refused(format!("{shown:?} is a device node"))),
+            EntryType::Fifo => return Err(refused(format!("{shown:?} is a fifo"))),
+            other => return Err(refused(format!("{shown:?} has unsupported type {other:?}"))),
         }
     }
     let elf = check_exec(root, &exec_parts)?;
     Ok(Extracted { bytes, entries: count, elf })
 }
 
-fn check_exec(root: BorrowedFd<'_>, parts: &[String]) -> Result<ElfInfo, String> {
+fn check_exec(root: BorrowedFd<'_>, parts: &[String]) -> Result<ElfInfo, BundleError> {
     let path = parts.join("/");
     let fd =
         openat2(root.as_raw_fd(), path.as_str(), how(OFlag::O_RDONLY | OFlag::O_NOFOLLOW, 0)).map_err(|e| match e {
@@ -232,17 +269,17 @@ fn check_exec(root: BorrowedFd<'_>, parts: &[String]) -> Result<ElfInfo, String>
             e => format!("exec_path {path:?}: {e}"),
         })?;
     let file = File::from(own(fd));
-    let meta = file.metadata().map_err(|e| e.to_string())?;
+    let meta = file.metadata().map_err(io(format!("stat exec_path {path:?}")))?;
     if meta.is_dir() {
-        return Err(format!("exec_path {path:?} is a directory"));
+        return Err(refused(format!("exec_path {path:?} is a directory")));
     }
     if !meta.is_file() {
-        return Err(format!("exec_path {path:?} is not a regular file"));
+        return Err(refused(format!("exec_path {path:?} is not a regular file")));
     }
     if std::os::unix::fs::PermissionsExt::mode(&meta.permissions()) & 0o100 == 0 {
-        return Err(format!("exec_path {path:?} is not executable (mode lacks u+x)"));
+        return Err(refused(format!("exec_path {path:?} is not executable (mode lacks u+x)")));
     }
-    elf::validate(&file).map_err(|why| format!("exec_path {path:?}: {why}"))
+    elf::validate(&file).map_err(|why| refused(format!("exec_path {path:?}: {}", shared::chain(&why))))
 }
 
 fn io_reason(e: &std::io::Error) -> String {
@@ -264,18 +301,18 @@ fn gzip_reason(e: &std::io::Error) -> String {
 }
 
 /// Removes `name` beneath `parent`, recursively, never following symlinks.
-pub fn remove_tree(parent: BorrowedFd<'_>, name: &str) -> Result<(), String> {
+pub fn remove_tree(parent: BorrowedFd<'_>, name: &str) -> Result<(), BundleError> {
     let fd = match openat2(parent.as_raw_fd(), name, how(OFlag::O_DIRECTORY | OFlag::O_RDONLY, 0)) {
         Ok(fd) => own(fd),
         Err(nix::Error::ENOENT) => return Ok(()),
         Err(nix::Error::ENOTDIR | nix::Error::ELOOP) => {
             return nix::unistd::unlinkat(Some(parent.as_raw_fd()), name, nix::unistd::UnlinkatFlags::NoRemoveDir)
-                .map_err(|e| format!("remove {name}: {e}"))
+                .map_err(io(format!("remove {name}")))
         }
-        Err(e) => return Err(format!("open {name}: {e}")),
+        Err(e) => return Err(io(format!("open {name}"))(e)),
     };
-    let mut dir = nix::dir::Dir::from_fd(nix::unistd::dup(fd.as_raw_fd()).map_err(|e| e.to_string())?)
-        .map_err(|e| e.to_string())?;
+    let mut dir = nix::dir::Dir::from_fd(nix::unistd::dup(fd.as_raw_fd()).map_err(io(format!("open {name}")))?)
+        .map_err(io(format!("read {name}")))?;
     let names: Vec<(String, bool)> = dir
         .iter()
         .flatten()
@@ -289,11 +326,11 @@ pub fn remove_tree(parent: BorrowedFd<'_>, name: &str) -> Result<(), String> {
             remove_tree(fd.as_fd(), &n)?;
         } else {
             nix::unistd::unlinkat(Some(fd.as_raw_fd()), n.as_str(), nix::unistd::UnlinkatFlags::NoRemoveDir)
-                .map_err(|e| format!("remove {n}: {e}"))?;
+                .map_err(io(format!("remove {n}")))?;
         }
     }
     nix::unistd::unlinkat(Some(parent.as_raw_fd()), name, nix::unistd::UnlinkatFlags::RemoveDir)
-        .map_err(|e| format!("remove {name}: {e}"))
+        .map_err(io(format!("remove {name}")))
 }
 
 /// Opens a directory descriptor for a path (setup only).
@@ -325,7 +362,7 @@ mod tests {
         }
     }
 
-    fn run(archive: &[u8], exec: &str, limits: Limits) -> (Result<Extracted, String>, Dir) {
+    fn run(archive: &[u8], exec: &str, limits: Limits) -> (Result<Extracted, BundleError>, Dir) {
         static N: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
         let n = N.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         let dir = std::env::temp_dir().join(format!("dl-bundle-{}-{n}", std::process::id()));
@@ -342,7 +379,9 @@ mod tests {
 
     fn refused(archive: &[u8], exec: &str, want: &str) {
         let (r, _d) = run(archive, exec, LIMITS);
-        let err = r.expect_err("hostile bundle accepted");
+        let BundleError::Refused(err) = r.expect_err("hostile bundle accepted") else {
+            panic!("a hostile bundle must be refused, not fail to be stored");
+        };
         assert!(err.contains(want), "{err:?} does not say {want:?}");
     }
 
@@ -417,7 +456,7 @@ mod tests {
         assert!(bomb.len() < 1 << 20);
         let t = std::time::Instant::now();
         let (r, _d) = run(&bomb, "prog", Limits { max_bytes: 8 << 20, ..LIMITS });
-        assert!(r.unwrap_err().contains("more than"));
+        assert!(r.unwrap_err().to_string().contains("more than"));
         assert!(t.elapsed() < std::time::Duration::from_secs(2));
         let many: Vec<Vec<u8>> = (0..200).map(|i| entry(format!("f{i}").as_bytes(), b'0', 0o644, b"", b"")).collect();
         refused(&gz(&many), "f0", "entries");

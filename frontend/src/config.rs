@@ -6,6 +6,34 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
 
+/// Why the configuration was refused.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// Not acceptable: the reason, for the operator.
+    #[error("{0}")]
+    Invalid(String),
+    /// Something it needed failed.
+    #[error("{what}")]
+    Because {
+        /// What was being done.
+        what: String,
+        /// What failed.
+        #[source]
+        source: Box<dyn std::error::Error + Send + Sync>,
+    },
+}
+
+fn invalid(why: impl Into<String>) -> ConfigError {
+    ConfigError::Invalid(why.into())
+}
+
+fn because<E: Into<Box<dyn std::error::Error + Send + Sync>>>(
+    what: impl Into<String>,
+) -> impl FnOnce(E) -> ConfigError {
+    let what = what.into();
+    move |e| ConfigError::Because { what, source: e.into() }
+}
+
 /// Command-line flags. Every setting can also come from the TOML file (same names with
 /// underscores); flags win.
 #[derive(Debug, Parser)]
@@ -177,7 +205,7 @@ impl TryFrom<toml::Value> for ByteSize {
     fn try_from(v: toml::Value) -> Result<Self, String> {
         match v {
             toml::Value::Integer(i) if i >= 0 => Ok(ByteSize(i as u64)),
-            toml::Value::String(s) => parse_bytes(&s).map(ByteSize),
+            toml::Value::String(s) => parse_bytes(&s).map(ByteSize).map_err(|e| e.to_string()),
             other => Err(format!("expected a byte count like 512M, got {other}")),
         }
     }
@@ -237,21 +265,21 @@ pub struct Config {
 }
 
 /// Parses `LOW-HIGH` (inclusive, LOW ≤ HIGH, not 0).
-pub fn parse_port_range(s: &str) -> Result<(u16, u16), String> {
-    let (a, b) = s.split_once('-').ok_or_else(|| format!("{s:?}: want LOW-HIGH, e.g. 40000-40999"))?;
+pub fn parse_port_range(s: &str) -> Result<(u16, u16), ConfigError> {
+    let (a, b) = s.split_once('-').ok_or_else(|| invalid(format!("{s:?}: want LOW-HIGH, e.g. 40000-40999")))?;
     let (a, b): (u16, u16) = (
-        a.trim().parse().map_err(|_| format!("{a:?} is not a port"))?,
-        b.trim().parse().map_err(|_| format!("{b:?} is not a port"))?,
+        a.trim().parse().map_err(|_| invalid(format!("{a:?} is not a port")))?,
+        b.trim().parse().map_err(|_| invalid(format!("{b:?} is not a port")))?,
     );
     if a == 0 || a > b {
-        return Err(format!("{s:?}: want 1 ≤ LOW ≤ HIGH"));
+        return Err(invalid(format!("{s:?}: want 1 ≤ LOW ≤ HIGH")));
     }
     Ok((a, b))
 }
 
 /// Parses `123`, `64K`, `512M`, `1G`, `2T` (binary multiples; an optional trailing `B` or
 /// `iB`).
-pub fn parse_bytes(s: &str) -> Result<u64, String> {
+pub fn parse_bytes(s: &str) -> Result<u64, ConfigError> {
     let t = s.trim();
     let t = t.strip_suffix("iB").or_else(|| t.strip_suffix('B')).unwrap_or(t);
     let (num, mult) = match t.char_indices().last() {
@@ -261,29 +289,29 @@ pub fn parse_bytes(s: &str) -> Result<u64, String> {
                 'M' => 1 << 20,
                 'G' => 1 << 30,
                 'T' => 1 << 40,
-                _ => return Err(format!("{s:?}: unknown unit {c:?} (use K, M, G or T)")),
+                _ => return Err(invalid(format!("{s:?}: unknown unit {c:?} (use K, M, G or T)"))),
             };
             (&t[..i], m)
         }
         _ => (t, 1),
     };
-    let n: u64 = num.trim().parse().map_err(|_| format!("{s:?} is not a byte count like 512M"))?;
-    n.checked_mul(mult).ok_or_else(|| format!("{s:?} is too large"))
+    let n: u64 = num.trim().parse().map_err(|_| invalid(format!("{s:?} is not a byte count like 512M")))?;
+    n.checked_mul(mult).ok_or_else(|| invalid(format!("{s:?} is too large")))
 }
 
 impl Config {
     /// Merges defaults, the file named by `--config` and the flags.
-    pub fn load(flags: Flags) -> Result<Config, String> {
+    pub fn load(flags: Flags) -> Result<Config, ConfigError> {
         let file = match &flags.config {
             Some(path) => {
-                let text = std::fs::read_to_string(path).map_err(|e| format!("cannot read {}: {e}", path.display()))?;
-                toml::from_str::<FileConfig>(&text).map_err(|e| format!("{}: {e}", path.display()))?
+                let text = std::fs::read_to_string(path).map_err(because(format!("cannot read {}", path.display())))?;
+                toml::from_str::<FileConfig>(&text).map_err(because(format!("{}", path.display())))?
             }
             None => FileConfig::default(),
         };
         let grace = match (flags.stop_grace, &file.stop_grace) {
             (Some(d), _) => d,
-            (None, Some(s)) => humantime::parse_duration(s).map_err(|e| format!("stop_grace {s:?}: {e}"))?,
+            (None, Some(s)) => humantime::parse_duration(s).map_err(because(format!("stop_grace {s:?}")))?,
             (None, None) => Duration::from_secs(5),
         };
         let quota_default = (
@@ -346,19 +374,19 @@ impl Config {
             },
         };
         if c.max_sessions == 0 || c.max_sessions > 65_000 {
-            return Err(format!("max_sessions {} must be in 1..=65000", c.max_sessions));
+            return Err(invalid(format!("max_sessions {} must be in 1..=65000", c.max_sessions)));
         }
         if c.limits.tmp_bytes < 4096 {
-            return Err("tmp_size must be at least 4K".into());
+            return Err(invalid("tmp_size must be at least 4K"));
         }
         if c.log_buffer < 4096 {
-            return Err("log_buffer must be at least 4K".into());
+            return Err(invalid("log_buffer must be at least 4K"));
         }
         if c.max_upload > c.max_total_size {
-            return Err(format!(
+            return Err(invalid(format!(
                 "max_upload ({}) exceeds max_total_size ({}): no upload that large could ever be stored",
                 c.max_upload, c.max_total_size
-            ));
+            )));
         }
         Ok(c)
     }
@@ -407,6 +435,7 @@ mod tests {
         assert!(Config::load(Flags::parse_from(["debuglantern", "--config", path.to_str().unwrap()])).is_err());
         std::fs::write(&path, "max_sesions = 7\n").unwrap();
         let err = Config::load(Flags::parse_from(["debuglantern", "--config", path.to_str().unwrap()])).unwrap_err();
+        let err = shared::chain(&err);
         assert!(err.contains("max_sesions"), "{err}");
         std::fs::remove_dir_all(dir).unwrap();
     }

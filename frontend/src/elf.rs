@@ -98,66 +98,98 @@ fn machine_name(m: u16) -> String {
 
 /// Validates an image: an ELF executable (or PIE) for this machine, whole, with an
 /// absolute interpreter path if it has one.
-pub fn validate(img: &(impl ReadAt + ?Sized)) -> Result<ElfInfo, String> {
+/// Why an image is not a program this rig runs.
+#[derive(Debug, thiserror::Error)]
+pub enum ElfError {
+    /// Not an acceptable program: the reason, for the user.
+    #[error("{0}")]
+    Refused(String),
+    /// A part of the image could not be read.
+    #[error("reading {what}")]
+    Read {
+        /// Which part.
+        what: &'static str,
+        /// Why.
+        #[source]
+        source: std::io::Error,
+    },
+    /// A part of the image does not parse.
+    #[error("malformed {what}")]
+    Parse {
+        /// Which part.
+        what: &'static str,
+        /// What goblin said.
+        #[source]
+        source: goblin::error::Error,
+    },
+}
+
+fn refused(why: impl Into<String>) -> ElfError {
+    ElfError::Refused(why.into())
+}
+
+pub fn validate(img: &(impl ReadAt + ?Sized)) -> Result<ElfInfo, ElfError> {
     let size = img.size();
     if size < header::header64::SIZEOF_EHDR as u64 {
-        return Err(if size == 0 {
+        return Err(refused(if size == 0 {
             "empty upload: not an ELF file".into()
         } else {
             format!("{size} bytes is too short for an ELF header: truncated or not an ELF file")
-        });
+        }));
     }
-    let hdr_bytes =
-        img.read_exact_at(0, header::header64::SIZEOF_EHDR).map_err(|e| format!("reading the ELF header: {e}"))?;
+    let hdr_bytes = img
+        .read_exact_at(0, header::header64::SIZEOF_EHDR)
+        .map_err(|source| ElfError::Read { what: "the ELF header", source })?;
     if &hdr_bytes[..4] != b"\x7fELF" {
-        return Err(
-            "not an ELF file (no \\x7fELF magic); upload a compiled program, or a .tar.gz bundle with an exec path"
-                .into(),
-        );
+        return Err(refused(
+            "not an ELF file (no \\x7fELF magic); upload a compiled program, or a .tar.gz bundle with an exec path",
+        ));
     }
-    let h: Header = goblin::elf::Elf::parse_header(&hdr_bytes).map_err(|e| format!("malformed ELF header: {e}"))?;
+    let h: Header =
+        goblin::elf::Elf::parse_header(&hdr_bytes).map_err(|source| ElfError::Parse { what: "ELF header", source })?;
     let (want_machine, machine) = native_machine();
     if h.e_machine != want_machine {
-        return Err(format!("ELF for {}, but this rig runs {machine} programs", machine_name(h.e_machine)));
+        return Err(refused(format!("ELF for {}, but this rig runs {machine} programs", machine_name(h.e_machine))));
     }
     let container = match h.e_ident[header::EI_CLASS] {
         header::ELFCLASS64 => Container::Big,
-        header::ELFCLASS32 => return Err(format!("32-bit ELF, but this rig runs 64-bit {machine} programs")),
-        c => return Err(format!("unknown ELF class {c}")),
+        header::ELFCLASS32 => return Err(refused(format!("32-bit ELF, but this rig runs 64-bit {machine} programs"))),
+        c => return Err(refused(format!("unknown ELF class {c}"))),
     };
     let endian = match h.e_ident[header::EI_DATA] {
         header::ELFDATA2LSB => Endian::Little,
-        _ => return Err("big-endian ELF, but this rig is little-endian".into()),
+        _ => return Err(refused("big-endian ELF, but this rig is little-endian")),
     };
     let kind = match h.e_type {
         header::ET_EXEC => "EXEC",
         header::ET_DYN if h.e_entry != 0 => "DYN",
-        header::ET_DYN => return Err("shared library without an entry point: not a program".into()),
-        header::ET_REL => return Err("relocatable object (.o), not a linked program".into()),
-        header::ET_CORE => return Err("core dump, not a program".into()),
-        t => return Err(format!("ELF type {t} is not an executable")),
+        header::ET_DYN => return Err(refused("shared library without an entry point: not a program")),
+        header::ET_REL => return Err(refused("relocatable object (.o), not a linked program")),
+        header::ET_CORE => return Err(refused("core dump, not a program")),
+        t => return Err(refused(format!("ELF type {t} is not an executable"))),
     };
     let phnum = usize::from(h.e_phnum);
     if phnum == 0 {
-        return Err("no program headers: nothing to load".into());
+        return Err(refused("no program headers: nothing to load"));
     }
     if phnum > MAX_PHNUM {
-        return Err(format!("{phnum} program headers (at most {MAX_PHNUM})"));
+        return Err(refused(format!("{phnum} program headers (at most {MAX_PHNUM})")));
     }
     if usize::from(h.e_phentsize) != program_header::program_header64::SIZEOF_PHDR {
-        return Err(format!(
+        return Err(refused(format!(
             "program header size {} (want {})",
             h.e_phentsize,
             program_header::program_header64::SIZEOF_PHDR
-        ));
+        )));
     }
     let ph_len = phnum * program_header::program_header64::SIZEOF_PHDR;
     if h.e_phoff.checked_add(ph_len as u64).is_none_or(|end| end > size) {
-        return Err(format!("truncated ELF: program headers end past the file's {size} bytes"));
+        return Err(refused(format!("truncated ELF: program headers end past the file's {size} bytes")));
     }
-    let ph_bytes = img.read_exact_at(h.e_phoff, ph_len).map_err(|e| format!("reading program headers: {e}"))?;
+    let ph_bytes =
+        img.read_exact_at(h.e_phoff, ph_len).map_err(|source| ElfError::Read { what: "program headers", source })?;
     let phdrs = ProgramHeader::parse(&ph_bytes, 0, phnum, Ctx::new(container, endian))
-        .map_err(|e| format!("malformed program headers: {e}"))?;
+        .map_err(|source| ElfError::Parse { what: "program headers", source })?;
     let mut loads = 0;
     let mut interpreter = None;
     for ph in &phdrs {
@@ -166,20 +198,22 @@ pub fn validate(img: &(impl ReadAt + ?Sized)) -> Result<ElfInfo, String> {
             program_header::PT_LOAD => {
                 loads += 1;
                 if !in_file {
-                    return Err(format!("truncated ELF: a loadable segment ends past the file's {size} bytes"));
+                    return Err(refused(format!(
+                        "truncated ELF: a loadable segment ends past the file's {size} bytes"
+                    )));
                 }
             }
             program_header::PT_INTERP => {
                 if !in_file || ph.p_filesz == 0 || ph.p_filesz > MAX_INTERP {
-                    return Err("malformed interpreter (PT_INTERP) segment".into());
+                    return Err(refused("malformed interpreter (PT_INTERP) segment"));
                 }
                 let raw = img
                     .read_exact_at(ph.p_offset, ph.p_filesz as usize)
-                    .map_err(|e| format!("reading PT_INTERP: {e}"))?;
+                    .map_err(|source| ElfError::Read { what: "PT_INTERP", source })?;
                 let raw = raw.strip_suffix(b"\0").unwrap_or(&raw);
-                let path = std::str::from_utf8(raw).map_err(|_| "interpreter path is not UTF-8".to_string())?;
+                let path = std::str::from_utf8(raw).map_err(|_| refused("interpreter path is not UTF-8"))?;
                 if !path.starts_with('/') || path.bytes().any(|b| b < 0x20) {
-                    return Err(format!("interpreter path {path:?} is not an absolute path"));
+                    return Err(refused(format!("interpreter path {path:?} is not an absolute path")));
                 }
                 interpreter = Some(path.to_string());
             }
@@ -187,7 +221,7 @@ pub fn validate(img: &(impl ReadAt + ?Sized)) -> Result<ElfInfo, String> {
         }
     }
     if loads == 0 {
-        return Err("no loadable segments".into());
+        return Err(refused("no loadable segments"));
     }
     Ok(ElfInfo { class: "ELF64", machine, kind, is_static: interpreter.is_none(), interpreter })
 }
@@ -209,13 +243,13 @@ mod tests {
 
     #[test]
     fn refuses_non_elf_and_truncated() {
-        assert!(validate(&b"#!/bin/sh\necho hi\n"[..]).unwrap_err().contains("not an ELF"));
-        assert!(validate(&b""[..]).unwrap_err().contains("empty"));
+        assert!(validate(&b"#!/bin/sh\necho hi\n"[..]).unwrap_err().to_string().contains("not an ELF"));
+        assert!(validate(&b""[..]).unwrap_err().to_string().contains("empty"));
         let img = me();
         // Cut inside the first loadable segment.
-        let err = validate(&img[..4096]).unwrap_err();
+        let err = validate(&img[..4096]).unwrap_err().to_string();
         assert!(err.contains("truncated"), "{err}");
-        assert!(validate(&img[..40]).unwrap_err().contains("too short"));
+        assert!(validate(&img[..40]).unwrap_err().to_string().contains("too short"));
     }
 
     #[test]
@@ -224,13 +258,13 @@ mod tests {
         img[18] = 0xb7; // e_machine = EM_AARCH64 (little-endian u16 at offset 18)
         img[19] = 0;
         #[cfg(target_arch = "x86_64")]
-        assert!(validate(img.as_slice()).unwrap_err().contains("aarch64"));
+        assert!(validate(img.as_slice()).unwrap_err().to_string().contains("aarch64"));
         let mut img = me();
         img[4] = header::ELFCLASS32;
         assert!(validate(img.as_slice()).is_err());
         let mut img = me();
         img[16] = header::ET_REL as u8;
-        assert!(validate(img.as_slice()).unwrap_err().contains("relocatable"));
+        assert!(validate(img.as_slice()).unwrap_err().to_string().contains("relocatable"));
     }
 
     #[test]

@@ -40,7 +40,7 @@ pub enum Done {
         /// The upload.
         job: u64,
         /// SHA-256 (hex) of its bytes, or the write error.
-        result: Result<String, String>,
+        result: Result<String, std::io::Error>,
     },
     /// A buffer is free again.
     Buffer(Vec<u8>),
@@ -121,7 +121,7 @@ impl Hasher {
     }
 
     /// Finished uploads, ready now. Returned buffers go back to the pool on the way.
-    pub fn results(&mut self) -> Vec<(u64, Result<String, String>)> {
+    pub fn results(&mut self) -> Vec<(u64, Result<String, std::io::Error>)> {
         let mut out = Vec::new();
         let ready: Vec<Done> = self.done.try_iter().collect();
         for d in ready {
@@ -138,7 +138,7 @@ struct Job {
     memfd: File,
     hasher: Sha256,
     /// The first write error; the rest of the bytes are only counted.
-    failed: Option<String>,
+    failed: Option<std::io::Error>,
 }
 
 fn run(rx: Receiver<Msg>, tx: Sender<Done>, waker: Arc<mio::Waker>) {
@@ -154,7 +154,7 @@ fn run(rx: Receiver<Msg>, tx: Sender<Done>, waker: Arc<mio::Waker>) {
                     if j.failed.is_none() {
                         j.hasher.update(&buf);
                         if let Err(e) = j.memfd.write_all(&buf) {
-                            j.failed = Some(format!("cannot store the upload on the rig: {e}"));
+                            j.failed = Some(e);
                         }
                     }
                 }

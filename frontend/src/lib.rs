@@ -10,7 +10,6 @@ pub mod config;
 pub mod elf;
 pub mod hasher;
 pub mod launcher;
-pub mod logger;
 pub mod server;
 pub mod store;
 pub mod stream;

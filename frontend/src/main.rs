@@ -2,13 +2,14 @@
 //! socket, starts the broker (see `launcher`), drops its own privileges and serves the
 //! control protocol (see `server`).
 
+use anyhow::Context;
 use clap::Parser;
 use frontend::{config, launcher, server};
 use nix::unistd::Uid;
 use std::process::ExitCode;
 
 fn main() -> ExitCode {
-    frontend::logger::install("debuglantern");
+    shared::logger::install("debuglantern");
     match run() {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
@@ -20,15 +21,15 @@ fn main() -> ExitCode {
 
 fn run() -> anyhow::Result<()> {
     // Sockets passed by systemd sit on fds 3...: take them before anything opens a file.
-    let activated = frontend::activation::listen_fds().map_err(|e| anyhow::anyhow!("socket activation: {e}"))?;
-    let cfg = config::Config::load(config::Flags::parse()).map_err(anyhow::Error::msg)?;
+    let activated = frontend::activation::listen_fds().context("socket activation")?;
+    let cfg = config::Config::load(config::Flags::parse())?;
     let root = Uid::effective().is_root();
     let mut warnings = Vec::new();
     let tokens = match &cfg.auth_tokens {
-        Some(path) => Some(frontend::auth::Tokens::load(path).map_err(anyhow::Error::msg)?),
+        Some(path) => Some(frontend::auth::Tokens::load(path)?),
         None => None,
     };
-    let audit = frontend::audit::Audit::open(cfg.audit_log.as_deref()).map_err(anyhow::Error::msg)?;
+    let audit = frontend::audit::Audit::open(cfg.audit_log.as_deref())?;
     // Where clients come from: the activator's sockets, stdin/stdout, or our own listener.
     let listeners = match (&activated, cfg.stdio) {
         (Some(_), true) => anyhow::bail!("--stdio and socket activation (LISTEN_FDS) exclude each other"),
@@ -63,7 +64,7 @@ fn run() -> anyhow::Result<()> {
             uid_base: cfg.uid_base,
             session_slots: cfg.max_sessions as u32,
         };
-        plan.validate().map_err(anyhow::Error::msg)?;
+        plan.validate()?;
         Some((uid, gid))
     } else {
         warnings.push(
@@ -96,7 +97,7 @@ fn run() -> anyhow::Result<()> {
         String::new()
     };
     // The bundle store, in a mount namespace of our own (root) or a private directory.
-    let bundles = frontend::store::prepare(root, drop_to, cfg.max_total_size).map_err(anyhow::Error::msg)?;
+    let bundles = frontend::store::prepare(root, drop_to, cfg.max_total_size)?;
     let broker = launcher::spawn(&cfg, broker_binary, &cgroups, &bundles.path)?;
     let broker_pid = broker.pid;
     match drop_to {

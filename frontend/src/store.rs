@@ -14,6 +14,25 @@ use nix::mount::{mount, MsFlags};
 use std::os::fd::OwnedFd;
 use std::path::PathBuf;
 
+/// Why the bundle store could not be made.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    /// Something it needed failed.
+    #[error("{what}")]
+    Because {
+        /// What was being done.
+        what: String,
+        /// What failed.
+        #[source]
+        source: Box<dyn std::error::Error + Send + Sync>,
+    },
+}
+
+fn because<E: Into<Box<dyn std::error::Error + Send + Sync>>>(what: impl Into<String>) -> impl FnOnce(E) -> StoreError {
+    let what = what.into();
+    move |e| StoreError::Because { what, source: e.into() }
+}
+
 /// The bundle store: a descriptor of its root (for the frontend), and its path (for the
 /// broker, which opens it in its own copy of our mount namespace).
 #[derive(Debug)]
@@ -43,11 +62,11 @@ fn remove_stale(base: &std::path::Path) {
 }
 
 /// Makes the store.
-pub fn prepare(root: bool, owner: Option<(u32, u32)>, size: u64) -> Result<Store, String> {
+pub fn prepare(root: bool, owner: Option<(u32, u32)>, size: u64) -> Result<Store, StoreError> {
     let dir = if root {
-        nix::sched::unshare(nix::sched::CloneFlags::CLONE_NEWNS).map_err(|e| format!("unshare(CLONE_NEWNS): {e}"))?;
+        nix::sched::unshare(nix::sched::CloneFlags::CLONE_NEWNS).map_err(because("unshare(CLONE_NEWNS)"))?;
         mount(None::<&str>, "/", None::<&str>, MsFlags::MS_REC | MsFlags::MS_PRIVATE, None::<&str>)
-            .map_err(|e| format!("make / private: {e}"))?;
+            .map_err(because("make / private"))?;
         // /tmp exists everywhere; in this namespace only, the store is mounted over it.
         let dir = PathBuf::from("/tmp");
         let opts = format!("size={size},mode=0711");
@@ -58,20 +77,20 @@ pub fn prepare(root: bool, owner: Option<(u32, u32)>, size: u64) -> Result<Store
             MsFlags::MS_NOSUID | MsFlags::MS_NODEV,
             Some(opts.as_str()),
         )
-        .map_err(|e| format!("mount the bundle store: {e}"))?;
+        .map_err(because("mount the bundle store"))?;
         if let Some((uid, gid)) = owner {
-            std::os::unix::fs::chown(&dir, Some(uid), Some(gid)).map_err(|e| format!("chown the bundle store: {e}"))?;
+            std::os::unix::fs::chown(&dir, Some(uid), Some(gid)).map_err(because("chown the bundle store"))?;
         }
         dir
     } else {
         let base = std::env::var_os("XDG_RUNTIME_DIR").map(PathBuf::from).unwrap_or_else(std::env::temp_dir);
         remove_stale(&base);
         let dir = base.join(format!("{PREFIX}{}", std::process::id()));
-        std::fs::create_dir(&dir).map_err(|e| format!("create {}: {e}", dir.display()))?;
+        std::fs::create_dir(&dir).map_err(because(format!("create {}", dir.display())))?;
         std::fs::set_permissions(&dir, std::os::unix::fs::PermissionsExt::from_mode(0o711))
-            .map_err(|e| format!("chmod {}: {e}", dir.display()))?;
+            .map_err(because(format!("chmod {}", dir.display())))?;
         dir
     };
-    let fd = crate::bundle::open_root(&dir).map_err(|e| format!("open {}: {e}", dir.display()))?;
+    let fd = crate::bundle::open_root(&dir).map_err(because(format!("open {}", dir.display())))?;
     Ok(Store { fd, path: dir })
 }

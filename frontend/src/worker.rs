@@ -6,7 +6,7 @@
 //! It is started after landlock is applied (it inherits the ruleset) and before the
 //! seccomp filter, which is installed on every thread at once.
 
-use crate::bundle::{self, Extracted, Limits};
+use crate::bundle::{self, BundleError, Extracted, Limits};
 use std::fs::File;
 use std::io::{Seek, SeekFrom};
 use std::os::fd::{AsFd, AsRawFd, OwnedFd};
@@ -44,7 +44,7 @@ pub enum Done {
         /// The job's ticket.
         ticket: u64,
         /// The bundle, or why it was refused.
-        result: Result<Extracted, String>,
+        result: Result<Extracted, BundleError>,
     },
 }
 
@@ -71,7 +71,7 @@ impl Worker {
                         let result = extract(&store, archive, &dir, &exec_path, limits);
                         if result.is_err() {
                             if let Err(e) = bundle::remove_tree(store.as_fd(), &dir) {
-                                log::error!("cleaning up refused bundle {dir}: {e}");
+                                log::error!("cleaning up refused bundle {dir}: {}", shared::chain(&e));
                             }
                         }
                         if tx.send(Done::Extracted { ticket, result }).is_err() {
@@ -81,7 +81,7 @@ impl Worker {
                     }
                     Job::Remove { dir } => {
                         if let Err(e) = bundle::remove_tree(store.as_fd(), &dir) {
-                            log::error!("removing bundle {dir}: {e}");
+                            log::error!("removing bundle {dir}: {}", shared::chain(&e));
                         }
                     }
                 }
@@ -109,10 +109,10 @@ fn extract(
     dir: &str,
     exec_path: &str,
     limits: Limits,
-) -> Result<Extracted, String> {
-    archive.seek(SeekFrom::Start(0)).map_err(|e| format!("rewind the upload: {e}"))?;
+) -> Result<Extracted, BundleError> {
+    archive.seek(SeekFrom::Start(0)).map_err(bundle::io("rewind the upload"))?;
     nix::sys::stat::mkdirat(Some(store.as_raw_fd()), dir, nix::sys::stat::Mode::from_bits_truncate(0o755))
-        .map_err(|e| format!("create the bundle directory: {e}"))?;
+        .map_err(bundle::io("create the bundle directory"))?;
     let root = nix::fcntl::openat(
         Some(store.as_raw_fd()),
         dir,
@@ -122,7 +122,7 @@ fn extract(
             | nix::fcntl::OFlag::O_CLOEXEC,
         nix::sys::stat::Mode::empty(),
     )
-    .map_err(|e| format!("open the bundle directory: {e}"))?;
-    let root = shared::os::adopt_fd(root).map_err(|e| e.to_string())?;
+    .and_then(shared::os::adopt_fd)
+    .map_err(bundle::io("open the bundle directory"))?;
     bundle::extract(std::io::BufReader::with_capacity(1 << 20, archive), root.as_fd(), exec_path, limits)
 }

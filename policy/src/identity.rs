@@ -20,6 +20,27 @@ pub const DEFAULT_UID_BASE: u32 = 2_100_000_000;
 /// Default uid of the frontend when started as root: `nobody`.
 pub const DEFAULT_FRONTEND_UID: u32 = 65534;
 
+/// Why an identity plan is refused.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum PlanError {
+    /// A half would be host root.
+    #[error("neither half may run as host root")]
+    Root,
+    /// The range runs past the last uid.
+    #[error("uid range {0}+{1} overflows")]
+    Overflow(u32, u32),
+    /// The frontend's uid is one of the broker's.
+    #[error("frontend uid {frontend} lies inside the broker's range {base}..={end}")]
+    Overlap {
+        /// The frontend's uid.
+        frontend: u32,
+        /// The range's first uid.
+        base: u32,
+        /// Its last.
+        end: u64,
+    },
+}
+
 /// The identities of one daemon.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct IdPlan {
@@ -39,19 +60,16 @@ impl IdPlan {
     }
 
     /// Checks the plan keeps the halves and the sessions apart.
-    pub fn validate(&self) -> Result<(), String> {
+    pub fn validate(&self) -> Result<(), PlanError> {
         if self.frontend_uid == 0 || self.uid_base == 0 {
-            return Err("neither half may run as host root".into());
+            return Err(PlanError::Root);
         }
         let end = u64::from(self.uid_base) + u64::from(self.session_slots);
         if end >= u64::from(u32::MAX) {
-            return Err(format!("uid range {}+{} overflows", self.uid_base, self.session_slots));
+            return Err(PlanError::Overflow(self.uid_base, self.session_slots));
         }
         if (u64::from(self.uid_base)..=end).contains(&u64::from(self.frontend_uid)) {
-            return Err(format!(
-                "frontend uid {} lies inside the broker's range {}..={end}",
-                self.frontend_uid, self.uid_base
-            ));
+            return Err(PlanError::Overlap { frontend: self.frontend_uid, base: self.uid_base, end });
         }
         Ok(())
     }

@@ -6,9 +6,21 @@
 #![deny(missing_docs)]
 #![deny(unsafe_code)]
 
+pub mod logger;
 pub mod os;
 pub mod tube;
 pub mod wire;
 
 pub use tube::{Tube, TubeError};
+
+/// An error and its sources, as one line: "outer: inner: innermost".
+pub fn chain(e: &dyn std::error::Error) -> String {
+    let mut s = e.to_string();
+    let mut cur = e.source();
+    while let Some(c) = cur {
+        s.push_str(&format!(": {c}"));
+        cur = c.source();
+    }
+    s
+}
 pub use wire::*;

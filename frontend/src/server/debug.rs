@@ -181,7 +181,7 @@ impl Debug {
     ) -> Result<DebugPort, Error> {
         let sock = std::os::unix::net::UnixStream::from(sock);
         // On failure, dropping the socket makes gdbserver exit: the session is RUNNING again.
-        let mut listener = debug_listener(local, sh.cfg.debug_ports).map_err(Error::limit)?;
+        let mut listener = debug_listener(local, sh.cfg.debug_ports).map_err(|e| Error::limit(shared::chain(&e)))?;
         let port = listener.local_addr().map(|a| a.port()).unwrap_or(0);
         let t = sh
             .io
@@ -404,17 +404,24 @@ impl Debug {
     }
 }
 
+/// Why no debug port could be opened.
+#[derive(Debug, thiserror::Error)]
+enum PortError {
+    #[error("every debug port {0}-{1} is in use")]
+    AllInUse(u16, u16),
+    #[error("cannot listen on {0}")]
+    Listen(std::net::SocketAddr, #[source] std::io::Error),
+}
+
 /// A TCP listener on `ip`, on the first free port of `range`.
-fn debug_listener(ip: IpAddr, (lo, hi): (u16, u16)) -> Result<TcpListener, String> {
+fn debug_listener(ip: IpAddr, (lo, hi): (u16, u16)) -> Result<TcpListener, PortError> {
     for port in lo..=hi {
-        match std::net::TcpListener::bind((ip, port)) {
-            Ok(l) => {
-                l.set_nonblocking(true).map_err(|e| e.to_string())?;
-                return Ok(TcpListener::from_std(l));
-            }
+        let addr = std::net::SocketAddr::new(ip, port);
+        match std::net::TcpListener::bind(addr).and_then(|l| l.set_nonblocking(true).map(|()| l)) {
+            Ok(l) => return Ok(TcpListener::from_std(l)),
             Err(e) if e.kind() == ErrorKind::AddrInUse => continue,
-            Err(e) => return Err(format!("cannot listen on {ip}:{port}: {e}")),
+            Err(e) => return Err(PortError::Listen(addr, e)),
         }
     }
-    Err(format!("every debug port {lo}-{hi} is in use"))
+    Err(PortError::AllInUse(lo, hi))
 }

@@ -24,6 +24,7 @@ pub mod broker_link;
 pub mod conn;
 pub mod ctx;
 pub mod debug;
+mod drive;
 pub mod events;
 pub mod io;
 pub mod lifecycle;
@@ -34,7 +35,7 @@ pub mod uploads;
 
 use self::broker_link::{BrokerLink, Incoming, Owner};
 use self::conn::{Conn, Mode};
-use self::ctx::{Followup, Outcome, Shared, StreamKind, Waiter};
+use self::ctx::{Followup, Shared};
 use self::io::{Io, Source};
 use crate::auth::Tokens;
 use crate::config::Config;
@@ -44,11 +45,9 @@ use mio::unix::SourceFd;
 use mio::{Events, Interest, Poll, Token};
 use nix::sys::signal::{SigSet, Signal};
 use nix::sys::signalfd::{SfdFlags, SignalFd};
-use proto::{Code, Command, Frame, UploadSize};
-use serde_json::json;
 use shared::{Reply, Request, Tube, TubeError, MAGIC, WIRE_VERSION};
 use std::collections::HashMap;
-use std::io::{ErrorKind, Read, Write};
+use std::io::{ErrorKind, Write};
 use std::net::SocketAddr;
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
 use std::sync::Arc;
@@ -262,7 +261,7 @@ impl Server {
                     Some(proto::reply::Mdns { instance: a.name.clone(), service: discovery::SERVICE.to_string() });
                 self.advertiser = Some(a);
             }
-            Err(e) => self.sh.warnings.push(format!("not advertised over mDNS: {e}")),
+            Err(e) => self.sh.warnings.push(format!("not advertised over mDNS: {}", shared::chain(&e))),
         }
     }
 
@@ -508,279 +507,6 @@ impl Server {
             let t = self.sh.io.register(&mut stream, Interest::READABLE | Interest::WRITABLE, Source::Conn)?;
             self.conns.insert(t, Conn::new(stream, Some(peer), local, self.access.initial()));
         }
-    }
-
-    // ---- connections -------------------------------------------------------------------
-
-    /// Applies what a handler decided for connection `t` (its command's wait is `wait`).
-    fn apply(&mut self, t: Token, wait: u64, outcome: Outcome) {
-        let Some(c) = self.conns.get_mut(&t) else { return };
-        match outcome {
-            Outcome::Nothing => c.mode = Mode::Lines,
-            Outcome::Reply(line) => {
-                c.out.extend_from_slice(&line);
-                c.mode = Mode::Lines;
-            }
-            Outcome::Refuse(e) => {
-                self.refuse(t, &e);
-                if let Some(c) = self.conns.get_mut(&t) {
-                    c.mode = Mode::Lines;
-                }
-            }
-            Outcome::Fatal(e) => {
-                self.refuse(t, &e);
-                if let Some(c) = self.conns.get_mut(&t) {
-                    c.mode = Mode::Lines;
-                    c.closing = true;
-                }
-            }
-            Outcome::Park => c.mode = Mode::Waiting(wait),
-            Outcome::Payload { job, size } => {
-                c.mode = Mode::Payload { job: Some(job), wait };
-                c.framer.expect_payload(size);
-            }
-            Outcome::Drain { refusal, size } => {
-                self.refuse(t, &refusal);
-                if let Some(c) = self.conns.get_mut(&t) {
-                    c.mode = Mode::Payload { job: None, wait };
-                    c.framer.expect_payload(size);
-                }
-            }
-            Outcome::Identity { identity, then } => {
-                c.identity = identity;
-                self.apply(t, wait, *then);
-            }
-            Outcome::Stream { reply, kind } => {
-                c.out.extend_from_slice(&reply);
-                c.mode = Mode::Stream(kind);
-            }
-            Outcome::Relay { reply, id, identity, sock } => {
-                let Some(mut c) = self.conns.remove(&t) else { return };
-                self.sh.io.deregister(&mut c.stream, t);
-                let mut early_out = c.take_out();
-                early_out.extend_from_slice(&reply);
-                // Whatever the client already sent after the command line is gdb's.
-                let early_in = std::mem::take(&mut c.inbuf);
-                let peer = c.peer_str();
-                self.debug.adopt(&mut self.sh, c.stream, peer, c.stdio_client, id, identity, sock, early_in, early_out);
-            }
-        }
-    }
-
-    /// Writes a refusal, and audits it (up to a bound per connection: a client sending
-    /// garbage must not flood the log).
-    fn refuse(&mut self, t: Token, e: &proto::Error) {
-        let Some(c) = self.conns.get_mut(&t) else { return };
-        proto::line_into(&mut c.out, e);
-        if c.refusals <= AUDITED_REFUSALS {
-            c.refusals += 1;
-            let who = c.identity.as_ref().map(|i| &*i.name);
-            let mut f = json!({"peer": c.peer_str(), "identity": who, "command": c.verb, "error": e.error, "message": e.message});
-            if c.refusals > AUDITED_REFUSALS {
-                f["note"] = json!("further refusals of this connection are not logged");
-            }
-            self.sh.audit.log_noise("refused", f);
-        }
-    }
-
-    /// Does everything a connection can do now: read, run commands, stream, write.
-    fn drive(&mut self, t: Token) {
-        loop {
-            let Some(c) = self.conns.get(&t) else { return };
-            if c.dead || c.closing {
-                break;
-            }
-            let progressed = match c.mode {
-                Mode::Lines => self.step_lines(t),
-                Mode::Payload { .. } => self.step_payload(t),
-                Mode::Waiting(_) => false,
-                Mode::Stream(kind) => self.pump(t, kind),
-            };
-            if !progressed {
-                break;
-            }
-        }
-        let Some(c) = self.conns.get_mut(&t) else { return };
-        c.flush();
-        if c.finished() {
-            self.close(t);
-        }
-    }
-
-    fn close(&mut self, t: Token) {
-        let Some(mut c) = self.conns.remove(&t) else { return };
-        self.sh.io.deregister(&mut c.stream, t);
-        if let Mode::Payload { job: Some(job), .. } = c.mode {
-            self.uploads.abort(job);
-        }
-        self.output.drop_follower(t);
-        self.events.drop_sub(t);
-    }
-
-    /// Streams what the owner of the stream has for it; when the stream ends, the
-    /// connection reads commands again.
-    fn pump(&mut self, t: Token, kind: StreamKind) -> bool {
-        let Some(c) = self.conns.get(&t) else { return false };
-        let room = c.out_room();
-        let p = match kind {
-            StreamKind::Follow => self.output.pump(&self.sh, t, room),
-            StreamKind::Events => self.events.pump(&self.sh, t, room),
-        };
-        let Some(c) = self.conns.get_mut(&t) else { return false };
-        c.out.extend_from_slice(&p.lines);
-        if p.done {
-            c.mode = Mode::Lines;
-        }
-        p.done
-    }
-
-    fn step_lines(&mut self, t: Token) -> bool {
-        let Some(c) = self.conns.get_mut(&t) else { return false };
-        match c.framer.next(&mut c.inbuf, c.eof) {
-            Frame::Line(line) => {
-                self.command(t, &line);
-                true
-            }
-            Frame::TooLong => {
-                let e =
-                    proto::Error::bad(format!("line longer than {} bytes; closing the connection", proto::MAX_LINE));
-                self.apply(t, 0, Outcome::Fatal(e));
-                false
-            }
-            // Only in payload mode, which step_payload serves.
-            Frame::Payload(_) | Frame::PayloadEnd => false,
-            Frame::NeedMore if c.eof => {
-                c.closing = true;
-                false
-            }
-            Frame::NeedMore => c.fill(&mut self.scratch) || c.eof,
-        }
-    }
-
-    /// An upload's payload: bytes already buffered go through the framer; the rest is read
-    /// straight from the socket into a buffer of the hashing thread (or the scratch buffer,
-    /// for a refused upload's bytes, which are dropped).
-    fn step_payload(&mut self, t: Token) -> bool {
-        let Some(c) = self.conns.get_mut(&t) else { return false };
-        let Mode::Payload { job, wait } = c.mode else { return false };
-        let want = c.framer.payload_left().unwrap_or(0);
-        if want == 0 || !c.inbuf.is_empty() {
-            match c.framer.next(&mut c.inbuf, c.eof) {
-                Frame::Payload(bytes) => {
-                    if let Some(job) = job {
-                        self.uploads.chunk(job, bytes);
-                    }
-                }
-                _ => {
-                    let outcome = match job {
-                        Some(job) => self.uploads.payload_end(Waiter { conn: t, wait }, job),
-                        // A drain finished: its error was sent when the upload was refused.
-                        None => Outcome::Nothing,
-                    };
-                    self.apply(t, wait, outcome);
-                }
-            }
-            return true;
-        }
-        let mut buf = match job {
-            Some(_) => match self.uploads.buffer(t) {
-                Some(b) => b,
-                // Every buffer is in flight: go on when one comes back.
-                None => return false,
-            },
-            None => std::mem::take(&mut self.scratch),
-        };
-        let Some(c) = self.conns.get_mut(&t) else { return false };
-        let cap = want.min(buf.len() as u64) as usize;
-        let read = match c.stream.read(&mut buf[..cap]) {
-            Ok(0) => {
-                c.eof = true;
-                c.closing = true;
-                None
-            }
-            Ok(n) => {
-                c.framer.payload_read(n as u64);
-                Some(n)
-            }
-            Err(e) if e.kind() == ErrorKind::WouldBlock => Some(0),
-            Err(e) if e.kind() == ErrorKind::Interrupted => Some(0),
-            Err(_) => {
-                c.dead = true;
-                None
-            }
-        };
-        match job {
-            Some(job) => {
-                let n = read.unwrap_or(0);
-                buf.truncate(n);
-                self.uploads.chunk(job, buf);
-                if read.is_none() {
-                    // The client went away mid-upload: nothing of it stays.
-                    self.uploads.abort(job);
-                    if let Some(c) = self.conns.get_mut(&t) {
-                        c.mode = Mode::Lines;
-                    }
-                }
-            }
-            None => self.scratch = buf,
-        }
-        matches!(read, Some(n) if n > 0)
-    }
-
-    /// Runs one command line.
-    fn command(&mut self, t: Token, line: &[u8]) {
-        let parsed = proto::parse_line(line);
-        let wait = self.next_wait;
-        self.next_wait += 1;
-        let Some(c) = self.conns.get_mut(&t) else { return };
-        c.verb = match &parsed {
-            Ok(Some(cmd)) => cmd.verb(),
-            _ => "",
-        };
-        let cmd = match parsed {
-            Ok(Some(cmd)) => cmd,
-            Ok(None) => return,
-            Err(e) => return self.apply(t, wait, Outcome::Refuse(e)),
-        };
-        let caller = c.caller(t, wait);
-        // On a rig with tokens, only HELLO and AUTH are open to a connection that has not
-        // authenticated.
-        if caller.identity.is_none() && !matches!(cmd, Command::Hello | Command::Auth(_)) {
-            let e =
-                proto::Error::new(Code::Unauthorized, "authenticate first: AUTH <token> (lantern --token-file FILE)");
-            let outcome = match cmd {
-                // Its bytes follow: skip them like any refused upload's, or close.
-                Command::Upload { size: UploadSize::Bytes(n), .. } if n <= self.sh.cfg.drain_limit => {
-                    Outcome::Drain { refusal: e, size: n }
-                }
-                Command::Upload { .. } => {
-                    self.apply(t, wait, Outcome::Refuse(e));
-                    Outcome::Fatal(proto::Error::new(
-                        Code::TooLarge,
-                        "closing the connection: the upload's bytes cannot be skipped",
-                    ))
-                }
-                _ => Outcome::Refuse(e),
-            };
-            return self.apply(t, wait, outcome);
-        }
-        let sh = &mut self.sh;
-        let outcome = match cmd {
-            Command::Hello => queries::hello(sh, &caller),
-            Command::Auth(token) => self.access.auth(sh, &caller, token),
-            Command::Upload { size, exec_path } => self.uploads.upload(sh, &caller, size, exec_path),
-            Command::Start { id, debug, opts } => self.lifecycle.start(sh, &caller, id, debug, opts),
-            Command::Stop(id) => self.lifecycle.stop(sh, &caller, id, false),
-            Command::Kill(id) => self.lifecycle.stop(sh, &caller, id, true),
-            Command::Delete(id) => self.lifecycle.delete(sh, &caller, id),
-            Command::List => queries::list(sh, &caller),
-            Command::Status(id) => queries::status(sh, &caller, id),
-            Command::Receipt { id, run } => queries::receipt(sh, &caller, id, run),
-            Command::Logs { id, follow } => self.output.logs(sh, &caller, id, follow),
-            Command::Debug { id, stdio } => self.debug.debug(sh, &caller, id, stdio),
-            Command::Events { id, since } => self.events.subscribe(sh, &caller, id, since),
-        };
-        self.apply(t, wait, outcome);
     }
 }
 

@@ -257,8 +257,9 @@ impl Uploads {
                 Ok(sha256) => self.stored(sh, to, j, sha256),
                 Err(e) => {
                     self.release(&j.owner, j.size);
-                    log::error!("{e}");
-                    sh.answer(to, Outcome::Refuse(Error::internal(e)));
+                    let e = Error::internal(format!("cannot store the upload on the rig: {e}"));
+                    log::error!("{}", e.message);
+                    sh.answer(to, Outcome::Refuse(e));
                 }
             }
         }
@@ -268,7 +269,11 @@ impl Uploads {
             match result {
                 Err(why) => {
                     self.release(&x.owner, x.size);
-                    sh.answer(x.to, Outcome::Refuse(Error::new(Code::InvalidBundle, why)));
+                    let e = match why {
+                        crate::bundle::BundleError::Refused(why) => Error::new(Code::InvalidBundle, why),
+                        io => Error::internal(format!("cannot store the bundle: {}", shared::chain(&io))),
+                    };
+                    sh.answer(x.to, Outcome::Refuse(e));
                 }
                 Ok(b) => {
                     // The reservation now holds the extracted bytes instead of the archive.
@@ -333,7 +338,7 @@ impl Uploads {
             Ok(i) => i.into(),
             Err(why) => {
                 self.release(&owner, size);
-                return sh.answer(to, Outcome::Refuse(Error::new(Code::InvalidElf, why.to_string())));
+                return sh.answer(to, Outcome::Refuse(Error::new(Code::InvalidElf, shared::chain(&why))));
             }
         };
         match sh.broker.send(Owner::Uploads, Request::Load { id: session_id(&id), memfd: memfd.into() }) {

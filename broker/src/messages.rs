@@ -1,0 +1,312 @@
+//! Messages inside the broker: broker ↔ spawner ([`SpawnerCall`], [`SpawnReply`]) and
+//! session init (or debug helper) → broker ([`InitMsg`]). Each travels like the
+//! frontend/broker messages: one bincode body per SEQPACKET packet, descriptors by
+//! `SCM_RIGHTS`, the descriptor count checked against the kind.
+
+use bincode::{Decode, Encode};
+use shared::{ExitStatus, Message, StartSpec, Usage, WireError};
+use std::os::fd::OwnedFd;
+
+/// Broker → spawner: create a session.
+#[derive(Debug)]
+pub struct SpawnRequest {
+    /// What to run.
+    pub spec: StartSpec,
+    /// Uid inside the broker's user namespace, or single-uid mode.
+    pub ns_uid: Option<u32>,
+    /// Whether a pids cgroup bounds the session (then no `RLIMIT_NPROC`).
+    pub pids_cgroup: bool,
+    /// What to run.
+    pub image: SpawnImage,
+    /// `cgroup.procs` of the session's cgroups (0 to 2).
+    pub cgroup_procs: Vec<OwnedFd>,
+}
+
+/// What a session runs.
+#[derive(Debug)]
+pub enum SpawnImage {
+    /// The sealed program image.
+    Memfd(OwnedFd),
+    /// A bundle: its directory in the store, and the executable relative to it.
+    Bundle {
+        /// Directory name in the store.
+        dir: String,
+        /// The executable, relative to the bundle root.
+        exec_path: Vec<u8>,
+    },
+}
+
+/// Broker → spawner: everything the spawner does.
+#[derive(Debug)]
+pub enum SpawnerCall {
+    /// Create a session.
+    Session(SpawnRequest),
+    /// Start gdbserver inside a session, attached to its program.
+    Debug {
+        /// A pidfd of the session's init (names its namespaces).
+        init_pidfd: OwnedFd,
+        /// The session's uid inside the broker's user namespace.
+        ns_uid: Option<u32>,
+        /// The program's pid inside the session.
+        target: u32,
+    },
+}
+
+/// Encodable [`SpawnerCall`].
+#[derive(Encode, Decode, Debug)]
+pub enum SpawnerCallWire {
+    /// See [`SpawnerCall::Session`].
+    Session(SpawnRequestWire),
+    /// See [`SpawnerCall::Debug`].
+    Debug {
+        /// Uid.
+        ns_uid: Option<u32>,
+        /// Target pid.
+        target: u32,
+    },
+}
+
+impl Message for SpawnerCall {
+    type Wire = SpawnerCallWire;
+
+    fn into_wire(self) -> (SpawnerCallWire, Vec<OwnedFd>) {
+        match self {
+            SpawnerCall::Session(r) => {
+                let (w, fds) = r.into_wire();
+                (SpawnerCallWire::Session(w), fds)
+            }
+            SpawnerCall::Debug { init_pidfd, ns_uid, target } => {
+                (SpawnerCallWire::Debug { ns_uid, target }, vec![init_pidfd])
+            }
+        }
+    }
+
+    fn from_wire(w: SpawnerCallWire, fds: Vec<OwnedFd>) -> Result<Self, WireError> {
+        match w {
+            SpawnerCallWire::Session(r) => Ok(SpawnerCall::Session(SpawnRequest::from_wire(r, fds)?)),
+            SpawnerCallWire::Debug { ns_uid, target } => {
+                let got = fds.len();
+                let [init_pidfd] = <[OwnedFd; 1]>::try_from(fds).map_err(|_| WireError::FdCount {
+                    kind: "debug",
+                    expected: 1,
+                    got,
+                })?;
+                Ok(SpawnerCall::Debug { init_pidfd, ns_uid, target })
+            }
+        }
+    }
+}
+
+/// Spawner → broker.
+#[derive(Debug)]
+pub enum SpawnReply {
+    /// The session's init runs.
+    Spawned {
+        /// Its pidfd.
+        init_pidfd: OwnedFd,
+        /// The broker's end of the init's control socket.
+        ctl: OwnedFd,
+        /// Read end of stdout.
+        stdout: OwnedFd,
+        /// Read end of stderr.
+        stderr: OwnedFd,
+    },
+    /// gdbserver runs in the session, attached.
+    Debugging {
+        /// Its pidfd.
+        gdb_pidfd: OwnedFd,
+        /// The frontend's end of gdbserver's stdio (a stream socket).
+        sock: OwnedFd,
+    },
+    /// Nothing was created.
+    Failed {
+        /// Why.
+        message: String,
+    },
+}
+
+/// Encodable [`SpawnRequest`].
+#[derive(Encode, Decode, Debug)]
+pub struct SpawnRequestWire {
+    spec: StartSpec,
+    ns_uid: Option<u32>,
+    pids_cgroup: bool,
+    /// `None`: a memfd comes as the first descriptor.
+    bundle: Option<(String, Vec<u8>)>,
+    cgroups: u8,
+}
+
+/// Encodable [`SpawnReply`].
+#[derive(Encode, Decode, Debug)]
+pub enum SpawnReplyWire {
+    /// See [`SpawnReply::Spawned`].
+    Spawned,
+    /// See [`SpawnReply::Debugging`].
+    Debugging,
+    /// See [`SpawnReply::Failed`].
+    Failed {
+        /// Why.
+        message: String,
+    },
+}
+
+impl Message for SpawnRequest {
+    type Wire = SpawnRequestWire;
+
+    fn into_wire(self) -> (SpawnRequestWire, Vec<OwnedFd>) {
+        let cgroups = self.cgroup_procs.len() as u8;
+        let (bundle, mut fds) = match self.image {
+            SpawnImage::Memfd(fd) => (None, vec![fd]),
+            SpawnImage::Bundle { dir, exec_path } => (Some((dir, exec_path)), vec![]),
+        };
+        fds.extend(self.cgroup_procs);
+        (SpawnRequestWire { spec: self.spec, ns_uid: self.ns_uid, pids_cgroup: self.pids_cgroup, bundle, cgroups }, fds)
+    }
+
+    fn from_wire(w: SpawnRequestWire, mut fds: Vec<OwnedFd>) -> Result<Self, WireError> {
+        let expected = usize::from(w.bundle.is_none()) + usize::from(w.cgroups.min(2));
+        if w.cgroups > 2 || fds.len() != expected {
+            return Err(WireError::FdCount { kind: "spawn", expected, got: fds.len() });
+        }
+        let image = match w.bundle {
+            None => SpawnImage::Memfd(fds.remove(0)),
+            Some((dir, exec_path)) => SpawnImage::Bundle { dir, exec_path },
+        };
+        Ok(SpawnRequest { spec: w.spec, ns_uid: w.ns_uid, pids_cgroup: w.pids_cgroup, image, cgroup_procs: fds })
+    }
+}
+
+impl Message for SpawnReply {
+    type Wire = SpawnReplyWire;
+
+    fn into_wire(self) -> (SpawnReplyWire, Vec<OwnedFd>) {
+        match self {
+            SpawnReply::Spawned { init_pidfd, ctl, stdout, stderr } => {
+                (SpawnReplyWire::Spawned, vec![init_pidfd, ctl, stdout, stderr])
+            }
+            SpawnReply::Debugging { gdb_pidfd, sock } => (SpawnReplyWire::Debugging, vec![gdb_pidfd, sock]),
+            SpawnReply::Failed { message } => (SpawnReplyWire::Failed { message }, vec![]),
+        }
+    }
+
+    fn from_wire(w: SpawnReplyWire, fds: Vec<OwnedFd>) -> Result<Self, WireError> {
+        match w {
+            SpawnReplyWire::Spawned => {
+                let got = fds.len();
+                let [init_pidfd, ctl, stdout, stderr] = <[OwnedFd; 4]>::try_from(fds)
+                    .map_err(|_| WireError::FdCount { kind: "spawned", expected: 4, got })?;
+                Ok(SpawnReply::Spawned { init_pidfd, ctl, stdout, stderr })
+            }
+            SpawnReplyWire::Debugging => {
+                let got = fds.len();
+                let [gdb_pidfd, sock] = <[OwnedFd; 2]>::try_from(fds).map_err(|_| WireError::FdCount {
+                    kind: "debugging",
+                    expected: 2,
+                    got,
+                })?;
+                Ok(SpawnReply::Debugging { gdb_pidfd, sock })
+            }
+            SpawnReplyWire::Failed { message } => {
+                if !fds.is_empty() {
+                    return Err(WireError::FdCount { kind: "spawn failed", expected: 0, got: fds.len() });
+                }
+                Ok(SpawnReply::Failed { message })
+            }
+        }
+    }
+}
+
+/// Messages from a session's init to the broker.
+#[derive(Debug)]
+pub enum InitMsg {
+    /// The program was exec'd.
+    Running {
+        /// Its pid inside the session's namespace.
+        ns_pid: u32,
+        /// A pidfd for it.
+        pidfd: OwnedFd,
+    },
+    /// Setup or exec failed; the run never started.
+    Failed {
+        /// What failed, for the user.
+        message: String,
+    },
+    /// The program exited and everything was reaped.
+    Exited {
+        /// The program's status.
+        status: ExitStatus,
+        /// The whole tree's resource use.
+        usage: Usage,
+    },
+}
+
+/// Encodable form of [`InitMsg`].
+#[derive(bincode::Encode, bincode::Decode, Debug)]
+pub enum InitWire {
+    /// See [`InitMsg::Running`].
+    Running {
+        /// Pid in the session namespace.
+        ns_pid: u32,
+    },
+    /// See [`InitMsg::Failed`].
+    Failed {
+        /// Reason.
+        message: String,
+    },
+    /// See [`InitMsg::Exited`].
+    Exited {
+        /// Status.
+        status: ExitStatus,
+        /// Usage.
+        usage: Usage,
+    },
+}
+
+impl Message for InitMsg {
+    type Wire = InitWire;
+
+    fn into_wire(self) -> (InitWire, Vec<OwnedFd>) {
+        match self {
+            InitMsg::Running { ns_pid, pidfd } => (InitWire::Running { ns_pid }, vec![pidfd]),
+            InitMsg::Failed { message } => (InitWire::Failed { message }, vec![]),
+            InitMsg::Exited { status, usage } => (InitWire::Exited { status, usage }, vec![]),
+        }
+    }
+
+    fn from_wire(wire: InitWire, mut fds: Vec<OwnedFd>) -> Result<Self, WireError> {
+        let expected = usize::from(matches!(wire, InitWire::Running { .. }));
+        if fds.len() != expected {
+            return Err(WireError::FdCount { kind: "init", expected, got: fds.len() });
+        }
+        Ok(match wire {
+            InitWire::Running { ns_pid } => InitMsg::Running { ns_pid, pidfd: fds.remove(0) },
+            InitWire::Failed { message } => InitMsg::Failed { message },
+            InitWire::Exited { status, usage } => InitMsg::Exited { status, usage },
+        })
+    }
+}
+
+/// Why the spawner did not carry out a request; the broker passes the message on.
+#[derive(Debug, thiserror::Error)]
+pub enum SpawnError {
+    /// The request itself cannot be carried out (bad argv, bad names, no gdbserver).
+    #[error("{0}")]
+    Refused(String),
+    /// A system call failed.
+    #[error("{what}")]
+    Sys {
+        /// What was being done.
+        what: &'static str,
+        /// The errno.
+        #[source]
+        source: nix::Error,
+    },
+    /// A helper reported why it failed.
+    #[error("{0}")]
+    Helper(String),
+}
+
+/// `map_err` for a failed system call.
+pub fn sys_err(what: &'static str) -> impl FnOnce(nix::Error) -> SpawnError {
+    move |source| SpawnError::Sys { what, source }
+}
