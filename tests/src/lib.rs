@@ -206,6 +206,79 @@ impl Client {
         r["id"].as_str().unwrap().to_string()
     }
 
+    /// Sends one command line and reads its reply as `T` (a refusal fails the test, with
+    /// the rig's error).
+    pub fn call<T: serde::de::DeserializeOwned>(&mut self, line: &str) -> T {
+        self.send_raw(format!("{line}\n").as_bytes());
+        self.read_as(line)
+    }
+
+    /// Reads one reply line as `T`.
+    pub fn read_as<T: serde::de::DeserializeOwned>(&mut self, what: &str) -> T {
+        let mut l = String::new();
+        let n = self.reader.read_line(&mut l).expect("read reply");
+        assert!(n > 0, "connection closed while the reply to {what:?} was expected");
+        proto::parse_reply::<T>(&l).unwrap_or_else(|e| panic!("{what}: {e}"))
+    }
+
+    /// Sends one command line that must be refused; the refusal.
+    pub fn refused(&mut self, line: &str) -> proto::Error {
+        self.send_raw(format!("{line}\n").as_bytes());
+        let mut l = String::new();
+        assert!(self.reader.read_line(&mut l).expect("read reply") > 0, "connection closed");
+        serde_json::from_str(&l).unwrap_or_else(|e| panic!("{line}: not refused ({e}): {l}"))
+    }
+
+    /// `HELLO`.
+    pub fn hello(&mut self) -> proto::reply::Hello {
+        self.call("HELLO")
+    }
+
+    /// `LIST`.
+    pub fn list(&mut self) -> proto::reply::List {
+        self.call("LIST")
+    }
+
+    /// `STATUS <id>`.
+    pub fn status(&mut self, id: &str) -> proto::reply::Status {
+        self.call(&format!("STATUS {id}"))
+    }
+
+    /// The output of the last run (`LOGS`), as text.
+    pub fn output(&mut self, id: &str) -> String {
+        self.call::<proto::reply::Logs>(&format!("LOGS {id}")).data
+    }
+
+    /// `START <id> [json]`.
+    pub fn start(&mut self, id: &str, json: &str) -> proto::reply::Started {
+        self.call(&format!("START {id} {json}").trim_end().to_string())
+    }
+
+    /// `LOGS <id> --follow` to its end: the output and the last line.
+    pub fn follow(&mut self, id: &str) -> (String, proto::reply::LogEnd) {
+        self.send_raw(format!("LOGS {id} --follow\n").as_bytes());
+        let mut out = String::new();
+        loop {
+            match self.read_as::<proto::reply::FollowLine>("LOGS --follow") {
+                proto::reply::FollowLine::Chunk(c) => out.push_str(&c.data),
+                proto::reply::FollowLine::End(e) => return (out, e),
+            }
+        }
+    }
+
+    /// Polls STATUS until the session is in `state`.
+    pub fn wait_for(&mut self, id: &str, state: proto::reply::State, limit: Duration) -> proto::reply::Status {
+        let end = Instant::now() + limit;
+        loop {
+            let s = self.status(id);
+            if s.summary.state == state || Instant::now() > end {
+                assert_eq!(s.summary.state, state, "session never reached {state:?}: {s:?}");
+                return s;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
     /// Polls STATUS until the session is in `state`.
     pub fn wait_state(&mut self, id: &str, state: &str, limit: Duration) -> Value {
         let end = Instant::now() + limit;

@@ -2,25 +2,19 @@
 //! through the real protocol and run once per probe; each probe must fail the expected
 //! way, and the rig and the other sessions must stay responsive. Needs root.
 
+use proto::reply::{Exit, LimitHit, LogEnd, State};
 use serde_json::{json, Value};
 use std::time::{Duration, Instant};
 use tests::{c_program, programs, require_root, Client, Daemon};
 
 const ESCAPE: &str = include_str!("../programs/escape.c");
 
-/// Runs `probe` to its end; returns (output, final LOGS --follow object).
-fn run(c: &mut Client, id: &str, args: &[&str], limits: Value) -> (String, Value) {
-    let opts = json!({"args": args, "limits": limits});
-    let st = c.cmd(&format!("START {id} {opts}"));
-    assert_eq!(st["ok"], true, "{st}");
-    c.send_raw(format!("LOGS {id} --follow\n").as_bytes());
-    let mut out = String::new();
-    loop {
-        let v = c.read();
-        if v["end"] == true {
-            return (out, v);
-        }
-        out.push_str(v["data"].as_str().unwrap_or(""));
+/// Runs `probe` to its end; returns its output and how it ended.
+fn run(c: &mut Client, id: &str, args: &[&str], limits: Value) -> (String, Option<Exit>) {
+    c.start(id, &json!({"args": args, "limits": limits}).to_string());
+    match c.follow(id) {
+        (out, LogEnd::Ended { exit, .. }) => (out, exit),
+        (_, end) => panic!("{end:?}"),
     }
 }
 
@@ -66,8 +60,7 @@ fn root_escape_process_and_kernel_probes_fail() {
     let Some((d, mut c, id)) = setup() else { return };
     // A bystander session that must survive every probe.
     let sleeper = c.load(&c_program("sleeper", programs::SLEEPER, false));
-    let by = c.cmd(&format!("START {sleeper}"));
-    let by_pid = by["pid"].as_i64().unwrap() as i32;
+    let by_pid = c.start(&sleeper, "").pid.unwrap();
     let port = d.addr.port().to_string();
     for (probe, args, want) in [
         ("kill_all", vec![], &["ESRCH"][..]),
@@ -105,15 +98,14 @@ fn root_escape_process_and_kernel_probes_fail() {
 fn root_escape_side_doors_abis_and_host_information_are_closed() {
     let Some((_d, mut c, id)) = setup() else { return };
     // HELLO says which of these are in force.
-    let jail = &c.cmd("HELLO")["jail"];
-    assert_eq!(jail["seccomp"]["mode"], "allowlist", "{jail}");
-    assert_eq!(jail["seccomp"]["default"], "ENOSYS");
-    assert_eq!(jail["seccomp"]["x32_abi"], "killed");
-    assert!(jail["seccomp"]["allowed"].as_u64().unwrap() > 200, "{jail}");
-    assert!(jail["proc"]["masked"].to_string().contains("/proc/cmdline"), "{jail}");
-    assert_eq!(jail["cgroup_namespace"], true);
-    assert!(jail["namespaces"].to_string().contains("cgroup"));
-    assert!(jail["spawner_seccomp"].as_str().unwrap().starts_with("deny list"));
+    let jail = c.hello().jail;
+    assert_eq!((jail.seccomp.mode.as_str(), jail.seccomp.default.as_str()), ("allowlist", "ENOSYS"), "{jail:?}");
+    assert_eq!(jail.seccomp.x32_abi, "killed");
+    assert!(jail.seccomp.allowed > 200, "{jail:?}");
+    assert!(jail.proc.masked.iter().any(|p| p == "/proc/cmdline"), "{jail:?}");
+    assert!(jail.cgroup_namespace);
+    assert!(jail.namespaces.iter().any(|n| n == "cgroup"));
+    assert!(jail.spawner_seccomp.starts_with("deny list"));
     for (probe, want) in [
         // Socket families a test never needs (vsock reaches the hypervisor on a VM rig).
         ("vsock", &["EAFNOSUPPORT"][..]),
@@ -170,8 +162,8 @@ fn root_escape_side_doors_abis_and_host_information_are_closed() {
 fn rig_responsive(d: &Daemon, bystander: &str) {
     let t = Instant::now();
     let mut other = d.client();
-    assert_eq!(other.cmd("HELLO")["ok"], true);
-    assert_eq!(other.cmd(&format!("STATUS {bystander}"))["state"], "RUNNING");
+    other.hello();
+    assert_eq!(other.status(bystander).summary.state, State::Running);
     assert!(t.elapsed() < Duration::from_secs(2), "rig slow: {:?}", t.elapsed());
 }
 
@@ -179,13 +171,13 @@ fn rig_responsive(d: &Daemon, bystander: &str) {
 fn root_escape_resource_bombs_are_contained() {
     let Some((d, mut c, id)) = setup() else { return };
     let sleeper = c.load(&c_program("sleeper", programs::SLEEPER, false));
-    c.cmd(&format!("START {sleeper}"));
+    c.start(&sleeper, "");
 
     let (out, end) = run(&mut c, &id, &["fork_bomb"], json!({"processes": 64}));
     assert_eq!(outcome(&out, "fork_bomb"), "EAGAIN", "{out}");
     let forked: u32 = out.lines().find_map(|l| l.strip_prefix("forked ")).unwrap().parse().unwrap();
     assert!(forked < 64, "forked {forked}");
-    assert_eq!(end["exit"]["code"], 0);
+    assert_eq!(end, Some(Exit::Code(0)));
     rig_responsive(&d, &sleeper);
 
     let (out, _) = run(&mut c, &id, &["mem_bomb"], json!({"address_space": 256u64 << 20}));
@@ -204,32 +196,31 @@ fn root_escape_resource_bombs_are_contained() {
     rig_responsive(&d, &sleeper);
 
     let (_, end) = run(&mut c, &id, &["cpu"], json!({"cpu_seconds": 1}));
-    assert_eq!(end["exit"]["signal"], libc::SIGXCPU, "{end}");
-    assert_eq!(c.cmd(&format!("STATUS {id}"))["limit_hit"], "cpu");
+    assert_eq!(end, Some(Exit::Signal(libc::SIGXCPU)));
+    assert_eq!(c.status(&id).limit_hit, Some(LimitHit::Cpu));
     rig_responsive(&d, &sleeper);
 
     // Cgroup limits, where the host has them: a memory bomb without an address-space
     // limit is OOM-killed inside its own cgroup, a fork bomb stops at the pids limit.
-    let hello = c.cmd("HELLO");
-    if hello["warnings"].to_string().contains("cgroup") {
-        eprintln!("no cgroups on this host: {}", hello["warnings"]);
+    let warnings = c.hello().warnings;
+    if warnings.iter().any(|w| w.contains("cgroup")) {
+        eprintln!("no cgroups on this host: {warnings:?}");
     } else {
         let (_, end) = run(&mut c, &id, &["mem_bomb"], json!({"memory_bytes": 64u64 << 20}));
-        assert_eq!(end["exit"]["signal"], 9, "{end}");
-        assert_eq!(c.cmd(&format!("STATUS {id}"))["limit_hit"], "memory");
+        assert_eq!(end, Some(Exit::Signal(9)));
+        assert_eq!(c.status(&id).limit_hit, Some(LimitHit::Memory));
         rig_responsive(&d, &sleeper);
         let (out, _) = run(&mut c, &id, &["fork_bomb"], json!({"processes": 32}));
         assert_eq!(outcome(&out, "fork_bomb"), "EAGAIN", "{out}");
-        assert_eq!(c.cmd(&format!("STATUS {id}"))["limit_hit"], "pids");
+        assert_eq!(c.status(&id).limit_hit, Some(LimitHit::Pids));
         rig_responsive(&d, &sleeper);
     }
 
     // Per-START limits only tighten: asking for more than the daemon allows is ignored.
     let (out, _) = run(&mut c, &id, &["fork_bomb"], json!({"processes": 1_000_000, "open_files": 1_000_000}));
     assert_eq!(outcome(&out, "fork_bomb"), "EAGAIN", "{out}");
-    let st = c.cmd(&format!("STATUS {id}"));
-    assert_eq!(st["limits"]["processes"], 512, "{st}");
-    assert_eq!(st["limits"]["open_files"], 1024, "{st}");
+    let st = c.status(&id);
+    assert_eq!((st.limits.processes, st.limits.open_files), (Some(512), Some(1024)), "{st:?}");
     let forked: u32 = out.lines().find_map(|l| l.strip_prefix("forked ")).unwrap().parse().unwrap();
     assert!(forked < 512, "forked {forked}");
     rig_responsive(&d, &sleeper);

@@ -1,9 +1,13 @@
 //! The control protocol and the session state machine, against the real daemon over real
-//! TCP. All tests need root (the daemon builds namespaces and uid maps).
+//! TCP, read through the protocol's own reply types. All tests need root (the daemon
+//! builds namespaces and uid maps).
 
-use serde_json::Value;
+use proto::reply::{Deleted, Exit, Kind, Loaded, LogEnd, Logs, State, Stopped};
+use proto::Code;
 use std::time::{Duration, Instant};
 use tests::{c_program, programs, require_root, Daemon};
+
+const TEN_S: Duration = Duration::from_secs(10);
 
 #[test]
 fn root_hello_reports_server_protocol_limits_and_warnings() {
@@ -12,16 +16,14 @@ fn root_hello_reports_server_protocol_limits_and_warnings() {
     }
     let d = Daemon::start(&[]);
     let mut c = d.client();
-    let h = c.cmd("HELLO");
-    assert_eq!(h["ok"], true);
-    assert_eq!(h["server"], "debuglantern");
-    assert_eq!(h["protocol"], 1);
-    assert_eq!(h["auth_required"], false);
-    assert_eq!(h["limits"]["max_sessions"], 64);
-    assert!(h["warnings"].is_array());
-    assert!(h["version"].is_string());
+    let h = c.hello();
+    assert_eq!(h.server, "debuglantern");
+    assert_eq!(h.protocol, 1);
+    assert!(!h.auth_required);
+    assert_eq!(h.limits.max_sessions, 64);
+    assert!(!h.version.is_empty());
     // Case-insensitive, \r ignored.
-    assert_eq!(c.cmd("hello\r")["ok"], true);
+    let _: proto::reply::Hello = c.call("hello\r");
 }
 
 #[test]
@@ -32,50 +34,42 @@ fn root_run_program_capture_output_and_exit_status() {
     let d = Daemon::start(&[]);
     let mut c = d.client();
     let bin = c_program("hello", programs::HELLO, false);
-    let up = c.upload(&bin);
-    assert_eq!(up["ok"], true, "{up}");
-    assert_eq!(up["state"], "LOADED");
-    assert_eq!(up["kind"], "binary");
-    assert_eq!(up["size"], bin.len());
+    c.send_raw(format!("UPLOAD {}\n", bin.len()).as_bytes());
+    c.send_raw(&bin);
+    let up: Loaded = c.read_as("UPLOAD");
+    assert_eq!((up.state, up.kind, up.size), (State::Loaded, Kind::Binary, bin.len() as u64));
     let sha = {
         use sha2::Digest;
         hex::encode(sha2::Sha256::digest(&bin))
     };
-    assert_eq!(up["sha256"], sha);
-    assert_eq!(up["elf"]["class"], "ELF64");
-    assert_eq!(up["elf"]["static"], false);
-    assert!(up["elf"]["interpreter"].as_str().unwrap().starts_with('/'));
-    let id = up["id"].as_str().unwrap().to_string();
-    assert!(uuid::Uuid::parse_str(&id).is_ok());
+    assert_eq!(up.sha256, sha);
+    assert_eq!(up.elf.class, "ELF64");
+    assert!(!up.elf.is_static);
+    assert!(up.elf.interpreter.as_deref().unwrap().starts_with('/'));
+    let id = up.id.to_string();
 
-    let st = c.cmd(&format!(r#"START {id} {{"args":["a b","c"]}}"#));
-    assert_eq!(st["ok"], true, "{st}");
-    assert_eq!(st["state"], "RUNNING");
-    assert_eq!(st["ns_pid"], 2);
-    let s = c.wait_state(&id, "STOPPED", Duration::from_secs(10));
-    assert_eq!(s["exit"]["code"], 7);
-    assert_eq!(s["runs"], 1);
-    assert_eq!(s["sha256"], sha);
-    let logs = c.cmd(&format!("LOGS {id}"));
-    let data = logs["data"].as_str().unwrap();
-    assert!(data.contains("hello from the rig, 3 args"), "{data}");
-    assert!(data.contains("arg[1]=a b") && data.contains("arg[2]=c"), "{data}");
-    assert!(data.contains("to stderr"), "{data}");
-    assert_eq!(logs["dropped"], 0);
-    assert_eq!(s["output"]["stderr_bytes"], "to stderr\n".len());
+    let st = c.start(&id, r#"{"args":["a b","c"]}"#);
+    assert_eq!((st.state, st.ns_pid), (State::Running, 2));
+    let s = c.wait_for(&id, State::Stopped, TEN_S);
+    assert_eq!(s.summary.exit, Some(Exit::Code(7)));
+    assert_eq!(s.runs, 1);
+    assert_eq!(s.sha256, sha);
+    let logs: Logs = c.call(&format!("LOGS {id}"));
+    assert!(logs.data.contains("hello from the rig, 3 args"), "{}", logs.data);
+    assert!(logs.data.contains("arg[1]=a b") && logs.data.contains("arg[2]=c"), "{}", logs.data);
+    assert!(logs.data.contains("to stderr"), "{}", logs.data);
+    assert_eq!(logs.dropped, 0);
+    assert_eq!(s.output.stderr_bytes, "to stderr\n".len() as u64);
 
     // LIST shows it; a STOPPED session can run again.
-    let list = c.cmd("LIST");
-    let sessions = list["sessions"].as_array().unwrap();
-    assert_eq!(sessions.len(), 1);
-    assert_eq!(sessions[0]["id"], id.as_str());
-    assert_eq!(sessions[0]["exit"]["code"], 7);
-    assert_eq!(c.cmd(&format!("START {id}"))["state"], "RUNNING");
-    let s = c.wait_state(&id, "STOPPED", Duration::from_secs(10));
-    assert_eq!(s["runs"], 2);
-    assert_eq!(c.cmd(&format!("DELETE {id}"))["deleted"], true);
-    assert_eq!(c.cmd(&format!("STATUS {id}"))["error"], "not_found");
-    assert_eq!(c.cmd("LIST")["sessions"].as_array().unwrap().len(), 0);
+    let list = c.list();
+    assert_eq!(list.sessions.len(), 1);
+    assert_eq!((list.sessions[0].id, list.sessions[0].exit), (up.id, Some(Exit::Code(7))));
+    assert_eq!(c.start(&id, "").state, State::Running);
+    assert_eq!(c.wait_for(&id, State::Stopped, TEN_S).runs, 2);
+    assert!(c.call::<Deleted>(&format!("DELETE {id}")).deleted);
+    assert_eq!(c.refused(&format!("STATUS {id}")).error, Code::NotFound);
+    assert!(c.list().sessions.is_empty());
 }
 
 #[test]
@@ -86,21 +80,22 @@ fn root_static_binary_and_environment() {
     let d = Daemon::start(&[]);
     let mut c = d.client();
     let bin = c_program("env_static", programs::ENV, true);
-    let up = c.upload(&bin);
-    assert_eq!(up["elf"]["static"], true, "{up}");
-    assert_eq!(up["elf"]["interpreter"], Value::Null);
-    let id = up["id"].as_str().unwrap();
+    c.send_raw(format!("UPLOAD {}\n", bin.len()).as_bytes());
+    c.send_raw(&bin);
+    let up: Loaded = c.read_as("UPLOAD");
+    assert!(up.elf.is_static && up.elf.interpreter.is_none(), "{up:?}");
+    let id = up.id.to_string();
     // Default environment: minimal PATH, HOME, TERM.
-    c.cmd(&format!("START {id}"));
-    c.wait_state(id, "STOPPED", Duration::from_secs(10));
-    let out = c.cmd(&format!("LOGS {id}"))["data"].as_str().unwrap().to_string();
+    c.start(&id, "");
+    c.wait_for(&id, State::Stopped, TEN_S);
+    let out = c.output(&id);
     let mut keys: Vec<&str> = out.lines().map(|l| l.split('=').next().unwrap()).collect();
     keys.sort();
     assert_eq!(keys, ["HOME", "PATH", "TERM"], "{out}");
     // A given environment is the whole environment.
-    c.cmd(&format!(r#"START {id} {{"env":{{"FOO":"bar baz"}}}}"#));
-    c.wait_state(id, "STOPPED", Duration::from_secs(10));
-    assert_eq!(c.cmd(&format!("LOGS {id}"))["data"], "FOO=bar baz\n");
+    c.start(&id, r#"{"env":{"FOO":"bar baz"}}"#);
+    c.wait_for(&id, State::Stopped, TEN_S);
+    assert_eq!(c.output(&id), "FOO=bar baz\n");
 }
 
 #[test]
@@ -113,41 +108,37 @@ fn root_state_machine_is_exact() {
     let id = c.load(&c_program("sleeper", programs::SLEEPER, false));
     // LOADED: STOP/KILL are invalid and name the state.
     for cmd in ["STOP", "KILL"] {
-        let r = c.cmd(&format!("{cmd} {id}"));
-        assert_eq!(r["error"], "invalid_state", "{r}");
-        assert!(r["message"].as_str().unwrap().contains("LOADED"), "{r}");
+        let e = c.refused(&format!("{cmd} {id}"));
+        assert_eq!(e.error, Code::InvalidState, "{e}");
+        assert!(e.message.contains("LOADED"), "{e}");
     }
-    assert_eq!(c.cmd(&format!("START {id}"))["state"], "RUNNING");
-    let r = c.cmd(&format!("START {id}"));
-    assert_eq!(r["error"], "invalid_state");
-    assert!(r["message"].as_str().unwrap().contains("RUNNING"), "{r}");
+    assert_eq!(c.start(&id, "").state, State::Running);
+    let e = c.refused(&format!("START {id}"));
+    assert_eq!(e.error, Code::InvalidState);
+    assert!(e.message.contains("RUNNING"), "{e}");
     // STOP: SIGTERM kills the default-handling program.
-    let r = c.cmd(&format!("STOP {id}"));
-    assert_eq!(r["state"], "STOPPED", "{r}");
-    assert_eq!(r["exit"]["signal"], 15);
-    assert_eq!(c.cmd(&format!("STOP {id}"))["error"], "invalid_state");
+    let r: Stopped = c.call(&format!("STOP {id}"));
+    assert_eq!((r.state, r.exit), (State::Stopped, Some(Exit::Signal(15))));
+    assert_eq!(c.refused(&format!("STOP {id}")).error, Code::InvalidState);
     // Restart with a SIGTERM handler: the program's own exit code is reported.
-    c.cmd(&format!(r#"START {id} {{"args":["term"]}}"#));
+    c.start(&id, r#"{"args":["term"]}"#);
     wait_output(&mut c, &id, "ready");
-    let r = c.cmd(&format!("STOP {id}"));
-    assert_eq!(r["exit"]["code"], 3, "{r}");
+    assert_eq!(c.call::<Stopped>(&format!("STOP {id}")).exit, Some(Exit::Code(3)));
     // KILL.
-    c.cmd(&format!("START {id}"));
-    let r = c.cmd(&format!("KILL {id}"));
-    assert_eq!(r["exit"]["signal"], 9, "{r}");
+    c.start(&id, "");
+    assert_eq!(c.call::<Stopped>(&format!("KILL {id}")).exit, Some(Exit::Signal(9)));
     // DELETE of a running session ends it.
-    let st = c.cmd(&format!("START {id}"));
-    let pid = st["pid"].as_i64().unwrap() as i32;
+    let pid = c.start(&id, "").pid.unwrap();
     assert!(tests::alive(pid));
-    assert_eq!(c.cmd(&format!("DELETE {id}"))["deleted"], true);
+    assert!(c.call::<Deleted>(&format!("DELETE {id}")).deleted);
     assert!(tests::wait_gone(pid, Duration::from_secs(5)), "program survived DELETE");
-    assert_eq!(c.cmd(&format!("START {id}"))["error"], "not_found");
+    assert_eq!(c.refused(&format!("START {id}")).error, Code::NotFound);
 }
 
 fn wait_output(c: &mut tests::Client, id: &str, needle: &str) {
-    let end = Instant::now() + Duration::from_secs(10);
+    let end = Instant::now() + TEN_S;
     while Instant::now() < end {
-        if c.cmd(&format!("LOGS {id}"))["data"].as_str().unwrap_or("").contains(needle) {
+        if c.output(id).contains(needle) {
             return;
         }
         std::thread::sleep(Duration::from_millis(20));
@@ -163,19 +154,18 @@ fn root_stop_grace_never_blocks_other_clients() {
     let d = Daemon::start(&["--stop-grace", "3s"]);
     let mut c = d.client();
     let id = c.load(&c_program("sleeper", programs::SLEEPER, false));
-    c.cmd(&format!(r#"START {id} {{"args":["ignore"]}}"#));
+    c.start(&id, r#"{"args":["ignore"]}"#);
     wait_output(&mut c, &id, "ready");
     let t0 = Instant::now();
     c.send_raw(format!("STOP {id}\n").as_bytes());
     // While the STOP waits out its grace period, another client is served at once.
     let mut other = d.client();
     let t1 = Instant::now();
-    assert_eq!(other.cmd("LIST")["ok"], true);
-    let st = other.cmd(&format!("STATUS {id}"));
-    assert_eq!(st["state"], "RUNNING");
+    other.list();
+    assert_eq!(other.status(&id).summary.state, State::Running);
     assert!(t1.elapsed() < Duration::from_secs(2), "LIST waited for the STOP: {:?}", t1.elapsed());
-    let r = c.read();
-    assert_eq!(r["exit"]["signal"], 9, "SIGTERM was ignored, so SIGKILL: {r}");
+    let r: Stopped = c.read_as("STOP");
+    assert_eq!(r.exit, Some(Exit::Signal(9)), "SIGTERM was ignored, so SIGKILL");
     assert!(t0.elapsed() >= Duration::from_millis(2900), "grace not honoured: {:?}", t0.elapsed());
 }
 
@@ -187,15 +177,13 @@ fn root_whole_process_tree_is_killed() {
     let d = Daemon::start(&[]);
     let mut c = d.client();
     let id = c.load(&c_program("forker", programs::FORKER, false));
-    let st = c.cmd(&format!("START {id}"));
-    let parent = st["pid"].as_i64().unwrap() as i32;
+    let parent = c.start(&id, "").pid.unwrap();
     wait_output(&mut c, &id, "child=");
     // The forked child: find it among the parent's children on the host.
     let children = std::fs::read_to_string(format!("/proc/{parent}/task/{parent}/children")).unwrap();
     let child: i32 = children.split_whitespace().next().expect("a child").parse().unwrap();
     assert!(tests::alive(child));
-    let r = c.cmd(&format!("KILL {id}"));
-    assert_eq!(r["state"], "STOPPED");
+    assert_eq!(c.call::<Stopped>(&format!("KILL {id}")).state, State::Stopped);
     assert!(tests::wait_gone(parent, Duration::from_secs(5)));
     assert!(tests::wait_gone(child, Duration::from_secs(5)), "a forked child outlived KILL");
 }
@@ -208,26 +196,25 @@ fn root_logs_follow_streams_until_exit() {
     let d = Daemon::start(&[]);
     let mut c = d.client();
     let id = c.load(&c_program("ticker", programs::TICKER, false));
-    c.cmd(&format!(r#"START {id} {{"args":["10"]}}"#));
+    c.start(&id, r#"{"args":["10"]}"#);
     c.send_raw(format!("LOGS {id} --follow\nLIST\n").as_bytes());
     let mut text = String::new();
     let mut chunks = 0;
     let end = loop {
-        let v = c.read();
-        assert_eq!(v["ok"], true, "{v}");
-        if v["end"] == true {
-            break v;
+        match c.read_as::<proto::reply::FollowLine>("LOGS --follow") {
+            proto::reply::FollowLine::Chunk(ch) => {
+                chunks += 1;
+                text.push_str(&ch.data);
+            }
+            proto::reply::FollowLine::End(e) => break e,
         }
-        chunks += 1;
-        text.push_str(v["data"].as_str().unwrap());
     };
-    assert_eq!(end["state"], "STOPPED");
-    assert_eq!(end["exit"]["code"], 0);
+    assert!(matches!(end, LogEnd::Ended { state: State::Stopped, exit: Some(Exit::Code(0)), .. }), "{end:?}");
     let expect: String = (0..10).map(|i| format!("tick {i}\n")).collect();
     assert_eq!(text, expect);
     assert!(chunks > 1, "output was not streamed as it came");
     // The pipelined LIST is answered after the stream.
-    assert!(c.read()["sessions"].is_array());
+    let _: proto::reply::List = c.read_as("LIST");
 }
 
 #[test]
@@ -243,13 +230,13 @@ fn root_pipelined_commands_answer_in_order() {
     batch.extend_from_slice(&bin);
     batch.extend_from_slice(b"LIST\nFROB\n\nSTATUS 00000000-0000-0000-0000-000000000000\nhello\n");
     c.send_raw(&batch);
-    assert_eq!(c.read()["server"], "debuglantern");
-    let up = c.read();
-    assert_eq!(up["state"], "LOADED", "{up}");
-    assert_eq!(c.read()["sessions"].as_array().unwrap().len(), 1);
+    assert_eq!(c.read_as::<proto::reply::Hello>("HELLO").server, "debuglantern");
+    assert_eq!(c.read_as::<Loaded>("UPLOAD").state, State::Loaded);
+    assert_eq!(c.read_as::<proto::reply::List>("LIST").sessions.len(), 1);
+    // The refusals, as they are on the wire.
     assert_eq!(c.read()["error"], "unknown_command");
     assert_eq!(c.read()["error"], "not_found");
-    assert_eq!(c.read()["protocol"], 1);
+    assert_eq!(c.read_as::<proto::reply::Hello>("hello").protocol, 1);
 }
 
 #[test]
@@ -266,17 +253,17 @@ fn root_many_concurrent_clients() {
             std::thread::spawn(move || {
                 let mut c = tests::Client::connect(addr);
                 let id = c.load(&bin);
-                c.cmd(&format!("START {id}"));
-                let s = c.wait_state(&id, "STOPPED", Duration::from_secs(20));
-                assert_eq!(s["exit"]["code"], 7);
-                assert_eq!(c.cmd(&format!("DELETE {id}"))["deleted"], true);
+                c.start(&id, "");
+                let s = c.wait_for(&id, State::Stopped, Duration::from_secs(20));
+                assert_eq!(s.summary.exit, Some(Exit::Code(7)));
+                assert!(c.call::<Deleted>(&format!("DELETE {id}")).deleted);
             })
         })
         .collect();
     for h in handles {
         h.join().unwrap();
     }
-    assert_eq!(d.client().cmd("LIST")["sessions"].as_array().unwrap().len(), 0);
+    assert!(d.client().list().sessions.is_empty());
 }
 
 #[test]

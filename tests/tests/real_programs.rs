@@ -3,24 +3,19 @@
 //! statically linked busybox `sh -c`, and Python from the rig's `/usr`. Each must exit 0 (or
 //! its own code) with the expected output. Needs root.
 
-use serde_json::{json, Value};
+use proto::reply::{Exit, LogEnd};
+use serde_json::json;
 use std::process::Command;
 use tests::{c_program, programs, require_root, Client, Daemon};
 
 const EXECWRAP: &str = include_str!("../programs/execwrap.c");
 
-/// Starts `id` with `args`, follows its output to the end; returns (stdout+stderr, end).
-fn run(c: &mut Client, id: &str, args: &[&str]) -> (String, Value) {
-    let st = c.cmd(&format!("START {id} {}", json!({ "args": args })));
-    assert_eq!(st["ok"], true, "{st}");
-    c.send_raw(format!("LOGS {id} --follow\n").as_bytes());
-    let mut out = String::new();
-    loop {
-        let v = c.read();
-        if v["end"] == true {
-            return (out, v);
-        }
-        out.push_str(v["data"].as_str().unwrap_or(""));
+/// Starts `id` with `args`, follows its output to the end; returns it and how it ended.
+fn run(c: &mut Client, id: &str, args: &[&str]) -> (String, Option<Exit>) {
+    c.start(id, &json!({ "args": args }).to_string());
+    match c.follow(id) {
+        (out, LogEnd::Ended { exit, .. }) => (out, exit),
+        (_, end) => panic!("{end:?}"),
     }
 }
 
@@ -75,19 +70,19 @@ fn root_real_programs_run_under_the_allowlist() {
     // A dynamically linked C program (glibc's loader, stdio).
     let id = c.load(&c_program("hello", programs::HELLO, false));
     let (out, end) = run(&mut c, &id, &["a", "b"]);
-    assert_eq!(end["exit"]["code"], 7, "{out}");
+    assert_eq!(end, Some(Exit::Code(7)), "{out}");
     assert!(out.contains("hello from the rig, 3 args") && out.contains("to stderr"), "{out}");
 
     // C++ with std::thread.
     let id = c.load(&build("cxx_threads", &["c++", "-O1", "-pthread"], CXX_THREADS, "cc"));
     let (out, end) = run(&mut c, &id, &[]);
-    assert_eq!(end["exit"]["code"], 0, "{out}");
+    assert_eq!(end, Some(Exit::Code(0)), "{out}");
     assert!(out.contains("threads counted 8000"), "{out}");
 
     // Rust, with threads and files (std probes statx, clone3 → ENOSYS → clone).
     let id = c.load(&build("rust_threads", &["rustc", "-O", "--edition", "2021"], RUST_THREADS, "rs"));
     let (out, end) = run(&mut c, &id, &[]);
-    assert_eq!(end["exit"]["code"], 0, "{out}");
+    assert_eq!(end, Some(Exit::Code(0)), "{out}");
     assert!(out.contains("rust total 2997000 file 1 cwd /tmp"), "{out}");
 
     // Programs of the rig's own /usr, started by a tiny launcher: busybox (static) and
@@ -95,7 +90,7 @@ fn root_real_programs_run_under_the_allowlist() {
     let wrap = c.load(&c_program("execwrap", EXECWRAP, false));
     let (out, end) =
         run(&mut c, &wrap, &["/bin/busybox", "sh", "-c", "echo hi from $0; echo $((6 * 7)); ls / | wc -l"]);
-    assert_eq!(end["exit"]["code"], 0, "{out}");
+    assert_eq!(end, Some(Exit::Code(0)), "{out}");
     let lines: Vec<&str> = out.lines().collect();
     assert_eq!(&lines[..2], ["hi from sh", "42"], "{out}");
     let py = "import hashlib, json, os, threading, subprocess\n\
@@ -104,7 +99,7 @@ fn root_real_programs_run_under_the_allowlist() {
               r = subprocess.run(['/bin/busybox', 'true'])\n\
               print(json.dumps({'sha': hashlib.sha256(b'rig').hexdigest()[:12], 'cpus': os.cpu_count() > 0, 'child': r.returncode}))";
     let (out, end) = run(&mut c, &wrap, &["/usr/bin/python3", "python3", "-c", py]);
-    assert_eq!(end["exit"]["code"], 0, "{out}");
+    assert_eq!(end, Some(Exit::Code(0)), "{out}");
     let want = format!("{{\"sha\": \"{}\", \"cpus\": true, \"child\": 0}}", &sha256_hex(b"rig")[..12]);
     assert!(out.contains(&want), "{out} (want {want})");
 }
