@@ -251,7 +251,7 @@ impl Client {
 
     /// `START <id> [json]`.
     pub fn start(&mut self, id: &str, json: &str) -> proto::reply::Started {
-        self.call(&format!("START {id} {json}").trim_end().to_string())
+        self.call(format!("START {id} {json}").trim_end())
     }
 
     /// `LOGS <id> --follow` to its end: the output and the last line.
