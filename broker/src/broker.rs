@@ -1,5 +1,6 @@
 //! The broker's single-threaded epoll loop: the frontend's socket, each run's init pidfd
-//! and control socket, and the deadlines of STOP's grace period.
+//! and control socket, and the deadlines of STOP's grace period and of runs' wall-clock
+//! limits.
 //!
 //! Hostile input policy: a message that is *semantically* wrong (unknown id, wrong state,
 //! a descriptor that is not a sealed memfd, a NUL inside argv) is refused with a reply and
@@ -9,7 +10,7 @@
 //! it means the frontend is compromised or broken, so the broker fails closed: it kills
 //! every session and exits non-zero, and the daemon with it.
 
-use crate::messages::{InitMsg, SpawnImage, SpawnReply, SpawnRequest, SpawnerCall};
+use crate::messages::{InitCall, InitMsg, SpawnImage, SpawnReply, SpawnRequest, SpawnerCall};
 use crate::sys;
 use mio::unix::SourceFd;
 use mio::{Events, Interest, Poll, Token};
@@ -74,9 +75,14 @@ struct Run {
     program: Option<(Token, OwnedFd)>,
     /// When a debugger still attached to the dead program is killed.
     debugger_deadline: Option<Instant>,
-    /// Pipes' read ends, handed to the frontend with "started".
+    /// Pipes' ends, handed to the frontend with "started".
     stdout: Option<OwnedFd>,
     stderr: Option<OwnedFd>,
+    stdin: Option<OwnedFd>,
+    /// When the run's wall-clock limit ends it.
+    wall_deadline: Option<Instant>,
+    /// The wall-clock limit ended it.
+    wall_hit: bool,
 }
 
 /// A START waiting for the spawner.
@@ -85,6 +91,7 @@ struct PendingSpawn {
     start_tag: u64,
     slot: Option<u32>,
     cgroup: Option<crate::cgroup::SessionCgroup>,
+    wall_seconds: u64,
 }
 
 /// What a session runs.
@@ -278,6 +285,21 @@ impl Broker {
                 self.tube.send(tag, Reply::Accepted { id })?;
                 Ok(())
             }
+            Request::Signal { id, sig } => {
+                if !(1..=64).contains(&sig) {
+                    return self.refuse(tag, Refusal::BadRequest, format!("{sig} is not a signal number"));
+                }
+                let Some(run) = self.sessions.get_mut(&id).and_then(|s| s.run.as_mut()) else {
+                    return self.refuse_missing_run(tag, id);
+                };
+                if run.start_tag.is_some() {
+                    return self.refuse(tag, Refusal::InvalidState, "session is starting");
+                }
+                // A dead init's socket fails; its run ends by itself.
+                let _ = run.ctl.send(0, InitCall::Signal(sig));
+                self.tube.send(tag, Reply::Accepted { id })?;
+                Ok(())
+            }
             Request::Debug { id } => self.debug(tag, id),
             Request::Delete { id } => {
                 let Some(s) = self.sessions.get_mut(&id) else {
@@ -381,6 +403,7 @@ impl Broker {
             },
             _ => (None, Vec::new()),
         };
+        let wall_seconds = spec.limits.wall_seconds;
         let req = SpawnRequest {
             spec,
             ns_uid: slot.map(policy::identity::IdPlan::session_ns_uid),
@@ -391,7 +414,7 @@ impl Broker {
         let stag = self.next_spawn;
         self.next_spawn += 1;
         self.spawner.send(stag, SpawnerCall::Session(req)).map_err(BrokerError::Spawner)?;
-        self.spawns.insert(stag, PendingSpawn { id, start_tag: tag, slot, cgroup });
+        self.spawns.insert(stag, PendingSpawn { id, start_tag: tag, slot, cgroup, wall_seconds });
         if let Some(s) = self.sessions.get_mut(&id) {
             s.spawning = true;
         }
@@ -474,7 +497,7 @@ impl Broker {
             SpawnReply::Debugging { .. } => {
                 Err(BrokerError::Spawner(TubeError::Decode("a debugger where a session was asked".into())))
             }
-            SpawnReply::Spawned { init_pidfd, ctl, stdout, stderr } => {
+            SpawnReply::Spawned { init_pidfd, ctl, stdout, stderr, stdin } => {
                 self.tube.send(0, Reply::Spawned { id: p.id })?;
                 let run = Run {
                     init_pidfd,
@@ -491,6 +514,11 @@ impl Broker {
                     kill_deadline: None,
                     stdout: Some(stdout),
                     stderr: Some(stderr),
+                    stdin: Some(stdin),
+                    // The wall clock runs from the init's creation: setup counts.
+                    wall_deadline: (p.wall_seconds > 0)
+                        .then(|| Instant::now() + Duration::from_secs(p.wall_seconds.min(100 * 365 * 86400))),
+                    wall_hit: false,
                 };
                 let base = self.next_token;
                 self.next_token += 2;

@@ -55,7 +55,7 @@ pub fn attach(
                 Err(e) => fail(&mut back, format!("fork gdbserver: {e}")),
                 Ok(sys::Forked::Child) => exec_gdbserver(theirs, ns_uid, target, session_seccomp),
                 Ok(sys::Forked::Parent { pid, pidfd }) => {
-                    let _ = back.send(0, InitMsg::Running { ns_pid: pid.as_raw() as u32, pidfd });
+                    let _ = back.send(0, InitMsg::Running { ns_pid: pid.as_raw() as u32, pidfd, tty: None });
                     sys::exit_now(0)
                 }
             }

@@ -1,11 +1,14 @@
 //! The session's init: PID 1 of the session's PID namespace. It is a forked copy of the
 //! broker (never an exec), so it runs our code, not the user's. It
 //!
-//! 1. keeps only the descriptors it needs, takes the session's identity and rlimits;
+//! 1. keeps only the descriptors it needs, brings `lo` up, takes the session's identity
+//!    and rlimits, and opens the program's terminal when it runs on one;
 //! 2. forks the program (which becomes ns pid 2) and `fexecve`s the sealed memfd;
-//! 3. tells the broker "running" (with a pidfd of the program) or why exec failed;
+//! 3. tells the broker "running" (with a pidfd of the program and the terminal's master)
+//!    or why exec failed;
 //! 4. forwards SIGTERM to every process of the session, reaps everything (orphans
-//!    reparent to it), and on SIGUSR1 kills every process of the session;
+//!    reparent to it), on SIGUSR1 kills every process of the session, and passes the
+//!    broker's signals (an attached client's Ctrl-C) to the program's process group;
 //! 5. when the program has exited: kills what is left, reaps it, reports the program's
 //!    status and the tree's resource use, and exits. Its exit tears the namespace down.
 //!
@@ -17,7 +20,7 @@
 //! over a socketpair). The init notes the process (pid, parent, name, start, status) and
 //! lets the exit proceed: the receipt lists every process that ended by itself.
 
-use crate::messages::InitMsg;
+use crate::messages::{InitCall, InitMsg};
 use crate::sys;
 use nix::sys::signal::{kill, SigSet, Signal};
 use nix::sys::wait::{waitpid, WaitPidFlag, WaitStatus};
@@ -68,6 +71,8 @@ pub struct InitPlan {
     pub debug: bool,
     /// Hand every exit_group of the tree to the init, for the receipt's process list.
     pub list_processes: bool,
+    /// Run the program on a terminal of this size.
+    pub tty: Option<shared::Winsize>,
 }
 
 /// What the program's process needs to exec.
@@ -83,6 +88,8 @@ struct Image {
     list_processes: bool,
     /// Where the program's process sends the exit listener.
     notes: OwnedFd,
+    /// The master of its terminal (its stdio then is the slave).
+    terminal: Option<OwnedFd>,
 }
 
 /// Signals the init takes (from a signalfd).
@@ -122,6 +129,7 @@ pub fn run(plan: InitPlan) -> ! {
         cgroup_procs,
         debug,
         list_processes,
+        tty,
     } = plan;
     let (notes_r, notes) = match nix::sys::socket::socketpair(
         nix::sys::socket::AddressFamily::Unix,
@@ -132,7 +140,8 @@ pub fn run(plan: InitPlan) -> ! {
         Ok(p) => p,
         Err(_) => sys::exit_now(123),
     };
-    let image = Image { program, stdin, stdout, stderr, argv, env, seccomp, debug, list_processes, notes };
+    let mut image =
+        Image { program, stdin, stdout, stderr, argv, env, seccomp, debug, list_processes, notes, terminal: None };
     let mut ctl = match Tube::new(ctl) {
         Ok(t) => t,
         Err(_) => sys::exit_now(120),
@@ -155,6 +164,9 @@ pub fn run(plan: InitPlan) -> ! {
         fail(&mut ctl, "cannot set the parent-death signal".into());
     }
     let _ = nix::unistd::sethostname("debuglantern");
+    if let Err(e) = sys::loopback_up() {
+        fail(&mut ctl, format!("cannot bring the session's loopback interface up: {e}"));
+    }
     if let Err(e) = crate::jail::session_mounts(&mounts, bundle.as_deref()) {
         fail(&mut ctl, shared::chain(&e));
     }
@@ -163,6 +175,13 @@ pub fn run(plan: InitPlan) -> ! {
     }
     if let Err(e) = policy::rlimits::apply(&limits) {
         fail(&mut ctl, format!("cannot apply limits: {e}"));
+    }
+    // Opened as the session's uid: the slave is its own.
+    if let Some(ws) = tty {
+        match sys::open_terminal(ws.rows, ws.cols) {
+            Ok(master) => image.terminal = Some(master),
+            Err(e) => fail(&mut ctl, format!("cannot open a terminal in the session: {e}")),
+        }
     }
 
     let (err_r, err_w) = match nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC) {
@@ -175,6 +194,7 @@ pub fn run(plan: InitPlan) -> ! {
         Ok(sys::Forked::Parent { pid, pidfd }) => (pid, pidfd),
     };
     drop(err_w);
+    let terminal = image.terminal.take();
     drop(image);
     let _ = nix::fcntl::fcntl(notes_r.as_raw_fd(), nix::fcntl::FcntlArg::F_SETFL(nix::fcntl::OFlag::O_NONBLOCK));
     let mut report = [0u8; 5];
@@ -217,7 +237,7 @@ pub fn run(plan: InitPlan) -> ! {
     // the run then has no process list, and nothing else changes).
     let listener = receive_fd(&notes_r);
     drop(notes_r);
-    if ctl.send(0, InitMsg::Running { ns_pid: child.as_raw() as u32, pidfd }).is_err() {
+    if ctl.send(0, InitMsg::Running { ns_pid: child.as_raw() as u32, pidfd, tty: terminal }).is_err() {
         sys::exit_now(122);
     }
     supervise(child, &mut ctl, listener)
@@ -252,9 +272,23 @@ fn exec_program(plan: &Image, err_w: OwnedFd) -> ! {
         // Not exit_group: the exit listener may be installed with nobody answering yet.
         sys::exit_thread(127)
     };
-    for (from, to) in [(&plan.stdin, 0), (&plan.stdout, 1), (&plan.stderr, 2)] {
-        if let Err(e) = nix::unistd::dup2(from.as_raw_fd(), to) {
-            report(0, e);
+    match &plan.terminal {
+        Some(master) => {
+            // The terminal is stdin, stdout, stderr and the controlling terminal (we are a
+            // session leader since setsid above).
+            let slave = sys::attach_terminal(master.as_raw_fd()).unwrap_or_else(|e| report(0, e));
+            for to in 0..3 {
+                if let Err(e) = nix::unistd::dup2(slave, to) {
+                    report(0, e);
+                }
+            }
+        }
+        None => {
+            for (from, to) in [(&plan.stdin, 0), (&plan.stdout, 1), (&plan.stderr, 2)] {
+                if let Err(e) = nix::unistd::dup2(from.as_raw_fd(), to) {
+                    report(0, e);
+                }
+            }
         }
     }
     let mut keep = vec![err_w.as_raw_fd(), plan.notes.as_raw_fd()];
@@ -439,15 +473,28 @@ fn supervise(program: Pid, ctl: &mut Tube, listener: Option<OwnedFd>) -> ! {
             let _ = ctl.send(0, InitMsg::Exited { status, usage });
             sys::exit_now(0);
         }
-        // Sleep until a signal or an exit notification.
+        // Sleep until a signal, a call of the broker or an exit notification.
         {
-            let mut fds = vec![nix::poll::PollFd::new(signals.as_fd(), nix::poll::PollFlags::POLLIN)];
+            let mut fds = vec![
+                nix::poll::PollFd::new(signals.as_fd(), nix::poll::PollFlags::POLLIN),
+                nix::poll::PollFd::new(ctl.as_fd(), nix::poll::PollFlags::POLLIN),
+            ];
             if let Some(l) = &tree.listener {
                 fds.push(nix::poll::PollFd::new(l.as_fd(), nix::poll::PollFlags::POLLIN));
             }
             let _ = nix::poll::poll(&mut fds, nix::poll::PollTimeout::NONE);
         }
         tree.serve(0);
+        // The broker's calls; a broken link is the broker's death, which SIGKILLs us.
+        while let Ok(Some((_, InitCall::Signal(sig)))) = ctl.recv::<InitCall>() {
+            if let Ok(sig) = Signal::try_from(sig) {
+                // The program's process group (it called setsid: its pgid is its pid); if it
+                // left it, the program itself.
+                if kill(Pid::from_raw(-program.as_raw()), sig).is_err() {
+                    let _ = kill(program, sig);
+                }
+            }
+        }
         while let Ok(Some(info)) = signals.read_signal() {
             match Signal::try_from(info.ssi_signo as i32) {
                 Ok(Signal::SIGTERM | Signal::SIGINT | Signal::SIGHUP) => {

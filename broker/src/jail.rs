@@ -238,11 +238,13 @@ pub fn session_mounts(plan: &[SessionMount], bundle: Option<&str>) -> Result<(),
                     .map_err(|e| err("mount the session's /tmp", e))?;
             }
             SessionMount::DevPts => {
+                // Not nodev: it holds nothing but the session's own terminals, which must
+                // open (as runc mounts it: nosuid, noexec).
                 mount(
                     Some("devpts"),
                     "/dev/pts",
                     Some("devpts"),
-                    base | MsFlags::MS_NOEXEC,
+                    MsFlags::MS_NOSUID | MsFlags::MS_NOEXEC,
                     Some("newinstance,ptmxmode=0666,mode=620"),
                 )
                 .map_err(|e| err("mount the session's /dev/pts", e))?;

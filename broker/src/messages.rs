@@ -1,5 +1,5 @@
-//! Messages inside the broker: broker ↔ spawner ([`SpawnerCall`], [`SpawnReply`]) and
-//! session init (or debug helper) → broker ([`InitMsg`]). Each travels like the
+//! Messages inside the broker: broker ↔ spawner ([`SpawnerCall`], [`SpawnReply`]),
+//! session init (or debug helper) → broker ([`InitMsg`]) and broker → init ([`InitCall`]). Each travels like the
 //! frontend/broker messages: one bincode body per SEQPACKET packet, descriptors by
 //! `SCM_RIGHTS`, the descriptor count checked against the kind.
 
@@ -110,6 +110,8 @@ pub enum SpawnReply {
         stdout: OwnedFd,
         /// Read end of stderr.
         stderr: OwnedFd,
+        /// Write end of stdin.
+        stdin: OwnedFd,
     },
     /// gdbserver runs in the session, attached.
     Debugging {
@@ -181,8 +183,8 @@ impl Message for SpawnReply {
 
     fn into_wire(self) -> (SpawnReplyWire, Vec<OwnedFd>) {
         match self {
-            SpawnReply::Spawned { init_pidfd, ctl, stdout, stderr } => {
-                (SpawnReplyWire::Spawned, vec![init_pidfd, ctl, stdout, stderr])
+            SpawnReply::Spawned { init_pidfd, ctl, stdout, stderr, stdin } => {
+                (SpawnReplyWire::Spawned, vec![init_pidfd, ctl, stdout, stderr, stdin])
             }
             SpawnReply::Debugging { gdb_pidfd, sock } => (SpawnReplyWire::Debugging, vec![gdb_pidfd, sock]),
             SpawnReply::Failed { message } => (SpawnReplyWire::Failed { message }, vec![]),
@@ -193,9 +195,9 @@ impl Message for SpawnReply {
         match w {
             SpawnReplyWire::Spawned => {
                 let got = fds.len();
-                let [init_pidfd, ctl, stdout, stderr] = <[OwnedFd; 4]>::try_from(fds)
-                    .map_err(|_| WireError::FdCount { kind: "spawned", expected: 4, got })?;
-                Ok(SpawnReply::Spawned { init_pidfd, ctl, stdout, stderr })
+                let [init_pidfd, ctl, stdout, stderr, stdin] = <[OwnedFd; 5]>::try_from(fds)
+                    .map_err(|_| WireError::FdCount { kind: "spawned", expected: 5, got })?;
+                Ok(SpawnReply::Spawned { init_pidfd, ctl, stdout, stderr, stdin })
             }
             SpawnReplyWire::Debugging => {
                 let got = fds.len();
@@ -225,6 +227,8 @@ pub enum InitMsg {
         ns_pid: u32,
         /// A pidfd for it.
         pidfd: OwnedFd,
+        /// The master of its terminal, when it runs on one.
+        tty: Option<OwnedFd>,
     },
     /// Setup or exec failed; the run never started.
     Failed {
@@ -247,6 +251,8 @@ pub enum InitWire {
     Running {
         /// Pid in the session namespace.
         ns_pid: u32,
+        /// A terminal's master follows the pidfd.
+        tty: bool,
     },
     /// See [`InitMsg::Failed`].
     Failed {
@@ -267,22 +273,53 @@ impl Message for InitMsg {
 
     fn into_wire(self) -> (InitWire, Vec<OwnedFd>) {
         match self {
-            InitMsg::Running { ns_pid, pidfd } => (InitWire::Running { ns_pid }, vec![pidfd]),
+            InitMsg::Running { ns_pid, pidfd, tty: None } => (InitWire::Running { ns_pid, tty: false }, vec![pidfd]),
+            InitMsg::Running { ns_pid, pidfd, tty: Some(master) } => {
+                (InitWire::Running { ns_pid, tty: true }, vec![pidfd, master])
+            }
             InitMsg::Failed { message } => (InitWire::Failed { message }, vec![]),
             InitMsg::Exited { status, usage } => (InitWire::Exited { status, usage }, vec![]),
         }
     }
 
     fn from_wire(wire: InitWire, mut fds: Vec<OwnedFd>) -> Result<Self, WireError> {
-        let expected = usize::from(matches!(wire, InitWire::Running { .. }));
+        let expected = match wire {
+            InitWire::Running { tty, .. } => 1 + usize::from(tty),
+            _ => 0,
+        };
         if fds.len() != expected {
             return Err(WireError::FdCount { kind: "init", expected, got: fds.len() });
         }
         Ok(match wire {
-            InitWire::Running { ns_pid } => InitMsg::Running { ns_pid, pidfd: fds.remove(0) },
+            InitWire::Running { ns_pid, tty } => {
+                let master = if tty { fds.pop() } else { None };
+                InitMsg::Running { ns_pid, pidfd: fds.remove(0), tty: master }
+            }
             InitWire::Failed { message } => InitMsg::Failed { message },
             InitWire::Exited { status, usage } => InitMsg::Exited { status, usage },
         })
+    }
+}
+
+/// Broker → a session's init.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, bincode::Encode, bincode::Decode)]
+pub enum InitCall {
+    /// Send this signal to the program's process group (1..=64).
+    Signal(i32),
+}
+
+impl Message for InitCall {
+    type Wire = InitCall;
+
+    fn into_wire(self) -> (InitCall, Vec<OwnedFd>) {
+        (self, vec![])
+    }
+
+    fn from_wire(wire: InitCall, fds: Vec<OwnedFd>) -> Result<Self, WireError> {
+        if !fds.is_empty() {
+            return Err(WireError::FdCount { kind: "init call", expected: 0, got: fds.len() });
+        }
+        Ok(wire)
     }
 }
 

@@ -240,3 +240,55 @@ pub fn exit_thread(code: i32) -> ! {
     }
     unreachable!("SYS_exit returned")
 }
+
+/// Brings the session's loopback interface up (127.0.0.1 and ::1; a new network
+/// namespace starts with `lo` down). Needs `CAP_NET_ADMIN` over the namespace: the init
+/// calls it while it is still root of the broker's user namespace.
+pub fn loopback_up() -> Result<(), Errno> {
+    use std::os::fd::AsRawFd;
+    let sock = nix::sys::socket::socket(
+        nix::sys::socket::AddressFamily::Inet,
+        nix::sys::socket::SockType::Datagram,
+        nix::sys::socket::SockFlag::SOCK_CLOEXEC,
+        None,
+    )?;
+    // SAFETY: ifreq is plain old data; all zeroes is a valid value.
+    let mut req: libc::ifreq = unsafe { std::mem::zeroed() };
+    for (dst, src) in req.ifr_name.iter_mut().zip(b"lo\0") {
+        *dst = *src as libc::c_char;
+    }
+    // SAFETY: SIOCGIFFLAGS and SIOCSIFFLAGS read and write an ifreq we own; the flags are
+    // the ifr_ifru union's active member for both requests.
+    unsafe {
+        Errno::result(libc::ioctl(sock.as_raw_fd(), libc::SIOCGIFFLAGS, &mut req as *mut libc::ifreq))?;
+        req.ifr_ifru.ifru_flags |= (libc::IFF_UP | libc::IFF_RUNNING) as libc::c_short;
+        Errno::result(libc::ioctl(sock.as_raw_fd(), libc::SIOCSIFFLAGS, &req as *const libc::ifreq))?;
+    }
+    Ok(())
+}
+
+/// Opens a new terminal in the session's own devpts (`/dev/ptmx` → `/dev/pts/ptmx`) and
+/// sets its size: the master, close-on-exec. The slave belongs to the caller's uid.
+pub fn open_terminal(rows: u16, cols: u16) -> Result<std::os::fd::OwnedFd, Errno> {
+    use nix::fcntl::OFlag;
+    use std::os::fd::{AsRawFd, FromRawFd, IntoRawFd};
+    let master = nix::pty::posix_openpt(OFlag::O_RDWR | OFlag::O_NOCTTY | OFlag::O_CLOEXEC)?;
+    nix::pty::unlockpt(&master)?;
+    // SAFETY: posix_openpt returned an open descriptor that `master` owned; we take it over.
+    let fd = unsafe { std::os::fd::OwnedFd::from_raw_fd(master.into_raw_fd()) };
+    let ws = libc::winsize { ws_row: rows, ws_col: cols, ws_xpixel: 0, ws_ypixel: 0 };
+    // SAFETY: TIOCSWINSZ reads a winsize we own.
+    Errno::result(unsafe { libc::ioctl(fd.as_raw_fd(), libc::TIOCSWINSZ, &ws as *const libc::winsize) })?;
+    Ok(fd)
+}
+
+/// In the program's process, after `setsid`: opens the slave of `master`
+/// (`TIOCGPTPEER`, no path lookup) and makes it the controlling terminal. Returns the
+/// slave's descriptor.
+pub fn attach_terminal(master: RawFd) -> Result<RawFd, Errno> {
+    // SAFETY: TIOCGPTPEER takes open flags and returns a new descriptor (or -1).
+    let slave = Errno::result(unsafe { libc::ioctl(master, libc::TIOCGPTPEER, libc::O_RDWR) })?;
+    // SAFETY: TIOCSCTTY with 0 (do not steal) on a descriptor we just opened.
+    Errno::result(unsafe { libc::ioctl(slave, libc::TIOCSCTTY, 0) })?;
+    Ok(slave)
+}

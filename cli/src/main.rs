@@ -8,29 +8,33 @@
 //! (or `[rig."instance name"]`); the top level may also name the default `rig`. Files
 //! holding a token must not be readable by group or others.
 //!
-//! Exit codes: 0 success; 1 the rig refused (the message says why, with its error code);
-//! 2 usage errors; 3 the rig cannot be reached or broke the protocol; `run` exits with the
-//! program's own code, or 128 + signal when it was killed.
+//! Exit codes: 0 success; 1 the rig refused (the message says why, with its error code;
+//! with `--json`, the rig's error object is printed on stdout); 2 usage errors; 3 the rig
+//! cannot be reached or broke the protocol, or a local file or stream failed; `run` exits
+//! with the program's own code, or 128 + signal when it was killed. A closed stdout (`|
+//! head`) ends `lantern` quietly, like any Unix tool.
 
 mod bundle;
 mod config;
 mod conn;
+mod ops;
+mod run;
+mod term;
 mod trace;
 
-use anyhow::{anyhow, bail, Context, Result};
+use anyhow::{anyhow, Context, Result};
 use clap::{CommandFactory, Parser, Subcommand};
 use config::{token_for, UserConfig};
 use conn::{Conn, Refused, Target};
 use proto::reply::{
-    Debugging, Deleted, EventLine, Exit, FollowLine, List, Loaded, LogEnd, Logs, ReceiptReply, Started, Status,
-    Stopped, Subscribed,
+    Debugging, Deleted, EventLine, Exit, FollowLine, List, LogEnd, Logs, ReceiptReply, Started, Status, Stopped,
+    Subscribed,
 };
-use proto::{Command, LimitOpts, StartOpts, UploadSize};
+use proto::{Command, Stream};
 use serde::Serialize;
-use std::io::{IsTerminal, Write};
-use std::path::{Path, PathBuf};
+use std::io::Write;
+use std::path::PathBuf;
 use std::process::ExitCode;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 use uuid::Uuid;
 
@@ -76,9 +80,13 @@ enum Cmd {
         /// Environment (KEY=VALUE, repeatable); given, it is the whole environment.
         #[arg(long = "env", value_name = "K=V")]
         env: Vec<String>,
-        /// Limits of this run, e.g. cpu_seconds=5 (repeatable; they only tighten).
+        /// Limits of this run, e.g. cpu_seconds=5, memory_bytes=512M, wall_seconds=10m
+        /// (repeatable; they may only tighten the rig's).
         #[arg(long = "limit", value_name = "NAME=N")]
         limits: Vec<String>,
+        /// The program's argv[0].
+        #[arg(long)]
+        argv0: Option<String>,
         /// Do not list every process of the tree in the receipt (each process exit then
         /// skips a round trip to the session's init: for fork-heavy programs).
         #[arg(long)]
@@ -128,13 +136,16 @@ enum Cmd {
         /// Session id.
         id: Uuid,
     },
-    /// Captured output of the last run.
+    /// Captured output of the last run: its stdout on stdout, its stderr on stderr.
     Logs {
         /// Session id.
         id: Uuid,
-        /// Follow until the run ends.
+        /// Follow until the run ends (every byte: the run waits for a slow reader).
         #[arg(short = 'f', long)]
         follow: bool,
+        /// Only this stream.
+        #[arg(long, value_parser = ["stdout", "stderr"])]
+        stream: Option<String>,
     },
     /// The record of a run.
     Receipt {
@@ -155,7 +166,9 @@ enum Cmd {
         #[arg(short = 'f', long)]
         follow: bool,
     },
-    /// Upload, start, stream the output, exit with the program's exit code.
+    /// Upload and run as if here: stdout and stderr apart, stdin forwarded (when it is not
+    /// a terminal, or with -i), a terminal with -t, Ctrl-C to the program, its exit code.
+    /// The run ends (and the session goes) when lantern does, however it does.
     Run {
         /// File, directory or .tar.gz.
         path: PathBuf,
@@ -165,9 +178,21 @@ enum Cmd {
         /// Environment (KEY=VALUE, repeatable).
         #[arg(long = "env", value_name = "K=V")]
         env: Vec<String>,
-        /// Keep the session afterwards (default: delete it).
+        /// Limits of this run, e.g. memory_bytes=512M, wall_seconds=10m (repeatable).
+        #[arg(long = "limit", value_name = "NAME=N")]
+        limits: Vec<String>,
+        /// The program's argv[0] (default: the file's name, or the bundle's exec path).
+        #[arg(long)]
+        argv0: Option<String>,
+        /// Keep the session afterwards (its id is printed on stderr).
         #[arg(long)]
         keep: bool,
+        /// Forward stdin even when it is a terminal.
+        #[arg(short = 'i', long)]
+        interactive: bool,
+        /// Run the program on a terminal of the rig (raw mode here; resizes follow).
+        #[arg(short = 't', long)]
+        tty: bool,
         /// Arguments after the program's name.
         #[arg(last = true)]
         args: Vec<String>,
@@ -186,19 +211,32 @@ enum Cmd {
 }
 
 fn main() -> ExitCode {
+    term::default_sigpipe();
     let cli = Cli::parse();
-    match run(cli) {
+    let json = cli.json;
+    let result = run(cli);
+    term::restore();
+    match result {
         Ok(code) => code,
-        Err(e) => {
-            let refused = e.downcast_ref::<Refused>().is_some();
-            eprintln!("lantern: {e:#}");
-            ExitCode::from(if refused { 1 } else { 3 })
-        }
+        Err(e) => match e.downcast_ref::<Refused>() {
+            Some(r) if json => {
+                let _ = print_json(&r.0);
+                ExitCode::from(1)
+            }
+            Some(_) => {
+                eprintln!("lantern: {e:#}");
+                ExitCode::from(1)
+            }
+            None => {
+                eprintln!("lantern: {e:#}");
+                ExitCode::from(3)
+            }
+        },
     }
 }
 
 /// Prints a reply as the server's JSON (one line).
-fn print_json<T: Serialize>(v: &T) -> Result<()> {
+pub(crate) fn print_json<T: Serialize>(v: &T) -> Result<()> {
     let mut out = std::io::stdout().lock();
     serde_json::to_writer(&mut out, v)?;
     out.write_all(b"\n")?;
@@ -241,17 +279,19 @@ fn run(cli: Cli) -> Result<ExitCode> {
         }
         Cmd::Upload { path, exec } => {
             let mut c = Conn::open(&target)?;
-            let v = upload(&mut c, &path, exec)?;
+            let name = if exec.is_none() { run::program_name(&path) } else { None };
+            let v = ops::upload(&mut c, &path, exec, name)?;
             if json {
                 print_json(&v)?;
             } else {
                 println!("{}", v.id);
             }
         }
-        Cmd::Start { id, debug, env, limits, no_process_list, args } => {
-            let mut opts = start_opts(args, &env, &limits)?;
+        Cmd::Start { id, debug, env, limits, argv0, no_process_list, args } => {
+            let mut opts = ops::start_opts(args, &env, &limits)?;
             opts.list_processes = no_process_list.then_some(false);
-            let v: Started = Conn::open(&target)?.call(Command::Start { id, debug, opts })?;
+            opts.argv0 = argv0;
+            let v: Started = Conn::open(&target)?.call(Command::Start { id, debug, attach: false, opts })?;
             if json {
                 print_json(&v)?;
             } else if let Some(d) = &v.debug {
@@ -335,23 +375,22 @@ fn run(cli: Cli) -> Result<ExitCode> {
                 }
             }
         }
-        Cmd::Logs { id, follow } => {
+        Cmd::Logs { id, follow, stream } => {
+            let stream = stream.map(|s| if s == "stderr" { Stream::Stderr } else { Stream::Stdout });
             let mut c = Conn::open(&target)?;
             if follow {
-                let end = stream_logs(&mut c, id, json)?;
+                let end = stream_logs(&mut c, id, stream, json)?;
                 if json {
                     print_json(&end)?;
                 }
+            } else if json {
+                print_json(&c.call::<Logs>(Command::Logs { id, follow: false, stream })?)?;
             } else {
-                let v: Logs = c.call(Command::Logs { id, follow: false })?;
-                if json {
-                    print_json(&v)?;
-                } else {
-                    let bytes = match &v.data_base64 {
-                        Some(b) => proto::base64::decode(b).unwrap_or_else(|| v.data.clone().into_bytes()),
-                        None => v.data.clone().into_bytes(),
-                    };
-                    write_out(&bytes)?;
+                // Each stream to its own descriptor (a snapshot of each).
+                for s in stream.map_or(vec![Stream::Stdout, Stream::Stderr], |s| vec![s]) {
+                    let v: Logs = c.call(Command::Logs { id, follow: false, stream: Some(s) })?;
+                    write_stream(s, &v.bytes())?;
+                    dropped_note(s, v.dropped);
                 }
             }
         }
@@ -407,7 +446,12 @@ fn run(cli: Cli) -> Result<ExitCode> {
                 }
             }
         }
-        Cmd::Run { path, exec, env, keep, args } => return run_program(&target, &path, exec, &env, keep, args, json),
+        Cmd::Run { path, exec, env, limits, argv0, keep, interactive, tty, args } => {
+            let mut opts = ops::start_opts(args, &env, &limits)?;
+            opts.argv0 = argv0;
+            let a = run::RunArgs { path, exec, opts, keep, interactive, tty, json };
+            return run::run(&target, a);
+        }
     }
     Ok(ExitCode::SUCCESS)
 }
@@ -455,161 +499,37 @@ fn stopped(v: Stopped, json: bool) -> Result<()> {
     }
 }
 
-fn start_opts(args: Vec<String>, env: &[String], limits: &[String]) -> Result<StartOpts> {
-    let env = if env.is_empty() {
-        None
-    } else {
-        let mut m = std::collections::BTreeMap::new();
-        for kv in env {
-            let (k, v) = kv.split_once('=').ok_or_else(|| anyhow!("--env {kv:?}: want KEY=VALUE"))?;
-            m.insert(k.to_string(), v.to_string());
-        }
-        Some(m)
+/// Writes bytes of `stream` to our own descriptor of it.
+fn write_stream(stream: Stream, bytes: &[u8]) -> Result<()> {
+    let r = match stream {
+        Stream::Stdout => std::io::stdout().lock().write_all(bytes).and_then(|()| std::io::stdout().flush()),
+        Stream::Stderr => std::io::stderr().lock().write_all(bytes),
     };
-    let mut l = LimitOpts::default();
-    for kv in limits {
-        let (k, v) = kv.split_once('=').ok_or_else(|| anyhow!("--limit {kv:?}: want NAME=N"))?;
-        let n: u64 = v.parse().with_context(|| format!("--limit {kv:?}: {v:?} is not a number"))?;
-        let slot = match k {
-            "cpu_seconds" => &mut l.cpu_seconds,
-            "address_space" => &mut l.address_space,
-            "open_files" => &mut l.open_files,
-            "processes" => &mut l.processes,
-            "tmp_bytes" => &mut l.tmp_bytes,
-            "memory_bytes" => &mut l.memory_bytes,
-            _ => bail!(
-                "--limit {k:?}: one of cpu_seconds, address_space, open_files, processes, tmp_bytes, memory_bytes"
-            ),
-        };
-        *slot = Some(n);
-    }
-    Ok(StartOpts { args, env, limits: (l != LimitOpts::default()).then_some(l), list_processes: None })
+    r.with_context(|| format!("writing to {}", stream.as_str()))
 }
 
-/// The bytes to upload: a file as it is, a directory as a .tar.gz made on the fly.
-fn payload(path: &Path) -> Result<Vec<u8>> {
-    let meta = std::fs::metadata(path).with_context(|| format!("{}", path.display()))?;
-    if !meta.is_dir() {
-        return std::fs::read(path).with_context(|| format!("reading {}", path.display()));
-    }
-    bundle::tar_gz(path).with_context(|| format!("archiving {}", path.display()))
-}
-
-fn upload(c: &mut Conn, path: &Path, exec: Option<String>) -> Result<Loaded> {
-    if std::fs::metadata(path).is_ok_and(|m| m.is_dir()) && exec.is_none() {
-        bail!("{} is a directory: say which program in it to run with --exec PATH", path.display());
-    }
-    let data = payload(path)?;
-    c.send(&Command::Upload { size: UploadSize::Bytes(data.len() as u64), exec_path: exec })?;
-    let bar = std::io::stdout().is_terminal().then(|| {
-        let b = indicatif::ProgressBar::new(data.len() as u64);
-        b.set_style(
-            indicatif::ProgressStyle::with_template(
-                "uploading {bar:40} {bytes}/{total_bytes} {bytes_per_sec} eta {eta}",
-            )
-            .expect("template")
-            .progress_chars("=> "),
+/// Says on stderr that output was lost before what was printed.
+fn dropped_note(stream: Stream, dropped: u64) {
+    if dropped > 0 {
+        eprintln!(
+            "lantern: {dropped} earlier bytes of {} were dropped (nobody followed the run; the rig keeps the newest)",
+            stream.as_str()
         );
-        b
-    });
-    for chunk in data.chunks(256 << 10) {
-        c.writer.write_all(chunk).context("sending the upload")?;
-        if let Some(b) = &bar {
-            b.inc(chunk.len() as u64);
-        }
     }
-    if let Some(b) = bar {
-        b.finish_and_clear();
-    }
-    c.read()
 }
 
-fn write_out(bytes: &[u8]) -> Result<()> {
-    let mut out = std::io::stdout().lock();
-    out.write_all(bytes)?;
-    out.flush()?;
-    Ok(())
-}
-
-/// Streams a run's output to stdout until it ends; returns the final object.
-fn stream_logs(c: &mut Conn, id: Uuid, json: bool) -> Result<LogEnd> {
-    c.send(&Command::Logs { id, follow: true })?;
+/// Streams a run's output, each stream to its own descriptor, until it ends; returns the
+/// final object.
+fn stream_logs(c: &mut Conn, id: Uuid, stream: Option<Stream>, json: bool) -> Result<LogEnd> {
+    c.send(&Command::Logs { id, follow: true, stream })?;
     loop {
         match c.read::<FollowLine>()? {
             FollowLine::End(end) => return Ok(end),
             FollowLine::Chunk(chunk) if json => print_json(&chunk)?,
-            FollowLine::Chunk(chunk) => write_out(&chunk.bytes())?,
-        }
-    }
-}
-
-fn run_program(
-    rig: &Target,
-    path: &Path,
-    exec: Option<String>,
-    env: &[String],
-    keep: bool,
-    args: Vec<String>,
-    json: bool,
-) -> Result<ExitCode> {
-    let mut c = Conn::open(rig)?;
-    let up = upload(&mut c, path, exec)?;
-    let id = up.id;
-    // Ctrl-C stops the remote program (over a second connection); the stream then ends.
-    ctrlc_stop(rig.clone(), id);
-    c.call::<Started>(Command::Start { id, debug: false, opts: start_opts(args, env, &[])? })?;
-    let end = stream_logs(&mut c, id, json)?;
-    if json {
-        print_json(&end)?;
-    }
-    if !keep {
-        let _ = c.call::<Deleted>(Command::Delete(id));
-    }
-    let code = match end {
-        LogEnd::Ended { exit: Some(e), .. } => e.shell_status(),
-        _ => 1,
-    };
-    Ok(ExitCode::from(code.clamp(0, 255) as u8))
-}
-
-/// On SIGINT, sends STOP for the session over a new connection.
-fn ctrlc_stop(target: Target, id: Uuid) {
-    static HIT: AtomicBool = AtomicBool::new(false);
-    extern "C" fn on_int(_: libc::c_int) {
-        HIT.store(true, Ordering::SeqCst);
-    }
-    let handler = nix::sys::signal::SigHandler::Handler(on_int);
-    let action = nix::sys::signal::SigAction::new(
-        handler,
-        nix::sys::signal::SaFlags::empty(),
-        nix::sys::signal::SigSet::empty(),
-    );
-    // SAFETY: the handler only stores to an atomic, which is async-signal-safe.
-    let installed = unsafe { nix::sys::signal::sigaction(nix::sys::signal::Signal::SIGINT, &action) };
-    if installed.is_err() {
-        return;
-    }
-    std::thread::spawn(move || loop {
-        if HIT.swap(false, Ordering::SeqCst) {
-            eprintln!("lantern: stopping {id}…");
-            if let Ok(mut c) = Conn::open(&target) {
-                let _ = c.call::<Stopped>(Command::Stop(id));
+            FollowLine::Chunk(chunk) => {
+                dropped_note(chunk.stream, chunk.dropped);
+                write_stream(chunk.stream, &chunk.bytes())?;
             }
         }
-        std::thread::sleep(Duration::from_millis(50));
-    });
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn start_options() {
-        let o = start_opts(vec!["a".into()], &["K=v=w".into()], &["cpu_seconds=3".into()]).unwrap();
-        assert_eq!(o.env.unwrap()["K"], "v=w");
-        assert_eq!(o.limits.unwrap().cpu_seconds, Some(3));
-        assert!(start_opts(vec![], &["novalue".into()], &[]).is_err());
-        assert!(start_opts(vec![], &[], &["bogus=1".into()]).is_err());
     }
 }

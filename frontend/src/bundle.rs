@@ -9,7 +9,10 @@
 //! UTF-8 or contain control characters (newlines included), hard links, devices, fifos,
 //! setuid/setgid files, a path through a symlink, duplicate entries, more than the
 //! configured entries / bytes / depth, non-gzip or truncated data, and an `exec_path` that
-//! is missing, not a regular file (a directory, a symlink) or not a valid program.
+//! is missing, not a regular executable file, or neither a valid ELF program nor a `#!`
+//! script whose interpreter is in the session's view. The exec path may be (or go
+//! through) symlinks of the bundle: they were checked to stay inside, and are followed
+//! beneath the bundle only, as the session will.
 //!
 //! Permissions are kept except: setuid/setgid refuse the bundle, sticky is dropped, group
 //! and others never get write, and what the owner may read or execute, everybody may
@@ -66,6 +69,20 @@ pub fn io<E: Into<std::io::Error>>(what: impl Into<String>) -> impl FnOnce(E) ->
     move |e| BundleError::Io { what, source: e.into() }
 }
 
+/// What a bundle's exec path runs.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Program {
+    /// An ELF program.
+    Elf(ElfInfo),
+    /// A script: its `#!` interpreter and optional argument.
+    Script {
+        /// Absolute path in the session's view.
+        interpreter: String,
+        /// The rest of the line, if any.
+        arg: Option<String>,
+    },
+}
+
 /// What a valid bundle holds.
 #[derive(Debug, Clone)]
 pub struct Extracted {
@@ -73,8 +90,8 @@ pub struct Extracted {
     pub bytes: u64,
     /// Entries extracted.
     pub entries: u64,
-    /// The executable's ELF facts.
-    pub elf: ElfInfo,
+    /// What the executable is.
+    pub program: Program,
 }
 
 const MAX_NAME: usize = 255;
@@ -256,18 +273,23 @@ pub fn extract(
             other => return Err(refused(format!("{shown:?} has unsupported type {other:?}"))),
         }
     }
-    let elf = check_exec(root, &exec_parts)?;
-    Ok(Extracted { bytes, entries: count, elf })
+    let program = check_exec(root, &exec_parts)?;
+    Ok(Extracted { bytes, entries: count, program })
 }
 
-fn check_exec(root: BorrowedFd<'_>, parts: &[String]) -> Result<ElfInfo, BundleError> {
+/// The exec path: followed through the bundle's own symlinks (beneath the bundle only,
+/// never a magic link), a regular executable file, an ELF program or a `#!` script.
+fn check_exec(root: BorrowedFd<'_>, parts: &[String]) -> Result<Program, BundleError> {
     let path = parts.join("/");
-    let fd =
-        openat2(root.as_raw_fd(), path.as_str(), how(OFlag::O_RDONLY | OFlag::O_NOFOLLOW, 0)).map_err(|e| match e {
-            nix::Error::ENOENT => format!("exec_path {path:?} is not in the bundle"),
-            nix::Error::ELOOP | nix::Error::EXDEV => format!("exec_path {path:?} is a symlink or goes through one"),
-            e => format!("exec_path {path:?}: {e}"),
-        })?;
+    let follow = OpenHow::new()
+        .flags(OFlag::O_RDONLY | OFlag::O_CLOEXEC)
+        .resolve(ResolveFlag::RESOLVE_BENEATH | ResolveFlag::RESOLVE_NO_MAGICLINKS);
+    let fd = openat2(root.as_raw_fd(), path.as_str(), follow).map_err(|e| match e {
+        nix::Error::ENOENT => format!("exec_path {path:?} is not in the bundle (or is a dangling symlink)"),
+        nix::Error::ELOOP => format!("exec_path {path:?}: too many levels of symlinks"),
+        nix::Error::EXDEV => format!("exec_path {path:?} resolves outside the bundle"),
+        e => format!("exec_path {path:?}: {e}"),
+    })?;
     let file = File::from(own(fd));
     let meta = file.metadata().map_err(io(format!("stat exec_path {path:?}")))?;
     if meta.is_dir() {
@@ -279,7 +301,77 @@ fn check_exec(root: BorrowedFd<'_>, parts: &[String]) -> Result<ElfInfo, BundleE
     if std::os::unix::fs::PermissionsExt::mode(&meta.permissions()) & 0o100 == 0 {
         return Err(refused(format!("exec_path {path:?} is not executable (mode lacks u+x)")));
     }
-    elf::validate(&file).map_err(|why| refused(format!("exec_path {path:?}: {}", shared::chain(&why))))
+    let mut head = [0u8; SHEBANG_MAX];
+    let n = std::os::unix::fs::FileExt::read_at(&file, &mut head, 0).map_err(io(format!("read exec_path {path:?}")))?;
+    if head[..n].starts_with(b"#!") {
+        let (interpreter, arg) =
+            script_line(&head[..n]).map_err(|why| refused(format!("exec_path {path:?}: {why}")))?;
+        check_interpreter(root, &interpreter).map_err(|why| refused(format!("exec_path {path:?}: {why}")))?;
+        return Ok(Program::Script { interpreter, arg });
+    }
+    elf::validate(&file)
+        .map(Program::Elf)
+        .map_err(|why| refused(format!("exec_path {path:?}: {} (nor a #! script)", shared::chain(&why))))
+}
+
+/// The kernel reads at most this much of a script's first line (`BINPRM_BUF_SIZE`).
+const SHEBANG_MAX: usize = 256;
+
+/// A script's `#!` line: the interpreter (an absolute path) and its optional argument
+/// (the rest of the line, as the kernel passes it: one argument).
+pub fn script_line(head: &[u8]) -> Result<(String, Option<String>), String> {
+    let rest = head.strip_prefix(b"#!").ok_or("not a #! script")?;
+    let line = match rest.iter().position(|&b| b == b'\n') {
+        Some(i) => &rest[..i],
+        None if head.len() < SHEBANG_MAX => rest,
+        None => return Err(format!("its #! line is longer than {} bytes", SHEBANG_MAX - 1)),
+    };
+    let line = std::str::from_utf8(line).map_err(|_| "its #! line is not UTF-8".to_string())?;
+    let line = line.trim_matches([' ', '\t', '\r']);
+    if line.chars().any(|c| c.is_control() && c != '\t') {
+        return Err("its #! line contains control characters".into());
+    }
+    let (interp, arg) = match line.find([' ', '\t']) {
+        Some(i) => (&line[..i], line[i..].trim_matches([' ', '\t'])),
+        None => (line, ""),
+    };
+    if interp.is_empty() {
+        return Err("its #! line names no interpreter".into());
+    }
+    if !interp.starts_with('/') {
+        return Err(format!("its #! interpreter {interp:?} is not an absolute path"));
+    }
+    Ok((interp.to_string(), (!arg.is_empty()).then(|| arg.to_string())))
+}
+
+/// The interpreter must be where the session can see it: in the bundle (`/bundle/...`,
+/// checked here) or in the rig's system directories (`/usr`, `/bin`...: their content is
+/// the rig's, checked when the program runs).
+fn check_interpreter(root: BorrowedFd<'_>, interp: &str) -> Result<(), String> {
+    let bundle_prefix = format!("{}/", policy::mounts::BUNDLE);
+    if let Some(inside) = interp.strip_prefix(&bundle_prefix) {
+        let parts = clean_path(inside.as_bytes(), 64).map_err(|e| format!("its #! interpreter: {e}"))?;
+        let follow = OpenHow::new()
+            .flags(OFlag::O_PATH | OFlag::O_CLOEXEC)
+            .resolve(ResolveFlag::RESOLVE_BENEATH | ResolveFlag::RESOLVE_NO_MAGICLINKS);
+        let fd = openat2(root.as_raw_fd(), parts.join("/").as_str(), follow)
+            .map_err(|e| format!("its #! interpreter {interp:?} is not in the bundle ({e})"))?;
+        let st = nix::sys::stat::fstat(fd).map_err(|e| format!("its #! interpreter {interp:?}: {e}"))?;
+        let _ = nix::unistd::close(fd);
+        if st.st_mode & libc::S_IFMT != libc::S_IFREG {
+            return Err(format!("its #! interpreter {interp:?} is not a regular file"));
+        }
+        return Ok(());
+    }
+    let system = policy::mounts::SYSTEM_DIRS.iter().any(|d| interp.strip_prefix(d).is_some_and(|r| r.starts_with('/')));
+    if !system {
+        return Err(format!(
+            "its #! interpreter {interp:?} is outside the session's view: use one in the bundle ({}/...) or the rig's {}",
+            policy::mounts::BUNDLE,
+            policy::mounts::SYSTEM_DIRS.join(", ")
+        ));
+    }
+    Ok(())
 }
 
 fn io_reason(e: &std::io::Error) -> String {
@@ -477,12 +569,42 @@ mod tests {
         ]);
         refused(&a, "missing", "not in the bundle");
         refused(&a, "dir", "directory");
-        refused(&a, "link", "symlink");
-        refused(&a, "script", "not an ELF");
         refused(&a, "noexec", "not executable");
         refused(&a, "../prog", "..");
         refused(&a, "", "bundle root");
         let (r, _d) = run(&a, "./prog", LIMITS);
-        assert!(r.is_ok(), "{r:?}");
+        assert!(matches!(r, Ok(Extracted { program: Program::Elf(_), .. })), "{r:?}");
+        // A symlink of the bundle to its program (busybox applets) is followed.
+        let (r, _d) = run(&a, "link", LIMITS);
+        assert!(matches!(r, Ok(Extracted { program: Program::Elf(_), .. })), "{r:?}");
+        let (r, _d) = run(&a, "script", LIMITS);
+        assert_eq!(r.unwrap().program, Program::Script { interpreter: "/bin/sh".into(), arg: None });
+    }
+
+    #[test]
+    fn scripts_need_an_interpreter_in_the_sessions_view() {
+        let p = prog();
+        let script = |line: &[u8]| entry(b"run", b'0', 0o755, line, b"");
+        let ok = |line: &[u8], want: (&str, Option<&str>)| {
+            let (r, _d) = run(
+                &gz(&[entry(b"bin/", b'5', 0o755, b"", b""), entry(b"bin/py", b'0', 0o755, &p, b""), script(line)]),
+                "run",
+                LIMITS,
+            );
+            let want = Program::Script { interpreter: want.0.into(), arg: want.1.map(str::to_string) };
+            assert_eq!(r.unwrap().program, want, "{}", String::from_utf8_lossy(line));
+        };
+        ok(b"#!/usr/bin/env python3\nprint(1)\n", ("/usr/bin/env", Some("python3")));
+        ok(b"#! /bin/sh -e \r\n", ("/bin/sh", Some("-e")));
+        ok(b"#!/bundle/bin/py", ("/bundle/bin/py", None));
+        refused(&gz(&[script(b"#!python3\n")]), "run", "not an absolute path");
+        refused(&gz(&[script(b"#!/opt/python/bin/python3\n")]), "run", "outside the session's view");
+        refused(&gz(&[script(b"#!/bundle/nope\n")]), "run", "not in the bundle");
+        refused(&gz(&[script(b"#!/bundle/../etc/x\n")]), "run", "..");
+        refused(&gz(&[script(b"#!\n")]), "run", "names no interpreter");
+        refused(&gz(&[script(&[b"#!/bin/sh ".as_slice(), &[b'x'; 300]].concat())]), "run", "longer than 255");
+        refused(&gz(&[script(b"#!/bin/\xff\n")]), "run", "not UTF-8");
+        refused(&gz(&[entry(b"dangling", b'2', 0o777, b"", b"nowhere")]), "dangling", "not in the bundle");
+        refused(&gz(&[entry(b"a", b'2', 0o777, b"", b"b"), entry(b"b", b'2', 0o777, b"", b"a")]), "a", "symlinks");
     }
 }

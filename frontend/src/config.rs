@@ -89,6 +89,10 @@ pub struct Flags {
     /// Default memory of a whole session (cgroup), e.g. 1G (0 = unlimited; default 1G).
     #[arg(long, value_parser = parse_bytes)]
     pub memory: Option<u64>,
+    /// Default wall-clock limit of a run, e.g. 600, 90m, 8h (0 = unlimited; default 1h).
+    /// The broker kills a run that reaches it (`limit_hit: "wall"`).
+    #[arg(long, value_parser = parse_seconds)]
+    pub wall_seconds: Option<u64>,
     /// Most entries in one bundle (default 10000).
     #[arg(long)]
     pub max_bundle_entries: Option<u64>,
@@ -168,6 +172,7 @@ pub struct FileConfig {
     processes: Option<u64>,
     tmp_size: Option<ByteSize>,
     memory: Option<ByteSize>,
+    wall_seconds: Option<u64>,
     max_bundle_entries: Option<u64>,
     max_bundle_depth: Option<usize>,
     user: Option<String>,
@@ -278,25 +283,14 @@ pub fn parse_port_range(s: &str) -> Result<(u16, u16), ConfigError> {
 }
 
 /// Parses `123`, `64K`, `512M`, `1G`, `2T` (binary multiples; an optional trailing `B` or
-/// `iB`).
+/// `iB`): [`proto::units::parse_bytes`], the same as `lantern --limit`.
 pub fn parse_bytes(s: &str) -> Result<u64, ConfigError> {
-    let t = s.trim();
-    let t = t.strip_suffix("iB").or_else(|| t.strip_suffix('B')).unwrap_or(t);
-    let (num, mult) = match t.char_indices().last() {
-        Some((i, c)) if c.is_ascii_alphabetic() => {
-            let m: u64 = match c.to_ascii_uppercase() {
-                'K' => 1 << 10,
-                'M' => 1 << 20,
-                'G' => 1 << 30,
-                'T' => 1 << 40,
-                _ => return Err(invalid(format!("{s:?}: unknown unit {c:?} (use K, M, G or T)"))),
-            };
-            (&t[..i], m)
-        }
-        _ => (t, 1),
-    };
-    let n: u64 = num.trim().parse().map_err(|_| invalid(format!("{s:?} is not a byte count like 512M")))?;
-    n.checked_mul(mult).ok_or_else(|| invalid(format!("{s:?} is too large")))
+    proto::units::parse_bytes(s).map_err(|e| invalid(e.0))
+}
+
+/// Parses seconds: `90`, `90s`, `5m`, `8h` ([`proto::units::parse_seconds`]).
+pub fn parse_seconds(s: &str) -> Result<u64, ConfigError> {
+    proto::units::parse_seconds(s).map_err(|e| invalid(e.0))
 }
 
 impl Config {
@@ -347,6 +341,7 @@ impl Config {
                 processes: flags.processes.or(file.processes).unwrap_or(512),
                 tmp_bytes: flags.tmp_size.or(file.tmp_size.map(|b| b.0)).unwrap_or(64 << 20),
                 memory_bytes: flags.memory.or(file.memory.map(|b| b.0)).unwrap_or(1 << 30),
+                wall_seconds: flags.wall_seconds.or(file.wall_seconds).unwrap_or(3600),
             },
             max_bundle_entries: flags.max_bundle_entries.or(file.max_bundle_entries).unwrap_or(10_000),
             max_bundle_depth: flags.max_bundle_depth.or(file.max_bundle_depth).unwrap_or(32),

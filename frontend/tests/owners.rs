@@ -118,7 +118,9 @@ impl Rig {
         let program = Command::new("sleep").arg("600").spawn().unwrap();
         let (out_r, out_w) = nix::unistd::pipe().unwrap();
         let (err_r, err_w) = nix::unistd::pipe().unwrap();
-        let started = Reply::Started { id, ns_pid: 2, pidfd: pidfd(&program), stdout: out_r, stderr: err_r };
+        let (_in_r, in_w) = nix::unistd::pipe().unwrap();
+        let started =
+            Reply::Started { id, ns_pid: 2, pidfd: pidfd(&program), stdout: out_r, stderr: Some(err_r), stdin: in_w };
         self.children.push(program);
         self.broker.send(tag, started).unwrap();
         (id, std::fs::File::from(out_w), std::fs::File::from(err_w))

@@ -51,22 +51,42 @@ pub fn apply(limits: &[Limit]) -> Result<(), PolicyError> {
     Ok(())
 }
 
-/// Tightens `base` with `req`: a requested limit applies only if it is stricter (a zero,
-/// "unlimited", in the request never loosens a configured limit).
-pub fn tighten(base: RunLimits, req: RunLimits) -> RunLimits {
-    let pick = |b: u64, r: u64| match (b, r) {
-        (b, 0) => b,
-        (0, r) => r,
-        (b, r) => b.min(r),
-    };
-    RunLimits {
-        cpu_seconds: pick(base.cpu_seconds, req.cpu_seconds),
-        address_space: pick(base.address_space, req.address_space),
-        open_files: pick(base.open_files, req.open_files),
-        processes: pick(base.processes, req.processes),
-        tmp_bytes: pick(base.tmp_bytes, req.tmp_bytes),
-        memory_bytes: pick(base.memory_bytes, req.memory_bytes),
+/// The per-run limits, in the order of [`RunLimits`]' fields and of [`tighten`]'s
+/// `asked`: the names the protocol gives them.
+pub const NAMES: [&str; 7] =
+    ["cpu_seconds", "address_space", "open_files", "processes", "tmp_bytes", "memory_bytes", "wall_seconds"];
+
+/// A START asked for a limit looser than the rig's.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+#[error("limit {name}={asked} is looser than this rig's {rig}{}; a START may only tighten limits", if *asked == 0 { " (0 means none)" } else { "" })]
+pub struct Looser {
+    /// Which limit.
+    pub name: &'static str,
+    /// What was asked (0: none).
+    pub asked: u64,
+    /// The rig's value.
+    pub rig: u64,
+}
+
+fn fields(l: &RunLimits) -> [u64; 7] {
+    [l.cpu_seconds, l.address_space, l.open_files, l.processes, l.tmp_bytes, l.memory_bytes, l.wall_seconds]
+}
+
+/// The limits of a run: the rig's `base`, with each limit a START asked for (`asked`, in
+/// [`NAMES`] order) in its place. A limit may only tighten: asking for more than the rig's
+/// value, or for none (0) where the rig has one, is refused, never clamped.
+pub fn tighten(base: RunLimits, asked: [Option<u64>; 7]) -> Result<RunLimits, Looser> {
+    let mut v = fields(&base);
+    for (i, a) in asked.into_iter().enumerate() {
+        let Some(a) = a else { continue };
+        let rig = v[i];
+        if rig != 0 && (a == 0 || a > rig) {
+            return Err(Looser { name: NAMES[i], asked: a, rig });
+        }
+        v[i] = a;
     }
+    let [cpu_seconds, address_space, open_files, processes, tmp_bytes, memory_bytes, wall_seconds] = v;
+    Ok(RunLimits { cpu_seconds, address_space, open_files, processes, tmp_bytes, memory_bytes, wall_seconds })
 }
 
 #[cfg(test)]
@@ -74,7 +94,7 @@ mod tests {
     use super::*;
 
     #[test]
-    fn tighten_never_loosens() {
+    fn limits_only_tighten_and_looser_ones_are_refused() {
         let base = RunLimits {
             cpu_seconds: 10,
             address_space: 0,
@@ -82,27 +102,28 @@ mod tests {
             processes: 32,
             tmp_bytes: 1 << 20,
             memory_bytes: 0,
+            wall_seconds: 3600,
         };
-        let req = RunLimits {
-            cpu_seconds: 100,
-            address_space: 1 << 20,
-            open_files: 0,
-            processes: 4,
-            tmp_bytes: 1 << 30,
-            memory_bytes: 5,
-        };
-        let t = tighten(base, req);
+        let t = tighten(base, [Some(5), Some(1 << 20), None, Some(4), Some(1 << 20), Some(0), Some(60)]).unwrap();
         assert_eq!(
             t,
             RunLimits {
-                cpu_seconds: 10,
+                cpu_seconds: 5,
                 address_space: 1 << 20,
                 open_files: 64,
                 processes: 4,
                 tmp_bytes: 1 << 20,
-                memory_bytes: 5
+                memory_bytes: 0,
+                wall_seconds: 60
             }
         );
+        assert_eq!(tighten(base, [None; 7]).unwrap(), base);
+        let e = tighten(base, [Some(11), None, None, None, None, None, None]).unwrap_err();
+        assert_eq!(e, Looser { name: "cpu_seconds", asked: 11, rig: 10 });
+        assert!(e.to_string().contains("rig's 10"), "{e}");
+        let e = tighten(base, [None, None, None, None, None, None, Some(0)]).unwrap_err();
+        assert_eq!(e.name, "wall_seconds");
+        assert!(e.to_string().contains("0 means none"));
     }
 
     #[test]

@@ -4,6 +4,7 @@
 //! and every refusal carries an error code and a message a user can act on.
 
 use crate::code::{Code, Error};
+use crate::reply::Stream;
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 use uuid::Uuid;
@@ -14,6 +15,8 @@ pub const MAX_LINE: usize = 4096;
 pub const MAX_ARGS: usize = 256;
 /// Most environment variables a START may set.
 pub const MAX_ENV: usize = 256;
+/// Longest program name (`UPLOAD --name`).
+pub const MAX_NAME: usize = 64;
 
 fn bad(message: impl Into<String>) -> Error {
     Error::bad(message)
@@ -36,6 +39,30 @@ pub struct StartOpts {
     /// trip to the session's init per process exit, for fork-heavy programs).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub list_processes: Option<bool>,
+    /// The program's `argv[0]` (default: the name given at UPLOAD, else the bundle's
+    /// exec path, else `program`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub argv0: Option<String>,
+    /// With `--attach`: the client sends stdin frames (until an empty one, EOF). Without,
+    /// stdin is at EOF from the start.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub stdin: Option<bool>,
+    /// With `--attach`: run the program on a terminal of its session of this size.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tty: Option<Tty>,
+    /// With `--attach`: delete the session when the run ends or the client goes away.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub remove: Option<bool>,
+}
+
+/// A terminal's size.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct Tty {
+    /// Rows.
+    pub rows: u16,
+    /// Columns.
+    pub cols: u16,
 }
 
 /// Per-START limits.
@@ -54,6 +81,9 @@ pub struct LimitOpts {
     pub tmp_bytes: Option<u64>,
     /// Memory of the whole session, bytes.
     pub memory_bytes: Option<u64>,
+    /// Wall-clock seconds of the run.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub wall_seconds: Option<u64>,
 }
 
 /// The size argument of UPLOAD, already checked to be a decimal number.
@@ -72,19 +102,24 @@ pub enum Command {
     Hello,
     /// `AUTH <token>`
     Auth(String),
-    /// `UPLOAD <size> [exec_path]`
+    /// `UPLOAD <size> [exec_path] [--name NAME]`
     Upload {
         /// Declared size.
         size: UploadSize,
         /// Bundle executable path.
         exec_path: Option<String>,
+        /// The program's name (a binary's memfd and default `argv[0]`).
+        name: Option<String>,
     },
-    /// `START <id> [--debug] [<json>]`
+    /// `START <id> [--debug] [--attach] [<json>]`
     Start {
         /// Session.
         id: Uuid,
         /// Start under gdbserver.
         debug: bool,
+        /// The connection carries the run's I/O as frames ([`crate::attach`]) and owns the
+        /// run: when it closes, the run is killed.
+        attach: bool,
         /// Options.
         opts: StartOpts,
     },
@@ -105,12 +140,14 @@ pub enum Command {
     Status(Uuid),
     /// `DELETE <id>`
     Delete(Uuid),
-    /// `LOGS <id> [--follow]`
+    /// `LOGS <id> [--follow] [--stream stdout|stderr]`
     Logs {
         /// Session.
         id: Uuid,
         /// Stream until the run ends.
         follow: bool,
+        /// Only this stream.
+        stream: Option<Stream>,
     },
     /// `RECEIPT <id> [--run N]`
     Receipt {
@@ -154,20 +191,26 @@ impl Command {
         match self {
             Command::Hello => "HELLO".into(),
             Command::Auth(t) => format!("AUTH {t}"),
-            Command::Upload { size, exec_path } => {
-                let size = match size {
-                    UploadSize::Bytes(n) => n.to_string(),
-                    UploadSize::Huge => "99999999999999999999".into(),
+            Command::Upload { size, exec_path, name } => {
+                let mut l = match size {
+                    UploadSize::Bytes(n) => format!("UPLOAD {n}"),
+                    UploadSize::Huge => "UPLOAD 99999999999999999999".into(),
                 };
-                match exec_path {
-                    Some(p) => format!("UPLOAD {size} {p}"),
-                    None => format!("UPLOAD {size}"),
+                if let Some(p) = exec_path {
+                    l.push_str(&format!(" {p}"));
                 }
+                if let Some(n) = name {
+                    l.push_str(&format!(" --name {n}"));
+                }
+                l
             }
-            Command::Start { id, debug, opts } => {
+            Command::Start { id, debug, attach, opts } => {
                 let mut l = format!("START {id}");
                 if *debug {
                     l.push_str(" --debug");
+                }
+                if *attach {
+                    l.push_str(" --attach");
                 }
                 if *opts != StartOpts::default() {
                     l.push(' ');
@@ -181,7 +224,16 @@ impl Command {
             Command::List => "LIST".into(),
             Command::Status(id) => format!("STATUS {id}"),
             Command::Delete(id) => format!("DELETE {id}"),
-            Command::Logs { id, follow } => format!("LOGS {id}{}", if *follow { " --follow" } else { "" }),
+            Command::Logs { id, follow, stream } => {
+                let mut l = format!("LOGS {id}");
+                if *follow {
+                    l.push_str(" --follow");
+                }
+                if let Some(s) = stream {
+                    l.push_str(&format!(" --stream {}", s.as_str()));
+                }
+                l
+            }
             Command::Receipt { id, run } => match run {
                 Some(n) => format!("RECEIPT {id} --run {n}"),
                 None => format!("RECEIPT {id}"),
@@ -223,12 +275,26 @@ pub fn parse_line(line: &[u8]) -> Result<Option<Command>, Error> {
         "AUTH" => Command::Auth(args.required("token")?.to_string()),
         "UPLOAD" => {
             let size = parse_size(args.required("size")?)?;
-            let exec_path = args.next().map(str::to_string);
-            Command::Upload { size, exec_path }
+            let (mut exec_path, mut name) = (None, None);
+            while let Some(a) = args.next() {
+                if a == "--name" {
+                    let n = args.required("program name after --name")?;
+                    check_name(n)?;
+                    name = Some(n.to_string());
+                } else if exec_path.is_none() && !a.starts_with("--") {
+                    exec_path = Some(a.to_string());
+                } else {
+                    return Err(bad(format!(
+                        "unexpected argument {:?}: UPLOAD <size> [exec_path] [--name NAME]",
+                        truncate(a)
+                    )));
+                }
+            }
+            Command::Upload { size, exec_path, name }
         }
         "START" => {
             let id = parse_id(args.required("session id")?)?;
-            let mut debug = false;
+            let (mut debug, mut attach) = (false, false);
             let mut opts = StartOpts::default();
             while let Some(rest) = args.peek_rest() {
                 if rest.starts_with('{') {
@@ -238,11 +304,24 @@ pub fn parse_line(line: &[u8]) -> Result<Option<Command>, Error> {
                 }
                 match args.next() {
                     Some(f) if f.eq_ignore_ascii_case("--debug") => debug = true,
-                    Some(f) => return Err(bad(format!("unexpected argument {f:?}: START <id> [--debug] [<json>]"))),
+                    Some(f) if f.eq_ignore_ascii_case("--attach") => attach = true,
+                    Some(f) => {
+                        return Err(bad(format!(
+                            "unexpected argument {:?}: START <id> [--debug] [--attach] [<json>]",
+                            truncate(f)
+                        )))
+                    }
                     None => break,
                 }
             }
-            Command::Start { id, debug, opts }
+            let attached_only = opts.stdin.is_some() || opts.tty.is_some() || opts.remove.is_some();
+            if attached_only && !attach {
+                return Err(bad("\"stdin\", \"tty\" and \"remove\" need START --attach"));
+            }
+            if attach && debug {
+                return Err(bad("START --attach and --debug cannot be combined yet: START --debug, then attach gdb"));
+            }
+            Command::Start { id, debug, attach, opts }
         }
         "STOP" => Command::Stop(parse_id(args.required("session id")?)?),
         "KILL" => Command::Kill(parse_id(args.required("session id")?)?),
@@ -260,12 +339,24 @@ pub fn parse_line(line: &[u8]) -> Result<Option<Command>, Error> {
         "DELETE" => Command::Delete(parse_id(args.required("session id")?)?),
         "LOGS" => {
             let id = parse_id(args.required("session id")?)?;
-            let follow = match args.next() {
-                None => false,
-                Some(f) if f.eq_ignore_ascii_case("--follow") || f == "-f" => true,
-                Some(f) => return Err(bad(format!("unexpected argument {f:?}: LOGS <id> [--follow]"))),
-            };
-            Command::Logs { id, follow }
+            let (mut follow, mut stream) = (false, None);
+            while let Some(f) = args.next() {
+                if f.eq_ignore_ascii_case("--follow") || f == "-f" {
+                    follow = true;
+                } else if f.eq_ignore_ascii_case("--stream") {
+                    stream = Some(match args.required("stream name (stdout or stderr)")? {
+                        s if s.eq_ignore_ascii_case("stdout") => Stream::Stdout,
+                        s if s.eq_ignore_ascii_case("stderr") => Stream::Stderr,
+                        s => return Err(bad(format!("--stream {:?}: want stdout or stderr", truncate(s)))),
+                    });
+                } else {
+                    return Err(bad(format!(
+                        "unexpected argument {:?}: LOGS <id> [--follow] [--stream stdout|stderr]",
+                        truncate(f)
+                    )));
+                }
+            }
+            Command::Logs { id, follow, stream }
         }
         "RECEIPT" => {
             let id = parse_id(args.required("session id")?)?;
@@ -361,6 +452,19 @@ fn parse_size(s: &str) -> Result<UploadSize, Error> {
     Ok(s.parse::<u64>().map(UploadSize::Bytes).unwrap_or(UploadSize::Huge))
 }
 
+/// A program's name (`UPLOAD --name`): one path component of letters, digits and
+/// `._+-`, at most [`MAX_NAME`] bytes, not starting with `.` or `-`.
+pub fn check_name(n: &str) -> Result<(), Error> {
+    let ok_char = |c: char| c.is_ascii_alphanumeric() || "._+-".contains(c);
+    if n.is_empty() || n.len() > MAX_NAME || n.starts_with(['.', '-']) || !n.chars().all(ok_char) {
+        return Err(bad(format!(
+            "program name {:?}: want 1 to {MAX_NAME} letters, digits or ._+- (not starting with . or -)",
+            truncate(n)
+        )));
+    }
+    Ok(())
+}
+
 fn parse_start_json(s: &str) -> Result<StartOpts, Error> {
     let opts: StartOpts = serde_json::from_str(s).map_err(|e| {
         bad(format!("START options are not valid JSON of the form {{\"args\":[..],\"env\":{{..}}}}: {e}"))
@@ -370,6 +474,16 @@ fn parse_start_json(s: &str) -> Result<StartOpts, Error> {
     }
     if opts.args.iter().any(|a| a.contains('\0')) {
         return Err(bad("an argument contains a NUL byte"));
+    }
+    if let Some(a) = &opts.argv0 {
+        if a.is_empty() || a.len() > MAX_LINE || a.contains('\0') {
+            return Err(bad("argv0 must be non-empty and free of NUL bytes"));
+        }
+    }
+    if let Some(t) = opts.tty {
+        if t.rows == 0 || t.cols == 0 {
+            return Err(bad("tty rows and cols must be at least 1"));
+        }
     }
     if let Some(env) = &opts.env {
         if env.len() > MAX_ENV {
@@ -406,11 +520,11 @@ mod tests {
     fn upload_sizes() {
         assert_eq!(
             parse_line(b"UPLOAD 10").unwrap(),
-            Some(Command::Upload { size: UploadSize::Bytes(10), exec_path: None })
+            Some(Command::Upload { size: UploadSize::Bytes(10), exec_path: None, name: None })
         );
         assert_eq!(
             parse_line(b"UPLOAD 99999999999999999999").unwrap(),
-            Some(Command::Upload { size: UploadSize::Huge, exec_path: None })
+            Some(Command::Upload { size: UploadSize::Huge, exec_path: None, name: None })
         );
         assert_eq!(code("UPLOAD -1"), Code::BadRequest);
         assert_eq!(code("UPLOAD 1e3"), Code::BadRequest);
@@ -446,7 +560,7 @@ mod tests {
         );
         assert_eq!(
             parse_line(format!("logs {ID} --follow").as_bytes()).unwrap(),
-            Some(Command::Logs { id: Uuid::parse_str(ID).unwrap(), follow: true })
+            Some(Command::Logs { id: Uuid::parse_str(ID).unwrap(), follow: true, stream: None })
         );
     }
 
@@ -458,14 +572,21 @@ mod tests {
             env: Some([("K".to_string(), "v w".to_string())].into()),
             limits: Some(LimitOpts { cpu_seconds: Some(3), ..Default::default() }),
             list_processes: Some(false),
+            argv0: Some("sh".into()),
+            stdin: Some(true),
+            tty: Some(Tty { rows: 24, cols: 80 }),
+            remove: Some(true),
         };
         for cmd in [
             Command::Hello,
             Command::Auth("t0k3n".into()),
-            Command::Upload { size: UploadSize::Bytes(12), exec_path: None },
-            Command::Upload { size: UploadSize::Bytes(12), exec_path: Some("bin/app".into()) },
-            Command::Start { id, debug: false, opts: StartOpts::default() },
-            Command::Start { id, debug: true, opts },
+            Command::Upload { size: UploadSize::Bytes(12), exec_path: None, name: None },
+            Command::Upload { size: UploadSize::Bytes(12), exec_path: Some("bin/app".into()), name: None },
+            Command::Upload { size: UploadSize::Bytes(12), exec_path: None, name: Some("busybox".into()) },
+            Command::Upload { size: UploadSize::Bytes(12), exec_path: Some("a".into()), name: Some("b-1.2".into()) },
+            Command::Start { id, debug: false, attach: false, opts: StartOpts::default() },
+            Command::Start { id, debug: false, attach: true, opts },
+            Command::Start { id, debug: true, attach: false, opts: StartOpts::default() },
             Command::Stop(id),
             Command::Kill(id),
             Command::Debug { id, stdio: false },
@@ -473,13 +594,38 @@ mod tests {
             Command::List,
             Command::Status(id),
             Command::Delete(id),
-            Command::Logs { id, follow: true },
+            Command::Logs { id, follow: true, stream: None },
+            Command::Logs { id, follow: false, stream: Some(Stream::Stderr) },
+            Command::Logs { id, follow: true, stream: Some(Stream::Stdout) },
             Command::Receipt { id, run: Some(3) },
             Command::Events { id: Some(id), since: Some(7) },
             Command::Events { id: None, since: None },
         ] {
             assert_eq!(parse_line(cmd.to_line().as_bytes()).unwrap(), Some(cmd.clone()), "{}", cmd.to_line());
         }
+    }
+
+    #[test]
+    fn names_streams_and_attach_options() {
+        assert_eq!(code("UPLOAD 10 --name"), Code::BadRequest);
+        assert_eq!(code("UPLOAD 10 --name ../x"), Code::BadRequest);
+        assert_eq!(code("UPLOAD 10 --name .hidden"), Code::BadRequest);
+        assert_eq!(code("UPLOAD 10 --name a/b"), Code::BadRequest);
+        assert_eq!(code(&format!("UPLOAD 10 --name {}", "x".repeat(MAX_NAME + 1))), Code::BadRequest);
+        assert_eq!(code("UPLOAD 10 a b"), Code::BadRequest);
+        assert_eq!(code("UPLOAD 10 --frob"), Code::BadRequest);
+        assert_eq!(code(&format!("LOGS {ID} --stream stdin")), Code::BadRequest);
+        assert_eq!(code(&format!("LOGS {ID} --stream")), Code::BadRequest);
+        assert_eq!(code(&format!("START {ID} {{\"stdin\":true}}")), Code::BadRequest);
+        assert_eq!(code(&format!("START {ID} --attach --debug")), Code::BadRequest);
+        assert_eq!(code(&format!("START {ID} --attach {{\"tty\":{{\"rows\":0,\"cols\":80}}}}")), Code::BadRequest);
+        assert_eq!(code(&format!("START {ID} {{\"argv0\":\"\"}}")), Code::BadRequest);
+        let Some(Command::Start { attach, opts, .. }) =
+            parse_line(format!("START {ID} --attach {{\"stdin\":true,\"remove\":true}}").as_bytes()).unwrap()
+        else {
+            panic!()
+        };
+        assert!(attach && opts.stdin == Some(true) && opts.remove == Some(true));
     }
 
     #[test]

@@ -9,16 +9,21 @@
 #![deny(missing_docs)]
 #![forbid(unsafe_code)]
 
+pub mod attach;
 pub mod base64;
 pub mod code;
 pub mod command;
 pub mod framer;
 pub mod reply;
 pub mod time;
+pub mod units;
 
 pub use code::{Code, Error};
-pub use command::{parse_line, Command, LimitOpts, StartOpts, UploadSize, MAX_ARGS, MAX_ENV, MAX_LINE};
+pub use command::{
+    check_name, parse_line, Command, LimitOpts, StartOpts, Tty, UploadSize, MAX_ARGS, MAX_ENV, MAX_LINE,
+};
 pub use framer::{split_stream, Frame, Framer};
+pub use reply::Stream;
 pub use time::Time;
 
 use serde::de::{self, Deserializer};

@@ -11,11 +11,11 @@ use std::os::fd::OwnedFd;
 pub const MAGIC: [u8; 8] = *b"DBGLNTRN";
 /// Version of the frontend/broker protocol. Both halves come from one build; a mismatch
 /// means a stale binary, and both refuse to go on.
-pub const WIRE_VERSION: u32 = 1;
+pub const WIRE_VERSION: u32 = 2;
 /// Largest encoded message, in bytes. Checked before decoding.
 pub const MAX_MESSAGE: usize = 64 * 1024;
 /// Most descriptors one message may carry.
-pub const MAX_FDS: usize = 4;
+pub const MAX_FDS: usize = 8;
 
 /// A session's identity: the 16 bytes of its UUID.
 #[derive(Encode, Decode, Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -44,6 +44,8 @@ pub struct RunLimits {
     pub tmp_bytes: u64,
     /// Memory of the whole session (cgroup), bytes.
     pub memory_bytes: u64,
+    /// Wall-clock seconds of the run (the broker kills it then).
+    pub wall_seconds: u64,
 }
 
 /// A cgroup limit that a run ran into.
@@ -53,6 +55,17 @@ pub enum LimitHit {
     Memory,
     /// A fork failed at the session's pids limit.
     Pids,
+    /// The run's wall-clock limit passed; the broker killed it.
+    Wall,
+}
+
+/// A terminal's size.
+#[derive(Encode, Decode, Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Winsize {
+    /// Rows.
+    pub rows: u16,
+    /// Columns.
+    pub cols: u16,
 }
 
 /// What to run for a `Start`.
@@ -69,6 +82,9 @@ pub struct StartSpec {
     /// Note every `exit_group` of the tree for the receipt (costs a round trip to the init
     /// per process exit).
     pub list_processes: bool,
+    /// Run the program on a terminal of its session (its stdin, stdout and stderr, and its
+    /// controlling terminal), of this size.
+    pub tty: Option<Winsize>,
 }
 
 /// How a run ended.
@@ -181,6 +197,13 @@ pub enum Request {
         /// Session to kill.
         id: SessionId,
     },
+    /// Send a signal to the program's process group (an attached client's Ctrl-C).
+    Signal {
+        /// Session.
+        id: SessionId,
+        /// The signal, 1..=64.
+        sig: i32,
+    },
     /// Attach gdbserver (in the session's namespaces, as its uid) to the running program.
     Debug {
         /// Session to debug.
@@ -229,10 +252,12 @@ pub enum Reply {
         ns_pid: u32,
         /// A pidfd of the program (the frontend reads its host pid from fdinfo, then closes it).
         pidfd: OwnedFd,
-        /// Read end of the program's stdout.
+        /// Read end of the program's stdout; on a terminal, the terminal's master.
         stdout: OwnedFd,
-        /// Read end of the program's stderr.
-        stderr: OwnedFd,
+        /// Read end of the program's stderr (none on a terminal: it writes to stdout's).
+        stderr: Option<OwnedFd>,
+        /// Write end of the program's stdin; on a terminal, the master again.
+        stdin: OwnedFd,
     },
     /// gdbserver is attached; `sock` carries the gdb remote protocol (a stream socket).
     Debugging {
@@ -320,6 +345,7 @@ pub enum RequestWire {
     Start { id: SessionId, spec: StartSpec },
     Stop { id: SessionId, grace_ms: u64 },
     Kill { id: SessionId },
+    Signal { id: SessionId, sig: i32 },
     Debug { id: SessionId },
     Delete { id: SessionId },
     Shutdown { grace_ms: u64 },
@@ -332,7 +358,7 @@ pub enum ReplyWire {
     Hello { magic: [u8; 8], version: u32, warnings: Vec<String> },
     Loaded { id: SessionId },
     Spawned { id: SessionId },
-    Started { id: SessionId, ns_pid: u32 },
+    Started { id: SessionId, ns_pid: u32, tty: bool },
     Debugging { id: SessionId },
     DebugEnded { id: SessionId },
     Exited { id: SessionId, status: ExitStatus, usage: Usage, limit_hit: Option<LimitHit> },
@@ -357,6 +383,7 @@ impl Message for Request {
             Request::Start { id, spec } => (RequestWire::Start { id, spec }, vec![]),
             Request::Stop { id, grace_ms } => (RequestWire::Stop { id, grace_ms }, vec![]),
             Request::Kill { id } => (RequestWire::Kill { id }, vec![]),
+            Request::Signal { id, sig } => (RequestWire::Signal { id, sig }, vec![]),
             Request::Debug { id } => (RequestWire::Debug { id }, vec![]),
             Request::Delete { id } => (RequestWire::Delete { id }, vec![]),
             Request::Shutdown { grace_ms } => (RequestWire::Shutdown { grace_ms }, vec![]),
@@ -389,6 +416,10 @@ impl Message for Request {
                 let [] = take_fds("kill", fds)?;
                 Request::Kill { id }
             }
+            RequestWire::Signal { id, sig } => {
+                let [] = take_fds("signal", fds)?;
+                Request::Signal { id, sig }
+            }
             RequestWire::Debug { id } => {
                 let [] = take_fds("debug", fds)?;
                 Request::Debug { id }
@@ -415,9 +446,10 @@ impl Message for Reply {
             Reply::Spawned { id } => (ReplyWire::Spawned { id }, vec![]),
             Reply::Debugging { id, sock } => (ReplyWire::Debugging { id }, vec![sock]),
             Reply::DebugEnded { id } => (ReplyWire::DebugEnded { id }, vec![]),
-            Reply::Started { id, ns_pid, pidfd, stdout, stderr } => {
-                (ReplyWire::Started { id, ns_pid }, vec![pidfd, stdout, stderr])
-            }
+            Reply::Started { id, ns_pid, pidfd, stdout, stderr, stdin } => match stderr {
+                Some(stderr) => (ReplyWire::Started { id, ns_pid, tty: false }, vec![pidfd, stdout, stderr, stdin]),
+                None => (ReplyWire::Started { id, ns_pid, tty: true }, vec![pidfd, stdout, stdin]),
+            },
             Reply::Exited { id, status, usage, limit_hit } => {
                 (ReplyWire::Exited { id, status, usage, limit_hit }, vec![])
             }
@@ -449,9 +481,13 @@ impl Message for Reply {
                 let [] = take_fds("spawned", fds)?;
                 Reply::Spawned { id }
             }
-            ReplyWire::Started { id, ns_pid } => {
-                let [pidfd, stdout, stderr] = take_fds("started", fds)?;
-                Reply::Started { id, ns_pid, pidfd, stdout, stderr }
+            ReplyWire::Started { id, ns_pid, tty: false } => {
+                let [pidfd, stdout, stderr, stdin] = take_fds("started", fds)?;
+                Reply::Started { id, ns_pid, pidfd, stdout, stderr: Some(stderr), stdin }
+            }
+            ReplyWire::Started { id, ns_pid, tty: true } => {
+                let [pidfd, stdout, stdin] = take_fds("started on a terminal", fds)?;
+                Reply::Started { id, ns_pid, pidfd, stdout, stderr: None, stdin }
             }
             ReplyWire::Exited { id, status, usage, limit_hit } => {
                 let [] = take_fds("exited", fds)?;
@@ -503,6 +539,7 @@ mod tests {
             limits: RunLimits::default(),
             debug: false,
             list_processes: true,
+            tty: Some(Winsize { rows: 24, cols: 80 }),
         };
         let wire = RequestWire::Start { id: SessionId([7; 16]), spec };
         let bytes = bincode::encode_to_vec(Envelope { tag: 9, body: wire.clone() }, bincode_config()).unwrap();

@@ -136,8 +136,10 @@ fn root_hostile_bundles_are_refused_and_leave_nothing() {
         ("truncated", gz(std::slice::from_ref(&ok))[..200].to_vec(), "prog", "truncated"),
         ("missing exec", gz(std::slice::from_ref(&ok)), "nope", "not in the bundle"),
         ("exec is a dir", gz(&[entry(b"d/", b'5', 0o755, b"", b""), ok.clone()]), "d", "directory"),
-        ("exec is a symlink", gz(&[entry(b"l", b'2', 0o777, b"", b"prog"), ok.clone()]), "l", "symlink"),
-        ("exec not ELF", gz(&[entry(b"s", b'0', 0o755, b"#!/bin/sh\n", b"")]), "s", "not an ELF"),
+        ("exec is a dangling symlink", gz(&[entry(b"l", b'2', 0o777, b"", b"nothing"), ok.clone()]), "l", "dangling"),
+        ("exec neither ELF nor script", gz(&[entry(b"s", b'0', 0o755, b"echo hi\n", b"")]), "s", "not an ELF"),
+        ("script, relative interpreter", gz(&[entry(b"s", b'0', 0o755, b"#!sh\n", b"")]), "s", "absolute"),
+        ("script, interpreter not in view", gz(&[entry(b"s", b'0', 0o755, b"#!/opt/py\n", b"")]), "s", "outside"),
     ];
     let budget = 64u64 << 20;
     let d = Daemon::start(&[

@@ -216,8 +216,20 @@ fn root_escape_resource_bombs_are_contained() {
         rig_responsive(&d, &sleeper);
     }
 
-    // Per-START limits only tighten: asking for more than the daemon allows is ignored.
-    let (out, _) = run(&mut c, &id, &["fork_bomb"], json!({"processes": 1_000_000, "open_files": 1_000_000}));
+    // Per-START limits only tighten: asking for more than the daemon allows (or for none
+    // where it has one) is refused, with the rig's value, never clamped.
+    for (limits, name, rig) in [
+        (json!({"processes": 1_000_000}), "processes", "512"),
+        (json!({"open_files": 1_000_000}), "open_files", "1024"),
+        (json!({"open_files": 0}), "open_files", "1024"),
+        (json!({"wall_seconds": 0}), "wall_seconds", "3600"),
+    ] {
+        let e = c.refused(&format!("START {id} {}", json!({"args": ["fork_bomb"], "limits": limits})));
+        assert_eq!(e.error, proto::Code::BadRequest, "{e:?}");
+        assert!(e.message.contains(name) && e.message.contains(&format!("rig's {rig}")), "{e:?}");
+    }
+    // The daemon's own limit holds the bomb.
+    let (out, _) = run(&mut c, &id, &["fork_bomb"], json!({}));
     assert_eq!(outcome(&out, "fork_bomb"), "EAGAIN", "{out}");
     let st = c.status(&id);
     assert_eq!((st.limits.processes, st.limits.open_files), (Some(512), Some(1024)), "{st:?}");

@@ -43,9 +43,10 @@ fn root_run_program_capture_output_and_exit_status() {
         hex::encode(sha2::Sha256::digest(&bin))
     };
     assert_eq!(up.sha256, sha);
-    assert_eq!(up.elf.class, "ELF64");
-    assert!(!up.elf.is_static);
-    assert!(up.elf.interpreter.as_deref().unwrap().starts_with('/'));
+    let elf = up.elf.as_ref().expect("an ELF");
+    assert_eq!(elf.class, "ELF64");
+    assert!(!elf.is_static);
+    assert!(elf.interpreter.as_deref().unwrap().starts_with('/'));
     let id = up.id.to_string();
 
     let st = c.start(&id, r#"{"args":["a b","c"]}"#);
@@ -83,7 +84,8 @@ fn root_static_binary_and_environment() {
     c.send_raw(format!("UPLOAD {}\n", bin.len()).as_bytes());
     c.send_raw(&bin);
     let up: Loaded = c.read_as("UPLOAD");
-    assert!(up.elf.is_static && up.elf.interpreter.is_none(), "{up:?}");
+    let elf = up.elf.as_ref().expect("an ELF");
+    assert!(elf.is_static && elf.interpreter.is_none(), "{up:?}");
     let id = up.id.to_string();
     // Default environment: minimal PATH, HOME, TERM.
     c.start(&id, "");

@@ -1,6 +1,6 @@
 //! What the broker hears of runs: the init's messages, the program's and gdbserver's
 //! exits, the end of a run (reaped, reported, its cgroup read and removed), and the
-//! deadlines of STOP's grace, the kill safety and an attached debugger.
+//! deadlines of STOP's grace, the kill safety, an attached debugger and the wall clock.
 
 use super::*;
 
@@ -42,15 +42,33 @@ impl Broker {
         let mut program_watch = None;
         loop {
             match run.ctl.recv::<InitMsg>() {
-                Ok(Some((_, InitMsg::Running { ns_pid, pidfd }))) => {
+                Ok(Some((_, InitMsg::Running { ns_pid, pidfd, tty }))) => {
                     if let Ok(watch) = pidfd.try_clone() {
                         program_watch = Some(watch);
                     }
-                    if let (Some(tag), Some(stdout), Some(stderr)) =
-                        (run.start_tag.take(), run.stdout.take(), run.stderr.take())
-                    {
-                        replies.push((tag, Reply::Started { id, ns_pid, pidfd, stdout, stderr }));
+                    let pipes = (run.stdout.take(), run.stderr.take(), run.stdin.take());
+                    let Some(tag) = run.start_tag.take() else { continue };
+                    let started = match (tty, pipes) {
+                        // On a terminal, its master carries both directions; the pipes
+                        // (unused by the program) close here.
+                        (Some(master), _) => match master.try_clone() {
+                            Ok(input) => {
+                                Reply::Started { id, ns_pid, pidfd, stdout: master, stderr: None, stdin: input }
+                            }
+                            Err(e) => Reply::Refused { refusal: Refusal::Internal, message: format!("dup: {e}") },
+                        },
+                        (None, (Some(stdout), Some(stderr), Some(stdin))) => {
+                            Reply::Started { id, ns_pid, pidfd, stdout, stderr: Some(stderr), stdin }
+                        }
+                        (None, _) => {
+                            Reply::Refused { refusal: Refusal::Internal, message: "the run's pipes are gone".into() }
+                        }
+                    };
+                    if matches!(started, Reply::Refused { .. }) {
+                        request_kill(run);
+                        run.failed = true;
                     }
+                    replies.push((tag, started));
                 }
                 Ok(Some((_, InitMsg::Failed { message }))) => {
                     run.failed = true;
@@ -115,7 +133,8 @@ impl Broker {
         } else if !run.failed {
             // If the init vanished without a report it was SIGKILLed by us (kill safety).
             let (status, usage) = run.outcome.unwrap_or((ExitStatus::Signal(libc::SIGKILL), Usage::default()));
-            let limit_hit = run.cgroup.and_then(|c| self.cgroups.finish(c));
+            let cgroup_hit = run.cgroup.and_then(|c| self.cgroups.finish(c));
+            let limit_hit = cgroup_hit.or(run.wall_hit.then_some(shared::LimitHit::Wall));
             self.tube.send(0, Reply::Exited { id, status, usage, limit_hit })?;
             return self.after_finish(id, delete_tag);
         }
@@ -138,7 +157,7 @@ impl Broker {
         self.sessions
             .values()
             .filter_map(|s| s.run.as_ref())
-            .flat_map(|r| [r.term_deadline, r.kill_deadline, r.debugger_deadline])
+            .flat_map(|r| [r.term_deadline, r.kill_deadline, r.debugger_deadline, r.wall_deadline])
             .flatten()
             .min()
     }
@@ -147,6 +166,11 @@ impl Broker {
         let now = Instant::now();
         for run in self.sessions.values_mut().filter_map(|s| s.run.as_mut()) {
             if run.term_deadline.is_some_and(|d| d <= now) {
+                request_kill(run);
+            }
+            if run.wall_deadline.is_some_and(|d| d <= now) {
+                run.wall_deadline = None;
+                run.wall_hit = true;
                 request_kill(run);
             }
             if run.debugger_deadline.is_some_and(|d| d <= now) {

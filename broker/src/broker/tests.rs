@@ -69,6 +69,7 @@ fn spec() -> StartSpec {
         limits: RunLimits::default(),
         debug: false,
         list_processes: true,
+        tty: None,
     }
 }
 
@@ -108,7 +109,13 @@ impl Harness {
     /// START: the fake spawner builds the run (a `sleep` as its init), the fake init says
     /// "running"; returns the index of the run's init tube.
     fn start(&mut self, tag: u64) -> usize {
-        self.frontend.send(tag, Request::Start { id: ID, spec: spec() }).unwrap();
+        self.start_with(tag, spec(), None).0
+    }
+
+    /// Starts a run of `spec`; `tty`: the init reports this terminal master. Returns the
+    /// run's index and the broker's Started.
+    fn start_with(&mut self, tag: u64, spec: StartSpec, tty: Option<OwnedFd>) -> (usize, Reply) {
+        self.frontend.send(tag, Request::Start { id: ID, spec }).unwrap();
         let (stag, call) = recv::<SpawnerCall>(&mut self.spawner);
         let SpawnerCall::Session(req) = call else { panic!("{call:?}") };
         assert!(matches!(req.image, SpawnImage::Memfd(_)));
@@ -117,18 +124,25 @@ impl Harness {
         let (ctl_broker, ctl_init) = shared::tube::socketpair().unwrap();
         let (out_r, out_w) = nix::unistd::pipe().unwrap();
         let (err_r, err_w) = nix::unistd::pipe().unwrap();
+        let (_in_r, in_w) = nix::unistd::pipe().unwrap();
         drop((out_w, err_w));
-        let reply = SpawnReply::Spawned { init_pidfd: pidfd(&init), ctl: ctl_broker, stdout: out_r, stderr: err_r };
+        let reply = SpawnReply::Spawned {
+            init_pidfd: pidfd(&init),
+            ctl: ctl_broker,
+            stdout: out_r,
+            stderr: err_r,
+            stdin: in_w,
+        };
         self.spawner.send(stag, reply).unwrap();
         assert!(matches!(recv::<Reply>(&mut self.frontend), (0, Reply::Spawned { id: ID })));
         let mut ctl = Tube::new(ctl_init).unwrap();
-        ctl.send(0, InitMsg::Running { ns_pid: 2, pidfd: pidfd(&init) }).unwrap();
+        ctl.send(0, InitMsg::Running { ns_pid: 2, pidfd: pidfd(&init), tty }).unwrap();
         self.children.push(init);
         let (t, reply) = recv::<Reply>(&mut self.frontend);
         assert_eq!(t, tag);
         assert!(matches!(reply, Reply::Started { id: ID, ns_pid: 2, .. }), "{reply:?}");
         self.inits.push(ctl);
-        self.inits.len() - 1
+        (self.inits.len() - 1, reply)
     }
 }
 
@@ -201,4 +215,42 @@ fn structural_garbage_from_the_frontend_fails_closed() {
         assert!(Instant::now() < end, "a run's init outlived the broker");
         std::thread::sleep(Duration::from_millis(20));
     }
+}
+
+#[test]
+fn the_wall_clock_limit_kills_the_run_and_says_so() {
+    let mut h = Harness::new();
+    h.load();
+    let mut s = spec();
+    s.limits.wall_seconds = 1;
+    let t0 = Instant::now();
+    h.start_with(3, s, None);
+    // The broker asks the init to kill everything (SIGUSR1: our stand-in init dies of it).
+    let (t, reply) = recv::<Reply>(&mut h.frontend);
+    assert_eq!(t, 0);
+    let Reply::Exited { limit_hit, .. } = reply else { panic!("{reply:?}") };
+    assert_eq!(limit_hit, Some(LimitHit::Wall));
+    let took = t0.elapsed();
+    assert!(took >= Duration::from_secs(1) && took < Duration::from_secs(5), "{took:?}");
+}
+
+#[test]
+fn signals_go_to_the_init_and_a_terminal_carries_both_directions() {
+    let mut h = Harness::new();
+    h.load();
+    let master = crate::sys::open_terminal(24, 80).unwrap();
+    let (run, started) = h.start_with(3, spec(), Some(master));
+    let Reply::Started { stderr, .. } = started else { panic!() };
+    assert!(stderr.is_none(), "on a terminal, stderr is the terminal");
+    assert!(matches!(h.ask(4, Request::Signal { id: ID, sig: 2 }), Reply::Accepted { id: ID }));
+    let (_, call) = recv::<InitCall>(&mut h.inits[run]);
+    assert_eq!(call, InitCall::Signal(2));
+    assert!(matches!(
+        h.ask(5, Request::Signal { id: ID, sig: 0 }),
+        Reply::Refused { refusal: Refusal::BadRequest, .. }
+    ));
+    assert!(matches!(
+        h.ask(6, Request::Signal { id: ID, sig: 65 }),
+        Reply::Refused { refusal: Refusal::BadRequest, .. }
+    ));
 }

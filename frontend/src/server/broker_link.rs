@@ -16,6 +16,8 @@ pub enum Owner {
     Lifecycle,
     /// DEBUG.
     Debug,
+    /// An attached client's signals.
+    Attach,
 }
 
 /// What came from the broker.

@@ -31,6 +31,8 @@ pub enum Mode {
     Waiting(u64),
     /// Streaming (its owner pumps it).
     Stream(StreamKind),
+    /// Carrying an attached run's frames both ways (`START --attach`).
+    Attached,
 }
 
 /// One client connection.
@@ -177,7 +179,7 @@ impl Conn {
     /// Whether the connection is done: failed, closing with nothing left to write, or at
     /// EOF with nothing left to do (a parked or streaming one is dropped when it ends).
     pub fn finished(&self) -> bool {
-        let busy = matches!(self.mode, Mode::Waiting(_) | Mode::Stream(_));
+        let busy = matches!(self.mode, Mode::Waiting(_) | Mode::Stream(_) | Mode::Attached);
         self.dead
             || (self.closing && self.pending_out() == 0)
             || (self.eof && !busy && self.pending_out() == 0 && self.inbuf.is_empty())

@@ -145,14 +145,34 @@ pub struct Answer {
 /// Work a completion leaves for another owner.
 #[derive(Debug)]
 pub enum Followup {
-    /// A run started: its output pipes go to the output owner.
+    /// A START --attach succeeded: if its connection still waits, it gets the reply and
+    /// carries the run's frames from now on (consumer and stdin registered before the
+    /// pipes are read); if it is gone, the run is abandoned.
+    Attach {
+        /// The START's connection and wait.
+        to: Waiter,
+        /// The session.
+        id: Uuid,
+        /// The START reply line.
+        reply: Vec<u8>,
+        /// The client sends stdin.
+        stdin: bool,
+        /// The run is on a terminal.
+        tty: bool,
+        /// Delete the session when the run ends or the client goes.
+        remove: bool,
+    },
+    /// A run started: its output pipes go to the output owner, its stdin to the attach
+    /// owner (which closes it unless an attached client sends stdin).
     Pipes {
         /// The session.
         id: Uuid,
-        /// Read end of stdout.
+        /// Read end of stdout (a terminal's master).
         stdout: OwnedFd,
-        /// Read end of stderr.
-        stderr: OwnedFd,
+        /// Read end of stderr (none on a terminal).
+        stderr: Option<OwnedFd>,
+        /// Write end of stdin (the terminal's master).
+        stdin: OwnedFd,
     },
     /// A run started held at its entry (START --debug): attach the debugger and answer
     /// the START with the run and the debug port.

@@ -2,7 +2,8 @@
 //! pumping its stream, and applying the outcomes its handlers return — the only place
 //! outcomes are applied.
 
-use super::conn::Mode;
+use super::attach::Input;
+use super::conn::{Mode, IN_CAP};
 use super::ctx::{Outcome, StreamKind, Waiter};
 use super::{queries, Server, AUDITED_REFUSALS};
 use mio::Token;
@@ -94,6 +95,7 @@ impl Server {
                 Mode::Payload { .. } => self.step_payload(t),
                 Mode::Waiting(_) => false,
                 Mode::Stream(kind) => self.pump(t, kind),
+                Mode::Attached => self.step_attached(t),
             };
             if !progressed {
                 break;
@@ -112,25 +114,82 @@ impl Server {
         if let Mode::Payload { job: Some(job), .. } = c.mode {
             self.uploads.abort(job);
         }
-        self.output.drop_follower(t);
+        self.output.drop_consumer(&mut self.sh, t);
         self.events.drop_sub(t);
+        // An attached client that went away before its run's end: the run goes with it.
+        if let Some((id, remove)) = self.attach.finish(&mut self.sh, t) {
+            self.lifecycle.abandon(&mut self.sh, id, remove);
+        }
     }
 
     /// Streams what the owner of the stream has for it; when the stream ends, the
-    /// connection reads commands again.
+    /// connection reads commands again. Progress while everything produced was written
+    /// (the socket has room: no writable edge will come, so pump again now).
     fn pump(&mut self, t: Token, kind: StreamKind) -> bool {
-        let Some(c) = self.conns.get(&t) else { return false };
+        let Some(c) = self.conns.get_mut(&t) else { return false };
+        // What is written now makes room for what comes next.
+        c.flush();
         let room = c.out_room();
         let p = match kind {
-            StreamKind::Follow => self.output.pump(&self.sh, t, room),
+            StreamKind::Follow => self.output.pump(&mut self.sh, t, room),
             StreamKind::Events => self.events.pump(&self.sh, t, room),
         };
         let Some(c) = self.conns.get_mut(&t) else { return false };
-        c.out.extend_from_slice(&p.lines);
+        c.out.extend_from_slice(&p.bytes);
         if p.done {
             c.mode = Mode::Lines;
+            return true;
         }
-        p.done
+        if p.bytes.is_empty() {
+            return false;
+        }
+        c.flush();
+        c.pending_out() == 0 && !c.dead
+    }
+
+    /// An attached run: the client's frames in (stdin as far as the program takes it),
+    /// the run's frames out, and at the end its `end` frame, then the connection closes.
+    fn step_attached(&mut self, t: Token) -> bool {
+        let Some(c) = self.conns.get_mut(&t) else { return false };
+        let mut progressed = false;
+        let mut blocked = false;
+        if !c.inbuf.is_empty() {
+            match self.attach.input(&mut self.sh, t, &mut c.inbuf) {
+                Input::Took(took) => progressed |= took,
+                Input::Blocked => blocked = true,
+                Input::Bad(e) => {
+                    log::info!("closing an attached connection: {e}");
+                    c.dead = true;
+                    return false;
+                }
+            }
+        }
+        if !blocked && c.inbuf.len() < IN_CAP && !c.eof {
+            progressed |= c.fill(&mut self.scratch);
+        }
+        if c.eof {
+            // The client went away (a client never half-closes an attached connection).
+            c.dead = true;
+            return false;
+        }
+        c.flush();
+        let room = c.out_room();
+        let p = self.output.pump(&mut self.sh, t, room);
+        let Some(c) = self.conns.get_mut(&t) else { return false };
+        if !p.bytes.is_empty() {
+            c.out.extend_from_slice(&p.bytes);
+            c.flush();
+            progressed |= c.pending_out() == 0 && !c.dead;
+        }
+        if p.done {
+            c.mode = Mode::Lines;
+            c.closing = true;
+            if let Some((id, true)) = self.attach.finish(&mut self.sh, t) {
+                self.lifecycle.abandon(&mut self.sh, id, true);
+            }
+            return false;
+        }
+        progressed
     }
 
     fn step_lines(&mut self, t: Token) -> bool {
@@ -267,15 +326,15 @@ impl Server {
         let outcome = match cmd {
             Command::Hello => queries::hello(sh, &caller),
             Command::Auth(token) => self.access.auth(sh, &caller, token),
-            Command::Upload { size, exec_path } => self.uploads.upload(sh, &caller, size, exec_path),
-            Command::Start { id, debug, opts } => self.lifecycle.start(sh, &caller, id, debug, opts),
+            Command::Upload { size, exec_path, name } => self.uploads.upload(sh, &caller, size, exec_path, name),
+            Command::Start { id, debug, attach, opts } => self.lifecycle.start(sh, &caller, id, debug, attach, opts),
             Command::Stop(id) => self.lifecycle.stop(sh, &caller, id, false),
             Command::Kill(id) => self.lifecycle.stop(sh, &caller, id, true),
             Command::Delete(id) => self.lifecycle.delete(sh, &caller, id),
             Command::List => queries::list(sh, &caller),
             Command::Status(id) => queries::status(sh, &caller, id),
             Command::Receipt { id, run } => queries::receipt(sh, &caller, id, run),
-            Command::Logs { id, follow } => self.output.logs(sh, &caller, id, follow),
+            Command::Logs { id, follow, stream } => self.output.logs(sh, &caller, id, follow, stream),
             Command::Debug { id, stdio } => self.debug.debug(sh, &caller, id, stdio),
             Command::Events { id, since } => self.events.subscribe(sh, &caller, id, since),
         };

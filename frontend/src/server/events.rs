@@ -58,14 +58,14 @@ impl Events {
         let Some(sub) = self.subs.get_mut(&conn) else { return p };
         let b = sh.events.since(sub.next, sub.filter, &sub.viewer, room / LINE_ESTIMATE);
         if b.missed > 0 {
-            proto::line_into(&mut p.lines, &Missed { ok: proto::True, missed: b.missed });
+            proto::line_into(&mut p.bytes, &Missed { ok: proto::True, missed: b.missed });
         }
         for e in &b.events {
-            proto::line_into(&mut p.lines, e);
+            proto::line_into(&mut p.bytes, e);
         }
         sub.next = b.next;
         if b.ended {
-            proto::line_into(&mut p.lines, &EventsEnd { ok: proto::True, end: proto::True, deleted: true });
+            proto::line_into(&mut p.bytes, &EventsEnd { ok: proto::True, end: proto::True, deleted: true });
             p.done = true;
             self.subs.remove(&conn);
         }

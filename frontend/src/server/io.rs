@@ -1,6 +1,6 @@
 //! What each event-loop token stands for: one [`Source`] per token (crosvm's typed
 //! `EventToken`), registered and removed through [`Io`], which every owner uses for the
-//! descriptors it owns (log pipes, debug listeners, relays).
+//! descriptors it owns (log pipes, stdin pipes, debug listeners, relays).
 
 use mio::event::Source as MioSource;
 use mio::{Interest, Registry, Token};
@@ -14,25 +14,6 @@ pub enum Side {
     Client,
     /// gdbserver's stdio socket.
     Gdbserver,
-}
-
-/// Which output stream of a program.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub enum OutStream {
-    /// stdout.
-    Stdout,
-    /// stderr.
-    Stderr,
-}
-
-impl OutStream {
-    /// 0 for stdout, 1 for stderr.
-    pub fn index(self) -> usize {
-        match self {
-            OutStream::Stdout => 0,
-            OutStream::Stderr => 1,
-        }
-    }
 }
 
 /// What a token stands for.
@@ -50,12 +31,17 @@ pub enum Source {
     Signals,
     /// The helper threads' waker.
     Waker,
-    /// A program's output pipe.
+    /// A program's output pipe (or its terminal's master).
     Pipe {
         /// The session.
         id: Uuid,
         /// Which stream.
-        stream: OutStream,
+        stream: proto::Stream,
+    },
+    /// The stdin of an attached run, watched for room while its client's input waits.
+    Stdin {
+        /// The attached connection.
+        conn: Token,
     },
     /// A debug port waiting for gdb.
     DebugPort,

@@ -1,7 +1,7 @@
-//! The session state machine (SPEC §4): `START`, `STOP`, `KILL`, `DELETE`, and what the
-//! broker reports of a run — spawned, started (or failed), exited — with the receipt of
-//! every run that ended (§9). Each command's start and its completion are next to each
-//! other here.
+//! The session state machine (SPEC §4): `START` (also `--attach`), `STOP`, `KILL`,
+//! `DELETE`, what the broker reports of a run — spawned, started (or failed), exited —
+//! with the receipt of every run that ended (§9), and the end of runs whose attached client
+//! went away. Each command's start and its completion are next to each other here.
 
 use super::broker_link::{refusal_code, Owner};
 use super::ctx::{Caller, Followup, Outcome, Shared, Waiter};
@@ -18,12 +18,34 @@ use uuid::Uuid;
 /// Version of the receipt schema (RECEIPT's `schema` field).
 pub const RECEIPT_SCHEMA: &str = "debuglantern.receipt/1";
 
-/// A request with the broker.
+/// What an attached START asked for.
+#[derive(Debug, Clone, Copy)]
+struct AttachOpts {
+    stdin: bool,
+    tty: bool,
+    remove: bool,
+}
+
+/// A request with the broker. `to: None`: nobody waits (a run abandoned by its client).
 #[derive(Debug)]
 enum Waiting {
-    Start { caller: Caller, id: Uuid, limits: RunLimits, args: Vec<String>, env_keys: Vec<String>, debug: bool },
-    Stop { to: Waiter, id: Uuid },
-    Delete { to: Waiter, id: Uuid },
+    Start {
+        caller: Caller,
+        id: Uuid,
+        limits: RunLimits,
+        args: Vec<String>,
+        env_keys: Vec<String>,
+        debug: bool,
+        attach: Option<AttachOpts>,
+    },
+    Stop {
+        to: Option<Waiter>,
+        id: Uuid,
+    },
+    Delete {
+        to: Option<Waiter>,
+        id: Uuid,
+    },
 }
 
 /// The lifecycle owner.
@@ -52,8 +74,16 @@ fn refusal(reply: Reply) -> Error {
 }
 
 impl Lifecycle {
-    /// `START <id> [--debug] [<json>]`.
-    pub fn start(&mut self, sh: &mut Shared, caller: &Caller, id: Uuid, debug: bool, opts: StartOpts) -> Outcome {
+    /// `START <id> [--debug] [--attach] [<json>]`.
+    pub fn start(
+        &mut self,
+        sh: &mut Shared,
+        caller: &Caller,
+        id: Uuid,
+        debug: bool,
+        attach: bool,
+        opts: StartOpts,
+    ) -> Outcome {
         // START --debug opens a debug port for the client that asked, on the address it used.
         if debug && (caller.local.is_none() || caller.peer.is_none()) {
             return Outcome::Refuse(Error::unsupported(
@@ -67,7 +97,9 @@ impl Lifecycle {
         if s.busy || s.state.alive() {
             return Outcome::Refuse(Error::invalid_state(format!("session is {}; STOP it first", s.state.as_str())));
         }
-        let mut argv = vec![b"program".to_vec()];
+        // argv[0]: as asked, else the program's name, else the bundle's exec path.
+        let argv0 = opts.argv0.clone().or_else(|| s.name.clone()).or_else(|| s.exec_path.clone());
+        let mut argv = vec![argv0.unwrap_or_else(|| "program".into()).into_bytes()];
         argv.extend(opts.args.iter().map(|a| a.as_bytes().to_vec()));
         let env: Vec<(String, String)> = match opts.env {
             Some(env) => env.into_iter().collect(),
@@ -79,19 +111,30 @@ impl Lifecycle {
         let env_keys: Vec<String> = env.iter().map(|(k, _)| k.clone()).collect();
         let env: Vec<Vec<u8>> = env.into_iter().map(|(k, v)| format!("{k}={v}").into_bytes()).collect();
         let req = opts.limits.unwrap_or_default();
-        let limits = policy::rlimits::tighten(
-            sh.cfg.limits,
-            RunLimits {
-                cpu_seconds: req.cpu_seconds.unwrap_or(0),
-                address_space: req.address_space.unwrap_or(0),
-                open_files: req.open_files.unwrap_or(0),
-                processes: req.processes.unwrap_or(0),
-                tmp_bytes: req.tmp_bytes.unwrap_or(0),
-                memory_bytes: req.memory_bytes.unwrap_or(0),
-            },
-        );
+        let asked = [
+            req.cpu_seconds,
+            req.address_space,
+            req.open_files,
+            req.processes,
+            req.tmp_bytes,
+            req.memory_bytes,
+            req.wall_seconds,
+        ];
+        let limits = match policy::rlimits::tighten(sh.cfg.limits, asked) {
+            Ok(l) => l,
+            Err(e) => return Outcome::Refuse(Error::bad(e.to_string())),
+        };
+        if limits.tmp_bytes != 0 && limits.tmp_bytes < 4096 {
+            return Outcome::Refuse(Error::bad("limit tmp_bytes must be at least 4096"));
+        }
         let list_processes = opts.list_processes.unwrap_or(true);
-        let spec = StartSpec { argv, env, limits, debug, list_processes };
+        let tty = opts.tty.map(|t| shared::Winsize { rows: t.rows, cols: t.cols });
+        let spec = StartSpec { argv, env, limits, debug, list_processes, tty };
+        let attach = attach.then_some(AttachOpts {
+            stdin: opts.stdin.unwrap_or(false),
+            tty: tty.is_some(),
+            remove: opts.remove.unwrap_or(false),
+        });
         let tag = match sh.broker.send(Owner::Lifecycle, Request::Start { id: session_id(&id), spec }) {
             Ok(t) => t,
             Err(e) => return Outcome::Refuse(e),
@@ -101,8 +144,33 @@ impl Lifecycle {
         }
         sh.audit_session(caller, "start", id);
         let args = opts.args;
-        self.waiting.insert(tag, Waiting::Start { caller: caller.clone(), id, limits, args, env_keys, debug });
+        self.waiting.insert(tag, Waiting::Start { caller: caller.clone(), id, limits, args, env_keys, debug, attach });
         Outcome::Park
+    }
+
+    /// The attached client of `id`'s run went away (or its run ended, with `remove`): the
+    /// run is killed, and with `remove` the session deleted. Nobody waits for the answer.
+    pub fn abandon(&mut self, sh: &mut Shared, id: Uuid, remove: bool) {
+        let Some(s) = sh.sessions.get(&id) else { return };
+        if s.deleting || (!remove && !s.state.alive()) || (s.busy && !s.state.alive()) {
+            return;
+        }
+        let req = if remove { Request::Delete { id: session_id(&id) } } else { Request::Kill { id: session_id(&id) } };
+        let Ok(tag) = sh.broker.send(Owner::Lifecycle, req) else { return };
+        let owner = s.owner.clone();
+        sh.audit.log(
+            if remove { "abandoned_delete" } else { "abandoned_kill" },
+            json!({"id": id.to_string(), "owner": &*owner, "reason": "the attached client is gone or done"}),
+        );
+        if remove {
+            if let Some(s) = sh.sessions.get_mut(&id) {
+                s.deleting = true;
+            }
+            sh.sessions.touch(id);
+            self.waiting.insert(tag, Waiting::Delete { to: None, id });
+        } else {
+            self.waiting.insert(tag, Waiting::Stop { to: None, id });
+        }
     }
 
     /// `STOP <id>` (SIGTERM, SIGKILL after the grace) or `KILL <id>`: answered when the
@@ -125,7 +193,7 @@ impl Lifecycle {
             Err(e) => return Outcome::Refuse(e),
         };
         sh.audit_session(caller, if kill { "kill" } else { "stop" }, id);
-        self.waiting.insert(tag, Waiting::Stop { to: caller.waiter, id });
+        self.waiting.insert(tag, Waiting::Stop { to: Some(caller.waiter), id });
         self.exit_waiters.entry(id).or_default().push(caller.waiter);
         Outcome::Park
     }
@@ -147,7 +215,7 @@ impl Lifecycle {
             s.deleting = true;
         }
         sh.audit_session(caller, "delete", id);
-        self.waiting.insert(tag, Waiting::Delete { to: caller.waiter, id });
+        self.waiting.insert(tag, Waiting::Delete { to: Some(caller.waiter), id });
         // Followers of the session end their stream.
         sh.sessions.touch(id);
         Outcome::Park
@@ -157,8 +225,8 @@ impl Lifecycle {
     pub fn on_reply(&mut self, sh: &mut Shared, tag: u64, reply: Reply) {
         let Some(w) = self.waiting.remove(&tag) else { return };
         match w {
-            Waiting::Start { caller, id, limits, args, env_keys, debug } => match reply {
-                Reply::Started { ns_pid, pidfd, stdout, stderr, .. } => {
+            Waiting::Start { caller, id, limits, args, env_keys, debug, attach } => match reply {
+                Reply::Started { ns_pid, pidfd, stdout, stderr, stdin, .. } => {
                     let pid = host_pid(&pidfd);
                     drop(pidfd);
                     let Some(s) = sh.sessions.get_mut(&id) else { return };
@@ -178,11 +246,26 @@ impl Lifecycle {
                     s.out_hash = Default::default();
                     s.run_args = args;
                     s.run_env_keys = env_keys;
-                    s.pipes_open = 2;
+                    s.pipes_open = if stderr.is_some() { 2 } else { 1 };
                     let run = s.runs;
                     sh.emit(id, EventKind::SetupFinished { run, pid, ns_pid });
-                    sh.follow_up(Followup::Pipes { id, stdout, stderr });
-                    if debug {
+                    let r = Started { ok: proto::True, id, state: State::Running, debug: None, pid, ns_pid };
+                    if let Some(a) = attach {
+                        // The consumer and stdin are in place before the first byte is read.
+                        let (stdin, tty, remove) = (a.stdin, a.tty, a.remove);
+                        sh.follow_up(Followup::Attach {
+                            to: caller.waiter,
+                            id,
+                            reply: proto::line(&r),
+                            stdin,
+                            tty,
+                            remove,
+                        });
+                    }
+                    sh.follow_up(Followup::Pipes { id, stdout, stderr, stdin });
+                    if attach.is_some() {
+                        // Answered by the follow-up.
+                    } else if debug {
                         // Held at its entry point: the debugger is attached, then START is
                         // answered.
                         if let Some(s) = sh.sessions.get_mut(&id) {
@@ -190,7 +273,6 @@ impl Lifecycle {
                         }
                         sh.follow_up(Followup::DebugStarted { caller, id });
                     } else {
-                        let r = Started { ok: proto::True, id, state: State::Running, debug: None, pid, ns_pid };
                         sh.answer(caller.waiter, Outcome::reply(&r));
                     }
                 }
@@ -201,6 +283,9 @@ impl Lifecycle {
                     let e = refusal(other);
                     sh.emit(id, EventKind::StartFailed { message: e.message.clone() });
                     sh.answer(caller.waiter, Outcome::Refuse(e));
+                    if attach.is_some_and(|a| a.remove) {
+                        self.abandon(sh, id, true);
+                    }
                 }
             },
             Waiting::Stop { to, id } => match reply {
@@ -208,6 +293,7 @@ impl Lifecycle {
                 Reply::Accepted { .. } => {}
                 other => {
                     // Usually a race with the run's own exit, whose event came first.
+                    let Some(to) = to else { return };
                     if let Some(w) = self.exit_waiters.get_mut(&id) {
                         w.retain(|w| *w != to);
                     }
@@ -224,7 +310,9 @@ impl Lifecycle {
                         sh.answer(w, Outcome::Refuse(Error::not_found("the session was deleted")));
                     }
                     sh.follow_up(Followup::Deleted { id, bundle });
-                    sh.answer(to, Outcome::reply(&Deleted { ok: proto::True, id, deleted: true }));
+                    if let Some(to) = to {
+                        sh.answer(to, Outcome::reply(&Deleted { ok: proto::True, id, deleted: true }));
+                    }
                     sh.sessions.touch(id);
                 }
                 other => {
@@ -232,10 +320,11 @@ impl Lifecycle {
                         s.deleting = false;
                     }
                     let e = refusal(other);
-                    sh.answer(
-                        to,
-                        Outcome::Refuse(Error::internal(format!("the broker refused to delete: {}", e.message))),
-                    );
+                    log::error!("the broker refused to delete {id}: {}", e.message);
+                    if let Some(to) = to {
+                        let e = Error::internal(format!("the broker refused to delete: {}", e.message));
+                        sh.answer(to, Outcome::Refuse(e));
+                    }
                 }
             },
         }

@@ -8,7 +8,8 @@
 //! | [`access`] | AUTH, the tokens, the slow-down of failures |
 //! | [`uploads`] | UPLOAD: budgets, quotas, the hashing and bundle threads, loading |
 //! | [`lifecycle`] | START, STOP, KILL, DELETE, runs' ends, receipts |
-//! | [`output`] | log pipes, LOGS, LOGS --follow |
+//! | [`output`] | log pipes, LOGS, the consumers of a run's output (LOGS --follow, attached clients) |
+//! | [`attach`] | START --attach: the client's frames, the run's stdin |
 //! | [`events`] | EVENTS subscribers |
 //! | [`debug`] | DEBUG: ports, relays |
 //! | [`queries`] | HELLO, LIST, STATUS, RECEIPT |
@@ -20,6 +21,7 @@
 //! [`ctx::Followup`], which the loop hands on.
 
 pub mod access;
+pub mod attach;
 pub mod broker_link;
 pub mod conn;
 pub mod ctx;
@@ -31,6 +33,7 @@ pub mod lifecycle;
 pub mod model;
 pub mod output;
 pub mod queries;
+pub mod ring;
 pub mod uploads;
 
 use self::broker_link::{BrokerLink, Incoming, Owner};
@@ -124,6 +127,7 @@ pub struct Server {
     uploads: uploads::Uploads,
     lifecycle: lifecycle::Lifecycle,
     output: output::Output,
+    attach: attach::Attach,
     events: events::Events,
     debug: debug::Debug,
     /// The mDNS advertisement, if any (withdrawn at shutdown).
@@ -213,6 +217,7 @@ impl Server {
             uploads: uploads::Uploads::default(),
             lifecycle: lifecycle::Lifecycle::default(),
             output: output::Output::default(),
+            attach: attach::Attach::default(),
             events: events::Events::default(),
             debug: debug::Debug::default(),
             advertiser: None,
@@ -335,6 +340,8 @@ impl Server {
                         }
                     }
                     Source::Pipe { .. } => self.output.readable(&mut self.sh, t),
+                    // An attached run's stdin has room: its client's waiting input goes on.
+                    Source::Stdin { conn } => touched.push(conn),
                     Source::DebugPort => self.debug.accept(&mut self.sh, t),
                     Source::Relay { relay, .. } => self.debug.pump(&mut self.sh, relay),
                     Source::Conn => {
@@ -342,7 +349,8 @@ impl Server {
                             if ev.is_error() {
                                 c.dead = true;
                             }
-                            if ev.is_read_closed() && matches!(c.mode, Mode::Waiting(_) | Mode::Stream(_)) {
+                            let unread = matches!(c.mode, Mode::Waiting(_) | Mode::Stream(_) | Mode::Attached);
+                            if ev.is_read_closed() && unread {
                                 // Nothing is read from it in these modes: note the EOF now.
                                 c.eof = true;
                             }
@@ -388,7 +396,7 @@ impl Server {
                 break;
             }
             for f in followups {
-                self.follow_up(f);
+                self.follow_up(f, touched);
             }
             for a in answers {
                 let waits = self.conns.get(&a.to.conn).is_some_and(|c| c.mode == Mode::Waiting(a.to.wait));
@@ -399,7 +407,7 @@ impl Server {
             }
         }
         for id in self.sh.sessions.take_dirty() {
-            touched.extend(self.output.followers_of(id));
+            touched.extend(self.output.consumers_of(id));
         }
         if self.sh.events.head() != self.events_pumped {
             self.events_pumped = self.sh.events.head();
@@ -407,12 +415,28 @@ impl Server {
         }
     }
 
-    fn follow_up(&mut self, f: Followup) {
+    fn follow_up(&mut self, f: Followup, touched: &mut Vec<Token>) {
         match f {
-            Followup::Pipes { id, stdout, stderr } => self.output.add_pipes(&mut self.sh, id, stdout, stderr),
+            Followup::Attach { to, id, reply, stdin, tty, remove } => {
+                let Some(c) = self.conns.get_mut(&to.conn).filter(|c| c.mode == Mode::Waiting(to.wait)) else {
+                    // The client went away while its run was being set up.
+                    self.lifecycle.abandon(&mut self.sh, id, remove);
+                    return;
+                };
+                c.out.extend_from_slice(&reply);
+                c.mode = Mode::Attached;
+                self.output.consume(&self.sh, to.conn, id, output::Format::Frames);
+                self.attach.adopt(to.conn, id, stdin, tty, remove);
+                touched.push(to.conn);
+            }
+            Followup::Pipes { id, stdout, stderr, stdin } => {
+                self.output.add_pipes(&mut self.sh, id, stdout, stderr);
+                self.attach.take_stdin(&mut self.sh, id, stdin);
+            }
             Followup::DebugStarted { caller, id } => self.debug.start_held(&mut self.sh, caller, id),
             Followup::Deleted { id, bundle } => {
                 self.output.forget(&mut self.sh, id);
+                self.attach.forget(&mut self.sh, id);
                 self.debug.forget(&mut self.sh, id);
                 if bundle {
                     self.uploads.remove_bundle(id);
@@ -437,6 +461,8 @@ impl Server {
             Incoming::Reply { owner: Owner::Uploads, tag, reply } => self.uploads.on_reply(sh, tag, reply),
             Incoming::Reply { owner: Owner::Lifecycle, tag, reply } => self.lifecycle.on_reply(sh, tag, reply),
             Incoming::Reply { owner: Owner::Debug, tag, reply } => self.debug.on_reply(sh, tag, reply),
+            // An attached client's signal: accepted, or the run had just ended.
+            Incoming::Reply { owner: Owner::Attach, .. } => {}
             Incoming::Stray(tag, reply) => log::error!("broker answered an unknown request {tag}: {reply:?}"),
         }
     }

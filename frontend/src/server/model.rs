@@ -2,8 +2,9 @@
 //! captured output, receipts, and the daemon's event log. Every owner reads and updates
 //! it; none owns it. It never guesses: the broker owns the processes.
 
+use super::ring::Ring;
 use crate::auth::Identity;
-use proto::reply::{Elf, Event, EventKind, Exit, Kind, LimitHit, Receipt, State};
+use proto::reply::{Elf, Event, EventKind, Exit, Kind, LimitHit, Receipt, Script, State};
 use proto::Time;
 use shared::{RunLimits, Usage};
 use std::collections::{BTreeMap, VecDeque};
@@ -15,67 +16,6 @@ use uuid::Uuid;
 pub const RECEIPTS_KEPT: usize = 16;
 /// Events kept for subscribers that fall behind (they are told how many they missed).
 pub const EVENTS_KEPT: usize = 4096;
-
-/// A bounded buffer of captured output: keeps the newest `cap` bytes and counts what it
-/// dropped.
-#[derive(Debug)]
-pub struct LogRing {
-    buf: VecDeque<u8>,
-    cap: usize,
-    /// Bytes ever pushed (the offset just past the newest byte).
-    total: u64,
-}
-
-impl LogRing {
-    /// An empty ring of `cap` bytes.
-    pub fn new(cap: usize) -> Self {
-        LogRing { buf: VecDeque::new(), cap, total: 0 }
-    }
-
-    /// Appends, dropping the oldest bytes beyond the capacity.
-    pub fn push(&mut self, data: &[u8]) {
-        self.total += data.len() as u64;
-        let data = if data.len() > self.cap { &data[data.len() - self.cap..] } else { data };
-        let overflow = (self.buf.len() + data.len()).saturating_sub(self.cap);
-        self.buf.drain(..overflow);
-        self.buf.extend(data);
-    }
-
-    /// Offset of the oldest byte still held.
-    pub fn start(&self) -> u64 {
-        self.total - self.buf.len() as u64
-    }
-
-    /// Offset just past the newest byte.
-    pub fn end(&self) -> u64 {
-        self.total
-    }
-
-    /// Bytes held.
-    pub fn len(&self) -> usize {
-        self.buf.len()
-    }
-
-    /// Whether nothing is held.
-    pub fn is_empty(&self) -> bool {
-        self.buf.is_empty()
-    }
-
-    /// Bytes from `offset` on (at most `max`), and how many bytes before them were dropped
-    /// since `offset`.
-    pub fn read_from(&self, offset: u64, max: usize) -> (Vec<u8>, u64) {
-        let from = offset.max(self.start());
-        let dropped = from - offset;
-        let skip = (from - self.start()) as usize;
-        (self.buf.iter().skip(skip).take(max).copied().collect(), dropped)
-    }
-
-    /// Forgets everything (a new run starts).
-    pub fn clear(&mut self) {
-        self.buf.clear();
-        self.total = 0;
-    }
-}
 
 /// `data` as UTF-8 text (invalid sequences replaced) and, when it was not valid UTF-8, its
 /// exact bytes in base64.
@@ -101,8 +41,12 @@ pub struct NewSession {
     pub size: u64,
     /// sha256 of the upload.
     pub sha256: String,
-    /// ELF facts of its program.
-    pub elf: Elf,
+    /// ELF facts of its program (`None`: a script).
+    pub elf: Option<Elf>,
+    /// A script's `#!` line.
+    pub script: Option<Script>,
+    /// The program's name (`UPLOAD --name`).
+    pub name: Option<String>,
 }
 
 /// One session.
@@ -122,8 +66,12 @@ pub struct Session {
     pub size: u64,
     /// sha256 of the upload.
     pub sha256: String,
-    /// ELF facts of its program.
-    pub elf: Elf,
+    /// ELF facts of its program (`None`: a script).
+    pub elf: Option<Elf>,
+    /// A script's `#!` line.
+    pub script: Option<Script>,
+    /// The program's name (`UPLOAD --name`).
+    pub name: Option<String>,
     /// Upload time.
     pub created: Time,
     /// Host pid of the current/last program.
@@ -145,7 +93,7 @@ pub struct Session {
     /// End of the last run.
     pub ended: Option<Time>,
     /// Captured output of the current/last run.
-    pub logs: LogRing,
+    pub logs: Ring,
     /// Bytes the program wrote to stdout / stderr in this run.
     pub out_bytes: [u64; 2],
     /// sha256 of stdout and stderr of the current/last run, as they are read.
@@ -170,7 +118,7 @@ impl Session {
     /// A session just loaded, with the daemon's default `limits` and an output buffer of
     /// `log_buffer` bytes.
     pub fn loaded(n: NewSession, limits: RunLimits, log_buffer: usize) -> Session {
-        let NewSession { id, owner, kind, exec_path, size, sha256, elf } = n;
+        let NewSession { id, owner, kind, exec_path, size, sha256, elf, script, name } = n;
         Session {
             id,
             owner,
@@ -180,6 +128,8 @@ impl Session {
             size,
             sha256,
             elf,
+            script,
+            name,
             created: Time::now(),
             pid: None,
             ns_pid: None,
@@ -190,7 +140,7 @@ impl Session {
             runs: 0,
             started: None,
             ended: None,
-            logs: LogRing::new(log_buffer),
+            logs: Ring::new(log_buffer),
             out_bytes: [0, 0],
             out_hash: Default::default(),
             pipes_open: 0,
@@ -208,6 +158,7 @@ impl Session {
         match self.cgroup_hit {
             Some(shared::LimitHit::Memory) => return Some(LimitHit::Memory),
             Some(shared::LimitHit::Pids) => return Some(LimitHit::Pids),
+            Some(shared::LimitHit::Wall) => return Some(LimitHit::Wall),
             None => {}
         }
         match self.exit? {
@@ -245,6 +196,7 @@ pub fn limits_reply(l: &RunLimits) -> proto::reply::RunLimits {
         processes: n(l.processes),
         tmp_bytes: n(l.tmp_bytes),
         memory_bytes: n(l.memory_bytes),
+        wall_seconds: n(l.wall_seconds),
     }
 }
 
@@ -409,18 +361,6 @@ pub fn now() -> Time {
 mod tests {
     use super::*;
 
-    #[test]
-    fn ring_keeps_newest_and_counts_drops() {
-        let mut r = LogRing::new(8);
-        r.push(b"hello ");
-        r.push(b"world");
-        assert_eq!(r.read_from(0, 100), (b"lo world".to_vec(), 3));
-        assert_eq!(r.read_from(8, 100), (b"rld".to_vec(), 0));
-        r.push(&[b'x'; 20]);
-        assert_eq!(r.read_from(0, 100).0, vec![b'x'; 8]);
-        assert_eq!(r.end(), 31);
-    }
-
     fn log_with(n: usize, cap: usize, ids: &[Uuid]) -> EventLog {
         let mut l = EventLog::new(cap);
         for i in 0..n {
@@ -500,7 +440,9 @@ mod tests {
             exec_path: None,
             size: 10,
             sha256: String::new(),
-            elf: Elf::default(),
+            elf: Some(Elf::default()),
+            script: None,
+            name: None,
         };
         s.insert(Session::loaded(new, RunLimits::default(), 4096));
         let alice = Identity { name: Arc::from("alice"), admin: false };

@@ -49,7 +49,9 @@ pub fn status(sh: &Shared, caller: &Caller, id: Uuid) -> Outcome {
         summary: s.summary(),
         sha256: s.sha256.clone(),
         exec_path: s.exec_path.clone(),
+        name: s.name.clone(),
         elf: s.elf.clone(),
+        script: s.script.clone(),
         ns_pid: s.ns_pid,
         runs: s.runs,
         started: s.started,
@@ -65,7 +67,7 @@ pub fn status(sh: &Shared, caller: &Caller, id: Uuid) -> Outcome {
             stdout_bytes: s.out_bytes[0],
             stderr_bytes: s.out_bytes[1],
             buffered: s.logs.len(),
-            dropped: s.logs.start(),
+            dropped: s.logs.dropped(None),
         },
     })
 }

@@ -1,4 +1,4 @@
-//! Uploads (SPEC §3, §5): `UPLOAD <size> [exec_path]`. The size, the quotas and the
+//! Uploads (SPEC §3, §5): `UPLOAD <size> [exec_path] [--name NAME]`. The size, the quotas and the
 //! rig's budgets are checked before a byte is stored, and reserved for the upload; a
 //! refused upload's bytes are skipped. The bytes go into a memfd allocated up front,
 //! written and hashed by the `uploads` thread while the loop receives; then a binary is
@@ -11,7 +11,7 @@ use super::model::{NewSession, Session};
 use crate::hasher::Hasher;
 use crate::worker::{Done, Job, Worker};
 use mio::Token;
-use proto::reply::{Elf, EventKind, Kind, Loaded, State};
+use proto::reply::{Elf, EventKind, Kind, Loaded, Script, State};
 use proto::{Code, Error, UploadSize};
 use serde_json::json;
 use shared::{Reply, Request, SessionId};
@@ -37,6 +37,8 @@ struct InFlight {
     size: u64,
     /// A bundle's executable path; `None` for a single binary.
     exec_path: Option<String>,
+    /// The program's name.
+    name: Option<String>,
     /// Who waits, once the last byte is in.
     to: Option<Waiter>,
 }
@@ -50,9 +52,11 @@ struct Loading {
     /// Bytes reserved (a bundle's: extracted).
     size: u64,
     sha256: String,
-    elf: Elf,
+    elf: Option<Elf>,
+    script: Option<Script>,
     id: Uuid,
     exec_path: Option<String>,
+    name: Option<String>,
 }
 
 /// The upload owner.
@@ -87,8 +91,15 @@ impl Uploads {
         Ok(())
     }
 
-    /// `UPLOAD <size> [exec_path]`.
-    pub fn upload(&mut self, sh: &mut Shared, caller: &Caller, size: UploadSize, exec_path: Option<String>) -> Outcome {
+    /// `UPLOAD <size> [exec_path] [--name NAME]`.
+    pub fn upload(
+        &mut self,
+        sh: &mut Shared,
+        caller: &Caller,
+        size: UploadSize,
+        exec_path: Option<String>,
+        name: Option<String>,
+    ) -> Outcome {
         let cfg = &sh.cfg;
         let size = match size {
             UploadSize::Bytes(n) if n <= cfg.drain_limit || n <= cfg.max_upload => n,
@@ -107,7 +118,13 @@ impl Uploads {
             // Refused before storing a byte; the bytes are read and dropped.
             return Outcome::Drain { refusal, size };
         }
-        let memfd = match crate::sys::memfd_for_upload(size) {
+        // A binary's memfd is named after the program: /proc/<pid>/exe, gdb and (on newer
+        // kernels) comm show it.
+        let memfd_name = match (&exec_path, &name) {
+            (None, Some(n)) => n.as_str(),
+            _ => "debuglantern-upload",
+        };
+        let memfd = match crate::sys::memfd_for_upload(size, memfd_name) {
             Ok(f) => f,
             // Out of memory for it: refuse before storing a byte, skip the bytes.
             Err(e) => {
@@ -126,7 +143,7 @@ impl Uploads {
         if let Some(h) = &self.hasher {
             h.begin(job, thread_copy);
         }
-        self.jobs.insert(job, InFlight { owner, peer: caller.peer_str(), memfd, size, exec_path, to: None });
+        self.jobs.insert(job, InFlight { owner, peer: caller.peer_str(), memfd, size, exec_path, name, to: None });
         Outcome::Payload { job, size }
     }
 
@@ -282,7 +299,12 @@ impl Uploads {
                         r.bytes = r.bytes - x.size + b.bytes;
                     }
                     x.size = b.bytes;
-                    x.elf = b.elf.into();
+                    match b.program {
+                        crate::bundle::Program::Elf(e) => x.elf = Some(e.into()),
+                        crate::bundle::Program::Script { interpreter, arg } => {
+                            x.script = Some(Script { interpreter, arg })
+                        }
+                    }
                     let exec = x.exec_path.clone().unwrap_or_default().into_bytes();
                     match sh.broker.send(Owner::Uploads, Request::LoadBundle { id: session_id(&x.id), exec_path: exec })
                     {
@@ -303,7 +325,7 @@ impl Uploads {
     /// Every byte of an upload is stored and hashed: a bundle goes to the worker, a binary
     /// is sealed, validated and handed to the broker.
     fn stored(&mut self, sh: &mut Shared, to: Waiter, j: InFlight, sha256: String) {
-        let InFlight { owner, peer, memfd, size, exec_path, .. } = j;
+        let InFlight { owner, peer, memfd, size, exec_path, name, .. } = j;
         let id = Uuid::new_v4();
         if let Some(exec) = exec_path {
             let Some(worker) = &self.worker else {
@@ -326,7 +348,7 @@ impl Uploads {
                 exec_path: exec.clone(),
                 limits,
             });
-            let l = Loading { to, owner, peer, size, sha256, elf: Elf::default(), id, exec_path: Some(exec) };
+            let l = Loading { to, owner, peer, size, sha256, elf: None, script: None, id, exec_path: Some(exec), name };
             self.extracting.insert(ticket, l);
             return;
         }
@@ -343,7 +365,9 @@ impl Uploads {
         };
         match sh.broker.send(Owner::Uploads, Request::Load { id: session_id(&id), memfd: memfd.into() }) {
             Ok(tag) => {
-                self.loading.insert(tag, Loading { to, owner, peer, size, sha256, elf, id, exec_path: None });
+                let l =
+                    Loading { to, owner, peer, size, sha256, elf: Some(elf), script: None, id, exec_path: None, name };
+                self.loading.insert(tag, l);
             }
             Err(e) => {
                 self.release(&owner, size);
@@ -372,6 +396,8 @@ impl Uploads {
                     size: l.size,
                     sha256: l.sha256.clone(),
                     elf: l.elf.clone(),
+                    script: l.script.clone(),
+                    name: l.name.clone(),
                 };
                 let new = NewSession {
                     id: l.id,
@@ -381,6 +407,8 @@ impl Uploads {
                     size: l.size,
                     sha256: l.sha256.clone(),
                     elf: l.elf,
+                    script: l.script,
+                    name: l.name,
                 };
                 let session = Session::loaded(new, sh.cfg.limits, sh.cfg.log_buffer);
                 sh.sessions.insert(session);

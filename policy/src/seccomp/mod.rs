@@ -74,7 +74,7 @@ pub const FRONTEND_ALLOWED: &[(i64, &str)] = &[
     (libc::SYS_statx, "memfd size"),
     (libc::SYS_lseek, "std i/o"),
     (libc::SYS_signalfd4, "SIGTERM/SIGINT in the event loop"),
-    (libc::SYS_ioctl, "FIONBIO, FIOCLEX, SIOCGIFINDEX (argument-filtered)"),
+    (libc::SYS_ioctl, "FIONBIO, FIOCLEX, TIOCSWINSZ, SIOCGIFINDEX (argument-filtered)"),
     (libc::SYS_fcntl, "non-blocking mode, seals"),
     (libc::SYS_epoll_create1, "event loop"),
     (libc::SYS_epoll_ctl, "event loop"),
@@ -180,10 +180,12 @@ pub const BROKER_FATAL: &[(i64, &str)] = &[
     (libc::SYS_finit_module, "no kernel modules"),
 ];
 
-/// ioctl requests every frontend thread may make: `FIONBIO`, `FIOCLEX`.
+/// ioctl requests every frontend thread may make: `FIONBIO`, `FIOCLEX`, and `TIOCSWINSZ`
+/// (an attached client's terminal resized: the loop sets the size of the run's terminal,
+/// whose master it holds).
 // The request type differs between libcs (c_ulong here, c_int on musl).
 #[allow(clippy::unnecessary_cast)]
-pub const FRONTEND_IOCTLS: &[u64] = &[libc::FIONBIO as u64, libc::FIOCLEX as u64];
+pub const FRONTEND_IOCTLS: &[u64] = &[libc::FIONBIO as u64, libc::FIOCLEX as u64, libc::TIOCSWINSZ as u64];
 /// ioctl requests only the mDNS responder makes (`if_nametoindex` as it re-scans interfaces).
 #[allow(clippy::unnecessary_cast)]
 pub const MDNS_IOCTLS: &[u64] = &[libc::SIOCGIFINDEX as u64];

@@ -45,6 +45,34 @@ impl State {
     }
 }
 
+/// Which output stream of a program.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Stream {
+    /// Its stdout (or its terminal, on a tty).
+    Stdout,
+    /// Its stderr.
+    Stderr,
+}
+
+impl Stream {
+    /// Wire name.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Stream::Stdout => "stdout",
+            Stream::Stderr => "stderr",
+        }
+    }
+
+    /// 0 for stdout, 1 for stderr.
+    pub fn index(self) -> usize {
+        match self {
+            Stream::Stdout => 0,
+            Stream::Stderr => 1,
+        }
+    }
+}
+
 /// Binary or bundle.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
@@ -94,6 +122,8 @@ pub enum LimitHit {
     Memory,
     /// The pids cgroup.
     Pids,
+    /// The run's wall-clock limit.
+    Wall,
 }
 
 impl LimitHit {
@@ -103,6 +133,7 @@ impl LimitHit {
             LimitHit::Cpu => "cpu",
             LimitHit::Memory => "memory",
             LimitHit::Pids => "pids",
+            LimitHit::Wall => "wall",
         }
     }
 }
@@ -122,6 +153,9 @@ pub struct RunLimits {
     pub tmp_bytes: Option<u64>,
     /// Memory of the whole session (cgroup), bytes.
     pub memory_bytes: Option<u64>,
+    /// Wall-clock seconds of the run.
+    #[serde(default)]
+    pub wall_seconds: Option<u64>,
 }
 
 /// What the ELF header of a program says.
@@ -139,6 +173,16 @@ pub struct Elf {
     /// No interpreter.
     #[serde(rename = "static")]
     pub is_static: bool,
+}
+
+/// A bundle's executable that is a script: what its `#!` line names.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Script {
+    /// The interpreter's path (in the session's view: the bundle or the rig's `/usr`).
+    pub interpreter: String,
+    /// Its optional argument.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub arg: Option<String>,
 }
 
 /// Who a connection is.
@@ -229,8 +273,14 @@ pub struct Loaded {
     pub size: u64,
     /// sha256 of the upload.
     pub sha256: String,
-    /// The program's ELF facts.
-    pub elf: Elf,
+    /// The program's ELF facts (`null` for a script).
+    pub elf: Option<Elf>,
+    /// A script's `#!` line.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub script: Option<Script>,
+    /// The program's name (`UPLOAD --name`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub name: Option<String>,
 }
 
 /// A debug port waiting for gdb.
@@ -350,7 +400,7 @@ pub struct Output {
     pub stderr_bytes: u64,
     /// Bytes still buffered.
     pub buffered: usize,
-    /// Bytes dropped from the buffer.
+    /// Bytes dropped from the buffer (nobody followed the run while they were there).
     pub dropped: u64,
 }
 
@@ -367,8 +417,14 @@ pub struct Status {
     /// A bundle's executable.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub exec_path: Option<String>,
-    /// The program's ELF facts.
-    pub elf: Elf,
+    /// The program's name (`UPLOAD --name`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub name: Option<String>,
+    /// The program's ELF facts (`null` for a script).
+    pub elf: Option<Elf>,
+    /// A script's `#!` line.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub script: Option<Script>,
     /// The program's pid in the session.
     pub ns_pid: Option<u32>,
     /// Runs so far.
@@ -416,6 +472,19 @@ pub struct Logs {
     /// The exact bytes, when they are not valid UTF-8.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub data_base64: Option<String>,
+    /// The stream asked for (`--stream`); without, both, in the order they were written.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub stream: Option<Stream>,
+}
+
+impl Logs {
+    /// The exact bytes.
+    pub fn bytes(&self) -> Vec<u8> {
+        match &self.data_base64 {
+            Some(b) => crate::base64::decode(b).unwrap_or_else(|| self.data.clone().into_bytes()),
+            None => self.data.clone().into_bytes(),
+        }
+    }
 }
 
 /// One chunk of `LOGS --follow`.
@@ -425,6 +494,8 @@ pub struct LogChunk {
     pub ok: True,
     /// The session.
     pub id: Uuid,
+    /// Which stream it came from.
+    pub stream: Stream,
     /// The output (UTF-8; invalid sequences replaced).
     pub data: String,
     /// Bytes lost to the buffer before this chunk.
@@ -460,6 +531,9 @@ pub enum LogEnd {
         state: State,
         /// How the run ended.
         exit: Option<Exit>,
+        /// A limit that ended it.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        limit_hit: Option<LimitHit>,
     },
     /// The session was deleted.
     Deleted {
