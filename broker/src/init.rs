@@ -206,7 +206,9 @@ pub fn run(plan: InitPlan) -> ! {
             ExecStage::Seccomp => format!("cannot install the session's seccomp filter: {e}"),
             ExecStage::Exec => {
                 let hint = match e {
-                    nix::errno::Errno::ENOENT => " (its ELF interpreter is missing on the rig)",
+                    nix::errno::Errno::ENOENT => {
+                        " (its ELF interpreter, or the #! interpreter of a script, is missing on the rig)"
+                    }
                     nix::errno::Errno::EACCES => " (not executable)",
                     _ => "",
                 };

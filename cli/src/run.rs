@@ -97,6 +97,9 @@ pub fn run(target: &Target, mut a: RunArgs) -> Result<ExitCode> {
     if a.json {
         crate::print_json(&end)?;
     }
+    if let LogEnd::Ended { limit_hit: Some(l), .. } = &end {
+        eprintln!("lantern: the run ended at its {} limit", l.as_str());
+    }
     let code = match end {
         LogEnd::Ended { exit: Some(e), .. } => e.shell_status(),
         LogEnd::Ended { limit_hit: Some(l), .. } => bail!("the run ended at its {} limit", l.as_str()),

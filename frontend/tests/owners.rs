@@ -110,6 +110,12 @@ impl Rig {
     /// Answers the next START with a run whose output is two pipes we hold; returns the
     /// write ends.
     fn run_started(&mut self) -> (shared::SessionId, std::fs::File, std::fs::File) {
+        let (id, out, err, _stdin) = self.run_started_with_stdin();
+        (id, out, err)
+    }
+
+    /// As [`Rig::run_started`], also returning the read end of the run's stdin.
+    fn run_started_with_stdin(&mut self) -> (shared::SessionId, std::fs::File, std::fs::File, std::fs::File) {
         let (tag, req) = recv(&mut self.broker);
         let Request::Start { id, spec } = req else { panic!("{req:?}") };
         assert_eq!(spec.argv[0], b"program");
@@ -118,12 +124,12 @@ impl Rig {
         let program = Command::new("sleep").arg("600").spawn().unwrap();
         let (out_r, out_w) = nix::unistd::pipe().unwrap();
         let (err_r, err_w) = nix::unistd::pipe().unwrap();
-        let (_in_r, in_w) = nix::unistd::pipe().unwrap();
+        let (in_r, in_w) = nix::unistd::pipe().unwrap();
         let started =
             Reply::Started { id, ns_pid: 2, pidfd: pidfd(&program), stdout: out_r, stderr: Some(err_r), stdin: in_w };
         self.children.push(program);
         self.broker.send(tag, started).unwrap();
-        (id, std::fs::File::from(out_w), std::fs::File::from(err_w))
+        (id, std::fs::File::from(out_w), std::fs::File::from(err_w), std::fs::File::from(in_r))
     }
 
     fn exited(&mut self, id: shared::SessionId, code: i32) {
@@ -257,4 +263,86 @@ fn bad_lines_are_refused_and_an_over_long_line_closes() {
     assert_eq!(r.refused().error, proto::Code::BadRequest);
     let mut rest = String::new();
     assert_eq!(r.client.read_line(&mut rest).unwrap(), 0, "the connection stays open: {rest}");
+}
+
+/// Reads one frame of an attached run.
+fn frame(r: &mut impl std::io::Read) -> (u8, Vec<u8>) {
+    let mut h = [0u8; proto::attach::HEADER];
+    r.read_exact(&mut h).unwrap();
+    assert_eq!(&h[1..4], &[0, 0, 0]);
+    let mut p = vec![0u8; u32::from_be_bytes([h[4], h[5], h[6], h[7]]) as usize];
+    r.read_exact(&mut p).unwrap();
+    (h[0], p)
+}
+
+#[test]
+fn an_attached_slow_client_gets_every_byte_while_the_program_waits() {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    let mut r = Rig::new();
+    let id = r.load();
+    r.send(&format!("START {id} --attach {{\"stdin\":true,\"remove\":true}}"));
+    let (sid, mut out, mut err, mut stdin) = r.run_started_with_stdin();
+    let s: Started = r.read();
+    assert_eq!(s.state, State::Running);
+    // The program writes 8 MiB, far more than the daemon buffers; the client reads nothing
+    // for a while: the program must wait in write, not lose bytes.
+    const TOTAL: usize = 8 << 20;
+    let written = std::sync::Arc::new(AtomicUsize::new(0));
+    let w = written.clone();
+    let writer = std::thread::spawn(move || {
+        let data: Vec<u8> = (0..TOTAL).map(|i| (i % 251) as u8).collect();
+        for c in data.chunks(64 << 10) {
+            out.write_all(c).unwrap();
+            w.fetch_add(c.len(), Ordering::SeqCst);
+        }
+        err.write_all(b"the end\n").unwrap();
+    });
+    std::thread::sleep(Duration::from_millis(500));
+    let early = written.load(Ordering::SeqCst);
+    assert!(early < TOTAL, "the program was never held back ({early} bytes written)");
+    // stdin: frames in, bytes out of the pipe, then EOF.
+    let mut f = Vec::new();
+    proto::attach::push(&mut f, proto::attach::Kind::Stdin, b"typed input");
+    proto::attach::push(&mut f, proto::attach::Kind::Stdin, b"");
+    r.writer.write_all(&f).unwrap();
+    let mut got_in = Vec::new();
+    std::io::Read::read_to_end(&mut stdin, &mut got_in).unwrap();
+    assert_eq!(got_in, b"typed input");
+    // Now read it all: every byte in order, stderr apart.
+    let (mut so, mut se) = (Vec::new(), Vec::new());
+    while so.len() < TOTAL || se.is_empty() {
+        match frame(&mut r.client) {
+            (1, p) => so.extend(p),
+            (2, p) => se.extend(p),
+            other => panic!("unexpected frame {other:?}"),
+        }
+    }
+    writer.join().unwrap();
+    assert!(so.iter().enumerate().all(|(i, &b)| b == (i % 251) as u8), "stdout arrived damaged or out of order");
+    assert_eq!(se, b"the end\n");
+    r.exited(sid, 3);
+    let (kind, end) = frame(&mut r.client);
+    assert_eq!(kind, 3);
+    let end: LogEnd = serde_json::from_slice(&end).unwrap();
+    assert!(matches!(end, LogEnd::Ended { exit: Some(Exit::Code(3)), .. }), "{end:?}");
+    // "remove": the session is deleted after its end; then the connection closes.
+    let (tag, req) = recv(&mut r.broker);
+    assert!(matches!(req, Request::Delete { .. }), "{req:?}");
+    r.broker.send(tag, Reply::Deleted { id: sid }).unwrap();
+    let mut rest = Vec::new();
+    std::io::Read::read_to_end(&mut r.client, &mut rest).unwrap();
+    assert!(rest.is_empty(), "{rest:?}");
+}
+
+#[test]
+fn an_attached_run_is_killed_when_its_client_goes_or_breaks_the_framing() {
+    let mut r = Rig::new();
+    let id = r.load();
+    r.send(&format!("START {id} --attach"));
+    let (_sid, _out, _err) = r.run_started();
+    let _: Started = r.read();
+    // A frame type no client sends: the connection closes and the run is killed.
+    r.writer.write_all(&[9, 0, 0, 0, 0, 0, 0, 0]).unwrap();
+    let (_, req) = recv(&mut r.broker);
+    assert!(matches!(req, Request::Kill { .. }), "{req:?}");
 }

@@ -446,4 +446,19 @@ int main(void) {
 
     /// Trivial static program for benchmarks.
     pub const TRUE: &str = "int main(void) { return 0; }";
+
+    /// `flood N [DELAY_MS]`: waits DELAY_MS, prints N numbered lines to stdout, then
+    /// "flood done" to stderr, exits 3.
+    pub const FLOOD: &str = r#"
+#include <stdio.h>
+#include <stdlib.h>
+#include <unistd.h>
+int main(int argc, char **argv) {
+    long n = argc > 1 ? atol(argv[1]) : 10;
+    if (argc > 2) usleep(atoi(argv[2]) * 1000);
+    for (long i = 0; i < n; i++) printf("line %ld of the flood, padded to be a little longer\n", i);
+    fflush(stdout);
+    fprintf(stderr, "flood done\n");
+    return 3;
+}"#;
 }

@@ -118,7 +118,7 @@ impl Server {
         self.events.drop_sub(t);
         // An attached client that went away before its run's end: the run goes with it.
         if let Some((id, remove)) = self.attach.finish(&mut self.sh, t) {
-            self.lifecycle.abandon(&mut self.sh, id, remove);
+            self.lifecycle.abandon(&mut self.sh, id, remove, "its attached client went away");
         }
     }
 
@@ -185,7 +185,7 @@ impl Server {
             c.mode = Mode::Lines;
             c.closing = true;
             if let Some((id, true)) = self.attach.finish(&mut self.sh, t) {
-                self.lifecycle.abandon(&mut self.sh, id, true);
+                self.lifecycle.abandon(&mut self.sh, id, true, "its run ended (remove)");
             }
             return false;
         }

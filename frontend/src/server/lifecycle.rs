@@ -150,7 +150,8 @@ impl Lifecycle {
 
     /// The attached client of `id`'s run went away (or its run ended, with `remove`): the
     /// run is killed, and with `remove` the session deleted. Nobody waits for the answer.
-    pub fn abandon(&mut self, sh: &mut Shared, id: Uuid, remove: bool) {
+    /// `why` goes to the audit log.
+    pub fn abandon(&mut self, sh: &mut Shared, id: Uuid, remove: bool, why: &str) {
         let Some(s) = sh.sessions.get(&id) else { return };
         if s.deleting || (!remove && !s.state.alive()) || (s.busy && !s.state.alive()) {
             return;
@@ -160,7 +161,7 @@ impl Lifecycle {
         let owner = s.owner.clone();
         sh.audit.log(
             if remove { "abandoned_delete" } else { "abandoned_kill" },
-            json!({"id": id.to_string(), "owner": &*owner, "reason": "the attached client is gone or done"}),
+            json!({"id": id.to_string(), "owner": &*owner, "reason": why}),
         );
         if remove {
             if let Some(s) = sh.sessions.get_mut(&id) {
@@ -284,7 +285,7 @@ impl Lifecycle {
                     sh.emit(id, EventKind::StartFailed { message: e.message.clone() });
                     sh.answer(caller.waiter, Outcome::Refuse(e));
                     if attach.is_some_and(|a| a.remove) {
-                        self.abandon(sh, id, true);
+                        self.abandon(sh, id, true, "its attached START failed");
                     }
                 }
             },

@@ -420,7 +420,7 @@ impl Server {
             Followup::Attach { to, id, reply, stdin, tty, remove } => {
                 let Some(c) = self.conns.get_mut(&to.conn).filter(|c| c.mode == Mode::Waiting(to.wait)) else {
                     // The client went away while its run was being set up.
-                    self.lifecycle.abandon(&mut self.sh, id, remove);
+                    self.lifecycle.abandon(&mut self.sh, id, remove, "its attached client went away during START");
                     return;
                 };
                 c.out.extend_from_slice(&reply);
