@@ -40,6 +40,77 @@ fn main() {
     if want("debug") {
         debug_latency();
     }
+    if want("io") {
+        program_io();
+    }
+}
+
+/// Writes `argv[1]` MiB of zeroes to stdout.
+const SPEW: &str = r#"
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+int main(int argc, char **argv) {
+    static char b[1 << 20];
+    long n = argc > 1 ? atol(argv[1]) : 1;
+    for (long i = 0; i < n; i++)
+        for (size_t off = 0; off < sizeof b;) { ssize_t w = write(1, b + off, sizeof b - off); if (w <= 0) return 1; off += w; }
+    return 0;
+}"#;
+
+/// Reads stdin to its end, discarding; exits 0 if it got `argv[1]` MiB.
+const SINK: &str = r#"
+#include <stdlib.h>
+#include <unistd.h>
+int main(int argc, char **argv) {
+    static char b[1 << 20];
+    long want = (argc > 1 ? atol(argv[1]) : 1) << 20, got = 0;
+    ssize_t r;
+    while ((r = read(0, b, sizeof b)) > 0) got += r;
+    return got == want ? 0 : 1;
+}"#;
+
+/// `lantern run` of a program writing 1 GiB into `wc -c`, and of one reading 1 GiB of
+/// stdin, against the same pipelines run locally.
+fn program_io() {
+    const MIB: u64 = 1024;
+    const RUNS: usize = 5;
+    let dir = std::env::temp_dir().join(format!("dl-bench-io-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let (spew, sink) = (dir.join("spew"), dir.join("sink"));
+    for (p, src) in [(&spew, SPEW), (&sink, SINK)] {
+        std::fs::write(p, c_program(p.file_name().unwrap().to_str().unwrap(), src, false)).unwrap();
+        std::fs::set_permissions(p, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+    }
+    let d = Daemon::start(&[]);
+    let lantern = format!("{} --rig {}", tests::bin_dir().join("lantern").display(), d.addr);
+    let time = |script: String, check: &dyn Fn(&[u8])| -> f64 {
+        let t = Instant::now();
+        let out = Command::new("bash").arg("-c").arg(&script).output().unwrap();
+        let secs = t.elapsed().as_secs_f64();
+        assert!(out.status.success(), "{script}: {}", String::from_utf8_lossy(&out.stderr));
+        check(&out.stdout);
+        MIB as f64 / secs
+    };
+    let counted = |out: &[u8]| assert_eq!(String::from_utf8_lossy(out).trim(), (MIB << 20).to_string(), "lossless");
+    let nothing = |_: &[u8]| {};
+    let (mut lo, mut ro, mut li, mut ri) = (Vec::new(), Vec::new(), Vec::new(), Vec::new());
+    for _ in 0..RUNS {
+        lo.push(time(format!("{} {MIB} | wc -c", spew.display()), &counted));
+        ro.push(time(format!("{lantern} run {} -- {MIB} | wc -c", spew.display()), &counted));
+        li.push(time(format!("head -c {}M /dev/zero | {} {MIB}", MIB, sink.display()), &nothing));
+        ri.push(time(format!("head -c {}M /dev/zero | {lantern} run {} -- {MIB}", MIB, sink.display()), &nothing));
+    }
+    let (lo, ro, li, ri) = (median(&mut lo), median(&mut ro), median(&mut li), median(&mut ri));
+    println!("## Program I/O: 1 GiB through `lantern run` vs a local pipe (median of {RUNS}, whole command)");
+    println!("| path | MiB/s | ratio |");
+    println!("|---|---|---|");
+    println!("| local: `spew 1024 \\| wc -c` | {lo:.0} | 1.00 |");
+    println!("| `lantern run spew -- 1024 \\| wc -c` (every byte counted) | {ro:.0} | {:.2} |", ro / lo);
+    println!("| local: `head -c 1G /dev/zero \\| sink` | {li:.0} | 1.00 |");
+    println!("| `head -c 1G /dev/zero \\| lantern run sink` (sink checks the count) | {ri:.0} | {:.2} |", ri / li);
+    println!();
+    let _ = std::fs::remove_dir_all(dir);
 }
 
 fn uname() -> String {

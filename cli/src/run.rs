@@ -164,22 +164,22 @@ fn relay_output(reader: &mut impl Read, id: uuid::Uuid, json: bool) -> Result<Lo
     }
 }
 
-/// Copies stdin to the run in stdin frames, then the EOF frame.
+/// Copies stdin to the run in stdin frames, then the EOF frame. Each read lands right
+/// after room for its frame header: one write per frame, no copy.
 fn spawn_stdin_thread(writer: Arc<Mutex<TcpStream>>) {
     std::thread::spawn(move || {
         let mut stdin = std::io::stdin().lock();
-        let mut buf = vec![0u8; 256 << 10];
-        let mut frame = Vec::with_capacity(buf.len() + attach::HEADER);
+        let mut buf = vec![0u8; attach::HEADER + (256 << 10)];
         loop {
-            let n = match stdin.read(&mut buf) {
+            let n = match stdin.read(&mut buf[attach::HEADER..]) {
                 Ok(n) => n,
                 Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
                 // An unreadable stdin ends like an empty one.
                 Err(_) => 0,
             };
-            frame.clear();
-            attach::push(&mut frame, Kind::Stdin, &buf[..n]);
-            let sent = writer.lock().map(|mut w| w.write_all(&frame).is_ok()).unwrap_or(false);
+            buf[..attach::HEADER].copy_from_slice(&attach::header(Kind::Stdin, n));
+            let frame = &buf[..attach::HEADER + n];
+            let sent = writer.lock().map(|mut w| w.write_all(frame).is_ok()).unwrap_or(false);
             if n == 0 || !sent {
                 return;
             }

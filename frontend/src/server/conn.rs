@@ -11,6 +11,8 @@ use std::net::SocketAddr;
 
 /// Bytes of pipelined input buffered while a connection is busy with a command.
 pub const IN_CAP: usize = 64 * 1024;
+/// Bytes of an attached client's input (stdin frames) buffered on their way to the run.
+pub const ATTACHED_IN_CAP: usize = 1 << 20;
 /// A connection's output buffer above which nothing more is produced for it.
 pub const OUT_HIGH_WATER: usize = 1 << 20;
 
@@ -125,9 +127,14 @@ impl Conn {
     /// Reads into the input buffer until it would block or holds [`IN_CAP`]. Returns
     /// whether anything came (EOF and errors are noted in `eof` / `dead`).
     pub fn fill(&mut self, scratch: &mut [u8]) -> bool {
+        self.fill_to(IN_CAP, scratch)
+    }
+
+    /// [`Conn::fill`], up to `cap` bytes buffered.
+    pub fn fill_to(&mut self, cap: usize, scratch: &mut [u8]) -> bool {
         let mut got_any = false;
-        while self.inbuf.len() < IN_CAP {
-            let room = (IN_CAP - self.inbuf.len()).min(scratch.len());
+        while self.inbuf.len() < cap {
+            let room = (cap - self.inbuf.len()).min(scratch.len());
             match self.stream.read(&mut scratch[..room]) {
                 Ok(0) => {
                     self.eof = true;

@@ -3,7 +3,7 @@
 //! outcomes are applied.
 
 use super::attach::Input;
-use super::conn::{Mode, IN_CAP};
+use super::conn::{Mode, ATTACHED_IN_CAP};
 use super::ctx::{Outcome, StreamKind, Waiter};
 use super::{queries, Server, AUDITED_REFUSALS};
 use mio::Token;
@@ -164,8 +164,8 @@ impl Server {
                 }
             }
         }
-        if !blocked && c.inbuf.len() < IN_CAP && !c.eof {
-            progressed |= c.fill(&mut self.scratch);
+        if !blocked && c.inbuf.len() < ATTACHED_IN_CAP && !c.eof {
+            progressed |= c.fill_to(ATTACHED_IN_CAP, &mut self.scratch);
         }
         if c.eof {
             // The client went away (a client never half-closes an attached connection).
