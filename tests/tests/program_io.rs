@@ -219,6 +219,13 @@ fn root_a_terminal_session_driven_by_tmux() {
     keys(&session, &["echo after-interrupt", "Enter"]);
     let p = wait_pane(&session, "\nafter-interrupt");
     assert!(!p.contains("\nslept"), "{p}");
+    // Ctrl-Z stops the remote foreground job; the shell's job control takes it.
+    keys(&session, &["sleep 200", "Enter"]);
+    std::thread::sleep(Duration::from_millis(500));
+    keys(&session, &["C-z"]);
+    wait_pane(&session, "Stopped");
+    keys(&session, &["kill -9 %1; echo job-gone", "Enter"]);
+    wait_pane(&session, "\njob-gone");
     // A resize follows.
     assert!(Command::new("tmux")
         .args(["resize-window", "-t", &session, "-x", "120", "-y", "40"])
@@ -291,6 +298,10 @@ fn root_a_run_ends_with_its_client_however_the_client_ends() {
     assert!(text(&out.stdout).contains("codes=141 0"), "{}", text(&out.stdout));
     assert!(text(&out.stderr).is_empty(), "{}", text(&out.stderr));
     list_empty_within(&mut c, Duration::from_secs(1));
+    // `events -f | head -1`: the same quiet end, no panic.
+    let out = sh(&d, "timeout 10 $L events -f | head -1; echo \"codes=${PIPESTATUS[*]}\"");
+    assert!(text(&out.stdout).contains("codes=141 0"), "{} {}", text(&out.stdout), text(&out.stderr));
+    assert!(text(&out.stderr).is_empty(), "{}", text(&out.stderr));
     // A full disk on stdout: a clear error, and the run ends.
     let out = sh(&d, &format!("$L run {} -- 100000000 > /dev/full", flood.display()));
     assert_eq!(out.status.code(), Some(3));

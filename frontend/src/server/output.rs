@@ -86,6 +86,12 @@ impl Output {
     /// A run started: watch its pipes (`stderr` is `None` on a terminal), and read what is
     /// already there (edge-triggered).
     pub fn add_pipes(&mut self, sh: &mut Shared, id: Uuid, stdout: OwnedFd, stderr: Option<OwnedFd>) {
+        // A follower still taking the last run's output (its ring was just cleared) goes on
+        // with this run's, from its first byte.
+        for c in self.consumers.values_mut().filter(|c| c.id == id) {
+            c.offset = 0;
+            c.dropped_before = 0;
+        }
         let mut tokens = Vec::new();
         let pipes = [(Stream::Stdout, Some(stdout)), (Stream::Stderr, stderr)];
         for (stream, fd) in pipes.into_iter().filter_map(|(s, fd)| fd.map(|fd| (s, fd))) {
