@@ -20,6 +20,7 @@ use std::collections::HashMap;
 use std::os::fd::{AsFd, AsRawFd, OwnedFd};
 use std::time::{Duration, Instant};
 
+mod execs;
 mod runs;
 #[cfg(test)]
 mod tests;
@@ -79,6 +80,8 @@ struct Run {
     stdout: Option<OwnedFd>,
     stderr: Option<OwnedFd>,
     stdin: Option<OwnedFd>,
+    /// The run's limits (an exec'd process gets the same rlimits).
+    limits: shared::RunLimits,
     /// When the run's wall-clock limit ends it.
     wall_deadline: Option<Instant>,
     /// The wall-clock limit ended it.
@@ -92,6 +95,7 @@ struct PendingSpawn {
     slot: Option<u32>,
     cgroup: Option<crate::cgroup::SessionCgroup>,
     wall_seconds: u64,
+    limits: shared::RunLimits,
 }
 
 /// What a session runs.
@@ -105,11 +109,17 @@ enum Image {
 
 struct Session {
     image: Image,
+    /// Its uid slot, from LOAD to DELETE: every run of it (and every copy into its kept
+    /// `/tmp`) is the same uid, and no other session's is while it exists. `None` in
+    /// single-uid mode.
+    slot: Option<u32>,
     run: Option<Run>,
     /// A START is with the spawner.
     spawning: bool,
     /// Tag of a DELETE waiting for the run to end.
     delete_tag: Option<u64>,
+    /// The number the next EXEC gets.
+    next_exec: u32,
 }
 
 /// The broker's state.
@@ -135,6 +145,12 @@ pub struct Broker {
     debug_tokens: HashMap<Token, SessionId>,
     /// Program pidfds' tokens.
     program_tokens: HashMap<Token, SessionId>,
+    /// Spawner tags of DropTmp calls (their answers change nothing).
+    drops: std::collections::HashSet<u64>,
+    /// Files helpers with the spawner: spawner tag → (session, request tag).
+    files_calls: HashMap<u64, (SessionId, u64)>,
+    /// Exec'd processes' helpers, and the tokens of their control sockets and pidfds.
+    execs: execs::Execs,
     next_spawn: u64,
 }
 
@@ -167,6 +183,9 @@ impl Broker {
             debug_calls: HashMap::new(),
             debug_tokens: HashMap::new(),
             program_tokens: HashMap::new(),
+            drops: Default::default(),
+            files_calls: HashMap::new(),
+            execs: execs::Execs::default(),
             next_spawn: 1,
         };
         b.hello(warnings)?;
@@ -238,6 +257,7 @@ impl Broker {
                         }
                     },
                     t if self.debug_tokens.contains_key(&t) => self.on_debugger_exit(t)?,
+                    t if self.execs.tokens.contains_key(&t) => self.on_exec_event(t)?,
                     t if self.program_tokens.contains_key(&t) => self.on_program_exit(t),
                     t => self.on_run_event(t)?,
                 }
@@ -285,7 +305,9 @@ impl Broker {
                 self.tube.send(tag, Reply::Accepted { id })?;
                 Ok(())
             }
-            Request::Signal { id, sig } => {
+            Request::Exec { id, spec } => self.exec(tag, id, spec),
+            Request::Signal { id, exec: Some(exec), sig } => self.exec_signal(tag, id, exec, sig),
+            Request::Signal { id, exec: None, sig } => {
                 if !(1..=64).contains(&sig) {
                     return self.refuse(tag, Refusal::BadRequest, format!("{sig} is not a signal number"));
                 }
@@ -301,6 +323,25 @@ impl Broker {
                 Ok(())
             }
             Request::Debug { id } => self.debug(tag, id),
+            Request::Files { id, tmp_bytes } => {
+                let Some(s) = self.sessions.get(&id) else {
+                    return self.refuse(tag, Refusal::NotFound, "no such session in the broker");
+                };
+                if s.delete_tag.is_some() {
+                    return self.refuse(tag, Refusal::InvalidState, "session is being deleted");
+                }
+                let call = SpawnerCall::Files {
+                    dir: id.dir_name(),
+                    bundle: matches!(s.image, Image::Bundle(_)),
+                    ns_uid: s.slot.map(policy::identity::IdPlan::session_ns_uid),
+                    tmp_bytes,
+                };
+                let stag = self.next_spawn;
+                self.next_spawn += 1;
+                self.spawner.send(stag, call).map_err(BrokerError::Spawner)?;
+                self.files_calls.insert(stag, (id, tag));
+                Ok(())
+            }
             Request::Delete { id } => {
                 let Some(s) = self.sessions.get_mut(&id) else {
                     return self.refuse(tag, Refusal::NotFound, "no such session in the broker");
@@ -317,7 +358,7 @@ impl Broker {
                         s.delete_tag = Some(tag);
                     }
                     None => {
-                        self.sessions.remove(&id);
+                        self.forget(id)?;
                         self.tube.send(tag, Reply::Deleted { id })?;
                     }
                 }
@@ -352,7 +393,15 @@ impl Broker {
             Ok(image) => image,
             Err(why) => return self.refuse(tag, Refusal::BadRequest, why.to_string()),
         };
-        self.sessions.insert(id, Session { image, run: None, spawning: false, delete_tag: None });
+        let slot = if self.single_uid {
+            None
+        } else {
+            match self.free_slots.pop() {
+                Some(s) => Some(s),
+                None => return self.refuse(tag, Refusal::LimitReached, "every session uid is in use"),
+            }
+        };
+        self.sessions.insert(id, Session { image, slot, run: None, spawning: false, delete_tag: None, next_exec: 1 });
         self.tube.send(tag, Reply::Loaded { id })?;
         Ok(())
     }
@@ -383,28 +432,19 @@ impl Broker {
                 Ok(m) => SpawnImage::Memfd(m),
                 Err(e) => return self.refuse(tag, Refusal::Internal, format!("dup: {e}")),
             },
-            Image::Bundle(exec_path) => SpawnImage::Bundle { dir: id.dir_name(), exec_path: exec_path.clone() },
+            Image::Bundle(exec_path) => SpawnImage::Bundle { exec_path: exec_path.clone() },
         };
-        let slot = if self.single_uid {
-            None
-        } else {
-            match self.free_slots.pop() {
-                Some(s) => Some(s),
-                None => return self.refuse(tag, Refusal::LimitReached, "every session uid is in use"),
-            }
-        };
+        let slot = session.slot;
         let (cgroup, cgroup_procs) = match slot {
             Some(slot) if self.cgroups.any() => match self.cgroups.create(slot, &spec.limits) {
                 Ok((c, procs)) => (Some(c), procs),
-                Err(message) => {
-                    self.free_slots.push(slot);
-                    return self.refuse(tag, Refusal::Internal, shared::chain(&message));
-                }
+                Err(message) => return self.refuse(tag, Refusal::Internal, shared::chain(&message)),
             },
             _ => (None, Vec::new()),
         };
-        let wall_seconds = spec.limits.wall_seconds;
+        let (wall_seconds, limits) = (spec.limits.wall_seconds, spec.limits);
         let req = SpawnRequest {
+            dir: id.dir_name(),
             spec,
             ns_uid: slot.map(policy::identity::IdPlan::session_ns_uid),
             pids_cgroup: cgroup.is_some() && self.cgroups.has_pids(),
@@ -414,7 +454,7 @@ impl Broker {
         let stag = self.next_spawn;
         self.next_spawn += 1;
         self.spawner.send(stag, SpawnerCall::Session(req)).map_err(BrokerError::Spawner)?;
-        self.spawns.insert(stag, PendingSpawn { id, start_tag: tag, slot, cgroup, wall_seconds });
+        self.spawns.insert(stag, PendingSpawn { id, start_tag: tag, slot, cgroup, wall_seconds, limits });
         if let Some(s) = self.sessions.get_mut(&id) {
             s.spawning = true;
         }
@@ -468,15 +508,52 @@ impl Broker {
                 let refusal = if message.contains("not installed") { Refusal::Unsupported } else { Refusal::Internal };
                 self.refuse(tag, refusal, message)
             }
-            SpawnReply::Spawned { .. } => {
+            SpawnReply::Spawned { .. } | SpawnReply::Done | SpawnReply::Files { .. } | SpawnReply::Exec { .. } => {
                 Err(BrokerError::Spawner(TubeError::Decode("a session where a debugger was asked".into())))
             }
         }
     }
 
+    /// A session is gone: its uid slot is free, its kept `/tmp` goes (the spawner
+    /// unmounts it).
+    pub(super) fn forget(&mut self, id: SessionId) -> Result<(), BrokerError> {
+        if let Some(slot) = self.sessions.remove(&id).and_then(|s| s.slot) {
+            self.free_slots.push(slot);
+        }
+        self.kill_execs(id);
+        self.drop_tmp(id)
+    }
+
+    fn drop_tmp(&mut self, id: SessionId) -> Result<(), BrokerError> {
+        let stag = self.next_spawn;
+        self.next_spawn += 1;
+        self.spawner.send(stag, SpawnerCall::DropTmp { dir: id.dir_name() }).map_err(BrokerError::Spawner)?;
+        self.drops.insert(stag);
+        Ok(())
+    }
+
     fn on_spawned(&mut self, stag: u64, reply: SpawnReply) -> Result<(), BrokerError> {
+        if self.drops.remove(&stag) {
+            if let SpawnReply::Failed { message } = reply {
+                log::error!("a deleted session's /tmp stays mounted: {message}");
+            }
+            return Ok(());
+        }
         if let Some((id, tag)) = self.debug_calls.remove(&stag) {
             return self.on_debug_reply(id, tag, reply);
+        }
+        if let Some(call) = self.execs.calls.remove(&stag) {
+            return self.on_exec_spawned(call, reply);
+        }
+        if let Some((id, tag)) = self.files_calls.remove(&stag) {
+            return match reply {
+                SpawnReply::Files { sock } => {
+                    self.tube.send(tag, Reply::Files { id, sock })?;
+                    Ok(())
+                }
+                SpawnReply::Failed { message } => self.refuse(tag, Refusal::Internal, message),
+                _ => Err(BrokerError::Spawner(TubeError::Decode("not a files helper where one was asked".into()))),
+            };
         }
         let Some(p) = self.spawns.remove(&stag) else {
             return Err(BrokerError::Spawner(TubeError::Decode(format!("answer to unknown request {stag}"))));
@@ -486,15 +563,12 @@ impl Broker {
         }
         match reply {
             SpawnReply::Failed { message } => {
-                if let Some(slot) = p.slot {
-                    self.free_slots.push(slot);
-                }
                 if let Some(c) = p.cgroup {
                     self.cgroups.finish(c);
                 }
                 self.refuse(p.start_tag, Refusal::Internal, message)
             }
-            SpawnReply::Debugging { .. } => {
+            SpawnReply::Debugging { .. } | SpawnReply::Done | SpawnReply::Files { .. } | SpawnReply::Exec { .. } => {
                 Err(BrokerError::Spawner(TubeError::Decode("a debugger where a session was asked".into())))
             }
             SpawnReply::Spawned { init_pidfd, ctl, stdout, stderr, stdin } => {
@@ -515,6 +589,7 @@ impl Broker {
                     stdout: Some(stdout),
                     stderr: Some(stderr),
                     stdin: Some(stdin),
+                    limits: p.limits,
                     // The wall clock runs from the init's creation: setup counts.
                     wall_deadline: (p.wall_seconds > 0)
                         .then(|| Instant::now() + Duration::from_secs(p.wall_seconds.min(100 * 365 * 86400))),

@@ -120,6 +120,19 @@ impl Cgroups {
         Ok((sc, procs))
     }
 
+    /// The `cgroup.procs` of a running session's cgroups again, for another process to
+    /// join them (EXEC).
+    pub fn procs(&self, sc: &SessionCgroup) -> Result<Vec<OwnedFd>, CgroupError> {
+        let path = format!("{}/cgroup.procs", sc.name);
+        self.dirs()
+            .map(|dir| {
+                openat(Some(dir.as_raw_fd()), path.as_str(), OFlag::O_WRONLY | OFlag::O_CLOEXEC, Mode::empty())
+                    .and_then(shared::os::adopt_fd)
+                    .map_err(io("open", path.clone()))
+            })
+            .collect()
+    }
+
     /// After the run: which limit, if any, ended it or stopped it from growing; then the
     /// directories go.
     pub fn finish(&self, sc: SessionCgroup) -> Option<LimitHit> {

@@ -44,8 +44,10 @@ pub struct InitPlan {
     pub ctl: OwnedFd,
     /// What to exec.
     pub program: Program,
-    /// The session's bundle directory in the store, if it runs a bundle.
-    pub bundle: Option<String>,
+    /// The session's directory name (its bundle in the store, its kept `/tmp`).
+    pub dir: String,
+    /// It runs a bundle.
+    pub bundle: bool,
     /// Read end of an empty pipe whose write end is closed: stdin.
     pub stdin: OwnedFd,
     /// Write end of the stdout pipe.
@@ -75,21 +77,21 @@ pub struct InitPlan {
     pub tty: Option<shared::Winsize>,
 }
 
-/// What the program's process needs to exec.
-struct Image {
-    program: Program,
-    stdin: OwnedFd,
-    stdout: OwnedFd,
-    stderr: OwnedFd,
-    argv: Vec<CString>,
-    env: Vec<CString>,
-    seccomp: Vec<seccompiler::BpfProgram>,
-    debug: bool,
-    list_processes: bool,
+/// What the program's process needs to exec (also an exec'd process's, `crate::exec`).
+pub(crate) struct Image {
+    pub(crate) program: Program,
+    pub(crate) stdin: OwnedFd,
+    pub(crate) stdout: OwnedFd,
+    pub(crate) stderr: OwnedFd,
+    pub(crate) argv: Vec<CString>,
+    pub(crate) env: Vec<CString>,
+    pub(crate) seccomp: Vec<seccompiler::BpfProgram>,
+    pub(crate) debug: bool,
+    pub(crate) list_processes: bool,
     /// Where the program's process sends the exit listener.
-    notes: OwnedFd,
+    pub(crate) notes: OwnedFd,
     /// The master of its terminal (its stdio then is the slave).
-    terminal: Option<OwnedFd>,
+    pub(crate) terminal: Option<OwnedFd>,
 }
 
 /// Signals the init takes (from a signalfd).
@@ -116,6 +118,7 @@ pub fn run(plan: InitPlan) -> ! {
     let InitPlan {
         ctl,
         program,
+        dir,
         bundle,
         stdin,
         stdout,
@@ -167,7 +170,7 @@ pub fn run(plan: InitPlan) -> ! {
     if let Err(e) = sys::loopback_up() {
         fail(&mut ctl, format!("cannot bring the session's loopback interface up: {e}"));
     }
-    if let Err(e) = crate::jail::session_mounts(&mounts, bundle.as_deref()) {
+    if let Err(e) = crate::jail::session_mounts(&mounts, &dir, bundle) {
         fail(&mut ctl, shared::chain(&e));
     }
     if let Err(e) = sys::take_identity(ns_uid) {
@@ -197,24 +200,8 @@ pub fn run(plan: InitPlan) -> ! {
     let terminal = image.terminal.take();
     drop(image);
     let _ = nix::fcntl::fcntl(notes_r.as_raw_fd(), nix::fcntl::FcntlArg::F_SETFL(nix::fcntl::OFlag::O_NONBLOCK));
-    let mut report = [0u8; 5];
-    if let Ok(5) = nix::unistd::read(err_r.as_raw_fd(), &mut report) {
-        let e = nix::errno::Errno::from_raw(i32::from_ne_bytes([report[1], report[2], report[3], report[4]]));
+    if let Some(what) = exec_report(&err_r) {
         let _ = waitpid(child, None);
-        let what = match ExecStage::from(report[0]) {
-            ExecStage::Stdio => format!("cannot set up the program's stdio: {e}"),
-            ExecStage::Seccomp => format!("cannot install the session's seccomp filter: {e}"),
-            ExecStage::Exec => {
-                let hint = match e {
-                    nix::errno::Errno::ENOENT => {
-                        " (its ELF interpreter, or the #! interpreter of a script, is missing on the rig)"
-                    }
-                    nix::errno::Errno::EACCES => " (not executable)",
-                    _ => "",
-                };
-                format!("cannot execute the program: {e}{hint}")
-            }
-        };
         fail(&mut ctl, what);
     }
     drop(err_r);
@@ -245,8 +232,30 @@ pub fn run(plan: InitPlan) -> ! {
     supervise(child, &mut ctl, listener)
 }
 
+/// Why the program's process did not exec, if it reported a failure on `err_r` (whose
+/// write end closes at a successful exec).
+pub(crate) fn exec_report(err_r: &OwnedFd) -> Option<String> {
+    let mut report = [0u8; 5];
+    let Ok(5) = nix::unistd::read(err_r.as_raw_fd(), &mut report) else { return None };
+    let e = nix::errno::Errno::from_raw(i32::from_ne_bytes([report[1], report[2], report[3], report[4]]));
+    Some(match ExecStage::from(report[0]) {
+        ExecStage::Stdio => format!("cannot set up the program's stdio: {e}"),
+        ExecStage::Seccomp => format!("cannot install the session's seccomp filter: {e}"),
+        ExecStage::Exec => {
+            let hint = match e {
+                nix::errno::Errno::ENOENT => {
+                    " (it, its ELF interpreter, or the #! interpreter of a script, is missing on the rig)"
+                }
+                nix::errno::Errno::EACCES => " (not executable)",
+                _ => "",
+            };
+            format!("cannot execute the program: {e}{hint}")
+        }
+    })
+}
+
 /// Which step of [`exec_program`] failed (first byte of its report).
-enum ExecStage {
+pub(crate) enum ExecStage {
     Stdio,
     Seccomp,
     Exec,
@@ -264,7 +273,7 @@ impl From<u8> for ExecStage {
 
 /// In the program's process (ns pid 2): set up stdio, install the seccomp filter (last,
 /// so that nothing of ours runs under it but exec) and exec. Never returns.
-fn exec_program(plan: &Image, err_w: OwnedFd) -> ! {
+pub(crate) fn exec_program(plan: &Image, err_w: OwnedFd) -> ! {
     sys::reset_signals();
     let _ = nix::unistd::setsid();
     let report = |stage: u8, e: nix::errno::Errno| -> ! {
@@ -423,6 +432,49 @@ impl Tree {
     }
 }
 
+/// What the run left in `/tmp` (every process is dead: nothing changes it now): its use,
+/// and its regular files, depth first, as many as a message holds. As the session's uid,
+/// never following a symlink.
+fn tmp_usage() -> shared::TmpUsage {
+    let mut u = shared::TmpUsage::default();
+    if let Ok(st) = nix::sys::statvfs::statvfs("/tmp") {
+        let bsize = st.fragment_size();
+        u.size_bytes = st.blocks() * bsize;
+        u.used_bytes = st.blocks().saturating_sub(st.blocks_free()) * bsize;
+    }
+    let mut stack = vec![std::path::PathBuf::from("/tmp")];
+    let mut seen = 0usize;
+    while let Some(dir) = stack.pop() {
+        let Ok(entries) = std::fs::read_dir(&dir) else { continue };
+        for e in entries.flatten() {
+            seen += 1;
+            // A bound on the walk itself, whatever the program left.
+            if seen > 100_000 {
+                return u;
+            }
+            let Ok(t) = e.file_type() else { continue };
+            if t.is_dir() {
+                stack.push(e.path());
+            } else if t.is_file() {
+                if u.files.len() < shared::MAX_TMP_FILES {
+                    let mut path = e.path().to_string_lossy().into_owned();
+                    if path.len() > shared::MAX_TMP_PATH {
+                        let mut cut = shared::MAX_TMP_PATH;
+                        while !path.is_char_boundary(cut) {
+                            cut -= 1;
+                        }
+                        path.truncate(cut);
+                    }
+                    u.files.push(shared::TmpFile { path, size: e.metadata().map_or(0, |m| m.len()) });
+                } else {
+                    u.unlisted = u.unlisted.saturating_add(1);
+                }
+            }
+        }
+    }
+    u
+}
+
 /// Waits for signals (and exit notifications) until the program has exited, then cleans
 /// the namespace and reports.
 fn supervise(program: Pid, ctl: &mut Tube, listener: Option<OwnedFd>) -> ! {
@@ -471,7 +523,9 @@ fn supervise(program: Pid, ctl: &mut Tube, listener: Option<OwnedFd>) -> ! {
                 .ok()
                 .and_then(|s| s.trim().parse::<u64>().ok())
                 .map_or(0, |last| last.saturating_sub(1));
-            let usage = Usage { user_us, sys_us, max_rss_kib, processes, tree: tree.spans, tree_dropped: tree.dropped };
+            let tmp = tmp_usage();
+            let usage =
+                Usage { user_us, sys_us, max_rss_kib, processes, tree: tree.spans, tree_dropped: tree.dropped, tmp };
             let _ = ctl.send(0, InitMsg::Exited { status, usage });
             sys::exit_now(0);
         }

@@ -149,6 +149,16 @@ pub fn enter_root(session_uids: u32, bundles: Option<PathBuf>) -> Result<Vec<Str
         // Not recursive: our staging root is mounted on top of it (both on /tmp).
         ro_bind(&src, &inside(&root, policy::mounts::BUNDLES), MsFlags::MS_NODEV, false)?;
     }
+    // The sessions' kept /tmps: a tmpfs of mount points only (each /tmp is a tmpfs of its
+    // own, mounted on TMPS/<id>/tmp by the spawner).
+    mount(
+        Some("tmps"),
+        &inside(&root, policy::mounts::TMPS),
+        Some("tmpfs"),
+        MsFlags::MS_NOSUID | MsFlags::MS_NODEV | MsFlags::MS_NOEXEC,
+        Some("mode=0755,size=16m,nr_inodes=262144"),
+    )
+    .map_err(|e| err("mount the tmpfs of the sessions' /tmp", e))?;
     // A proc of the broker's PID namespace, mounted while the host's /proc is still
     // visible (the kernel lets a user namespace mount proc only then). Sessions mount
     // their own over it.
@@ -217,10 +227,69 @@ fn mask_proc() -> Result<(), JailError> {
     Ok(())
 }
 
+/// In the spawner: makes (or, with `keep`, keeps — and with `resize`, resizes) the tmpfs
+/// that is session `dir`'s `/tmp`, under [`policy::mounts::TMPS`] of the jail root. A new
+/// one replaces the old (whose files go).
+pub fn prepare_tmp(dir: &str, bytes: u64, keep: bool, resize: bool) -> Result<(), JailError> {
+    let tmp = PathBuf::from(policy::mounts::tmp_dir(dir));
+    let parent = tmp.parent().map(Path::to_path_buf).unwrap_or_default();
+    let mounted = is_mount_point(&tmp);
+    let opts = policy::mounts::tmp_options(bytes);
+    if keep && mounted && !resize {
+        return Ok(());
+    }
+    if keep && mounted {
+        return mount(
+            None::<&str>,
+            &tmp,
+            None::<&str>,
+            MsFlags::MS_REMOUNT | MsFlags::MS_NOSUID | MsFlags::MS_NODEV,
+            Some(opts.as_str()),
+        )
+        .map_err(|e| err(format!("resize the kept /tmp to {bytes} bytes (is more than that in use?)"), e));
+    }
+    if mounted {
+        umount2(&tmp, MntFlags::MNT_DETACH).map_err(|e| err("drop the last run's /tmp", e))?;
+    }
+    for d in [&parent, &tmp] {
+        match std::fs::create_dir(d) {
+            Ok(()) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {}
+            Err(e) => return Err(err(format!("create {}", d.display()), e)),
+        }
+    }
+    mount(Some("tmp"), &tmp, Some("tmpfs"), MsFlags::MS_NOSUID | MsFlags::MS_NODEV, Some(opts.as_str()))
+        .map_err(|e| err("mount the session's /tmp", e))
+}
+
+/// In the spawner: session `dir`'s `/tmp` is gone (DELETE).
+pub fn drop_tmp(dir: &str) -> Result<(), JailError> {
+    let tmp = PathBuf::from(policy::mounts::tmp_dir(dir));
+    if is_mount_point(&tmp) {
+        umount2(&tmp, MntFlags::MNT_DETACH).map_err(|e| err("unmount the session's /tmp", e))?;
+    }
+    for d in [tmp.as_path(), tmp.parent().unwrap_or(Path::new("/"))] {
+        match std::fs::remove_dir(d) {
+            Ok(()) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => return Err(err(format!("remove {}", d.display()), e)),
+        }
+    }
+    Ok(())
+}
+
+/// Whether `p` is a mount point (its device differs from its parent's).
+fn is_mount_point(p: &Path) -> bool {
+    use std::os::unix::fs::MetadataExt;
+    let (Ok(a), Some(Ok(b))) = (std::fs::metadata(p), p.parent().map(std::fs::metadata)) else { return false };
+    a.dev() != b.dev()
+}
+
 /// In a session's init, still root of the broker's user namespace: the session's own
-/// `/proc`, `/tmp` and `/dev/pts`; its bundle (if any) read-only on `/bundle`, and no
-/// other bundle visible. The working directory is the bundle, else `/tmp`.
-pub fn session_mounts(plan: &[SessionMount], bundle: Option<&str>) -> Result<(), JailError> {
+/// `/proc`, `/tmp` (its kept tmpfs, from `TMPS/<dir>/tmp`) and `/dev/pts`; its bundle (if
+/// it runs one) read-only on `/bundle`, and no other session's bundle or `/tmp` visible.
+/// The working directory is the bundle, else `/tmp`.
+pub fn session_mounts(plan: &[SessionMount], dir: &str, bundle: bool) -> Result<(), JailError> {
     let base = MsFlags::MS_NOSUID | MsFlags::MS_NODEV;
     for m in plan {
         match m {
@@ -231,11 +300,10 @@ pub fn session_mounts(plan: &[SessionMount], bundle: Option<&str>) -> Result<(),
                     mask_proc()?;
                 }
             }
-            SessionMount::Tmp(bytes) => {
-                let inodes = (bytes / 256).max(1024);
-                let opts = format!("mode=1777,size={bytes},nr_inodes={inodes}");
-                mount(Some("tmp"), "/tmp", Some("tmpfs"), base, Some(opts.as_str()))
-                    .map_err(|e| err("mount the session's /tmp", e))?;
+            SessionMount::Tmp => {
+                let src = policy::mounts::tmp_dir(dir);
+                mount(Some(src.as_str()), "/tmp", None::<&str>, MsFlags::MS_BIND, None::<&str>)
+                    .map_err(|e| err("bind the session's /tmp", e))?;
             }
             SessionMount::DevPts => {
                 // Not nodev: it holds nothing but the session's own terminals, which must
@@ -252,15 +320,17 @@ pub fn session_mounts(plan: &[SessionMount], bundle: Option<&str>) -> Result<(),
         }
     }
     let (store, own) = (policy::mounts::BUNDLES, policy::mounts::BUNDLE);
-    if let Some(dir) = bundle {
+    if bundle {
         let src = PathBuf::from(store).join(dir);
         // A bundle is executable (that is its point), never setuid, never a device.
         ro_bind(&src, Path::new(own), MsFlags::MS_NODEV, false)?;
     }
-    match umount2(store, MntFlags::MNT_DETACH) {
-        Ok(()) | Err(nix::Error::EINVAL) => {}
-        Err(e) => return Err(err("hide the bundle store", e)),
+    for (hidden, what) in [(store, "hide the bundle store"), (policy::mounts::TMPS, "hide the sessions' /tmps")] {
+        match umount2(hidden, MntFlags::MNT_DETACH) {
+            Ok(()) | Err(nix::Error::EINVAL) => {}
+            Err(e) => return Err(err(what, e)),
+        }
     }
-    let cwd = if bundle.is_some() { own } else { "/tmp" };
+    let cwd = if bundle { own } else { "/tmp" };
     std::env::set_current_dir(cwd).map_err(|e| err(format!("chdir {cwd}"), e))
 }

@@ -9,6 +9,8 @@
 
 mod broker;
 mod cgroup;
+mod exec;
+mod files;
 mod gdbserver;
 mod init;
 mod jail;

@@ -4,12 +4,14 @@
 //! `SCM_RIGHTS`, the descriptor count checked against the kind.
 
 use bincode::{Decode, Encode};
-use shared::{ExitStatus, Message, StartSpec, Usage, WireError};
+use shared::{ExecSpec, ExitStatus, Message, RunLimits, StartSpec, Usage, WireError};
 use std::os::fd::OwnedFd;
 
 /// Broker → spawner: create a session.
 #[derive(Debug)]
 pub struct SpawnRequest {
+    /// The session's directory name (its bundle in the store, its kept `/tmp`).
+    pub dir: String,
     /// What to run.
     pub spec: StartSpec,
     /// Uid inside the broker's user namespace, or single-uid mode.
@@ -27,10 +29,8 @@ pub struct SpawnRequest {
 pub enum SpawnImage {
     /// The sealed program image.
     Memfd(OwnedFd),
-    /// A bundle: its directory in the store, and the executable relative to it.
+    /// A bundle (in the store's directory of the session): the executable relative to it.
     Bundle {
-        /// Directory name in the store.
-        dir: String,
         /// The executable, relative to the bundle root.
         exec_path: Vec<u8>,
     },
@@ -50,6 +50,39 @@ pub enum SpawnerCall {
         /// The program's pid inside the session.
         target: u32,
     },
+    /// A session was deleted: its kept `/tmp` goes.
+    DropTmp {
+        /// The session's directory name.
+        dir: String,
+    },
+    /// Start another process in a running session (EXEC).
+    Exec {
+        /// A pidfd of the session's init (names its namespaces).
+        init_pidfd: OwnedFd,
+        /// The session's uid.
+        ns_uid: Option<u32>,
+        /// `cgroup.procs` of the session's cgroups.
+        cgroup_procs: Vec<OwnedFd>,
+        /// The run's limits (rlimits).
+        limits: RunLimits,
+        /// Whether a pids cgroup bounds the session.
+        pids_cgroup: bool,
+        /// It runs a bundle (the working directory is `/bundle`, else `/tmp`).
+        bundle: bool,
+        /// What to run.
+        spec: ExecSpec,
+    },
+    /// Fork a files helper for the session (GET, PUT).
+    Files {
+        /// The session's directory name.
+        dir: String,
+        /// It runs a bundle (the helper may read it).
+        bundle: bool,
+        /// The session's uid.
+        ns_uid: Option<u32>,
+        /// Size of its `/tmp` if it has none yet.
+        tmp_bytes: u64,
+    },
 }
 
 /// Encodable [`SpawnerCall`].
@@ -63,6 +96,37 @@ pub enum SpawnerCallWire {
         ns_uid: Option<u32>,
         /// Target pid.
         target: u32,
+    },
+    /// See [`SpawnerCall::DropTmp`].
+    DropTmp {
+        /// Directory name.
+        dir: String,
+    },
+    /// See [`SpawnerCall::Exec`]; the init's pidfd, then the cgroups' descriptors.
+    Exec {
+        /// Uid.
+        ns_uid: Option<u32>,
+        /// How many cgroup descriptors follow.
+        cgroups: u8,
+        /// Limits.
+        limits: RunLimits,
+        /// Pids cgroup.
+        pids_cgroup: bool,
+        /// A bundle.
+        bundle: bool,
+        /// What to run.
+        spec: ExecSpec,
+    },
+    /// See [`SpawnerCall::Files`].
+    Files {
+        /// Directory name.
+        dir: String,
+        /// A bundle.
+        bundle: bool,
+        /// Uid.
+        ns_uid: Option<u32>,
+        /// Size of a new /tmp.
+        tmp_bytes: u64,
     },
 }
 
@@ -78,6 +142,16 @@ impl Message for SpawnerCall {
             SpawnerCall::Debug { init_pidfd, ns_uid, target } => {
                 (SpawnerCallWire::Debug { ns_uid, target }, vec![init_pidfd])
             }
+            SpawnerCall::DropTmp { dir } => (SpawnerCallWire::DropTmp { dir }, vec![]),
+            SpawnerCall::Exec { init_pidfd, ns_uid, cgroup_procs, limits, pids_cgroup, bundle, spec } => {
+                let cgroups = cgroup_procs.len() as u8;
+                let mut fds = vec![init_pidfd];
+                fds.extend(cgroup_procs);
+                (SpawnerCallWire::Exec { ns_uid, cgroups, limits, pids_cgroup, bundle, spec }, fds)
+            }
+            SpawnerCall::Files { dir, bundle, ns_uid, tmp_bytes } => {
+                (SpawnerCallWire::Files { dir, bundle, ns_uid, tmp_bytes }, vec![])
+            }
         }
     }
 
@@ -92,6 +166,27 @@ impl Message for SpawnerCall {
                     got,
                 })?;
                 Ok(SpawnerCall::Debug { init_pidfd, ns_uid, target })
+            }
+            SpawnerCallWire::DropTmp { dir } => {
+                if !fds.is_empty() {
+                    return Err(WireError::FdCount { kind: "drop tmp", expected: 0, got: fds.len() });
+                }
+                Ok(SpawnerCall::DropTmp { dir })
+            }
+            SpawnerCallWire::Exec { ns_uid, cgroups, limits, pids_cgroup, bundle, spec } => {
+                let expected = 1 + usize::from(cgroups.min(2));
+                if cgroups > 2 || fds.len() != expected {
+                    return Err(WireError::FdCount { kind: "exec", expected, got: fds.len() });
+                }
+                let mut fds = fds;
+                let init_pidfd = fds.remove(0);
+                Ok(SpawnerCall::Exec { init_pidfd, ns_uid, cgroup_procs: fds, limits, pids_cgroup, bundle, spec })
+            }
+            SpawnerCallWire::Files { dir, bundle, ns_uid, tmp_bytes } => {
+                if !fds.is_empty() {
+                    return Err(WireError::FdCount { kind: "files", expected: 0, got: fds.len() });
+                }
+                Ok(SpawnerCall::Files { dir, bundle, ns_uid, tmp_bytes })
             }
         }
     }
@@ -125,16 +220,37 @@ pub enum SpawnReply {
         /// Why.
         message: String,
     },
+    /// Done, nothing to hand over (DropTmp).
+    Done,
+    /// A files helper runs; `sock` is the frontend's end of its socketpair.
+    Files {
+        /// The frontend's end.
+        sock: OwnedFd,
+    },
+    /// An exec helper runs (it reports like an init: Running, Failed, Exited).
+    Exec {
+        /// Its pidfd.
+        helper_pidfd: OwnedFd,
+        /// The broker's end of its control socket.
+        ctl: OwnedFd,
+        /// Read end of stdout.
+        stdout: OwnedFd,
+        /// Read end of stderr.
+        stderr: OwnedFd,
+        /// Write end of stdin.
+        stdin: OwnedFd,
+    },
 }
 
 /// Encodable [`SpawnRequest`].
 #[derive(Encode, Decode, Debug)]
 pub struct SpawnRequestWire {
+    dir: String,
     spec: StartSpec,
     ns_uid: Option<u32>,
     pids_cgroup: bool,
-    /// `None`: a memfd comes as the first descriptor.
-    bundle: Option<(String, Vec<u8>)>,
+    /// `None`: a memfd comes as the first descriptor; else a bundle's exec path.
+    bundle: Option<Vec<u8>>,
     cgroups: u8,
 }
 
@@ -150,6 +266,12 @@ pub enum SpawnReplyWire {
         /// Why.
         message: String,
     },
+    /// See [`SpawnReply::Done`].
+    Done,
+    /// See [`SpawnReply::Files`].
+    Files,
+    /// See [`SpawnReply::Exec`].
+    Exec,
 }
 
 impl Message for SpawnRequest {
@@ -159,10 +281,18 @@ impl Message for SpawnRequest {
         let cgroups = self.cgroup_procs.len() as u8;
         let (bundle, mut fds) = match self.image {
             SpawnImage::Memfd(fd) => (None, vec![fd]),
-            SpawnImage::Bundle { dir, exec_path } => (Some((dir, exec_path)), vec![]),
+            SpawnImage::Bundle { exec_path } => (Some(exec_path), vec![]),
         };
         fds.extend(self.cgroup_procs);
-        (SpawnRequestWire { spec: self.spec, ns_uid: self.ns_uid, pids_cgroup: self.pids_cgroup, bundle, cgroups }, fds)
+        let w = SpawnRequestWire {
+            dir: self.dir,
+            spec: self.spec,
+            ns_uid: self.ns_uid,
+            pids_cgroup: self.pids_cgroup,
+            bundle,
+            cgroups,
+        };
+        (w, fds)
     }
 
     fn from_wire(w: SpawnRequestWire, mut fds: Vec<OwnedFd>) -> Result<Self, WireError> {
@@ -172,9 +302,16 @@ impl Message for SpawnRequest {
         }
         let image = match w.bundle {
             None => SpawnImage::Memfd(fds.remove(0)),
-            Some((dir, exec_path)) => SpawnImage::Bundle { dir, exec_path },
+            Some(exec_path) => SpawnImage::Bundle { exec_path },
         };
-        Ok(SpawnRequest { spec: w.spec, ns_uid: w.ns_uid, pids_cgroup: w.pids_cgroup, image, cgroup_procs: fds })
+        Ok(SpawnRequest {
+            dir: w.dir,
+            spec: w.spec,
+            ns_uid: w.ns_uid,
+            pids_cgroup: w.pids_cgroup,
+            image,
+            cgroup_procs: fds,
+        })
     }
 }
 
@@ -188,6 +325,11 @@ impl Message for SpawnReply {
             }
             SpawnReply::Debugging { gdb_pidfd, sock } => (SpawnReplyWire::Debugging, vec![gdb_pidfd, sock]),
             SpawnReply::Failed { message } => (SpawnReplyWire::Failed { message }, vec![]),
+            SpawnReply::Done => (SpawnReplyWire::Done, vec![]),
+            SpawnReply::Files { sock } => (SpawnReplyWire::Files, vec![sock]),
+            SpawnReply::Exec { helper_pidfd, ctl, stdout, stderr, stdin } => {
+                (SpawnReplyWire::Exec, vec![helper_pidfd, ctl, stdout, stderr, stdin])
+            }
         }
     }
 
@@ -213,6 +355,27 @@ impl Message for SpawnReply {
                     return Err(WireError::FdCount { kind: "spawn failed", expected: 0, got: fds.len() });
                 }
                 Ok(SpawnReply::Failed { message })
+            }
+            SpawnReplyWire::Done => {
+                if !fds.is_empty() {
+                    return Err(WireError::FdCount { kind: "done", expected: 0, got: fds.len() });
+                }
+                Ok(SpawnReply::Done)
+            }
+            SpawnReplyWire::Exec => {
+                let got = fds.len();
+                let [helper_pidfd, ctl, stdout, stderr, stdin] =
+                    <[OwnedFd; 5]>::try_from(fds).map_err(|_| WireError::FdCount { kind: "exec", expected: 5, got })?;
+                Ok(SpawnReply::Exec { helper_pidfd, ctl, stdout, stderr, stdin })
+            }
+            SpawnReplyWire::Files => {
+                let got = fds.len();
+                let [sock] = <[OwnedFd; 1]>::try_from(fds).map_err(|_| WireError::FdCount {
+                    kind: "files",
+                    expected: 1,
+                    got,
+                })?;
+                Ok(SpawnReply::Files { sock })
             }
         }
     }

@@ -57,6 +57,23 @@ fn serve(sock: OwnedFd, session_seccomp: &[seccompiler::BpfProgram], own_seccomp
                     SpawnerCall::Debug { init_pidfd, ns_uid, target } => {
                         gdbserver::attach(init_pidfd, ns_uid, target, session_seccomp)
                     }
+                    SpawnerCall::Exec { init_pidfd, ns_uid, cgroup_procs, limits, pids_cgroup, bundle, spec } => {
+                        let plan = crate::exec::ExecPlan {
+                            init_pidfd,
+                            ns_uid,
+                            cgroup_procs,
+                            limits,
+                            pids_cgroup,
+                            bundle,
+                            spec,
+                        };
+                        crate::exec::start(plan, session_seccomp)
+                    }
+                    SpawnerCall::Files { dir, bundle, ns_uid, tmp_bytes } => check_dir(&dir)
+                        .and_then(|()| crate::files::start(&dir, bundle, ns_uid, tmp_bytes, session_seccomp)),
+                    SpawnerCall::DropTmp { dir } => check_dir(&dir)
+                        .and_then(|()| crate::jail::drop_tmp(&dir).map_err(|e| SpawnError::Helper(shared::chain(&e))))
+                        .map(|()| SpawnReply::Done),
                 }
                 .unwrap_or_else(|e| SpawnReply::Failed { message: shared::chain(&e) });
                 if tube.send(tag, reply).is_err() {
@@ -71,6 +88,14 @@ fn serve(sock: OwnedFd, session_seccomp: &[seccompiler::BpfProgram], own_seccomp
             }
         }
     }
+}
+
+/// Session directory names come from session ids (lowercase hyphenated UUIDs).
+fn check_dir(dir: &str) -> Result<(), SpawnError> {
+    if dir.len() != 36 || !dir.bytes().all(|b| b.is_ascii_hexdigit() || b == b'-') {
+        return Err(SpawnError::Refused("bad session directory name".into()));
+    }
+    Ok(())
 }
 
 /// Size of a session's stdio pipes.
@@ -99,23 +124,25 @@ fn spawn(req: SpawnRequest, session_seccomp: &[seccompiler::BpfProgram]) -> Resu
         let _ = nix::fcntl::fcntl(p.as_raw_fd(), nix::fcntl::FcntlArg::F_SETPIPE_SZ(PIPE_BYTES));
     }
     let (ctl_parent, ctl_child) = shared::tube::socketpair().map_err(sys_err("socketpair"))?;
+    check_dir(&req.dir)?;
     let (program, bundle) = match req.image {
-        SpawnImage::Memfd(fd) => (Program::Memfd(fd), None),
-        SpawnImage::Bundle { dir, exec_path } => {
-            // Directory names come from session ids; the path was checked by the broker.
-            if dir.len() != 36 || !dir.bytes().all(|b| b.is_ascii_hexdigit() || b == b'-') {
-                return Err(SpawnError::Refused("bad bundle directory name".into()));
-            }
+        SpawnImage::Memfd(fd) => (Program::Memfd(fd), false),
+        SpawnImage::Bundle { exec_path } => {
+            // The path was checked by the broker.
             let mut path = policy::mounts::BUNDLE.as_bytes().to_vec();
             path.push(b'/');
             path.extend_from_slice(&exec_path);
             let path = CString::new(path).map_err(|_| SpawnError::Refused("exec path contains NUL".into()))?;
-            (Program::Path(path), Some(dir))
+            (Program::Path(path), true)
         }
     };
+    // The session's /tmp: kept from the last run, or new (the old one's files go).
+    crate::jail::prepare_tmp(&req.dir, req.spec.limits.tmp_bytes.max(4096), req.spec.keep_tmp, true)
+        .map_err(|e| SpawnError::Helper(shared::chain(&e)))?;
     let plan = InitPlan {
         ctl: ctl_child,
         program,
+        dir: req.dir,
         bundle,
         stdin: in_r,
         stdout: out_w,
@@ -124,7 +151,7 @@ fn spawn(req: SpawnRequest, session_seccomp: &[seccompiler::BpfProgram]) -> Resu
         env,
         ns_uid: req.ns_uid,
         limits: policy::rlimits::session(&req.spec.limits, req.pids_cgroup),
-        mounts: policy::mounts::session_plan(req.spec.limits.tmp_bytes.max(4096)),
+        mounts: policy::mounts::session_plan(),
         seccomp: session_seccomp.to_vec(),
         cgroup_procs: req.cgroup_procs,
         debug: req.spec.debug,

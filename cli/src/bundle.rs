@@ -8,6 +8,19 @@ use std::path::{Path, PathBuf};
 
 const BLOCK: usize = 512;
 
+/// The tar (uncompressed) of everything below `dir` (paths relative to it): what `lantern
+/// cp` sends for a directory.
+pub fn tar(dir: &Path) -> io::Result<Vec<u8>> {
+    let mut out = Vec::new();
+    let mut entries = Vec::new();
+    walk(dir, Path::new(""), &mut entries)?;
+    for rel in entries {
+        append(&mut out, dir, &rel)?;
+    }
+    out.write_all(&[0u8; 2 * BLOCK])?;
+    Ok(out)
+}
+
 /// The gzip-compressed tar of everything below `dir` (paths relative to it).
 pub fn tar_gz(dir: &Path) -> io::Result<Vec<u8>> {
     let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::default());

@@ -17,6 +17,7 @@
 mod bundle;
 mod config;
 mod conn;
+mod cp;
 mod ops;
 mod run;
 mod term;
@@ -87,6 +88,9 @@ enum Cmd {
         /// The program's argv[0].
         #[arg(long)]
         argv0: Option<String>,
+        /// Keep the session's /tmp as the last run (or `lantern cp`) left it.
+        #[arg(long)]
+        keep_tmp: bool,
         /// Do not list every process of the tree in the receipt (each process exit then
         /// skips a round trip to the session's init: for fork-heavy programs).
         #[arg(long)]
@@ -197,6 +201,41 @@ enum Cmd {
         #[arg(last = true)]
         args: Vec<String>,
     },
+    /// Run another program in a running session (same namespaces, uid, limits, /tmp and
+    /// /bundle), as if here: `lantern exec ID -it -- /bin/sh`. Its exit code is ours.
+    Exec {
+        /// Session id.
+        id: Uuid,
+        /// Forward stdin even when it is a terminal.
+        #[arg(short = 'i', long)]
+        interactive: bool,
+        /// On a terminal of the session (raw mode here; resizes follow).
+        #[arg(short = 't', long)]
+        tty: bool,
+        /// Environment (KEY=VALUE, repeatable); given, it is the whole environment.
+        #[arg(long = "env", value_name = "K=V")]
+        env: Vec<String>,
+        /// The program (a path in the session: /bin/sh, /bundle/tool) and its arguments.
+        #[arg(last = true, required = true)]
+        argv: Vec<String>,
+    },
+    /// Copy files and directories into or out of a session: `lantern cp ./in ID:/tmp/in/`,
+    /// `lantern cp ID:/tmp/results ./results`, `-` for stdin or stdout. Works while the
+    /// session runs and after; its /tmp stays until the next START (without --keep-tmp) or
+    /// DELETE.
+    Cp {
+        /// Source: a local path, `-` (stdin) or ID:PATH.
+        src: String,
+        /// Destination: a local path, `-` (stdout) or ID:PATH (a trailing / copies into
+        /// that directory).
+        dst: String,
+        /// stdin is a tar stream, unpacked as a directory in the session.
+        #[arg(long)]
+        tar: bool,
+        /// Do not say what was copied.
+        #[arg(short, long)]
+        quiet: bool,
+    },
     /// Rigs advertised on the local network (mDNS/DNS-SD).
     Discover {
         /// How long to listen, in seconds.
@@ -287,10 +326,11 @@ fn run(cli: Cli) -> Result<ExitCode> {
                 println!("{}", v.id);
             }
         }
-        Cmd::Start { id, debug, env, limits, argv0, no_process_list, args } => {
+        Cmd::Start { id, debug, env, limits, argv0, keep_tmp, no_process_list, args } => {
             let mut opts = ops::start_opts(args, &env, &limits)?;
             opts.list_processes = no_process_list.then_some(false);
             opts.argv0 = argv0;
+            opts.keep_tmp = keep_tmp.then_some(true);
             let v: Started = Conn::open(&target)?.call(Command::Start { id, debug, attach: false, opts })?;
             if json {
                 print_json(&v)?;
@@ -445,6 +485,15 @@ fn run(cli: Cli) -> Result<ExitCode> {
                     }
                 }
             }
+        }
+        Cmd::Exec { id, interactive, tty, env, argv } => {
+            let env = ops::start_opts(vec![], &env, &[])?.env;
+            let opts = proto::ExecOpts { argv, env, stdin: None, tty: None };
+            return run::exec(&target, id, opts, interactive, tty, json);
+        }
+        Cmd::Cp { src, dst, tar, quiet } => {
+            let mut c = Conn::open(&target)?;
+            cp::cp(&mut c, cp::side(&src), cp::side(&dst), tar, quiet)?;
         }
         Cmd::Run { path, exec, env, limits, argv0, keep, interactive, tty, args } => {
             let mut opts = ops::start_opts(args, &env, &limits)?;

@@ -84,17 +84,36 @@ pub fn run(target: &Target, mut a: RunArgs) -> Result<ExitCode> {
     if a.keep {
         eprintln!("lantern: session {id} is kept (lantern logs / receipt / delete {id})");
     }
+    let end = attached(&mut c, id, signals, a.tty && stdin_tty, a.tty, forward, a.json)?;
+    exit_of(end, a.json)
+}
+
+/// The frames of an attached run or exec, after its reply line: raw mode on a terminal
+/// (restored before returning), signals and stdin forwarded, output to our descriptors.
+/// Returns its end.
+pub fn attached(
+    c: &mut Conn,
+    id: uuid::Uuid,
+    signals: nix::sys::signal::SigSet,
+    raw: bool,
+    tty: bool,
+    forward: bool,
+    json: bool,
+) -> Result<LogEnd> {
     let writer = Arc::new(Mutex::new(c.writer.try_clone().context("cloning the connection")?));
-    let raw =
-        if a.tty && stdin_tty { Some(term::raw_mode().context("setting the terminal to raw mode")?) } else { None };
-    spawn_signal_thread(signals, writer.clone(), a.tty);
+    let raw = if raw { Some(term::raw_mode().context("setting the terminal to raw mode")?) } else { None };
+    spawn_signal_thread(signals, writer.clone(), tty);
     if forward {
         spawn_stdin_thread(writer);
     }
-    let end = relay_output(&mut c.reader, id, a.json);
+    let end = relay_output(&mut c.reader, id, json);
     drop(raw);
-    let end = end?;
-    if a.json {
+    end
+}
+
+/// Our exit status from the run's end (its exit code, or 128 + its signal).
+pub fn exit_of(end: LogEnd, json: bool) -> Result<ExitCode> {
+    if json {
         crate::print_json(&end)?;
     }
     if let LogEnd::Ended { limit_hit: Some(l), .. } = &end {
@@ -107,6 +126,33 @@ pub fn run(target: &Target, mut a: RunArgs) -> Result<ExitCode> {
         LogEnd::Deleted { .. } => bail!("the session was deleted while it ran"),
     };
     Ok(ExitCode::from(code.clamp(0, 255) as u8))
+}
+
+/// `lantern exec ID [-i] [-t] -- PROGRAM ARGS`: another process in a running session, as
+/// if run here.
+pub fn exec(
+    target: &Target,
+    id: uuid::Uuid,
+    mut opts: proto::ExecOpts,
+    interactive: bool,
+    tty: bool,
+    json: bool,
+) -> Result<ExitCode> {
+    let stdin_tty = term::stdin_is_tty();
+    if tty && interactive && !stdin_tty {
+        bail!("-t -i needs a terminal on stdin");
+    }
+    let forward = interactive || (!stdin_tty && !tty);
+    opts.stdin = Some(forward);
+    if tty {
+        let (rows, cols) = term::size();
+        opts.tty = Some(Tty { rows, cols });
+    }
+    let mut c = Conn::open(target)?;
+    let signals = term::block_run_signals();
+    let _: proto::reply::Execd = c.call(Command::Exec { id, opts })?;
+    let end = attached(&mut c, id, signals, tty && stdin_tty, tty, forward, json)?;
+    exit_of(end, json)
 }
 
 /// Writes all of `bytes` to stdout or stderr, unbuffered.

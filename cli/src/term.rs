@@ -89,3 +89,12 @@ pub fn die_of(sig: Signal) -> ! {
     let _ = nix::sys::signal::raise(sig);
     std::process::exit(128 + sig as i32)
 }
+
+/// Owns a descriptor a nix call just returned as an integer (nix 0.29 returns `RawFd`
+/// from `open`, `openat2` and `dup`).
+pub fn adopt_fd(fd: std::os::fd::RawFd) -> std::os::fd::OwnedFd {
+    use std::os::fd::FromRawFd;
+    // SAFETY: the caller passes a descriptor it just received from the kernel and nothing
+    // else owns.
+    unsafe { std::os::fd::OwnedFd::from_raw_fd(fd) }
+}

@@ -139,7 +139,7 @@ pub fn clean_path(raw: &[u8], max_depth: usize) -> Result<Vec<String>, BundleErr
 
 /// A symlink's target must be relative and, resolved lexically from the link's directory,
 /// stay inside the bundle.
-fn check_link(parts: &[String], target: &[u8]) -> Result<(), BundleError> {
+pub fn check_link(parts: &[String], target: &[u8]) -> Result<(), BundleError> {
     let t = std::str::from_utf8(target).map_err(|_| "symlink target is not valid UTF-8".to_string())?;
     if t.is_empty() || t.starts_with('/') || t.chars().any(|c| c.is_control()) {
         return Err(refused(format!("symlink {} → {t:?} must be relative", parts.join("/"))));

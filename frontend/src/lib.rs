@@ -7,6 +7,7 @@ pub mod auth;
 pub mod bundle;
 pub mod cgroup;
 pub mod config;
+pub mod copy;
 pub mod elf;
 pub mod hasher;
 pub mod launcher;

@@ -1,7 +1,8 @@
-//! The frontend's one worker thread: extracting bundles and removing them takes time
-//! proportional to the archive, so it happens here and the event loop stays responsive.
-//! The worker touches nothing but the bundle store (through its directory descriptor) and
-//! the memfds it is given; results come back through a channel and a `mio::Waker`.
+//! The frontend's one worker thread: extracting bundles and removing them, and the
+//! copies of GET and PUT ([`crate::copy`]) take time proportional to the bytes, so they
+//! happen here and the event loop stays responsive. The worker touches nothing but the
+//! bundle store (through its directory descriptor), the memfds and the files helpers'
+//! sockets it is given; results come back through a channel and a `mio::Waker`.
 //!
 //! It is started after landlock is applied (it inherits the ruleset) and before the
 //! seccomp filter, which is installed on every thread at once.
@@ -34,6 +35,34 @@ pub enum Job {
         /// The directory.
         dir: String,
     },
+    /// GET through a files helper.
+    Get {
+        /// Correlates the answer.
+        ticket: u64,
+        /// The helper's socket.
+        helper: OwnedFd,
+        /// Which directory.
+        root: shared::files::Root,
+        /// Path beneath it.
+        rel: String,
+        /// Most bytes the copy may hold.
+        limit: u64,
+    },
+    /// PUT through a files helper.
+    Put {
+        /// Correlates the answer.
+        ticket: u64,
+        /// The helper's socket.
+        helper: OwnedFd,
+        /// Path beneath `/tmp`.
+        rel: String,
+        /// The bytes (a memfd).
+        data: File,
+        /// How many.
+        size: u64,
+        /// A tar stream to extract.
+        tar: bool,
+    },
 }
 
 /// What the worker did.
@@ -45,6 +74,20 @@ pub enum Done {
         ticket: u64,
         /// The bundle, or why it was refused.
         result: Result<Extracted, BundleError>,
+    },
+    /// A GET's copy is ready.
+    Got {
+        /// The job's ticket.
+        ticket: u64,
+        /// The bytes to send, or why not.
+        result: Result<crate::copy::Got, crate::copy::CopyError>,
+    },
+    /// A PUT is done.
+    Put {
+        /// The job's ticket.
+        ticket: u64,
+        /// What was written, or why not.
+        result: Result<crate::copy::Put, crate::copy::CopyError>,
     },
 }
 
@@ -83,6 +126,22 @@ impl Worker {
                         if let Err(e) = bundle::remove_tree(store.as_fd(), &dir) {
                             log::error!("removing bundle {dir}: {}", shared::chain(&e));
                         }
+                    }
+                    Job::Get { ticket, helper, root, rel, limit } => {
+                        let result = crate::copy::Helper::new(helper)
+                            .and_then(|mut h| crate::copy::get(&mut h, root, &rel, limit));
+                        if tx.send(Done::Got { ticket, result }).is_err() {
+                            return;
+                        }
+                        let _ = waker.wake();
+                    }
+                    Job::Put { ticket, helper, rel, data, size, tar } => {
+                        let result = crate::copy::Helper::new(helper)
+                            .and_then(|mut h| crate::copy::put(&mut h, &rel, data, size, tar, ticket));
+                        if tx.send(Done::Put { ticket, result }).is_err() {
+                            return;
+                        }
+                        let _ = waker.wake();
                     }
                 }
             }

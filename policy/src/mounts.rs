@@ -57,6 +57,9 @@ pub fn root_plan(session_uids: u32) -> Vec<Entry> {
     // session) and where a session's own bundle appears, read-only.
     v.push(Entry::Dir(BUNDLES, 0o755));
     v.push(Entry::Dir(BUNDLE, 0o755));
+    // Where every session's /tmp lives between runs (a writable tmpfs of the broker's,
+    // mounted there at start-up; unmounted in each session).
+    v.push(Entry::Dir(TMPS, 0o755));
     v
 }
 
@@ -64,6 +67,14 @@ pub fn root_plan(session_uids: u32) -> Vec<Entry> {
 pub const BUNDLES: &str = "/bundles";
 /// Where a session's own bundle appears (its working directory).
 pub const BUNDLE: &str = "/bundle";
+/// Where the sessions' `/tmp`s are kept in the jail root: `TMPS/<session>/tmp`, one tmpfs
+/// each, from its first START (or first copy in) to DELETE.
+pub const TMPS: &str = "/tmps";
+
+/// A session's kept `/tmp` in the jail root.
+pub fn tmp_dir(session_dir: &str) -> String {
+    format!("{TMPS}/{session_dir}/tmp")
+}
 
 fn passwd(session_uids: u32) -> String {
     let mut s = String::from("root:x:0:0:root:/tmp:/usr/sbin/nologin\n");
@@ -110,15 +121,23 @@ pub enum SessionMount {
     /// A fresh `/proc` of the session's own PID namespace, with [`PROC_MASKED_FILES`] and
     /// [`PROC_MASKED_DIRS`] hidden and [`PROC_READ_ONLY`] read-only.
     Proc,
-    /// A private `/tmp` of at most this many bytes (and inodes / 256 of it, min 1024).
-    Tmp(u64),
+    /// The session's own `/tmp`: its tmpfs kept under [`TMPS`] (made by the spawner, sized
+    /// by `tmp_bytes`), bound here; every other session's is hidden.
+    Tmp,
     /// A private devpts instance on `/dev/pts` (its own ptys only).
     DevPts,
 }
 
 /// The per-session mounts.
-pub fn session_plan(tmp_bytes: u64) -> Vec<SessionMount> {
-    vec![SessionMount::Proc, SessionMount::Tmp(tmp_bytes), SessionMount::DevPts]
+pub fn session_plan() -> Vec<SessionMount> {
+    vec![SessionMount::Proc, SessionMount::Tmp, SessionMount::DevPts]
+}
+
+/// The mount options of a session's `/tmp` tmpfs of `bytes` (inodes: one per 256 bytes,
+/// at least 1024).
+pub fn tmp_options(bytes: u64) -> String {
+    let inodes = (bytes / 256).max(1024);
+    format!("mode=1777,size={bytes},nr_inodes={inodes}")
 }
 
 #[cfg(test)]

@@ -53,6 +53,27 @@ pub struct StartOpts {
     /// With `--attach`: delete the session when the run ends or the client goes away.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub remove: Option<bool>,
+    /// Keep the session's `/tmp` as the last run (or a copy in) left it; else the run starts
+    /// with an empty `/tmp`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub keep_tmp: Option<bool>,
+}
+
+/// EXEC's settings (`{"argv":["/bin/sh","-c","id"],"env":{...},"stdin":true,"tty":{...}}`).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct ExecOpts {
+    /// The program (a path in the session's view) and its arguments.
+    pub argv: Vec<String>,
+    /// The whole environment; `None` means the default one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub env: Option<BTreeMap<String, String>>,
+    /// The client sends stdin frames.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub stdin: Option<bool>,
+    /// On a terminal of the session, of this size.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tty: Option<Tty>,
 }
 
 /// A terminal's size.
@@ -94,6 +115,70 @@ pub enum UploadSize {
     /// A decimal number too large for u64: the client means more bytes than we will read.
     Huge,
 }
+
+/// Which of a session's directories a remote path is in.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum RemoteRoot {
+    /// `/tmp` (read and write).
+    Tmp,
+    /// `/bundle` (read only).
+    Bundle,
+}
+
+/// A path in a session's view for GET and PUT: `/tmp/...` or `/bundle/...`, without `.`
+/// or `..` components.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RemotePath {
+    /// Its directory.
+    pub root: RemoteRoot,
+    /// The rest, relative (empty: the directory itself), cleaned of empty components.
+    pub rel: String,
+}
+
+impl RemotePath {
+    /// Parses `/tmp/a/b` or `/bundle/x`.
+    pub fn parse(s: &str) -> Result<RemotePath, Error> {
+        if s.len() > MAX_PATH || s.chars().any(|c| c.is_control()) {
+            return Err(bad(format!("path {:?} is too long or has control characters", truncate(s))));
+        }
+        let (root, rest) = if let Some(r) = s.strip_prefix("/tmp") {
+            (RemoteRoot::Tmp, r)
+        } else if let Some(r) = s.strip_prefix("/bundle") {
+            (RemoteRoot::Bundle, r)
+        } else {
+            return Err(bad(format!("path {:?} must be in the session's /tmp or /bundle", truncate(s))));
+        };
+        if !rest.is_empty() && !rest.starts_with('/') {
+            return Err(bad(format!("path {:?} must be in the session's /tmp or /bundle", truncate(s))));
+        }
+        let mut parts = Vec::new();
+        for c in rest.split('/') {
+            match c {
+                "" | "." => {}
+                ".." => return Err(bad(format!("path {:?} contains '..'", truncate(s)))),
+                c => parts.push(c),
+            }
+        }
+        Ok(RemotePath { root, rel: parts.join("/") })
+    }
+
+    /// The path as the session sees it.
+    pub fn shown(&self) -> String {
+        let base = match self.root {
+            RemoteRoot::Tmp => "/tmp",
+            RemoteRoot::Bundle => "/bundle",
+        };
+        if self.rel.is_empty() {
+            base.to_string()
+        } else {
+            format!("{base}/{}", self.rel)
+        }
+    }
+}
+
+/// Longest remote path.
+pub const MAX_PATH: usize = 4096 - 128;
 
 /// A parsed command.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -156,6 +241,33 @@ pub enum Command {
         /// Which run (1 = first); `None` = the last.
         run: Option<u32>,
     },
+    /// `EXEC <id> <json>`: another process in the running session; the connection then
+    /// carries its frames, as `START --attach`.
+    Exec {
+        /// Session.
+        id: Uuid,
+        /// What to run.
+        opts: ExecOpts,
+    },
+    /// `GET <id> <path>`: a file's bytes, or a directory as a tar stream, from the session.
+    Get {
+        /// Session.
+        id: Uuid,
+        /// Path in the session.
+        path: String,
+    },
+    /// `PUT <id> <path> <size> [--tar]` + `size` bytes: a file (or, with `--tar`, a tar
+    /// stream extracted as a directory) into the session's `/tmp`.
+    Put {
+        /// Session.
+        id: Uuid,
+        /// Path in the session.
+        path: String,
+        /// Declared size.
+        size: UploadSize,
+        /// The bytes are a tar stream of a directory.
+        tar: bool,
+    },
     /// `EVENTS [<id>] [--since N]`
     Events {
         /// One session, or all.
@@ -182,6 +294,9 @@ impl Command {
             Command::Logs { .. } => "LOGS",
             Command::Receipt { .. } => "RECEIPT",
             Command::Events { .. } => "EVENTS",
+            Command::Get { .. } => "GET",
+            Command::Exec { .. } => "EXEC",
+            Command::Put { .. } => "PUT",
         }
     }
 
@@ -238,6 +353,15 @@ impl Command {
                 Some(n) => format!("RECEIPT {id} --run {n}"),
                 None => format!("RECEIPT {id}"),
             },
+            Command::Get { id, path } => format!("GET {id} {path}"),
+            Command::Exec { id, opts } => format!("EXEC {id} {}", serde_json::to_string(opts).expect("plain data")),
+            Command::Put { id, path, size, tar } => {
+                let size = match size {
+                    UploadSize::Bytes(n) => n.to_string(),
+                    UploadSize::Huge => "99999999999999999999".into(),
+                };
+                format!("PUT {id} {path} {size}{}", if *tar { " --tar" } else { "" })
+            }
             Command::Events { id, since } => {
                 let mut l = "EVENTS".to_string();
                 if let Some(id) = id {
@@ -375,6 +499,55 @@ pub fn parse_line(line: &[u8]) -> Result<Option<Command>, Error> {
             };
             Command::Receipt { id, run }
         }
+        "EXEC" => {
+            let id = parse_id(args.required("session id")?)?;
+            let json = args.peek_rest().ok_or_else(|| bad("missing EXEC options: {\"argv\":[\"/bin/sh\"]}"))?;
+            args.rest = "";
+            let opts: ExecOpts = serde_json::from_str(json).map_err(|e| {
+                bad(format!("EXEC options are not valid JSON of the form {{\"argv\":[..],\"env\":{{..}}}}: {e}"))
+            })?;
+            if opts.argv.is_empty() || !opts.argv[0].starts_with('/') {
+                return Err(bad(
+                    "EXEC argv[0] must be the program's absolute path in the session (/bin/sh, /bundle/tool)",
+                ));
+            }
+            if opts.argv.len() > MAX_ARGS || opts.argv.iter().any(|a| a.contains('\0')) {
+                return Err(bad(format!("at most {MAX_ARGS} arguments, none with a NUL byte")));
+            }
+            if let Some(env) = &opts.env {
+                if env.len() > MAX_ENV
+                    || env.iter().any(|(k, v)| k.is_empty() || k.contains('=') || k.contains('\0') || v.contains('\0'))
+                {
+                    return Err(bad("invalid environment (at most 256 variables, names without = or NUL)"));
+                }
+            }
+            if opts.tty.is_some_and(|t| t.rows == 0 || t.cols == 0) {
+                return Err(bad("tty rows and cols must be at least 1"));
+            }
+            Command::Exec { id, opts }
+        }
+        "GET" => {
+            let id = parse_id(args.required("session id")?)?;
+            let path = args.required("path (/tmp/... or /bundle/...)")?;
+            RemotePath::parse(path)?;
+            Command::Get { id, path: path.to_string() }
+        }
+        "PUT" => {
+            let id = parse_id(args.required("session id")?)?;
+            let path = args.required("path (/tmp/...)")?;
+            if RemotePath::parse(path)?.root != RemoteRoot::Tmp {
+                return Err(bad(format!("PUT {:?}: only the session's /tmp is writable", truncate(path))));
+            }
+            let size = parse_size(args.required("size")?)?;
+            let tar = match args.next() {
+                None => false,
+                Some(f) if f.eq_ignore_ascii_case("--tar") => true,
+                Some(f) => {
+                    return Err(bad(format!("unexpected argument {:?}: PUT <id> <path> <size> [--tar]", truncate(f))))
+                }
+            };
+            Command::Put { id, path: path.to_string(), size, tar }
+        }
         "EVENTS" => {
             let (mut id, mut since) = (None, None);
             while let Some(a) = args.next() {
@@ -393,7 +566,7 @@ pub fn parse_line(line: &[u8]) -> Result<Option<Command>, Error> {
             let shown: String = name.chars().take(32).collect();
             return Err(Error::new(
                 Code::UnknownCommand,
-                format!("unknown command {shown:?}; commands: HELLO AUTH UPLOAD START STOP KILL DEBUG LIST STATUS DELETE LOGS RECEIPT EVENTS"),
+                format!("unknown command {shown:?}; commands: HELLO AUTH UPLOAD START STOP KILL DEBUG LIST STATUS DELETE LOGS RECEIPT EVENTS GET PUT EXEC"),
             ));
         }
     };
@@ -576,6 +749,7 @@ mod tests {
             stdin: Some(true),
             tty: Some(Tty { rows: 24, cols: 80 }),
             remove: Some(true),
+            keep_tmp: Some(true),
         };
         for cmd in [
             Command::Hello,
@@ -599,6 +773,19 @@ mod tests {
             Command::Logs { id, follow: true, stream: Some(Stream::Stdout) },
             Command::Receipt { id, run: Some(3) },
             Command::Events { id: Some(id), since: Some(7) },
+            Command::Get { id, path: "/tmp/results/junit.xml".into() },
+            Command::Get { id, path: "/bundle".into() },
+            Command::Exec {
+                id,
+                opts: ExecOpts {
+                    argv: vec!["/bin/sh".into(), "-c".into(), "id -u".into()],
+                    env: None,
+                    stdin: Some(true),
+                    tty: Some(Tty { rows: 24, cols: 80 }),
+                },
+            },
+            Command::Put { id, path: "/tmp/in/x.bin".into(), size: UploadSize::Bytes(5), tar: false },
+            Command::Put { id, path: "/tmp/tree".into(), size: UploadSize::Bytes(5), tar: true },
             Command::Events { id: None, since: None },
         ] {
             assert_eq!(parse_line(cmd.to_line().as_bytes()).unwrap(), Some(cmd.clone()), "{}", cmd.to_line());
@@ -626,6 +813,23 @@ mod tests {
             panic!()
         };
         assert!(attach && opts.stdin == Some(true) && opts.remove == Some(true));
+    }
+
+    #[test]
+    fn remote_paths_stay_in_tmp_or_bundle() {
+        assert_eq!(
+            RemotePath::parse("/tmp/a//b/./c").unwrap(),
+            RemotePath { root: RemoteRoot::Tmp, rel: "a/b/c".into() }
+        );
+        assert_eq!(RemotePath::parse("/tmp").unwrap().rel, "");
+        assert_eq!(RemotePath::parse("/bundle/x").unwrap().root, RemoteRoot::Bundle);
+        for bad in ["/tmp/../../etc", "/etc/passwd", "tmp/x", "/tmpfoo", "/tmp/a\nb", "/bundle/.."] {
+            assert!(RemotePath::parse(bad).is_err(), "{bad}");
+        }
+        assert_eq!(code(&format!("GET {ID} /tmp/../../etc")), Code::BadRequest);
+        assert_eq!(code(&format!("PUT {ID} /bundle/x 3")), Code::BadRequest);
+        assert_eq!(code(&format!("PUT {ID} /tmp/x -3")), Code::BadRequest);
+        assert_eq!(code(&format!("PUT {ID} /tmp/x 3 --zip")), Code::BadRequest);
     }
 
     #[test]

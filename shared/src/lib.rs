@@ -6,6 +6,7 @@
 #![deny(missing_docs)]
 #![deny(unsafe_code)]
 
+pub mod files;
 pub mod logger;
 pub mod os;
 pub mod tube;

@@ -85,6 +85,19 @@ pub struct StartSpec {
     /// Run the program on a terminal of its session (its stdin, stdout and stderr, and its
     /// controlling terminal), of this size.
     pub tty: Option<Winsize>,
+    /// Keep the session's `/tmp` of the last run (else it starts empty).
+    pub keep_tmp: bool,
+}
+
+/// What to run for an `Exec` (another process in a running session).
+#[derive(Encode, Decode, Debug, Clone, PartialEq, Eq)]
+pub struct ExecSpec {
+    /// Full argv; `argv[0]` is the path of the program in the session's view.
+    pub argv: Vec<Vec<u8>>,
+    /// Full environment.
+    pub env: Vec<Vec<u8>>,
+    /// On a terminal of the session, of this size.
+    pub tty: Option<Winsize>,
 }
 
 /// How a run ended.
@@ -114,6 +127,35 @@ pub struct Usage {
     pub tree: Vec<ProcSpan>,
     /// Exits beyond [`MAX_SPANS`], counted only.
     pub tree_dropped: u32,
+    /// The session's `/tmp` when the run ended.
+    pub tmp: TmpUsage,
+}
+
+/// Most files of `/tmp` a run's end lists (the message stays under 64 KiB).
+pub const MAX_TMP_FILES: usize = 64;
+/// Longest path of a listed file (longer ones are cut).
+pub const MAX_TMP_PATH: usize = 200;
+
+/// What a run left in its session's `/tmp`.
+#[derive(Encode, Decode, Debug, Clone, PartialEq, Eq, Default)]
+pub struct TmpUsage {
+    /// Bytes in use.
+    pub used_bytes: u64,
+    /// Its size (the run's `tmp_bytes`).
+    pub size_bytes: u64,
+    /// Regular files, depth first, at most [`MAX_TMP_FILES`].
+    pub files: Vec<TmpFile>,
+    /// Files beyond those, counted only.
+    pub unlisted: u32,
+}
+
+/// One file left in `/tmp`.
+#[derive(Encode, Decode, Debug, Clone, PartialEq, Eq, Default)]
+pub struct TmpFile {
+    /// Its path in the session (`/tmp/...`).
+    pub path: String,
+    /// Its size.
+    pub size: u64,
 }
 
 /// Most process spans one run reports (they travel in one message of at most 64 KiB).
@@ -197,17 +239,35 @@ pub enum Request {
         /// Session to kill.
         id: SessionId,
     },
-    /// Send a signal to the program's process group (an attached client's Ctrl-C).
+    /// Send a signal to the program's process group (an attached client's Ctrl-C), or to
+    /// an exec'd process.
     Signal {
         /// Session.
         id: SessionId,
+        /// An exec of the session instead of its program.
+        exec: Option<u32>,
         /// The signal, 1..=64.
         sig: i32,
+    },
+    /// Start another process in the session's running namespaces (`EXEC`).
+    Exec {
+        /// Session.
+        id: SessionId,
+        /// What to run.
+        spec: ExecSpec,
     },
     /// Attach gdbserver (in the session's namespaces, as its uid) to the running program.
     Debug {
         /// Session to debug.
         id: SessionId,
+    },
+    /// A files helper for the session's `/tmp` and bundle (GET, PUT); `tmp_bytes`: the
+    /// size of its `/tmp` if it has none yet.
+    Files {
+        /// Session.
+        id: SessionId,
+        /// Size of a new `/tmp`.
+        tmp_bytes: u64,
     },
     /// Kill if running, then forget the session and close its memfd.
     Delete {
@@ -264,6 +324,37 @@ pub enum Reply {
         /// The session.
         id: SessionId,
         /// The frontend's end of gdbserver's stdio.
+        sock: OwnedFd,
+    },
+    /// An exec'd process runs.
+    ExecStarted {
+        /// The session.
+        id: SessionId,
+        /// Its number in the session.
+        exec: u32,
+        /// Its pid in the session.
+        ns_pid: u32,
+        /// Read end of its stdout (a terminal's master).
+        stdout: OwnedFd,
+        /// Read end of its stderr (none on a terminal).
+        stderr: Option<OwnedFd>,
+        /// Write end of its stdin (the terminal's master).
+        stdin: OwnedFd,
+    },
+    /// An exec'd process ended (event, tag 0).
+    ExecExited {
+        /// The session.
+        id: SessionId,
+        /// Its number.
+        exec: u32,
+        /// How.
+        status: ExitStatus,
+    },
+    /// A files helper runs for the session; `sock` speaks [`crate::files`].
+    Files {
+        /// The session.
+        id: SessionId,
+        /// The frontend's end of the helper's socketpair.
         sock: OwnedFd,
     },
     /// gdbserver of a session exited (event, tag 0): gdb detached or disconnected.
@@ -345,8 +436,10 @@ pub enum RequestWire {
     Start { id: SessionId, spec: StartSpec },
     Stop { id: SessionId, grace_ms: u64 },
     Kill { id: SessionId },
-    Signal { id: SessionId, sig: i32 },
+    Signal { id: SessionId, exec: Option<u32>, sig: i32 },
+    Exec { id: SessionId, spec: ExecSpec },
     Debug { id: SessionId },
+    Files { id: SessionId, tmp_bytes: u64 },
     Delete { id: SessionId },
     Shutdown { grace_ms: u64 },
 }
@@ -360,6 +453,9 @@ pub enum ReplyWire {
     Spawned { id: SessionId },
     Started { id: SessionId, ns_pid: u32, tty: bool },
     Debugging { id: SessionId },
+    Files { id: SessionId },
+    ExecStarted { id: SessionId, exec: u32, ns_pid: u32, tty: bool },
+    ExecExited { id: SessionId, exec: u32, status: ExitStatus },
     DebugEnded { id: SessionId },
     Exited { id: SessionId, status: ExitStatus, usage: Usage, limit_hit: Option<LimitHit> },
     Deleted { id: SessionId },
@@ -383,8 +479,10 @@ impl Message for Request {
             Request::Start { id, spec } => (RequestWire::Start { id, spec }, vec![]),
             Request::Stop { id, grace_ms } => (RequestWire::Stop { id, grace_ms }, vec![]),
             Request::Kill { id } => (RequestWire::Kill { id }, vec![]),
-            Request::Signal { id, sig } => (RequestWire::Signal { id, sig }, vec![]),
+            Request::Signal { id, exec, sig } => (RequestWire::Signal { id, exec, sig }, vec![]),
+            Request::Exec { id, spec } => (RequestWire::Exec { id, spec }, vec![]),
             Request::Debug { id } => (RequestWire::Debug { id }, vec![]),
+            Request::Files { id, tmp_bytes } => (RequestWire::Files { id, tmp_bytes }, vec![]),
             Request::Delete { id } => (RequestWire::Delete { id }, vec![]),
             Request::Shutdown { grace_ms } => (RequestWire::Shutdown { grace_ms }, vec![]),
         }
@@ -416,13 +514,21 @@ impl Message for Request {
                 let [] = take_fds("kill", fds)?;
                 Request::Kill { id }
             }
-            RequestWire::Signal { id, sig } => {
+            RequestWire::Signal { id, exec, sig } => {
                 let [] = take_fds("signal", fds)?;
-                Request::Signal { id, sig }
+                Request::Signal { id, exec, sig }
+            }
+            RequestWire::Exec { id, spec } => {
+                let [] = take_fds("exec", fds)?;
+                Request::Exec { id, spec }
             }
             RequestWire::Debug { id } => {
                 let [] = take_fds("debug", fds)?;
                 Request::Debug { id }
+            }
+            RequestWire::Files { id, tmp_bytes } => {
+                let [] = take_fds("files", fds)?;
+                Request::Files { id, tmp_bytes }
             }
             RequestWire::Delete { id } => {
                 let [] = take_fds("delete", fds)?;
@@ -445,6 +551,12 @@ impl Message for Reply {
             Reply::Loaded { id } => (ReplyWire::Loaded { id }, vec![]),
             Reply::Spawned { id } => (ReplyWire::Spawned { id }, vec![]),
             Reply::Debugging { id, sock } => (ReplyWire::Debugging { id }, vec![sock]),
+            Reply::Files { id, sock } => (ReplyWire::Files { id }, vec![sock]),
+            Reply::ExecStarted { id, exec, ns_pid, stdout, stderr, stdin } => match stderr {
+                Some(e) => (ReplyWire::ExecStarted { id, exec, ns_pid, tty: false }, vec![stdout, e, stdin]),
+                None => (ReplyWire::ExecStarted { id, exec, ns_pid, tty: true }, vec![stdout, stdin]),
+            },
+            Reply::ExecExited { id, exec, status } => (ReplyWire::ExecExited { id, exec, status }, vec![]),
             Reply::DebugEnded { id } => (ReplyWire::DebugEnded { id }, vec![]),
             Reply::Started { id, ns_pid, pidfd, stdout, stderr, stdin } => match stderr {
                 Some(stderr) => (ReplyWire::Started { id, ns_pid, tty: false }, vec![pidfd, stdout, stderr, stdin]),
@@ -472,6 +584,22 @@ impl Message for Reply {
             ReplyWire::Debugging { id } => {
                 let [sock] = take_fds("debugging", fds)?;
                 Reply::Debugging { id, sock }
+            }
+            ReplyWire::Files { id } => {
+                let [sock] = take_fds("files", fds)?;
+                Reply::Files { id, sock }
+            }
+            ReplyWire::ExecStarted { id, exec, ns_pid, tty: false } => {
+                let [stdout, stderr, stdin] = take_fds("exec started", fds)?;
+                Reply::ExecStarted { id, exec, ns_pid, stdout, stderr: Some(stderr), stdin }
+            }
+            ReplyWire::ExecStarted { id, exec, ns_pid, tty: true } => {
+                let [stdout, stdin] = take_fds("exec started on a terminal", fds)?;
+                Reply::ExecStarted { id, exec, ns_pid, stdout, stderr: None, stdin }
+            }
+            ReplyWire::ExecExited { id, exec, status } => {
+                let [] = take_fds("exec exited", fds)?;
+                Reply::ExecExited { id, exec, status }
             }
             ReplyWire::DebugEnded { id } => {
                 let [] = take_fds("debug ended", fds)?;
@@ -540,6 +668,7 @@ mod tests {
             debug: false,
             list_processes: true,
             tty: Some(Winsize { rows: 24, cols: 80 }),
+            keep_tmp: false,
         };
         let wire = RequestWire::Start { id: SessionId([7; 16]), spec };
         let bytes = bincode::encode_to_vec(Envelope { tag: 9, body: wire.clone() }, bincode_config()).unwrap();

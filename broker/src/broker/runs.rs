@@ -121,9 +121,6 @@ impl Broker {
             self.debug_tokens.remove(t);
             self.program_tokens.remove(t);
         }
-        if let Some(s) = run.slot {
-            self.free_slots.push(s);
-        }
         if let Some(tag) = run.start_tag {
             // Never started: the init failed before saying "running" or said why.
             self.tube.send(
@@ -147,7 +144,7 @@ impl Broker {
     /// What follows the end of a run: a pending DELETE completes.
     pub(super) fn after_finish(&mut self, id: SessionId, delete_tag: Option<u64>) -> Result<(), BrokerError> {
         if let Some(tag) = delete_tag {
-            self.sessions.remove(&id);
+            self.forget(id)?;
             self.tube.send(tag, Reply::Deleted { id })?;
         }
         Ok(())

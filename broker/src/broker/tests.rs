@@ -70,10 +70,21 @@ fn spec() -> StartSpec {
         debug: false,
         list_processes: true,
         tty: None,
+        keep_tmp: false,
     }
 }
 
 impl Harness {
+    /// The spawner's next call; a deleted session's DropTmp is answered on the way.
+    fn spawner_call(&mut self) -> (u64, SpawnerCall) {
+        loop {
+            match recv::<SpawnerCall>(&mut self.spawner) {
+                (t, SpawnerCall::DropTmp { .. }) => self.spawner.send(t, SpawnReply::Done).unwrap(),
+                other => return other,
+            }
+        }
+    }
+
     fn new() -> Harness {
         let (f_ours, f_theirs) = shared::tube::socketpair().unwrap();
         let (s_ours, s_theirs) = shared::tube::socketpair().unwrap();
@@ -116,7 +127,7 @@ impl Harness {
     /// run's index and the broker's Started.
     fn start_with(&mut self, tag: u64, spec: StartSpec, tty: Option<OwnedFd>) -> (usize, Reply) {
         self.frontend.send(tag, Request::Start { id: ID, spec }).unwrap();
-        let (stag, call) = recv::<SpawnerCall>(&mut self.spawner);
+        let (stag, call) = self.spawner_call();
         let SpawnerCall::Session(req) = call else { panic!("{call:?}") };
         assert!(matches!(req.image, SpawnImage::Memfd(_)));
         assert_eq!((req.ns_uid, req.cgroup_procs.len()), (None, 0), "single-uid mode, no cgroups");
@@ -152,7 +163,7 @@ fn a_run_starts_reports_and_ends_with_the_inits_status() {
     h.load();
     let run = h.start(3);
     // The init reports the tree's end; the kill makes it (the sleep) exit.
-    let usage = Usage { user_us: 5, sys_us: 6, max_rss_kib: 7, processes: 3, tree: vec![], tree_dropped: 0 };
+    let usage = Usage { user_us: 5, sys_us: 6, max_rss_kib: 7, processes: 3, ..Usage::default() };
     h.inits[run].send(0, InitMsg::Exited { status: ExitStatus::Signal(9), usage: usage.clone() }).unwrap();
     assert!(matches!(h.ask(4, Request::Kill { id: ID }), Reply::Accepted { id: ID }));
     let (t, reply) = recv::<Reply>(&mut h.frontend);
@@ -242,15 +253,15 @@ fn signals_go_to_the_init_and_a_terminal_carries_both_directions() {
     let (run, started) = h.start_with(3, spec(), Some(master));
     let Reply::Started { stderr, .. } = started else { panic!() };
     assert!(stderr.is_none(), "on a terminal, stderr is the terminal");
-    assert!(matches!(h.ask(4, Request::Signal { id: ID, sig: 2 }), Reply::Accepted { id: ID }));
+    assert!(matches!(h.ask(4, Request::Signal { id: ID, exec: None, sig: 2 }), Reply::Accepted { id: ID }));
     let (_, call) = recv::<InitCall>(&mut h.inits[run]);
     assert_eq!(call, InitCall::Signal(2));
     assert!(matches!(
-        h.ask(5, Request::Signal { id: ID, sig: 0 }),
+        h.ask(5, Request::Signal { id: ID, exec: None, sig: 0 }),
         Reply::Refused { refusal: Refusal::BadRequest, .. }
     ));
     assert!(matches!(
-        h.ask(6, Request::Signal { id: ID, sig: 65 }),
+        h.ask(6, Request::Signal { id: ID, exec: None, sig: 65 }),
         Reply::Refused { refusal: Refusal::BadRequest, .. }
     ));
 }

@@ -25,6 +25,8 @@ use uuid::Uuid;
 #[derive(Debug)]
 struct Attached {
     id: Uuid,
+    /// An exec of the session (`EXEC`) instead of its program.
+    exec: Option<u32>,
     /// The run's stdin (the terminal's master on a tty) and its token, while open.
     stdin: Option<(File, Token)>,
     /// The client sends stdin.
@@ -55,15 +57,16 @@ pub struct Attach {
 }
 
 impl Attach {
-    /// Connection `conn` now carries the run of `id`.
-    pub fn adopt(&mut self, conn: Token, id: Uuid, stdin: bool, tty: bool, remove: bool) {
-        self.conns.insert(conn, Attached { id, stdin: None, wants_stdin: stdin, tty, remove, stdin_left: 0 });
+    /// Connection `conn` now carries the run of `id` (or its exec `exec`).
+    pub fn adopt(&mut self, conn: Token, id: Uuid, exec: Option<u32>, stdin: bool, tty: bool, remove: bool) {
+        self.conns.insert(conn, Attached { id, exec, stdin: None, wants_stdin: stdin, tty, remove, stdin_left: 0 });
     }
 
-    /// The run of `id` started: its stdin's write end. Kept for an attached client that
-    /// sends stdin (or for a terminal's resizes); otherwise closed, so stdin is at EOF.
-    pub fn take_stdin(&mut self, sh: &mut Shared, id: Uuid, fd: OwnedFd) {
-        let Some((&conn, a)) = self.conns.iter_mut().find(|(_, a)| a.id == id) else { return };
+    /// The run of `id` (or its exec `exec`) started: its stdin's write end. Kept for an
+    /// attached client that sends stdin (or for a terminal's resizes); otherwise closed, so
+    /// stdin is at EOF.
+    pub fn take_stdin(&mut self, sh: &mut Shared, id: Uuid, exec: Option<u32>, fd: OwnedFd) {
+        let Some((&conn, a)) = self.conns.iter_mut().find(|(_, a)| a.id == id && a.exec == exec) else { return };
         if !a.wants_stdin && !a.tty {
             return;
         }
@@ -76,9 +79,9 @@ impl Attach {
         }
     }
 
-    /// The session the connection carries.
-    pub fn session_of(&self, conn: Token) -> Option<Uuid> {
-        self.conns.get(&conn).map(|a| a.id)
+    /// The exec the connection carries, if it carries one.
+    pub fn exec_of(&self, conn: Token) -> Option<u32> {
+        self.conns.get(&conn).and_then(|a| a.exec)
     }
 
     /// Takes the complete frames at the front of `inbuf` (stdin payloads as far as they
@@ -136,7 +139,7 @@ impl Attach {
                     }
                 }
                 Ok(ClientFrame::Signal(sig)) => {
-                    let req = Request::Signal { id: session_id(&a.id), sig: i32::from(sig) };
+                    let req = Request::Signal { id: session_id(&a.id), exec: a.exec, sig: i32::from(sig) };
                     // The broker's answer changes nothing here; a refusal is a run that
                     // just ended.
                     let _ = sh.broker.send(Owner::Attach, req);
@@ -154,11 +157,11 @@ impl Attach {
     }
 
     /// The connection is done with the run (its end was sent, or the client went away):
-    /// the session and whether it is to be deleted.
-    pub fn finish(&mut self, sh: &mut Shared, conn: Token) -> Option<(Uuid, bool)> {
+    /// the session, its exec if it carried one, and whether the session is to be deleted.
+    pub fn finish(&mut self, sh: &mut Shared, conn: Token) -> Option<(Uuid, Option<u32>, bool)> {
         let mut a = self.conns.remove(&conn)?;
         close_stdin(sh, &mut a);
-        Some((a.id, a.remove))
+        Some((a.id, a.exec, a.remove))
     }
 
     /// The session is gone: its stdin closes (the connection learns it from its stream).

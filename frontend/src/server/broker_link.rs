@@ -18,6 +18,10 @@ pub enum Owner {
     Debug,
     /// An attached client's signals.
     Attach,
+    /// GET and PUT: files helpers.
+    Files,
+    /// EXEC.
+    Execs,
 }
 
 /// What came from the broker.

@@ -35,6 +35,8 @@ pub enum Mode {
     Stream(StreamKind),
     /// Carrying an attached run's frames both ways (`START --attach`).
     Attached,
+    /// Sending a GET's bytes ([`Conn::sending`]), then reading commands again.
+    Sending,
 }
 
 /// One client connection.
@@ -69,6 +71,8 @@ pub struct Conn {
     pub closing: bool,
     /// The socket failed; drop it.
     pub dead: bool,
+    /// A GET's bytes still to send, and how many.
+    pub sending: Option<(std::fs::File, u64)>,
 }
 
 impl Conn {
@@ -95,6 +99,7 @@ impl Conn {
             eof: false,
             closing: false,
             dead: false,
+            sending: None,
         }
     }
 
@@ -186,7 +191,7 @@ impl Conn {
     /// Whether the connection is done: failed, closing with nothing left to write, or at
     /// EOF with nothing left to do (a parked or streaming one is dropped when it ends).
     pub fn finished(&self) -> bool {
-        let busy = matches!(self.mode, Mode::Waiting(_) | Mode::Stream(_) | Mode::Attached);
+        let busy = matches!(self.mode, Mode::Waiting(_) | Mode::Stream(_) | Mode::Attached | Mode::Sending);
         self.dead
             || (self.closing && self.pending_out() == 0)
             || (self.eof && !busy && self.pending_out() == 0 && self.inbuf.is_empty())

@@ -103,6 +103,15 @@ pub enum Outcome {
         /// What it streams.
         kind: StreamKind,
     },
+    /// A reply, then exactly `size` bytes of `data` (GET), then the next command.
+    Send {
+        /// The reply line.
+        reply: Vec<u8>,
+        /// The bytes (a memfd, rewound).
+        data: std::fs::File,
+        /// How many.
+        size: u64,
+    },
     /// A reply, then the connection leaves the command loop: it carries the gdb remote
     /// protocol to gdbserver's stdio socket (`DEBUG --stdio`).
     Relay {
@@ -181,6 +190,46 @@ pub enum Followup {
         caller: Caller,
         /// The session.
         id: Uuid,
+    },
+    /// An EXEC's process runs: if its connection still waits, it gets the reply and
+    /// carries the process's frames (output relayed by the execs owner, input by the
+    /// attach owner); if it is gone, the process is killed.
+    ExecAttach {
+        /// The EXEC's connection and wait.
+        to: Waiter,
+        /// The session.
+        id: Uuid,
+        /// The exec's number.
+        exec: u32,
+        /// Its pid in the session.
+        ns_pid: u32,
+        /// The reply line.
+        reply: Vec<u8>,
+        /// Read end of its stdout (a terminal's master).
+        stdout: OwnedFd,
+        /// Read end of its stderr.
+        stderr: Option<OwnedFd>,
+        /// Write end of its stdin.
+        stdin: OwnedFd,
+        /// The client sends stdin.
+        wants_stdin: bool,
+        /// On a terminal.
+        tty: bool,
+        /// Its command name, for the receipt.
+        comm: String,
+    },
+    /// A PUT's bytes are stored and hashed: the files owner writes them into the session.
+    Put {
+        /// Who waits.
+        to: Waiter,
+        /// Where they go.
+        target: super::uploads::PutTarget,
+        /// The bytes (a memfd).
+        data: std::fs::File,
+        /// How many.
+        size: u64,
+        /// Their sha256.
+        sha256: String,
     },
     /// A session is gone: every owner drops what it held for it.
     Deleted {

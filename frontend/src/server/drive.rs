@@ -54,6 +54,11 @@ impl Server {
                 c.out.extend_from_slice(&reply);
                 c.mode = Mode::Stream(kind);
             }
+            Outcome::Send { reply, data, size } => {
+                c.out.extend_from_slice(&reply);
+                c.sending = Some((data, size));
+                c.mode = Mode::Sending;
+            }
             Outcome::Relay { reply, id, identity, sock } => {
                 let Some(mut c) = self.conns.remove(&t) else { return };
                 self.sh.io.deregister(&mut c.stream, t);
@@ -96,6 +101,7 @@ impl Server {
                 Mode::Waiting(_) => false,
                 Mode::Stream(kind) => self.pump(t, kind),
                 Mode::Attached => self.step_attached(t),
+                Mode::Sending => self.step_sending(t),
             };
             if !progressed {
                 break;
@@ -116,9 +122,14 @@ impl Server {
         }
         self.output.drop_consumer(&mut self.sh, t);
         self.events.drop_sub(t);
-        // An attached client that went away before its run's end: the run goes with it.
-        if let Some((id, remove)) = self.attach.finish(&mut self.sh, t) {
-            self.lifecycle.abandon(&mut self.sh, id, remove, "its attached client went away");
+        // An attached client that went away before its run's end: the run (or the exec'd
+        // process) goes with it.
+        match self.attach.finish(&mut self.sh, t) {
+            Some((_, Some(_), _)) => self.execs.finish(&mut self.sh, t),
+            Some((id, None, remove)) => {
+                self.lifecycle.abandon(&mut self.sh, id, remove, "its attached client went away")
+            }
+            None => {}
         }
     }
 
@@ -142,6 +153,40 @@ impl Server {
         }
         if p.bytes.is_empty() {
             return false;
+        }
+        c.flush();
+        c.pending_out() == 0 && !c.dead
+    }
+
+    /// A GET's bytes, as far as the connection's output buffer has room; then the
+    /// connection reads commands again.
+    fn step_sending(&mut self, t: Token) -> bool {
+        let Some(c) = self.conns.get_mut(&t) else { return false };
+        c.flush();
+        let room = c.out_room();
+        let Some((file, left)) = c.sending.as_mut() else {
+            c.mode = Mode::Lines;
+            return true;
+        };
+        if *left == 0 {
+            c.sending = None;
+            c.mode = Mode::Lines;
+            return true;
+        }
+        if room == 0 {
+            return false;
+        }
+        let n = room.min(*left as usize).min(self.scratch.len());
+        match std::io::Read::read(file, &mut self.scratch[..n]) {
+            Ok(0) | Err(_) => {
+                // The snapshot cannot end early; if it did, the framing is lost.
+                c.closing = true;
+                return false;
+            }
+            Ok(got) => {
+                *left -= got as u64;
+                c.out.extend_from_slice(&self.scratch[..got]);
+            }
         }
         c.flush();
         c.pending_out() == 0 && !c.dead
@@ -174,7 +219,10 @@ impl Server {
         }
         c.flush();
         let room = c.out_room();
-        let p = self.output.pump(&mut self.sh, t, room);
+        let p = match self.attach.exec_of(t) {
+            Some(_) => self.execs.pump(&mut self.sh, t, room),
+            None => self.output.pump(&mut self.sh, t, room),
+        };
         let Some(c) = self.conns.get_mut(&t) else { return false };
         if !p.bytes.is_empty() {
             c.out.extend_from_slice(&p.bytes);
@@ -184,7 +232,7 @@ impl Server {
         if p.done {
             c.mode = Mode::Lines;
             c.closing = true;
-            if let Some((id, true)) = self.attach.finish(&mut self.sh, t) {
+            if let Some((id, None, true)) = self.attach.finish(&mut self.sh, t) {
                 self.lifecycle.abandon(&mut self.sh, id, true, "its run ended (remove)");
             }
             return false;
@@ -337,6 +385,16 @@ impl Server {
             Command::Logs { id, follow, stream } => self.output.logs(sh, &caller, id, follow, stream),
             Command::Debug { id, stdio } => self.debug.debug(sh, &caller, id, stdio),
             Command::Events { id, since } => self.events.subscribe(sh, &caller, id, since),
+            Command::Get { id, path } => self.files.get(sh, &caller, id, &path),
+            Command::Exec { id, opts } => self.execs.exec(sh, &caller, id, opts),
+            Command::Put { id, path, size, tar } => match proto::RemotePath::parse(&path) {
+                Ok(p) => {
+                    let who = (caller.peer_str(), caller.name());
+                    let target = super::uploads::PutTarget { id, rel: p.rel, tar, who };
+                    self.uploads.put(sh, &caller, size, target)
+                }
+                Err(e) => Outcome::Refuse(e),
+            },
         };
         self.apply(t, wait, outcome);
     }

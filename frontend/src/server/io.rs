@@ -38,6 +38,11 @@ pub enum Source {
         /// Which stream.
         stream: proto::Stream,
     },
+    /// An exec's output pipe (or terminal), relayed to its connection.
+    ExecPipe {
+        /// The attached connection.
+        conn: Token,
+    },
     /// The stdin of an attached run, watched for room while its client's input waits.
     Stdin {
         /// The attached connection.

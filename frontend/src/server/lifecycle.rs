@@ -37,6 +37,7 @@ enum Waiting {
         env_keys: Vec<String>,
         debug: bool,
         attach: Option<AttachOpts>,
+        keep_tmp: bool,
     },
     Stop {
         to: Option<Waiter>,
@@ -129,7 +130,8 @@ impl Lifecycle {
         }
         let list_processes = opts.list_processes.unwrap_or(true);
         let tty = opts.tty.map(|t| shared::Winsize { rows: t.rows, cols: t.cols });
-        let spec = StartSpec { argv, env, limits, debug, list_processes, tty };
+        let keep_tmp = opts.keep_tmp.unwrap_or(false);
+        let spec = StartSpec { argv, env, limits, debug, list_processes, tty, keep_tmp };
         let attach = attach.then_some(AttachOpts {
             stdin: opts.stdin.unwrap_or(false),
             tty: tty.is_some(),
@@ -144,7 +146,10 @@ impl Lifecycle {
         }
         sh.audit_session(caller, "start", id);
         let args = opts.args;
-        self.waiting.insert(tag, Waiting::Start { caller: caller.clone(), id, limits, args, env_keys, debug, attach });
+        self.waiting.insert(
+            tag,
+            Waiting::Start { caller: caller.clone(), id, limits, args, env_keys, debug, attach, keep_tmp },
+        );
         Outcome::Park
     }
 
@@ -226,7 +231,7 @@ impl Lifecycle {
     pub fn on_reply(&mut self, sh: &mut Shared, tag: u64, reply: Reply) {
         let Some(w) = self.waiting.remove(&tag) else { return };
         match w {
-            Waiting::Start { caller, id, limits, args, env_keys, debug, attach } => match reply {
+            Waiting::Start { caller, id, limits, args, env_keys, debug, attach, keep_tmp } => match reply {
                 Reply::Started { ns_pid, pidfd, stdout, stderr, stdin, .. } => {
                     let pid = host_pid(&pidfd);
                     drop(pidfd);
@@ -248,7 +253,15 @@ impl Lifecycle {
                     s.run_args = args;
                     s.run_env_keys = env_keys;
                     s.pipes_open = if stderr.is_some() { 2 } else { 1 };
+                    if !keep_tmp {
+                        // The last run's /tmp is gone: the run starts with an empty one.
+                        s.tmp = None;
+                    }
+                    s.exec_processes.clear();
                     let run = s.runs;
+                    if !keep_tmp {
+                        sh.sessions.set_tmp_held(&id, 0);
+                    }
                     sh.emit(id, EventKind::SetupFinished { run, pid, ns_pid });
                     let r = Started { ok: proto::True, id, state: State::Running, debug: None, pid, ns_pid };
                     if let Some(a) = attach {
@@ -347,9 +360,11 @@ impl Lifecycle {
         usage: shared::Usage,
         limit_hit: Option<shared::LimitHit>,
     ) {
+        sh.sessions.set_tmp_held(&id, usage.tmp.used_bytes);
         let Some(s) = sh.sessions.get_mut(&id) else { return };
         s.state = State::Stopped;
         s.exit = Some(exit_reply(status));
+        s.tmp = Some(usage.tmp.clone());
         s.usage = Some(usage);
         s.cgroup_hit = limit_hit;
         s.ended = Some(now());
@@ -408,19 +423,27 @@ fn receipt(s: &Session, jail: &Jail, warnings: &[String]) -> Receipt {
         max_rss_kib: usage.max_rss_kib,
         processes_spawned: usage.processes,
         // Every process that ended with exit_group, in the order they ended.
-        processes: usage
-            .tree
+        processes: s
+            .exec_processes
             .iter()
-            .map(|p| Process {
+            .cloned()
+            .chain(usage.tree.iter().map(|p| Process {
                 pid: p.pid,
                 ppid: p.ppid,
                 comm: p.comm.clone(),
                 start: Time::from_micros(p.start_us),
                 end: Time::from_micros(p.end_us),
                 exit_code: p.code,
-            })
+            }))
             .collect(),
         processes_unlisted: usage.tree_dropped,
+        tmp_files: usage
+            .tmp
+            .files
+            .iter()
+            .map(|f| proto::reply::TmpFile { path: f.path.clone(), size: f.size })
+            .collect(),
+        tmp_files_unlisted: usage.tmp.unlisted,
         stdout: digest(0),
         stderr: digest(1),
         jail: jail.clone(),

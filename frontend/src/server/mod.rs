@@ -10,6 +10,8 @@
 //! | [`lifecycle`] | START, STOP, KILL, DELETE, runs' ends, receipts |
 //! | [`output`] | log pipes, LOGS, the consumers of a run's output (LOGS --follow, attached clients) |
 //! | [`attach`] | START --attach: the client's frames, the run's stdin |
+//! | [`files`] | GET, PUT: files helpers, the worker's copies |
+//! | [`execs`] | EXEC: another process of a running session, its output relayed |
 //! | [`events`] | EVENTS subscribers |
 //! | [`debug`] | DEBUG: ports, relays |
 //! | [`queries`] | HELLO, LIST, STATUS, RECEIPT |
@@ -28,6 +30,8 @@ pub mod ctx;
 pub mod debug;
 mod drive;
 pub mod events;
+pub mod execs;
+pub mod files;
 pub mod io;
 pub mod lifecycle;
 pub mod model;
@@ -128,6 +132,10 @@ pub struct Server {
     lifecycle: lifecycle::Lifecycle,
     output: output::Output,
     attach: attach::Attach,
+    files: files::Files,
+    execs: execs::Execs,
+    /// Connections the broker's events concern (an exec's end), driven next.
+    woken: Vec<Token>,
     events: events::Events,
     debug: debug::Debug,
     /// The mDNS advertisement, if any (withdrawn at shutdown).
@@ -218,6 +226,9 @@ impl Server {
             lifecycle: lifecycle::Lifecycle::default(),
             output: output::Output::default(),
             attach: attach::Attach::default(),
+            files: files::Files::default(),
+            execs: execs::Execs::default(),
+            woken: Vec::new(),
             events: events::Events::default(),
             debug: debug::Debug::default(),
             advertiser: None,
@@ -330,7 +341,9 @@ impl Server {
                         return Err(ServeError::BrokerExited(how));
                     }
                     Source::Waker => {
-                        self.uploads.on_wake(&mut self.sh);
+                        for done in self.uploads.on_wake(&mut self.sh) {
+                            self.files.on_done(&mut self.sh, done);
+                        }
                         touched.extend(self.uploads.take_starved());
                     }
                     Source::Signals => {
@@ -342,6 +355,10 @@ impl Server {
                     Source::Pipe { .. } => self.output.readable(&mut self.sh, t),
                     // An attached run's stdin has room: its client's waiting input goes on.
                     Source::Stdin { conn } => touched.push(conn),
+                    Source::ExecPipe { conn } => {
+                        self.execs.readable(conn, t);
+                        touched.push(conn);
+                    }
                     Source::DebugPort => self.debug.accept(&mut self.sh, t),
                     Source::Relay { relay, .. } => self.debug.pump(&mut self.sh, relay),
                     Source::Conn => {
@@ -359,6 +376,7 @@ impl Server {
                     }
                 }
             }
+            touched.append(&mut self.woken);
             // Drive what changed until nothing more follows (a command's completion can
             // answer other connections, and events wake subscribers).
             for _ in 0..64 {
@@ -426,17 +444,36 @@ impl Server {
                 c.out.extend_from_slice(&reply);
                 c.mode = Mode::Attached;
                 self.output.consume(&self.sh, to.conn, id, output::Format::Frames);
-                self.attach.adopt(to.conn, id, stdin, tty, remove);
+                self.attach.adopt(to.conn, id, None, stdin, tty, remove);
                 touched.push(to.conn);
+            }
+            Followup::ExecAttach { to, id, exec, ns_pid, reply, stdout, stderr, stdin, wants_stdin, tty, comm } => {
+                let Some(c) = self.conns.get_mut(&to.conn).filter(|c| c.mode == Mode::Waiting(to.wait)) else {
+                    // The client went away while the process was being started.
+                    let req =
+                        shared::Request::Signal { id: uploads::session_id(&id), exec: Some(exec), sig: libc::SIGKILL };
+                    let _ = self.sh.broker.send(Owner::Execs, req);
+                    return;
+                };
+                c.out.extend_from_slice(&reply);
+                c.mode = Mode::Attached;
+                self.execs.adopt(&mut self.sh, to.conn, id, exec, ns_pid, stdout, stderr, comm);
+                self.attach.adopt(to.conn, id, Some(exec), wants_stdin, tty, false);
+                self.attach.take_stdin(&mut self.sh, id, Some(exec), stdin);
+                touched.push(to.conn);
+            }
+            Followup::Put { to, target, data, size, sha256 } => {
+                self.files.put_stored(&mut self.sh, to, target, data, size, sha256)
             }
             Followup::Pipes { id, stdout, stderr, stdin } => {
                 self.output.add_pipes(&mut self.sh, id, stdout, stderr);
-                self.attach.take_stdin(&mut self.sh, id, stdin);
+                self.attach.take_stdin(&mut self.sh, id, None, stdin);
             }
             Followup::DebugStarted { caller, id } => self.debug.start_held(&mut self.sh, caller, id),
             Followup::Deleted { id, bundle } => {
                 self.output.forget(&mut self.sh, id);
                 self.attach.forget(&mut self.sh, id);
+                touched.extend(self.execs.forget(id));
                 self.debug.forget(&mut self.sh, id);
                 if bundle {
                     self.uploads.remove_bundle(id);
@@ -456,6 +493,9 @@ impl Server {
                 self.lifecycle.on_exited(sh, id, status, usage, limit_hit);
             }
             Incoming::Event(Reply::DebugEnded { id }) => self.debug.on_ended(sh, Uuid::from_bytes(id.0)),
+            Incoming::Event(Reply::ExecExited { id, exec, status }) => {
+                self.woken.extend(self.execs.on_exited(sh, Uuid::from_bytes(id.0), exec, status));
+            }
             Incoming::Event(Reply::Spawned { id }) => self.lifecycle.on_spawned(sh, Uuid::from_bytes(id.0)),
             Incoming::Event(other) => log::error!("unexpected broker event {other:?}"),
             Incoming::Reply { owner: Owner::Uploads, tag, reply } => self.uploads.on_reply(sh, tag, reply),
@@ -463,6 +503,10 @@ impl Server {
             Incoming::Reply { owner: Owner::Debug, tag, reply } => self.debug.on_reply(sh, tag, reply),
             // An attached client's signal: accepted, or the run had just ended.
             Incoming::Reply { owner: Owner::Attach, .. } => {}
+            Incoming::Reply { owner: Owner::Execs, tag, reply } => self.execs.on_reply(sh, tag, reply),
+            Incoming::Reply { owner: Owner::Files, tag, reply } => {
+                self.files.on_reply(sh, self.uploads.worker(), tag, reply)
+            }
             Incoming::Stray(tag, reply) => log::error!("broker answered an unknown request {tag}: {reply:?}"),
         }
     }

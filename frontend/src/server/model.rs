@@ -112,6 +112,12 @@ pub struct Session {
     pub receipts: VecDeque<Receipt>,
     /// Lifecycle events of the current/last run, with their times (for the receipt).
     pub timeline: Vec<(&'static str, Time)>,
+    /// Its `/tmp` when the last run ended.
+    pub tmp: Option<shared::TmpUsage>,
+    /// Processes EXEC started in the current run that have ended (for its receipt).
+    pub exec_processes: Vec<proto::reply::Process>,
+    /// Bytes of its `/tmp` counted in the rig's budget (see [`Sessions::set_tmp_held`]).
+    tmp_held: u64,
 }
 
 impl Session {
@@ -150,6 +156,9 @@ impl Session {
             run_env_keys: Vec::new(),
             receipts: VecDeque::new(),
             timeline: Vec::new(),
+            tmp: None,
+            exec_processes: Vec::new(),
+            tmp_held: 0,
         }
     }
 
@@ -249,11 +258,20 @@ impl Sessions {
         self.map.insert(s.id, s);
     }
 
-    /// Removes a session and gives its bytes back.
+    /// Removes a session and gives its bytes (its upload and its `/tmp`) back.
     pub fn remove(&mut self, id: &Uuid) -> Option<Session> {
         let s = self.map.remove(id)?;
-        self.loaded_bytes -= s.size;
+        self.loaded_bytes -= s.size + s.tmp_held;
         Some(s)
+    }
+
+    /// The bytes of session `id`'s `/tmp` now (kept between runs until DELETE) count in the
+    /// rig's budget (`--max-total-size`) with its upload.
+    pub fn set_tmp_held(&mut self, id: &Uuid, bytes: u64) {
+        if let Some(s) = self.map.get_mut(id) {
+            self.loaded_bytes = self.loaded_bytes - s.tmp_held + bytes;
+            s.tmp_held = bytes;
+        }
     }
 
     /// Sessions loaded (deleting ones included: they still hold their bytes).

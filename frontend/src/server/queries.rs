@@ -69,6 +69,7 @@ pub fn status(sh: &Shared, caller: &Caller, id: Uuid) -> Outcome {
             buffered: s.logs.len(),
             dropped: s.logs.dropped(None),
         },
+        tmp: s.tmp.as_ref().map(|t| proto::reply::TmpStatus { used_bytes: t.used_bytes, size_bytes: t.size_bytes }),
     })
 }
 

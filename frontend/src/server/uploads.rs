@@ -6,7 +6,7 @@
 //! first. The broker's `Loaded` completes it: the session exists.
 
 use super::broker_link::{refusal_code, Owner};
-use super::ctx::{Caller, Outcome, Shared, Waiter};
+use super::ctx::{Caller, Followup, Outcome, Shared, Waiter};
 use super::model::{NewSession, Session};
 use crate::hasher::Hasher;
 use crate::worker::{Done, Job, Worker};
@@ -39,8 +39,23 @@ struct InFlight {
     exec_path: Option<String>,
     /// The program's name.
     name: Option<String>,
+    /// A PUT's bytes (for the files owner), not a new session.
+    put: Option<PutTarget>,
     /// Who waits, once the last byte is in.
     to: Option<Waiter>,
+}
+
+/// Where a PUT's bytes go.
+#[derive(Debug, Clone)]
+pub struct PutTarget {
+    /// The session.
+    pub id: Uuid,
+    /// Path beneath its `/tmp`.
+    pub rel: String,
+    /// A tar stream of a directory.
+    pub tar: bool,
+    /// Who sends it (for the audit log): address and identity.
+    pub who: (String, Arc<str>),
 }
 
 /// An upload with the broker (or the bundle worker), waiting to become a session.
@@ -143,7 +158,91 @@ impl Uploads {
         if let Some(h) = &self.hasher {
             h.begin(job, thread_copy);
         }
-        self.jobs.insert(job, InFlight { owner, peer: caller.peer_str(), memfd, size, exec_path, name, to: None });
+        self.jobs.insert(
+            job,
+            InFlight { owner, peer: caller.peer_str(), memfd, size, exec_path, name, put: None, to: None },
+        );
+        Outcome::Payload { job, size }
+    }
+
+    /// `PUT <id> <path> <size> [--tar]`: the bytes are received (and hashed) like an
+    /// upload's, into a memfd reserved in the rig's budget, then handed to the files owner.
+    /// A refusal before the bytes skips them.
+    pub fn put(&mut self, sh: &mut Shared, caller: &Caller, size: UploadSize, target: PutTarget) -> Outcome {
+        let cfg = &sh.cfg;
+        let size = match size {
+            UploadSize::Bytes(n) if n <= cfg.drain_limit || n <= cfg.max_upload => n,
+            _ => {
+                return Outcome::Fatal(Error::new(
+                    Code::TooLarge,
+                    format!(
+                        "PUT larger than {} bytes; closing the connection as its bytes cannot be skipped",
+                        cfg.drain_limit.max(cfg.max_upload)
+                    ),
+                ))
+            }
+        };
+        let Some(owner) = caller.identity.as_ref().map(|i| i.name.clone()) else { return Outcome::Nothing };
+        let refusal = match sh.sessions.visible(caller.identity.as_ref(), target.id) {
+            Err(e) => Some(e),
+            Ok(_) if size > cfg.max_upload => Some(Error::new(
+                Code::TooLarge,
+                format!("PUT of {size} bytes exceeds the limit of {} bytes", cfg.max_upload),
+            )),
+            Ok(s) => {
+                let room = s.limits.tmp_bytes.saturating_sub(s.tmp.as_ref().map_or(0, |t| t.used_bytes));
+                let in_use = sh.sessions.loaded_bytes + self.reserved.bytes;
+                if size > room {
+                    Some(Error::limit(format!(
+                        "{size} bytes do not fit in the session's /tmp ({room} of its {} bytes free)",
+                        s.limits.tmp_bytes
+                    )))
+                } else if in_use + size > cfg.max_total_size {
+                    Some(Error::limit(format!(
+                        "storing {size} more bytes would exceed the rig's total of {} bytes; DELETE sessions first",
+                        cfg.max_total_size
+                    )))
+                } else {
+                    None
+                }
+            }
+        };
+        if let Some(refusal) = refusal {
+            return Outcome::Drain { refusal, size };
+        }
+        let memfd = match crate::sys::memfd_for_upload(size, "debuglantern-put") {
+            Ok(f) => f,
+            Err(e) => {
+                return Outcome::Drain {
+                    refusal: Error::limit(format!("the rig cannot hold {size} more bytes now: {e}")),
+                    size,
+                }
+            }
+        };
+        let (true, Ok(thread_copy)) = (self.hasher.is_some(), memfd.try_clone()) else {
+            return Outcome::Drain { refusal: Error::internal("cannot store the bytes now"), size };
+        };
+        self.reserve(&owner, size);
+        self.reserved.sessions -= 1;
+        if let Some(r) = self.reserved_by.get_mut(&owner) {
+            r.sessions -= 1;
+        }
+        self.next_job += 1;
+        let job = self.next_job;
+        if let Some(h) = &self.hasher {
+            h.begin(job, thread_copy);
+        }
+        let f = InFlight {
+            owner,
+            peer: caller.peer_str(),
+            memfd,
+            size,
+            exec_path: None,
+            name: None,
+            put: Some(target),
+            to: None,
+        };
+        self.jobs.insert(job, f);
         Outcome::Payload { job, size }
     }
 
@@ -204,12 +303,18 @@ impl Uploads {
     }
 
     fn release(&mut self, owner: &Arc<str>, size: u64) {
-        self.reserved.sessions -= 1;
+        self.release_counted(owner, size, 1);
+    }
+
+    /// Gives back `size` bytes and `sessions` sessions reserved by `owner` (a PUT holds
+    /// bytes only).
+    fn release_counted(&mut self, owner: &Arc<str>, size: u64, sessions: usize) {
+        self.reserved.sessions -= sessions;
         self.reserved.bytes -= size;
         if let Some(r) = self.reserved_by.get_mut(owner) {
-            r.sessions -= 1;
+            r.sessions -= sessions;
             r.bytes -= size;
-            if r.sessions == 0 {
+            if r.sessions == 0 && r.bytes == 0 {
                 self.reserved_by.remove(owner);
             }
         }
@@ -242,7 +347,7 @@ impl Uploads {
             if let Some(h) = &self.hasher {
                 h.abort(job);
             }
-            self.release(&j.owner, j.size);
+            self.release_counted(&j.owner, j.size, usize::from(j.put.is_none()));
         }
     }
 
@@ -262,14 +367,28 @@ impl Uploads {
         std::mem::take(&mut self.starved)
     }
 
-    /// The helper threads finished something.
-    pub fn on_wake(&mut self, sh: &mut Shared) {
+    /// The worker, for the files owner's copies.
+    pub fn worker(&self) -> Option<&Worker> {
+        self.worker.as_ref()
+    }
+
+    /// The helper threads finished something; returns the worker's results that are not
+    /// this owner's (GET and PUT copies).
+    pub fn on_wake(&mut self, sh: &mut Shared) -> Vec<Done> {
         let done = self.hasher.as_mut().map(Hasher::results).unwrap_or_default();
         for (job, result) in done {
             let Some(j) = self.jobs.remove(&job) else { continue };
             // A client that left after its last byte still gets its session; only its
             // answer is lost.
             let to = j.to.unwrap_or(Waiter { conn: Token(usize::MAX), wait: 0 });
+            if let Some(target) = j.put.clone() {
+                self.release_counted(&j.owner, j.size, 0);
+                match result {
+                    Ok(sha256) => sh.follow_up(Followup::Put { to, target, data: j.memfd, size: j.size, sha256 }),
+                    Err(e) => sh.answer(to, Outcome::Refuse(Error::internal(format!("cannot store the bytes: {e}")))),
+                }
+                continue;
+            }
             match result {
                 Ok(sha256) => self.stored(sh, to, j, sha256),
                 Err(e) => {
@@ -280,8 +399,13 @@ impl Uploads {
                 }
             }
         }
-        let extracted: Vec<Done> = self.worker.as_ref().map(|w| w.results().collect()).unwrap_or_default();
-        for Done::Extracted { ticket, result } in extracted {
+        let results: Vec<Done> = self.worker.as_ref().map(|w| w.results().collect()).unwrap_or_default();
+        let mut others = Vec::new();
+        for d in results {
+            let Done::Extracted { ticket, result } = d else {
+                others.push(d);
+                continue;
+            };
             let Some(mut x) = self.extracting.remove(&ticket) else { continue };
             match result {
                 Err(why) => {
@@ -320,6 +444,7 @@ impl Uploads {
                 }
             }
         }
+        others
     }
 
     /// Every byte of an upload is stored and hashed: a bundle goes to the worker, a binary

@@ -269,7 +269,7 @@ pub fn broker() -> Vec<BpfProgram> {
 /// although sessions are refused them: building a session needs them.
 pub const SPAWNER_KEEPS: &[(i64, &str)] = &[
     (libc::SYS_mount, "the init mounts the session's /proc, /tmp, devpts and bundle"),
-    (libc::SYS_umount2, "the init hides the bundle store"),
+    (libc::SYS_umount2, "the init hides the bundle store and the other sessions' /tmp; a deleted session's /tmp goes"),
     (libc::SYS_setns, "the debug helper enters a session's namespaces"),
     (libc::SYS_unshare, "the init enters its own cgroup namespace"),
     (libc::SYS_sethostname, "the init names the session's host"),

@@ -318,6 +318,19 @@ pub struct Started {
     pub ns_pid: u32,
 }
 
+/// `EXEC`: then the connection carries the process's frames (as `START --attach`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Execd {
+    /// `true`.
+    pub ok: True,
+    /// The session.
+    pub id: Uuid,
+    /// The exec's number in the session.
+    pub exec: u32,
+    /// Its pid in the session.
+    pub ns_pid: u32,
+}
+
 /// `DEBUG`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Debugging {
@@ -441,6 +454,57 @@ pub struct Status {
     pub usage: Option<Usage>,
     /// Its output.
     pub output: Output,
+    /// Its `/tmp` when the last run ended (kept until the next START or DELETE).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tmp: Option<TmpStatus>,
+}
+
+/// A session's `/tmp` (STATUS).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TmpStatus {
+    /// Bytes in use.
+    pub used_bytes: u64,
+    /// Its size.
+    pub size_bytes: u64,
+}
+
+/// `GET`: the reply line; `size` bytes follow it (a file's, or a tar stream of a
+/// directory), then the next reply.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Got {
+    /// `true`.
+    pub ok: True,
+    /// The session.
+    pub id: Uuid,
+    /// The path in the session.
+    pub path: String,
+    /// `file` or `dir` (a tar stream follows).
+    pub kind: String,
+    /// Bytes that follow.
+    pub size: u64,
+    /// Entries that were not copied (devices, fifos, sockets, unreadable), with why.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub skipped: Vec<String>,
+}
+
+/// `PUT`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Put {
+    /// `true`.
+    pub ok: True,
+    /// The session.
+    pub id: Uuid,
+    /// The path in the session.
+    pub path: String,
+    /// Bytes written (file contents).
+    pub bytes: u64,
+    /// Files written.
+    pub files: u64,
+    /// sha256 of what was sent.
+    pub sha256: String,
+    /// Entries that were not written (hard links, devices, fifos), with why.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub skipped: Vec<String>,
 }
 
 /// `DELETE`.

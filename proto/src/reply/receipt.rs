@@ -6,6 +6,15 @@ use serde::{Deserialize, Serialize};
 use std::sync::Arc;
 use uuid::Uuid;
 
+/// A file left in a session's `/tmp`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TmpFile {
+    /// Its path in the session (`/tmp/...`).
+    pub path: String,
+    /// Its size in bytes.
+    pub size: u64,
+}
+
 /// A process of a run's tree, in a receipt.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Process {
@@ -84,6 +93,12 @@ pub struct Receipt {
     pub processes: Vec<Process>,
     /// Exits not listed (beyond the bound, or not asked for).
     pub processes_unlisted: u32,
+    /// Regular files the run left in `/tmp` (path, size), depth first, at most 64.
+    #[serde(default)]
+    pub tmp_files: Vec<TmpFile>,
+    /// Files beyond those, counted only.
+    #[serde(default)]
+    pub tmp_files_unlisted: u32,
     /// stdout.
     pub stdout: StreamDigest,
     /// stderr.
