@@ -419,6 +419,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
             let stream = stream.map(|s| if s == "stderr" { Stream::Stderr } else { Stream::Stdout });
             let mut c = Conn::open(&target)?;
             if follow {
+                term::end_when_stdout_closes();
                 let end = stream_logs(&mut c, id, stream, json)?;
                 if json {
                     print_json(&end)?;
@@ -467,6 +468,9 @@ fn run(cli: Cli) -> Result<ExitCode> {
             let sub: Subscribed = c.call(Command::Events { id, since: Some(1) })?;
             let head = sub.head_seq;
             let mut seen = sub.next_seq;
+            if follow {
+                term::end_when_stdout_closes();
+            }
             // Without -f: what the rig holds now, then stop.
             while follow || seen < head {
                 let line: EventLine = c.read()?;

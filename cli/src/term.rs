@@ -68,6 +68,30 @@ pub fn default_sigpipe() {
     unsafe { libc::signal(libc::SIGPIPE, libc::SIG_DFL) };
 }
 
+/// While `lantern` follows something that may stay quiet for hours (`events -f`, `logs -f`),
+/// a reader of its stdout that goes away (`| head -1`) would only be noticed at the next
+/// write. A thread waits for the pipe's error instead and ends the process as SIGPIPE
+/// would. Nothing is done when stdout is not a pipe or socket.
+pub fn end_when_stdout_closes() {
+    use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
+    use nix::sys::stat::{fstat, SFlag};
+    let Ok(st) = fstat(libc::STDOUT_FILENO) else { return };
+    let kind = SFlag::from_bits_truncate(st.st_mode) & SFlag::S_IFMT;
+    if kind != SFlag::S_IFIFO && kind != SFlag::S_IFSOCK {
+        return;
+    }
+    std::thread::spawn(|| {
+        let out = std::io::stdout();
+        // No events asked: poll reports only POLLERR (the reader closed) or POLLHUP.
+        let mut fds = [PollFd::new(out.as_fd(), PollFlags::empty())];
+        while poll(&mut fds, PollTimeout::NONE).is_err() {}
+        let gone = fds[0].revents().is_some_and(|r| r.intersects(PollFlags::POLLERR | PollFlags::POLLHUP));
+        if gone {
+            die_of(Signal::SIGPIPE);
+        }
+    });
+}
+
 /// The signals `run` takes itself: blocked in every thread (call before spawning any), and
 /// taken one by one with [`wait`].
 pub fn block_run_signals() -> SigSet {

@@ -237,7 +237,8 @@ fn root_a_terminal_session_driven_by_tmux() {
     wait_pane(&session, "now=40 120");
     // The exit code passes through, and the local terminal is cooked again.
     keys(&session, &["exit 7", "Enter"]);
-    let p = wait_pane(&session, "LANTERN_EXIT=7");
+    wait_pane(&session, "LANTERN_EXIT=7");
+    let p = wait_pane(&session, "icanon");
     let after = p.split("LANTERN_EXIT=7").nth(1).unwrap_or_default();
     let flag = after.lines().map(str::trim).find(|l| l.ends_with("icanon"));
     assert_eq!(flag, Some("icanon"), "the terminal was not restored:\n{p}");
