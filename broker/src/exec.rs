@@ -93,6 +93,7 @@ fn helper(plan: ExecPlan, mut image: Image, ctl: &mut Tube) -> ! {
         let _ = ctl.send(0, InitMsg::Failed { message });
         sys::exit_now(1)
     };
+    let program = plan.spec.argv.first().map(|a| String::from_utf8_lossy(a).into_owned()).unwrap_or_default();
     // The spawner lets the kernel reap its children; this helper waits for its own.
     sys::set_sigchld(true);
     // The session's cgroups first (cgroup v1 moves a task for root or its own uid only),
@@ -153,7 +154,9 @@ fn helper(plan: ExecPlan, mut image: Image, ctl: &mut Tube) -> ! {
     };
     if let Some(what) = init::exec_report(&rep_r) {
         let _ = waitpid(child, None);
-        fail(ctl, what);
+        let message = format!("{program}: {what}");
+        let _ = ctl.send(0, InitMsg::NotExecuted { message });
+        sys::exit_now(1);
     }
     if ctl.send(0, InitMsg::Running { ns_pid, pidfd, tty: terminal }).is_err() {
         sys::exit_now(1);

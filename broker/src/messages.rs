@@ -398,6 +398,12 @@ pub enum InitMsg {
         /// What failed, for the user.
         message: String,
     },
+    /// The program asked for could not be executed (missing, not executable, a missing
+    /// interpreter): the asker's mistake, not the rig's (exec helpers).
+    NotExecuted {
+        /// Why, naming the program.
+        message: String,
+    },
     /// The program exited and everything was reaped.
     Exited {
         /// The program's status.
@@ -422,6 +428,11 @@ pub enum InitWire {
         /// Reason.
         message: String,
     },
+    /// See [`InitMsg::NotExecuted`].
+    NotExecuted {
+        /// Reason.
+        message: String,
+    },
     /// See [`InitMsg::Exited`].
     Exited {
         /// Status.
@@ -441,6 +452,7 @@ impl Message for InitMsg {
                 (InitWire::Running { ns_pid, tty: true }, vec![pidfd, master])
             }
             InitMsg::Failed { message } => (InitWire::Failed { message }, vec![]),
+            InitMsg::NotExecuted { message } => (InitWire::NotExecuted { message }, vec![]),
             InitMsg::Exited { status, usage } => (InitWire::Exited { status, usage }, vec![]),
         }
     }
@@ -459,6 +471,7 @@ impl Message for InitMsg {
                 InitMsg::Running { ns_pid, pidfd: fds.remove(0), tty: master }
             }
             InitWire::Failed { message } => InitMsg::Failed { message },
+            InitWire::NotExecuted { message } => InitMsg::NotExecuted { message },
             InitWire::Exited { status, usage } => InitMsg::Exited { status, usage },
         })
     }

@@ -1,9 +1,9 @@
 //! The upload framer (`proto::Framer`): a connection's bytes cut into command
-//! lines and UPLOAD payloads. Whatever the bytes and however they arrive in pieces, the
-//! frames are the same; a payload is exactly as long as its UPLOAD said (unless the
+//! lines and UPLOAD and PUT payloads. Whatever the bytes and however they arrive in pieces, the
+//! frames are the same; a payload is exactly as long as its UPLOAD or PUT said (unless the
 //! stream ends first), is never read as commands, and no line is longer than the limit.
 #![no_main]
-use proto::{parse_line, split_stream, Command, Frame, UploadSize, MAX_LINE};
+use proto::{announced_payload, parse_line, split_stream, Frame, UploadSize, MAX_LINE};
 use libfuzzer_sys::fuzz_target;
 
 fuzz_target!(|data: &[u8]| {
@@ -21,7 +21,12 @@ fuzz_target!(|data: &[u8]| {
                 assert!(expect.is_none(), "a line inside a payload");
                 assert!(l.len() <= MAX_LINE + 1);
                 total += l.len();
-                if let Ok(Some(Command::Upload { size: UploadSize::Bytes(n), .. })) = parse_line(l) {
+                // Whatever the parser makes of a line, the payload it announces is the
+                // one the framer skips (a refused PUT's bytes are never read as commands).
+                if let Ok(Some(c)) = parse_line(l) {
+                    assert_eq!(c.payload(), announced_payload(l), "parser and framer disagree");
+                }
+                if let Some(UploadSize::Bytes(n)) = announced_payload(l) {
                     expect = Some(n);
                 }
             }

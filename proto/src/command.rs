@@ -278,6 +278,14 @@ pub enum Command {
 }
 
 impl Command {
+    /// The bytes that follow this command's line (UPLOAD's and PUT's), if any.
+    pub fn payload(&self) -> Option<UploadSize> {
+        match self {
+            Command::Upload { size, .. } | Command::Put { size, .. } => Some(*size),
+            _ => None,
+        }
+    }
+
     /// The command's name, as the protocol spells it.
     pub fn verb(&self) -> &'static str {
         match self {
@@ -374,6 +382,20 @@ impl Command {
             }
         }
     }
+}
+
+/// The payload a command line announces (UPLOAD's and PUT's size), read even from a line
+/// that [`parse_line`] refuses for another reason, so that the bytes of a refused line are
+/// skipped rather than read as commands.
+pub fn announced_payload(line: &[u8]) -> Option<UploadSize> {
+    let line = std::str::from_utf8(line.strip_suffix(b"\r").unwrap_or(line)).ok()?;
+    let mut words = line.split(' ').filter(|w| !w.is_empty());
+    let size = match words.next()?.to_ascii_uppercase().as_str() {
+        "UPLOAD" => words.next()?,
+        "PUT" => words.nth(2)?,
+        _ => return None,
+    };
+    parse_size(size).ok()
 }
 
 /// Parses one line (without its `\n`; a trailing `\r` is removed here). `Ok(None)` for an
@@ -837,5 +859,27 @@ mod tests {
         assert_eq!(parse_line(&[0xff, 0xfe, 0x00]).unwrap_err().error, Code::BadRequest);
         assert_eq!(parse_line(b"LIST\0").unwrap_err().error, Code::BadRequest);
         assert_eq!(parse_line(&[b'A'; MAX_LINE + 1]).unwrap_err().error, Code::BadRequest);
+    }
+
+    #[test]
+    fn a_refused_line_still_announces_its_payload() {
+        let id = "6f1c1f5e-8a2b-4c3d-9e4f-0a1b2c3d4e5f";
+        for (line, size) in [
+            (format!("PUT {id} /bundle/x 5"), Some(UploadSize::Bytes(5))),
+            (format!("PUT {id} /tmp/../../etc 7 --tar"), Some(UploadSize::Bytes(7))),
+            (format!("put not-an-id /tmp/x 9 --bogus"), Some(UploadSize::Bytes(9))),
+            ("UPLOAD 12 --name .hidden".into(), Some(UploadSize::Bytes(12))),
+            ("UPLOAD 99999999999999999999999 x".into(), Some(UploadSize::Huge)),
+            (format!("PUT {id} /tmp/x"), None),
+            ("UPLOAD twelve".into(), None),
+            (format!("GET {id} /tmp/x"), None),
+        ] {
+            assert_eq!(announced_payload(line.as_bytes()), size, "{line}");
+            if let Ok(Some(c)) = parse_line(line.as_bytes()) {
+                assert_eq!(c.payload(), size, "{line}");
+            }
+        }
+        assert_eq!(announced_payload(b"PUT a b 3\r"), Some(UploadSize::Bytes(3)));
+        assert_eq!(announced_payload(&[0xff, b' ', b'3']), None);
     }
 }

@@ -1,6 +1,6 @@
 //! Where command lines and upload payloads begin and end on a control connection.
 
-use crate::command::{parse_line, Command, UploadSize, MAX_LINE};
+use crate::command::{announced_payload, UploadSize, MAX_LINE};
 
 /// What comes next on a control connection's byte stream (see [`Framer`]).
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -81,8 +81,8 @@ impl Framer {
 }
 
 /// A whole stream through a [`Framer`], fed in chunks of the given sizes (then 7 bytes at
-/// a time), as a connection would see it: UPLOAD lines (parsed with [`parse_line`]) switch
-/// it to payload. Consecutive payload pieces are merged. For tests and the fuzz target.
+/// a time), as a connection would see it: UPLOAD and PUT lines (read with
+/// [`announced_payload`]) switch it to payload. Consecutive payload pieces are merged. For tests and the fuzz target.
 pub fn split_stream(stream: &[u8], chunks: &[usize]) -> Vec<Frame> {
     let mut f = Framer::default();
     let (mut buf, mut out, mut pos, mut ci) = (Vec::new(), Vec::new(), 0, 0);
@@ -101,7 +101,8 @@ pub fn split_stream(stream: &[u8], chunks: &[usize]) -> Vec<Frame> {
                 return out;
             }
             Frame::Line(l) => {
-                if let Ok(Some(Command::Upload { size: UploadSize::Bytes(n), .. })) = parse_line(&l) {
+                // Accepted or refused, an UPLOAD's or PUT's bytes are payload.
+                if let Some(UploadSize::Bytes(n)) = announced_payload(&l) {
                     f.expect_payload(n);
                 }
                 out.push(Frame::Line(l));

@@ -20,8 +20,8 @@ pub mod units;
 
 pub use code::{Code, Error};
 pub use command::{
-    check_name, parse_line, Command, ExecOpts, LimitOpts, RemotePath, RemoteRoot, StartOpts, Tty, UploadSize, MAX_ARGS,
-    MAX_ENV, MAX_LINE,
+    announced_payload, check_name, parse_line, Command, ExecOpts, LimitOpts, RemotePath, RemoteRoot, StartOpts, Tty,
+    UploadSize, MAX_ARGS, MAX_ENV, MAX_LINE,
 };
 pub use framer::{split_stream, Frame, Framer};
 pub use reply::Stream;

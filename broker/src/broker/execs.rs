@@ -150,6 +150,12 @@ impl Broker {
                     }
                     run.reported = true;
                 }
+                InitMsg::NotExecuted { message } => {
+                    if let Some(tag) = run.tag.take() {
+                        out.push((tag, Reply::Refused { refusal: Refusal::BadRequest, message }));
+                    }
+                    run.reported = true;
+                }
                 InitMsg::Exited { status, .. } => {
                     if !run.reported {
                         run.reported = true;

@@ -76,6 +76,13 @@ impl Broker {
                         replies.push((tag, Reply::Refused { refusal: Refusal::Internal, message }));
                     }
                 }
+                // Only exec helpers say this; from an init it is a failure all the same.
+                Ok(Some((_, InitMsg::NotExecuted { message }))) => {
+                    run.failed = true;
+                    if let Some(tag) = run.start_tag.take() {
+                        replies.push((tag, Reply::Refused { refusal: Refusal::BadRequest, message }));
+                    }
+                }
                 Ok(Some((_, InitMsg::Exited { status, usage }))) => run.outcome = Some((status, usage)),
                 Ok(None) => break,
                 Err(_) => break,

@@ -333,6 +333,23 @@ impl Server {
         matches!(read, Some(n) if n > 0)
     }
 
+    /// Refuses a line; the bytes it announced (UPLOAD's, PUT's) are skipped like any
+    /// refused upload's, or, beyond the drain limit, the connection is closed.
+    fn refuse_with_payload(&mut self, t: Token, wait: u64, e: proto::Error, payload: Option<UploadSize>) {
+        let outcome = match payload {
+            None => Outcome::Refuse(e),
+            Some(UploadSize::Bytes(n)) if n <= self.sh.cfg.drain_limit => Outcome::Drain { refusal: e, size: n },
+            Some(_) => {
+                self.apply(t, wait, Outcome::Refuse(e));
+                Outcome::Fatal(proto::Error::new(
+                    Code::TooLarge,
+                    "closing the connection: the bytes that follow cannot be skipped",
+                ))
+            }
+        };
+        self.apply(t, wait, outcome)
+    }
+
     /// Runs one command line.
     fn command(&mut self, t: Token, line: &[u8]) {
         let parsed = proto::parse_line(line);
@@ -346,7 +363,7 @@ impl Server {
         let cmd = match parsed {
             Ok(Some(cmd)) => cmd,
             Ok(None) => return,
-            Err(e) => return self.apply(t, wait, Outcome::Refuse(e)),
+            Err(e) => return self.refuse_with_payload(t, wait, e, proto::announced_payload(line)),
         };
         let caller = c.caller(t, wait);
         // On a rig with tokens, only HELLO and AUTH are open to a connection that has not
@@ -354,21 +371,7 @@ impl Server {
         if caller.identity.is_none() && !matches!(cmd, Command::Hello | Command::Auth(_)) {
             let e =
                 proto::Error::new(Code::Unauthorized, "authenticate first: AUTH <token> (lantern --token-file FILE)");
-            let outcome = match cmd {
-                // Its bytes follow: skip them like any refused upload's, or close.
-                Command::Upload { size: UploadSize::Bytes(n), .. } if n <= self.sh.cfg.drain_limit => {
-                    Outcome::Drain { refusal: e, size: n }
-                }
-                Command::Upload { .. } => {
-                    self.apply(t, wait, Outcome::Refuse(e));
-                    Outcome::Fatal(proto::Error::new(
-                        Code::TooLarge,
-                        "closing the connection: the upload's bytes cannot be skipped",
-                    ))
-                }
-                _ => Outcome::Refuse(e),
-            };
-            return self.apply(t, wait, outcome);
+            return self.refuse_with_payload(t, wait, e, cmd.payload());
         }
         let sh = &mut self.sh;
         let outcome = match cmd {
@@ -393,7 +396,7 @@ impl Server {
                     let target = super::uploads::PutTarget { id, rel: p.rel, tar, who };
                     self.uploads.put(sh, &caller, size, target)
                 }
-                Err(e) => Outcome::Refuse(e),
+                Err(e) => return self.refuse_with_payload(t, wait, e, Some(size)),
             },
         };
         self.apply(t, wait, outcome);

@@ -453,6 +453,7 @@ impl Server {
                     let req =
                         shared::Request::Signal { id: uploads::session_id(&id), exec: Some(exec), sig: libc::SIGKILL };
                     let _ = self.sh.broker.send(Owner::Execs, req);
+                    self.execs.discard(id, exec);
                     return;
                 };
                 c.out.extend_from_slice(&reply);
