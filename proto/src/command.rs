@@ -867,7 +867,7 @@ mod tests {
         for (line, size) in [
             (format!("PUT {id} /bundle/x 5"), Some(UploadSize::Bytes(5))),
             (format!("PUT {id} /tmp/../../etc 7 --tar"), Some(UploadSize::Bytes(7))),
-            (format!("put not-an-id /tmp/x 9 --bogus"), Some(UploadSize::Bytes(9))),
+            ("put not-an-id /tmp/x 9 --bogus".to_string(), Some(UploadSize::Bytes(9))),
             ("UPLOAD 12 --name .hidden".into(), Some(UploadSize::Bytes(12))),
             ("UPLOAD 99999999999999999999999 x".into(), Some(UploadSize::Huge)),
             (format!("PUT {id} /tmp/x"), None),
