@@ -413,6 +413,19 @@ pub enum InitMsg {
     },
 }
 
+impl InitMsg {
+    /// The answer to the START or EXEC of a program that never ran (`None` for the
+    /// messages of one that did).
+    pub fn refusal(self) -> Option<shared::Reply> {
+        let (refusal, message) = match self {
+            InitMsg::Failed { message } => (shared::Refusal::Internal, message),
+            InitMsg::NotExecuted { message } => (shared::Refusal::BadRequest, message),
+            InitMsg::Running { .. } | InitMsg::Exited { .. } => return None,
+        };
+        Some(shared::Reply::Refused { refusal, message })
+    }
+}
+
 /// Encodable form of [`InitMsg`].
 #[derive(bincode::Encode, bincode::Decode, Debug)]
 pub enum InitWire {

@@ -1,7 +1,8 @@
-//! The upload framer (`proto::Framer`): a connection's bytes cut into command
-//! lines and UPLOAD and PUT payloads. Whatever the bytes and however they arrive in pieces, the
-//! frames are the same; a payload is exactly as long as its UPLOAD or PUT said (unless the
-//! stream ends first), is never read as commands, and no line is longer than the limit.
+//! The upload framer (`proto::Framer`): a connection's bytes cut into command lines and
+//! UPLOAD and PUT payloads. Whatever the bytes and however they arrive in pieces, the
+//! frames are the same; a payload is exactly as long as its UPLOAD or PUT said (unless
+//! the stream ends first), is never read as commands, and no line is longer than the
+//! limit.
 #![no_main]
 use proto::{announced_payload, parse_line, split_stream, Frame, UploadSize, MAX_LINE};
 use libfuzzer_sys::fuzz_target;

@@ -144,15 +144,9 @@ impl Broker {
                     };
                     out.push((tag, reply));
                 }
-                InitMsg::Failed { message } => {
-                    if let Some(tag) = run.tag.take() {
-                        out.push((tag, Reply::Refused { refusal: Refusal::Internal, message }));
-                    }
-                    run.reported = true;
-                }
-                InitMsg::NotExecuted { message } => {
-                    if let Some(tag) = run.tag.take() {
-                        out.push((tag, Reply::Refused { refusal: Refusal::BadRequest, message }));
+                m @ (InitMsg::Failed { .. } | InitMsg::NotExecuted { .. }) => {
+                    if let (Some(tag), Some(refused)) = (run.tag.take(), m.refusal()) {
+                        out.push((tag, refused));
                     }
                     run.reported = true;
                 }

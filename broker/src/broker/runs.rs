@@ -70,17 +70,10 @@ impl Broker {
                     }
                     replies.push((tag, started));
                 }
-                Ok(Some((_, InitMsg::Failed { message }))) => {
+                Ok(Some((_, m @ (InitMsg::Failed { .. } | InitMsg::NotExecuted { .. })))) => {
                     run.failed = true;
-                    if let Some(tag) = run.start_tag.take() {
-                        replies.push((tag, Reply::Refused { refusal: Refusal::Internal, message }));
-                    }
-                }
-                // Only exec helpers say this; from an init it is a failure all the same.
-                Ok(Some((_, InitMsg::NotExecuted { message }))) => {
-                    run.failed = true;
-                    if let Some(tag) = run.start_tag.take() {
-                        replies.push((tag, Reply::Refused { refusal: Refusal::BadRequest, message }));
+                    if let (Some(tag), Some(refused)) = (run.start_tag.take(), m.refusal()) {
+                        replies.push((tag, refused));
                     }
                 }
                 Ok(Some((_, InitMsg::Exited { status, usage }))) => run.outcome = Some((status, usage)),

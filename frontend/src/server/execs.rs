@@ -63,9 +63,6 @@ pub struct Execs {
     waiting: HashMap<u64, Pending>,
     /// By connection.
     running: HashMap<Token, Running>,
-    /// Execs whose end the broker told before the loop attached them to their connection
-    /// (the broker's `ExecStarted` and `ExecExited` can arrive in one read).
-    ended_early: HashMap<(Uuid, u32), ExitStatus>,
 }
 
 impl Execs {
@@ -159,16 +156,7 @@ impl Execs {
                 Err(e) => log::error!("cannot watch the output of an exec of {id}: {e}"),
             }
         }
-        let mut r = Running { id, exec, ns_pid, pipes, exit: None, started: Time::now(), comm };
-        if let Some(status) = self.ended_early.remove(&(id, exec)) {
-            ended(sh, &mut r, status);
-        }
-        self.running.insert(conn, r);
-    }
-
-    /// The exec will not be attached (its client went away): forget its early end.
-    pub fn discard(&mut self, id: Uuid, exec: u32) {
-        self.ended_early.remove(&(id, exec));
+        self.running.insert(conn, Running { id, exec, ns_pid, pipes, exit: None, started: Time::now(), comm });
     }
 
     /// A pipe of `conn`'s exec has bytes (or EOF).
@@ -182,14 +170,26 @@ impl Execs {
 
     /// The exec ended (every byte of its output may still be in its pipes).
     pub fn on_exited(&mut self, sh: &mut Shared, id: Uuid, exec: u32, status: ExitStatus) -> Option<Token> {
-        let Some((&conn, r)) = self.running.iter_mut().find(|(_, r)| r.id == id && r.exec == exec) else {
-            // Not attached yet: `adopt` takes it from here.
-            if self.ended_early.len() < 4096 {
-                self.ended_early.insert((id, exec), status);
-            }
-            return None;
+        let (&conn, r) = self.running.iter_mut().find(|(_, r)| r.id == id && r.exec == exec)?;
+        r.exit = Some(status);
+        // The receipt of the run lists it with the processes of the tree.
+        let p = Process {
+            pid: r.ns_pid,
+            ppid: 0,
+            comm: r.comm.clone(),
+            start: r.started,
+            end: Time::now(),
+            exit_code: match status {
+                ExitStatus::Code(c) => c,
+                ExitStatus::Signal(s) => 128 + s,
+            },
         };
-        ended(sh, r, status);
+        if let Some(s) = sh.sessions.get_mut(&id) {
+            match (s.state.alive(), s.receipts.back_mut()) {
+                (false, Some(rc)) if rc.run == s.runs => rc.processes.push(p),
+                _ => s.exec_processes.push(p),
+            }
+        }
         Some(conn)
     }
 
@@ -262,7 +262,6 @@ impl Execs {
 
     /// The session is gone: its execs' streams end (their processes died with it).
     pub fn forget(&mut self, id: Uuid) -> Vec<Token> {
-        self.ended_early.retain(|(of, _), _| *of != id);
         let conns: Vec<Token> = self.running.iter().filter(|(_, r)| r.id == id).map(|(t, _)| *t).collect();
         for c in &conns {
             if let Some(r) = self.running.get_mut(c) {
@@ -270,28 +269,5 @@ impl Execs {
             }
         }
         conns
-    }
-}
-
-/// Records the end of an exec: its status, and its entry in the receipt of the run (with
-/// the processes of the tree).
-fn ended(sh: &mut Shared, r: &mut Running, status: ExitStatus) {
-    r.exit = Some(status);
-    let p = Process {
-        pid: r.ns_pid,
-        ppid: 0,
-        comm: r.comm.clone(),
-        start: r.started,
-        end: Time::now(),
-        exit_code: match status {
-            ExitStatus::Code(c) => c,
-            ExitStatus::Signal(s) => 128 + s,
-        },
-    };
-    if let Some(s) = sh.sessions.get_mut(&r.id) {
-        match (s.state.alive(), s.receipts.back_mut()) {
-            (false, Some(rc)) if rc.run == s.runs => rc.processes.push(p),
-            _ => s.exec_processes.push(p),
-        }
     }
 }

@@ -318,7 +318,13 @@ impl Server {
                         }
                         loop {
                             match self.sh.broker.recv() {
-                                Ok(Some(incoming)) => self.on_broker(incoming),
+                                // What one message left for other owners is handed on before
+                                // the next is read: the reply that attaches a process comes
+                                // before the event of its end, even when both came in one read.
+                                Ok(Some(incoming)) => {
+                                    self.on_broker(incoming);
+                                    self.hand_on(&mut touched);
+                                }
                                 Ok(None) => break,
                                 // The broker closes its end when it has finished shutting down.
                                 Err(TubeError::PeerGone) if self.shutdown_deadline.is_some() => {
@@ -407,6 +413,19 @@ impl Server {
     /// Hands on what owners left for each other, applies the answers they queued, and
     /// notes which streams have something new; `touched` gets every connection to drive.
     fn settle(&mut self, touched: &mut Vec<Token>) {
+        self.hand_on(touched);
+        for id in self.sh.sessions.take_dirty() {
+            touched.extend(self.output.consumers_of(id));
+        }
+        if self.sh.events.head() != self.events_pumped {
+            self.events_pumped = self.sh.events.head();
+            touched.extend(self.events.subscribers());
+        }
+    }
+
+    /// Hands on what owners left for each other and applies the answers they queued;
+    /// `touched` gets every connection to drive.
+    fn hand_on(&mut self, touched: &mut Vec<Token>) {
         loop {
             let followups = self.sh.take_followups();
             let answers = self.sh.take_answers();
@@ -423,13 +442,6 @@ impl Server {
                     touched.push(a.to.conn);
                 }
             }
-        }
-        for id in self.sh.sessions.take_dirty() {
-            touched.extend(self.output.consumers_of(id));
-        }
-        if self.sh.events.head() != self.events_pumped {
-            self.events_pumped = self.sh.events.head();
-            touched.extend(self.events.subscribers());
         }
     }
 
@@ -453,7 +465,6 @@ impl Server {
                     let req =
                         shared::Request::Signal { id: uploads::session_id(&id), exec: Some(exec), sig: libc::SIGKILL };
                     let _ = self.sh.broker.send(Owner::Execs, req);
-                    self.execs.discard(id, exec);
                     return;
                 };
                 c.out.extend_from_slice(&reply);
