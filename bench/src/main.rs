@@ -43,6 +43,9 @@ fn main() {
     if want("io") {
         program_io();
     }
+    if want("cp") {
+        copy_files();
+    }
 }
 
 /// Writes `argv[1]` MiB of zeroes to stdout.
@@ -109,6 +112,98 @@ fn program_io() {
     println!("| `lantern run spew -- 1024 \\| wc -c` (every byte counted) | {ro:.0} | {:.2} |", ro / lo);
     println!("| local: `head -c 1G /dev/zero \\| sink` | {li:.0} | 1.00 |");
     println!("| `head -c 1G /dev/zero \\| lantern run sink` (sink checks the count) | {ri:.0} | {:.2} |", ri / li);
+    println!();
+    let _ = std::fs::remove_dir_all(dir);
+}
+
+/// Copies `from` into a new `to` over one loopback TCP connection (a reader thread writing
+/// the file, this thread sending it): what `socat`/`nc` between two shells would do.
+fn raw_copy(from: &std::path::Path, to: &std::path::Path) -> u64 {
+    let l = TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = l.local_addr().unwrap();
+    let to = to.to_path_buf();
+    let rx = std::thread::spawn(move || {
+        let (mut s, _) = l.accept().unwrap();
+        let mut f = std::fs::File::create(&to).unwrap();
+        std::io::copy(&mut s, &mut f).unwrap()
+    });
+    let mut s = TcpStream::connect(addr).unwrap();
+    std::io::copy(&mut std::fs::File::open(from).unwrap(), &mut s).unwrap();
+    drop(s);
+    rx.join().unwrap()
+}
+
+/// `lantern cp` of a 256 MiB file into a session's /tmp and back out, against the same
+/// bytes copied file to file over raw loopback TCP. Both ends in tmpfs, whole commands.
+/// With DEBUGLANTERN_BASELINE, that build's daemon and lantern too, interleaved.
+fn copy_files() {
+    const RUNS: usize = 5;
+    let dir = std::path::Path::new("/dev/shm").join(format!("dl-bench-cp-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let (src, raw_dst, back) = (dir.join("big.bin"), dir.join("raw.bin"), dir.join("back.bin"));
+    let mut data = vec![0u8; UPLOAD_MIB << 20];
+    let mut x = 0x9e37_79b9_7f4a_7c15u64;
+    for chunk in data.chunks_mut(8) {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        chunk.copy_from_slice(&x.to_le_bytes()[..chunk.len()]);
+    }
+    std::fs::write(&src, &data).unwrap();
+    drop(data);
+    // 1G of /tmp: a copy onto an existing file holds both until its rename, and builds
+    // before 2026-12-02 counted a replaced file twice.
+    let args = ["--tmp-size", "1G", "--max-upload", "300M", "--max-total-size", "4G"];
+    let mut builds = vec![("this", Daemon::start(&args), tests::bin_dir())];
+    if let Some(dir) = baseline() {
+        builds.push(("the build before", Daemon::start_binary(&dir.join("debuglantern"), &[], &args), dir));
+    }
+    let ids: Vec<String> = builds
+        .iter()
+        .map(|(_, d, _)| {
+            let mut c = d.client();
+            let id = c.load(&c_program("bench_true", programs::TRUE, true));
+            c.start(&id, "{}");
+            c.wait_for(&id, proto::reply::State::Stopped, Duration::from_secs(20));
+            id
+        })
+        .collect();
+    let mib = UPLOAD_MIB as f64;
+    let timed = |bin: &std::path::Path, rig: &str, args: &[&str]| -> f64 {
+        let t = Instant::now();
+        let out = Command::new(bin.join("lantern")).arg("--rig").arg(rig).args(args).output().unwrap();
+        let secs = t.elapsed().as_secs_f64();
+        assert!(out.status.success(), "lantern {args:?}: {}", String::from_utf8_lossy(&out.stderr));
+        mib / secs
+    };
+    let mut raw = Vec::new();
+    let mut rows: Vec<(Vec<f64>, Vec<f64>)> = builds.iter().map(|_| (Vec::new(), Vec::new())).collect();
+    for _ in 0..RUNS {
+        let t = Instant::now();
+        assert_eq!(raw_copy(&src, &raw_dst), (UPLOAD_MIB << 20) as u64);
+        raw.push(mib / t.elapsed().as_secs_f64());
+        let _ = std::fs::remove_file(&raw_dst);
+        for (((_, d, bin), id), (cin, cout)) in builds.iter().zip(&ids).zip(rows.iter_mut()) {
+            let (rig, remote) = (d.addr.to_string(), format!("{id}:/tmp/big.bin"));
+            cin.push(timed(bin, &rig, &["cp", src.to_str().unwrap(), &remote]));
+            let _ = std::fs::remove_file(&back);
+            cout.push(timed(bin, &rig, &["cp", &remote, back.to_str().unwrap()]));
+            assert!(std::fs::read(&back).unwrap() == std::fs::read(&src).unwrap(), "the copy came back changed");
+        }
+    }
+    let raw = median(&mut raw);
+    println!("## Copy of a {UPLOAD_MIB} MiB file into and out of a session's /tmp (median of {RUNS}, whole command, tmpfs both ends)");
+    println!("| path | build | MiB/s | ratio |");
+    println!("|---|---|---|---|");
+    println!("| file → raw loopback TCP → file | | {raw:.0} | 1.00 |");
+    for ((label, ..), (cin, cout)) in builds.iter().zip(rows.iter_mut()) {
+        let (cin, cout) = (median(cin), median(cout));
+        println!("| `lantern cp FILE ID:/tmp/big.bin` (files helper as the session's uid, tmp_bytes) | {label} | {cin:.0} | {:.2} |", cin / raw);
+        println!(
+            "| `lantern cp ID:/tmp/big.bin FILE` (memfd snapshot, then the socket) | {label} | {cout:.0} | {:.2} |",
+            cout / raw
+        );
+    }
     println!();
     let _ = std::fs::remove_dir_all(dir);
 }

@@ -52,20 +52,45 @@ pub fn cp(c: &mut Conn, src: Side, dst: Side, tar: bool, quiet: bool) -> Result<
     }
 }
 
+/// What PUT sends: bytes made here, or a regular file streamed as it is.
+enum Payload {
+    Bytes(Vec<u8>),
+    File(std::fs::File, u64),
+}
+
+impl Payload {
+    fn len(&self) -> u64 {
+        match self {
+            Payload::Bytes(v) => v.len() as u64,
+            Payload::File(_, n) => *n,
+        }
+    }
+}
+
 fn upload(c: &mut Conn, from: Side, id: Uuid, path: &str, tar: bool, quiet: bool) -> Result<()> {
     let (data, is_dir, name) = match &from {
         Side::Stdio => {
             let mut v = Vec::new();
             std::io::stdin().lock().read_to_end(&mut v).context("reading stdin")?;
-            (v, tar, String::from("stdin"))
+            (Payload::Bytes(v), tar, String::from("stdin"))
         }
         Side::Local(p) => {
             let meta = std::fs::metadata(p).with_context(|| format!("{}", p.display()))?;
             let name = p.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
             if meta.is_dir() {
-                (crate::bundle::tar(p).with_context(|| format!("archiving {}", p.display()))?, true, name)
+                let t = crate::bundle::tar(p).with_context(|| format!("archiving {}", p.display()))?;
+                (Payload::Bytes(t), true, name)
             } else {
-                (std::fs::read(p).with_context(|| format!("reading {}", p.display()))?, false, name)
+                let f = std::fs::File::open(p).with_context(|| format!("reading {}", p.display()))?;
+                let m = f.metadata().with_context(|| format!("{}", p.display()))?;
+                if m.is_file() {
+                    (Payload::File(f, m.len()), false, name)
+                } else {
+                    // A fifo or a device: what it gives until its end.
+                    let mut v = Vec::new();
+                    (&f).read_to_end(&mut v).with_context(|| format!("reading {}", p.display()))?;
+                    (Payload::Bytes(v), false, name)
+                }
             }
         }
         Side::Remote(..) => unreachable!("checked by cp"),
@@ -79,8 +104,18 @@ fn upload(c: &mut Conn, from: Side, id: Uuid, path: &str, tar: bool, quiet: bool
     } else {
         path.to_string()
     };
-    c.send(&Command::Put { id, path: target, size: UploadSize::Bytes(data.len() as u64), tar: is_dir })?;
-    c.writer.write_all(&data).context("sending to the rig")?;
+    c.send(&Command::Put { id, path: target, size: UploadSize::Bytes(data.len()), tar: is_dir })?;
+    match data {
+        Payload::Bytes(v) => c.writer.write_all(&v).context("sending to the rig")?,
+        // Straight from the file to the socket (std's copy is sendfile here). A file that
+        // shrinks meanwhile ends the connection short: the rig keeps nothing of it.
+        Payload::File(f, len) => {
+            let n = std::io::copy(&mut f.take(len), &mut c.writer).context("sending to the rig")?;
+            if n < len {
+                bail!("{name} shrank while it was sent ({n} of {len} bytes); nothing was copied");
+            }
+        }
+    }
     let r: Put = c.read()?;
     for s in &r.skipped {
         eprintln!("lantern: not copied: {s}");

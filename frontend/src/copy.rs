@@ -315,6 +315,9 @@ pub struct Put {
     pub files: u64,
     /// Entries left out, with why.
     pub skipped: Vec<String>,
+    /// Bytes the session's /tmp holds after the copy (its tmpfs's own count: a file
+    /// replaced is no longer counted), when the helper could say.
+    pub tmp_used: Option<u64>,
 }
 
 /// PUT: `data` (`size` bytes) as the file `rel` of `/tmp`, or with `tar` extracted as the
@@ -338,27 +341,55 @@ pub fn put(h: &mut Helper, rel: &str, mut data: File, size: u64, tar: bool, tick
     }
     let temp = join(parent, &format!(".lantern-put-{ticket}-{name}"));
     data.seek(SeekFrom::Start(0)).map_err(|e| CopyError::Failed(format!("rewind: {e}")))?;
-    let result = if tar { put_tree(h, &temp, &mut data) } else { put_file(h, &temp, &mut data, size, 0o644) };
+    let result = if tar { put_tree(h, &temp, &mut data) } else { put_memfd(h, &temp, &data, size) };
     let result = result.and_then(|r| {
         h.done(FsCall::Rename { from: temp.as_bytes().to_vec(), to: rel.as_bytes().to_vec() }).map(|()| r)
     });
-    if result.is_err() {
-        let _ = h.call(FsCall::Remove { path: temp.as_bytes().to_vec() });
+    match result {
+        Ok(mut r) => {
+            if let Ok(FsReply::Space { free, total }) = h.call(FsCall::Space) {
+                r.tmp_used = Some(total.saturating_sub(free));
+            }
+            Ok(r)
+        }
+        Err(e) => {
+            let _ = h.call(FsCall::Remove { path: temp.as_bytes().to_vec() });
+            Err(e)
+        }
     }
-    result
+}
+
+fn create(h: &mut Helper, path: &str, mode: u32) -> Result<File, CopyError> {
+    match h.call(FsCall::Create { path: path.as_bytes().to_vec(), mode })? {
+        FsReply::File { fd, .. } => Ok(File::from(fd)),
+        other => Err(unexpected(other)),
+    }
+}
+
+fn write_error(path: &str, e: std::io::Error) -> CopyError {
+    match e.raw_os_error() {
+        Some(libc::ENOSPC) | Some(libc::EDQUOT) => CopyError::Full(format!("{path}: the session's /tmp is full")),
+        _ => CopyError::Failed(format!("{path}: {e}")),
+    }
 }
 
 fn put_file(h: &mut Helper, path: &str, src: &mut impl Read, size: u64, mode: u32) -> Result<Put, CopyError> {
-    let mut f = match h.call(FsCall::Create { path: path.as_bytes().to_vec(), mode })? {
-        FsReply::File { fd, .. } => File::from(fd),
-        other => return Err(unexpected(other)),
-    };
+    let mut f = create(h, path, mode)?;
     let mut buf = vec![0u8; 256 << 10];
-    copy_n(src, &mut f, size, &mut buf).map_err(|e| match e.raw_os_error() {
-        Some(libc::ENOSPC) | Some(libc::EDQUOT) => CopyError::Full(format!("{path}: the session's /tmp is full")),
-        _ => CopyError::Failed(format!("{path}: {e}")),
-    })?;
-    Ok(Put { bytes: size, files: 1, skipped: Vec::new() })
+    copy_n(src, &mut f, size, &mut buf).map_err(|e| write_error(path, e))?;
+    Ok(Put { bytes: size, files: 1, ..Put::default() })
+}
+
+/// A whole PUT's memfd as one file: copied inside the kernel (`std::io::copy` between two
+/// files is `copy_file_range`, else `sendfile`), not through a buffer of ours.
+fn put_memfd(h: &mut Helper, path: &str, data: &File, size: u64) -> Result<Put, CopyError> {
+    let mut f = create(h, path, 0o644)?;
+    let n = std::io::copy(&mut data.take(size), &mut f).map_err(|e| write_error(path, e))?;
+    if n < size {
+        // The memfd is the frontend's own and holds `size` bytes; a short one is a bug.
+        return Err(CopyError::Failed(format!("{path}: {n} of {size} bytes staged")));
+    }
+    Ok(Put { bytes: size, files: 1, ..Put::default() })
 }
 
 /// Extracts a tar stream as the new directory `top`, entry by entry through the helper.

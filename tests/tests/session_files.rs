@@ -428,6 +428,16 @@ fn root_copies_in_are_bounded_and_leave_nothing_half_written() {
     c.send_raw(format!("PUT {id} /tmp/ok 5\nhello").as_bytes());
     assert_eq!(c.read()["ok"], true);
     assert_eq!(exec_sh(&d, &id, "cat /tmp/ok").0, "hello");
+    // A file copied onto itself again and again is counted once: 5 × 400 kB into 1 MiB.
+    for _ in 0..5 {
+        c.send_raw(format!("PUT {id} /tmp/again 400000\n").as_bytes());
+        c.send_raw(&two[..400_000]);
+        let r = c.read();
+        assert_eq!(r["ok"], true, "{r}");
+    }
+    let used = c.status(&id).tmp.expect("tmp usage").used_bytes;
+    assert!((400_000..600_000).contains(&used), "{used}");
+    exec_sh(&d, &id, "rm /tmp/again");
     // Bigger than the daemon takes at all: refused before any byte, like UPLOAD; beyond
     // what it would skip, the connection is closed.
     let mut w = d.client();

@@ -169,14 +169,15 @@ impl Files {
                 match result {
                     Ok(w) => {
                         audit(sh, &p.who, p.id, "in", &shown, w.bytes);
-                        // The session's /tmp holds that much more (exact again at the next
-                        // end of a run).
+                        // What the session's /tmp holds now: its tmpfs's count after the
+                        // rename (a replaced file no longer counts), else that much more
+                        // (exact again at the next end of a run).
                         let used = sh.sessions.get_mut(&p.id).map(|s| {
                             let size = s.limits.tmp_bytes;
                             let t = s
                                 .tmp
                                 .get_or_insert_with(|| shared::TmpUsage { size_bytes: size, ..Default::default() });
-                            t.used_bytes += w.bytes;
+                            t.used_bytes = w.tmp_used.unwrap_or(t.used_bytes + w.bytes);
                             t.used_bytes
                         });
                         if let Some(used) = used {
