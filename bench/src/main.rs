@@ -151,23 +151,19 @@ fn copy_files() {
     }
     std::fs::write(&src, &data).unwrap();
     drop(data);
-    // 1G of /tmp: a copy onto an existing file holds both until its rename, and builds
-    // before 2026-12-02 counted a replaced file twice.
-    let args = ["--tmp-size", "1G", "--max-upload", "300M", "--max-total-size", "4G"];
+    let args = ["--tmp-size", "300M", "--max-upload", "300M", "--max-total-size", "2G"];
     let mut builds = vec![("this", Daemon::start(&args), tests::bin_dir())];
     if let Some(dir) = baseline() {
         builds.push(("the build before", Daemon::start_binary(&dir.join("debuglantern"), &[], &args), dir));
     }
-    let ids: Vec<String> = builds
-        .iter()
-        .map(|(_, d, _)| {
-            let mut c = d.client();
-            let id = c.load(&c_program("bench_true", programs::TRUE, true));
-            c.start(&id, "{}");
-            c.wait_for(&id, proto::reply::State::Stopped, Duration::from_secs(20));
-            id
-        })
-        .collect();
+    // A fresh session per copy (builds before 2026-12-02 counted a replaced file twice).
+    let session = |d: &Daemon| {
+        let mut c = d.client();
+        let id = c.load(&c_program("bench_true", programs::TRUE, true));
+        c.start(&id, "{}");
+        c.wait_for(&id, proto::reply::State::Stopped, Duration::from_secs(20));
+        id
+    };
     let mib = UPLOAD_MIB as f64;
     let timed = |bin: &std::path::Path, rig: &str, args: &[&str]| -> f64 {
         let t = Instant::now();
@@ -183,12 +179,14 @@ fn copy_files() {
         assert_eq!(raw_copy(&src, &raw_dst), (UPLOAD_MIB << 20) as u64);
         raw.push(mib / t.elapsed().as_secs_f64());
         let _ = std::fs::remove_file(&raw_dst);
-        for (((_, d, bin), id), (cin, cout)) in builds.iter().zip(&ids).zip(rows.iter_mut()) {
+        for ((_, d, bin), (cin, cout)) in builds.iter().zip(rows.iter_mut()) {
+            let id = session(d);
             let (rig, remote) = (d.addr.to_string(), format!("{id}:/tmp/big.bin"));
             cin.push(timed(bin, &rig, &["cp", src.to_str().unwrap(), &remote]));
             let _ = std::fs::remove_file(&back);
             cout.push(timed(bin, &rig, &["cp", &remote, back.to_str().unwrap()]));
             assert!(std::fs::read(&back).unwrap() == std::fs::read(&src).unwrap(), "the copy came back changed");
+            d.client().cmd(&format!("DELETE {id}"));
         }
     }
     let raw = median(&mut raw);
