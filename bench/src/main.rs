@@ -46,6 +46,9 @@ fn main() {
     if want("cp") {
         copy_files();
     }
+    if want("cgroups") {
+        cgroup_cost();
+    }
 }
 
 /// Writes `argv[1]` MiB of zeroes to stdout.
@@ -114,6 +117,39 @@ fn program_io() {
     println!("| `head -c 1G /dev/zero \\| lantern run sink` (sink checks the count) | {ri:.0} | {:.2} |", ri / li);
     println!();
     let _ = std::fs::remove_dir_all(dir);
+}
+
+/// What the session cgroups cost a START: START→exit on a daemon that makes them and on
+/// one started with `--no-cgroups`, interleaved run for run in the same process.
+fn cgroup_cost() {
+    const N: usize = 200;
+    let bin = c_program("bench_true", programs::TRUE, true);
+    let with = Daemon::start(&[]);
+    let without = Daemon::start(&["--no-cgroups"]);
+    let controllers = with.client().call::<serde_json::Value>("HELLO")["jail"]["cgroups"].clone();
+    let (mut a, mut b) = (with.client(), without.client());
+    let (ia, ib) = (a.load(&bin), b.load(&bin));
+    for _ in 0..10 {
+        run_once(&mut a, &ia);
+        run_once(&mut b, &ib);
+    }
+    let (mut ta, mut tb) = (Vec::with_capacity(N), Vec::with_capacity(N));
+    for _ in 0..N {
+        ta.push(run_once(&mut a, &ia));
+        tb.push(run_once(&mut b, &ib));
+    }
+    let (ma, mb) = (median(&mut ta), median(&mut tb));
+    println!("## What session cgroups cost a START ({N} START→exit each, interleaved; ms)");
+    println!("| daemon | median | p99 | ratio |");
+    println!("|---|---|---|---|");
+    println!("| `--no-cgroups` (rlimits only) | {mb:.3} | {:.3} | 1.00 |", pct(&mut tb, 0.99));
+    println!(
+        "| cgroups {controllers} (create, limits, join, counters, remove) | {ma:.3} | {:.3} | {:.2} |",
+        pct(&mut ta, 0.99),
+        ma / mb
+    );
+    println!("cgroup work per START: {:.3} ms (difference of the medians)", ma - mb);
+    println!();
 }
 
 /// Copies `from` into a new `to` over one loopback TCP connection (a reader thread writing

@@ -435,12 +435,13 @@ impl Broker {
             Image::Bundle(exec_path) => SpawnImage::Bundle { exec_path: exec_path.clone() },
         };
         let slot = session.slot;
-        let (cgroup, cgroup_procs) = match slot {
-            Some(slot) if self.cgroups.any() => match self.cgroups.create(slot, &spec.limits) {
+        // Named after the session, not its uid slot: rootless sessions share one uid.
+        let (cgroup, cgroup_procs) = match self.cgroups.any() {
+            true => match self.cgroups.create(&id.dir_name(), &spec.limits) {
                 Ok((c, procs)) => (Some(c), procs),
                 Err(message) => return self.refuse(tag, Refusal::Internal, shared::chain(&message)),
             },
-            _ => (None, Vec::new()),
+            false => (None, Vec::new()),
         };
         let (wall_seconds, limits) = (spec.limits.wall_seconds, spec.limits);
         let req = SpawnRequest {

@@ -524,8 +524,16 @@ fn supervise(program: Pid, ctl: &mut Tube, listener: Option<OwnedFd>) -> ! {
                 .and_then(|s| s.trim().parse::<u64>().ok())
                 .map_or(0, |last| last.saturating_sub(1));
             let tmp = tmp_usage();
-            let usage =
-                Usage { user_us, sys_us, max_rss_kib, processes, tree: tree.spans, tree_dropped: tree.dropped, tmp };
+            let usage = Usage {
+                user_us,
+                sys_us,
+                max_rss_kib,
+                processes,
+                tree: tree.spans,
+                tree_dropped: tree.dropped,
+                tmp,
+                cgroup: None,
+            };
             let _ = ctl.send(0, InitMsg::Exited { status, usage });
             sys::exit_now(0);
         }

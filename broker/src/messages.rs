@@ -7,6 +7,9 @@ use bincode::{Decode, Encode};
 use shared::{ExecSpec, ExitStatus, Message, RunLimits, StartSpec, Usage, WireError};
 use std::os::fd::OwnedFd;
 
+/// Most cgroup directories a session joins: v1 memory, pids, cpu, cpuacct, and v2's.
+pub const MAX_CGROUP_DIRS: u8 = 5;
+
 /// Broker → spawner: create a session.
 #[derive(Debug)]
 pub struct SpawnRequest {
@@ -20,7 +23,7 @@ pub struct SpawnRequest {
     pub pids_cgroup: bool,
     /// What to run.
     pub image: SpawnImage,
-    /// `cgroup.procs` of the session's cgroups (0 to 2).
+    /// `cgroup.procs` of the session's cgroups (0 to [`MAX_CGROUP_DIRS`]).
     pub cgroup_procs: Vec<OwnedFd>,
 }
 
@@ -174,8 +177,8 @@ impl Message for SpawnerCall {
                 Ok(SpawnerCall::DropTmp { dir })
             }
             SpawnerCallWire::Exec { ns_uid, cgroups, limits, pids_cgroup, bundle, spec } => {
-                let expected = 1 + usize::from(cgroups.min(2));
-                if cgroups > 2 || fds.len() != expected {
+                let expected = 1 + usize::from(cgroups.min(MAX_CGROUP_DIRS));
+                if cgroups > MAX_CGROUP_DIRS || fds.len() != expected {
                     return Err(WireError::FdCount { kind: "exec", expected, got: fds.len() });
                 }
                 let mut fds = fds;
@@ -296,8 +299,8 @@ impl Message for SpawnRequest {
     }
 
     fn from_wire(w: SpawnRequestWire, mut fds: Vec<OwnedFd>) -> Result<Self, WireError> {
-        let expected = usize::from(w.bundle.is_none()) + usize::from(w.cgroups.min(2));
-        if w.cgroups > 2 || fds.len() != expected {
+        let expected = usize::from(w.bundle.is_none()) + usize::from(w.cgroups.min(MAX_CGROUP_DIRS));
+        if w.cgroups > MAX_CGROUP_DIRS || fds.len() != expected {
             return Err(WireError::FdCount { kind: "spawn", expected, got: fds.len() });
         }
         let image = match w.bundle {

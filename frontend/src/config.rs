@@ -89,6 +89,10 @@ pub struct Flags {
     /// Default memory of a whole session (cgroup), e.g. 1G (0 = unlimited; default 1G).
     #[arg(long, value_parser = parse_bytes)]
     pub memory: Option<u64>,
+    /// Default CPUs of a whole session (cgroup CPU bandwidth), e.g. 0.5 or 1.5 (0 =
+    /// unlimited; default 1).
+    #[arg(long, value_parser = parse_cpus)]
+    pub cpus: Option<u64>,
     /// Default wall-clock limit of a run, e.g. 600, 90m, 8h (0 = unlimited; default 1h).
     /// The broker kills a run that reaches it (`limit_hit: "wall"`).
     #[arg(long, value_parser = parse_seconds)]
@@ -115,6 +119,10 @@ pub struct Flags {
     /// Refuse to start if anything of the jail cannot be had on this host.
     #[arg(long)]
     pub strict: bool,
+    /// Make no cgroups: sessions get rlimits only (HELLO warns). For hosts whose cgroups
+    /// belong to someone else, and to measure what cgroups cost.
+    #[arg(long)]
+    pub no_cgroups: bool,
     /// Accept listening on a non-loopback address without authentication: anyone who can
     /// reach it controls the rig (HELLO warns every client).
     #[arg(long)]
@@ -172,12 +180,14 @@ pub struct FileConfig {
     processes: Option<u64>,
     tmp_size: Option<ByteSize>,
     memory: Option<ByteSize>,
+    cpus: Option<f64>,
     wall_seconds: Option<u64>,
     max_bundle_entries: Option<u64>,
     max_bundle_depth: Option<usize>,
     user: Option<String>,
     uid_base: Option<u32>,
     strict: Option<bool>,
+    no_cgroups: Option<bool>,
     insecure_no_auth: Option<bool>,
     broker: Option<PathBuf>,
     mdns: Option<bool>,
@@ -251,6 +261,8 @@ pub struct Config {
     pub debug_deadline: Duration,
     /// Warnings are fatal.
     pub strict: bool,
+    /// Make no cgroups.
+    pub no_cgroups: bool,
     /// Serve a non-loopback address without authentication.
     pub insecure_no_auth: bool,
     /// Broker binary.
@@ -286,6 +298,11 @@ pub fn parse_port_range(s: &str) -> Result<(u16, u16), ConfigError> {
 /// `iB`): [`proto::units::parse_bytes`], the same as `lantern --limit`.
 pub fn parse_bytes(s: &str) -> Result<u64, ConfigError> {
     proto::units::parse_bytes(s).map_err(|e| invalid(e.0))
+}
+
+/// Parses CPUs: `0.5`, `1.5`, `2` into thousandths ([`proto::units::parse_cpus`]).
+pub fn parse_cpus(s: &str) -> Result<u64, ConfigError> {
+    proto::units::parse_cpus(s).map_err(|e| invalid(e.0))
 }
 
 /// Parses seconds: `90`, `90s`, `5m`, `8h` ([`proto::units::parse_seconds`]).
@@ -342,6 +359,11 @@ impl Config {
                 tmp_bytes: flags.tmp_size.or(file.tmp_size.map(|b| b.0)).unwrap_or(64 << 20),
                 memory_bytes: flags.memory.or(file.memory.map(|b| b.0)).unwrap_or(1 << 30),
                 wall_seconds: flags.wall_seconds.or(file.wall_seconds).unwrap_or(3600),
+                cpu_millis: match (flags.cpus, file.cpus) {
+                    (Some(m), _) => m,
+                    (None, Some(c)) => parse_cpus(&c.to_string())?,
+                    (None, None) => 1000,
+                },
             },
             max_bundle_entries: flags.max_bundle_entries.or(file.max_bundle_entries).unwrap_or(10_000),
             max_bundle_depth: flags.max_bundle_depth.or(file.max_bundle_depth).unwrap_or(32),
@@ -350,6 +372,7 @@ impl Config {
             debug_ports: flags.debug_ports.unwrap_or((40000, 40999)),
             debug_deadline: flags.debug_deadline.unwrap_or(Duration::from_secs(60)),
             strict: flags.strict || file.strict.unwrap_or(false),
+            no_cgroups: flags.no_cgroups || file.no_cgroups.unwrap_or(false),
             insecure_no_auth: flags.insecure_no_auth || file.insecure_no_auth.unwrap_or(false),
             broker: flags.broker.or(file.broker),
             mdns: {

@@ -87,14 +87,16 @@ fn run() -> anyhow::Result<()> {
     let locals: Vec<std::net::SocketAddr> = listeners.iter().map(|l| l.local_addr()).collect::<Result<_, _>>()?;
     frontend::raise_nofile();
     policy::rlimits::apply(&policy::rlimits::daemon())?;
-    // Cgroup directories for the broker to manage (root only; warnings otherwise).
-    let cgroups = if root {
-        let p = frontend::cgroup::prepare(cfg.uid_base);
-        warnings.extend(p.warnings);
-        p.arg
+    // Cgroup directories for the broker to manage (as root anywhere; rootless only in a
+    // cgroup v2 subtree delegated to us), warnings for what is missing.
+    let (cgroups, controllers) = if cfg.no_cgroups {
+        warnings.push("--no-cgroups: no memory, pids or CPU limits for whole sessions (rlimits still apply)".into());
+        (String::new(), Vec::new())
     } else {
-        warnings.push("rootless: no cgroup limits for sessions (rlimits still apply)".to_string());
-        String::new()
+        let broker_uid = if root { cfg.uid_base } else { nix::unistd::getuid().as_raw() };
+        let p = frontend::cgroup::prepare(cfg.uid_base, broker_uid, root);
+        warnings.extend(p.warnings);
+        (p.arg, p.controllers)
     };
     // The bundle store, in a mount namespace of our own (root) or a private directory.
     let bundles = frontend::store::prepare(root, drop_to, cfg.max_total_size)?;
@@ -111,7 +113,8 @@ fn run() -> anyhow::Result<()> {
     } else {
         (server::Clients::Listeners(listeners), None)
     };
-    let security = server::Security { tokens, audit };
+    let landlock = policy::landlock::describe();
+    let security = server::Security { tokens, audit, cgroups: controllers, landlock };
     let mut server = server::Server::new(cfg, clients, broker, bundles.fd, security, warnings)?;
     // Confine ourselves before serving anyone: landlock (only /proc/self/fdinfo readable
     // and the bundle store writable, no TCP connect), then the threads (they inherit the

@@ -59,7 +59,12 @@ impl Rig {
         std::thread::spawn(move || {
             let cfg = Config::load(Flags::parse_from(["debuglantern", "--stop-grace", "1s"])).unwrap();
             let launched = frontend::launcher::Broker { sock: ours, pidfd: bpidfd, pid };
-            let security = Security { tokens: None, audit: frontend::audit::Audit::default() };
+            let security = Security {
+                tokens: None,
+                audit: frontend::audit::Audit::default(),
+                cgroups: Vec::new(),
+                landlock: String::new(),
+            };
             let mut s = Server::new(cfg, Clients::Stdio(server_end), launched, store_fd, security, vec![]).unwrap();
             s.start_worker().unwrap();
             let _ = s.run();

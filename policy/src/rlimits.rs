@@ -53,12 +53,12 @@ pub fn apply(limits: &[Limit]) -> Result<(), PolicyError> {
 
 /// The per-run limits, in the order of [`RunLimits`]' fields and of [`tighten`]'s
 /// `asked`: the names the protocol gives them.
-pub const NAMES: [&str; 7] =
-    ["cpu_seconds", "address_space", "open_files", "processes", "tmp_bytes", "memory_bytes", "wall_seconds"];
+pub const NAMES: [&str; 8] =
+    ["cpu_seconds", "address_space", "open_files", "processes", "tmp_bytes", "memory_bytes", "wall_seconds", "cpus"];
 
 /// A START asked for a limit looser than the rig's.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
-#[error("limit {name}={asked} is looser than this rig's {rig}{}; a START may only tighten limits", if *asked == 0 { " (0 means none)" } else { "" })]
+#[error("limit {name}={} is looser than this rig's {}{}; a START may only tighten limits", show(name, *asked), show(name, *rig), if *asked == 0 { " (0 means none)" } else { "" })]
 pub struct Looser {
     /// Which limit.
     pub name: &'static str,
@@ -68,14 +68,36 @@ pub struct Looser {
     pub rig: u64,
 }
 
-fn fields(l: &RunLimits) -> [u64; 7] {
-    [l.cpu_seconds, l.address_space, l.open_files, l.processes, l.tmp_bytes, l.memory_bytes, l.wall_seconds]
+/// A limit's value as the protocol writes it (`cpus` in CPUs, not thousandths).
+fn show(name: &str, v: u64) -> String {
+    if name != "cpus" {
+        return v.to_string();
+    }
+    let (w, f) = (v / 1000, v % 1000);
+    if f == 0 {
+        w.to_string()
+    } else {
+        format!("{w}.{}", format!("{f:03}").trim_end_matches('0'))
+    }
+}
+
+fn fields(l: &RunLimits) -> [u64; 8] {
+    [
+        l.cpu_seconds,
+        l.address_space,
+        l.open_files,
+        l.processes,
+        l.tmp_bytes,
+        l.memory_bytes,
+        l.wall_seconds,
+        l.cpu_millis,
+    ]
 }
 
 /// The limits of a run: the rig's `base`, with each limit a START asked for (`asked`, in
 /// [`NAMES`] order) in its place. A limit may only tighten: asking for more than the rig's
 /// value, or for none (0) where the rig has one, is refused, never clamped.
-pub fn tighten(base: RunLimits, asked: [Option<u64>; 7]) -> Result<RunLimits, Looser> {
+pub fn tighten(base: RunLimits, asked: [Option<u64>; 8]) -> Result<RunLimits, Looser> {
     let mut v = fields(&base);
     for (i, a) in asked.into_iter().enumerate() {
         let Some(a) = a else { continue };
@@ -85,8 +107,17 @@ pub fn tighten(base: RunLimits, asked: [Option<u64>; 7]) -> Result<RunLimits, Lo
         }
         v[i] = a;
     }
-    let [cpu_seconds, address_space, open_files, processes, tmp_bytes, memory_bytes, wall_seconds] = v;
-    Ok(RunLimits { cpu_seconds, address_space, open_files, processes, tmp_bytes, memory_bytes, wall_seconds })
+    let [cpu_seconds, address_space, open_files, processes, tmp_bytes, memory_bytes, wall_seconds, cpu_millis] = v;
+    Ok(RunLimits {
+        cpu_seconds,
+        address_space,
+        open_files,
+        processes,
+        tmp_bytes,
+        memory_bytes,
+        wall_seconds,
+        cpu_millis,
+    })
 }
 
 #[cfg(test)]
@@ -103,8 +134,10 @@ mod tests {
             tmp_bytes: 1 << 20,
             memory_bytes: 0,
             wall_seconds: 3600,
+            cpu_millis: 1000,
         };
-        let t = tighten(base, [Some(5), Some(1 << 20), None, Some(4), Some(1 << 20), Some(0), Some(60)]).unwrap();
+        let t = tighten(base, [Some(5), Some(1 << 20), None, Some(4), Some(1 << 20), Some(0), Some(60), Some(500)])
+            .unwrap();
         assert_eq!(
             t,
             RunLimits {
@@ -114,14 +147,17 @@ mod tests {
                 processes: 4,
                 tmp_bytes: 1 << 20,
                 memory_bytes: 0,
-                wall_seconds: 60
+                wall_seconds: 60,
+                cpu_millis: 500,
             }
         );
-        assert_eq!(tighten(base, [None; 7]).unwrap(), base);
-        let e = tighten(base, [Some(11), None, None, None, None, None, None]).unwrap_err();
+        assert_eq!(tighten(base, [None; 8]).unwrap(), base);
+        let e = tighten(base, [None, None, None, None, None, None, None, Some(1500)]).unwrap_err();
+        assert!(e.to_string().contains("cpus=1.5 is looser than this rig's 1;"), "{e}");
+        let e = tighten(base, [Some(11), None, None, None, None, None, None, None]).unwrap_err();
         assert_eq!(e, Looser { name: "cpu_seconds", asked: 11, rig: 10 });
         assert!(e.to_string().contains("rig's 10"), "{e}");
-        let e = tighten(base, [None, None, None, None, None, None, Some(0)]).unwrap_err();
+        let e = tighten(base, [None, None, None, None, None, None, Some(0), None]).unwrap_err();
         assert_eq!(e.name, "wall_seconds");
         assert!(e.to_string().contains("0 means none"));
     }

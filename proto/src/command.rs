@@ -105,6 +105,9 @@ pub struct LimitOpts {
     /// Wall-clock seconds of the run.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub wall_seconds: Option<u64>,
+    /// CPUs of the whole session (cgroup CPU bandwidth), e.g. 0.5.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cpus: Option<crate::units::MilliCpus>,
 }
 
 /// The size argument of UPLOAD, already checked to be a decimal number.

@@ -46,6 +46,9 @@ pub struct RunLimits {
     pub memory_bytes: u64,
     /// Wall-clock seconds of the run (the broker kills it then).
     pub wall_seconds: u64,
+    /// CPU bandwidth of the whole session (cgroup `cpu.max` / `cpu.cfs_quota_us`), in
+    /// thousandths of a CPU; 0 = none.
+    pub cpu_millis: u64,
 }
 
 /// A cgroup limit that a run ran into.
@@ -129,6 +132,19 @@ pub struct Usage {
     pub tree_dropped: u32,
     /// The session's `/tmp` when the run ended.
     pub tmp: TmpUsage,
+    /// What the session's cgroups counted (the broker fills it in at the end).
+    pub cgroup: Option<CgroupUsage>,
+}
+
+/// A run's counters from its cgroups (v2 `memory.peak`, `cpu.stat`; v1 the equivalents).
+#[derive(Encode, Decode, Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct CgroupUsage {
+    /// Most memory the whole session held at once, bytes.
+    pub memory_peak_bytes: Option<u64>,
+    /// CPU time of the whole session, microseconds.
+    pub cpu_usage_usec: Option<u64>,
+    /// Time the session was held back by its CPU limit, microseconds.
+    pub cpu_throttled_usec: Option<u64>,
 }
 
 /// Most files of `/tmp` a run's end lists (the message stays under 64 KiB).

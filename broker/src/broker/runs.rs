@@ -129,8 +129,16 @@ impl Broker {
             )?;
         } else if !run.failed {
             // If the init vanished without a report it was SIGKILLed by us (kill safety).
-            let (status, usage) = run.outcome.unwrap_or((ExitStatus::Signal(libc::SIGKILL), Usage::default()));
-            let cgroup_hit = run.cgroup.and_then(|c| self.cgroups.finish(c));
+            // (Or, with cgroup v2's memory.oom.group, by the kernel: the counters say so.)
+            let (status, mut usage) = run.outcome.unwrap_or((ExitStatus::Signal(libc::SIGKILL), Usage::default()));
+            let (cgroup_hit, cgroup_usage) = match run.cgroup {
+                Some(c) => {
+                    let (hit, u) = self.cgroups.finish(c);
+                    (hit, Some(u))
+                }
+                None => (None, None),
+            };
+            usage.cgroup = cgroup_usage;
             let limit_hit = cgroup_hit.or(run.wall_hit.then_some(shared::LimitHit::Wall));
             self.tube.send(0, Reply::Exited { id, status, usage, limit_hit })?;
             return self.after_finish(id, delete_tag);

@@ -30,7 +30,7 @@ struct AttachOpts {
 #[derive(Debug)]
 enum Waiting {
     Start {
-        caller: Caller,
+        caller: Box<Caller>,
         id: Uuid,
         limits: RunLimits,
         args: Vec<String>,
@@ -120,6 +120,7 @@ impl Lifecycle {
             req.tmp_bytes,
             req.memory_bytes,
             req.wall_seconds,
+            req.cpus.map(|c| c.0),
         ];
         let limits = match policy::rlimits::tighten(sh.cfg.limits, asked) {
             Ok(l) => l,
@@ -148,7 +149,7 @@ impl Lifecycle {
         let args = opts.args;
         self.waiting.insert(
             tag,
-            Waiting::Start { caller: caller.clone(), id, limits, args, env_keys, debug, attach, keep_tmp },
+            Waiting::Start { caller: Box::new(caller.clone()), id, limits, args, env_keys, debug, attach, keep_tmp },
         );
         Outcome::Park
     }
@@ -285,7 +286,7 @@ impl Lifecycle {
                         if let Some(s) = sh.sessions.get_mut(&id) {
                             s.busy = true;
                         }
-                        sh.follow_up(Followup::DebugStarted { caller, id });
+                        sh.follow_up(Followup::DebugStarted { caller: *caller, id });
                     } else {
                         sh.answer(caller.waiter, Outcome::reply(&r));
                     }
@@ -421,6 +422,9 @@ fn receipt(s: &Session, jail: &Jail, warnings: &[String]) -> Receipt {
         cpu_user_ms: usage.user_us / 1000,
         cpu_sys_ms: usage.sys_us / 1000,
         max_rss_kib: usage.max_rss_kib,
+        memory_peak_bytes: usage.cgroup.and_then(|c| c.memory_peak_bytes),
+        cpu_usage_usec: usage.cgroup.and_then(|c| c.cpu_usage_usec),
+        cpu_throttled_usec: usage.cgroup.and_then(|c| c.cpu_throttled_usec),
         processes_spawned: usage.processes,
         // Every process that ended with exit_group, in the order they ended.
         processes: s

@@ -86,6 +86,11 @@ pub struct Security {
     pub tokens: Option<Tokens>,
     /// The audit log.
     pub audit: crate::audit::Audit,
+    /// The cgroup controllers that limit sessions (`memory`, `pids`, `cpu`).
+    pub cgroups: Vec<String>,
+    /// How landlock confines the halves on this kernel ([`policy::landlock::describe`],
+    /// probed before the seccomp filter forbids the probe).
+    pub landlock: String,
 }
 
 /// Why the daemon stops.
@@ -141,6 +146,9 @@ pub struct Server {
     /// The mDNS advertisement, if any (withdrawn at shutdown).
     advertiser: Option<discovery::Advertiser>,
     shutdown_deadline: Option<Instant>,
+    /// The cgroup controllers that limit sessions, and landlock (for the jail description).
+    cgroups: Vec<String>,
+    landlock: String,
     next_wait: u64,
     scratch: Vec<u8>,
     /// The event log's head when subscribers were last pumped.
@@ -209,6 +217,7 @@ impl Server {
         io.register_at(&mut SourceFd(&signals.as_raw_fd()), SIGNALS, Interest::READABLE, Source::Signals)?;
         let waker = Arc::new(mio::Waker::new(poll.registry(), WAKER)?);
         io.name(WAKER, Source::Waker);
+        let (cgroups, landlock) = (security.cgroups, security.landlock);
         let mut sh = Shared::new(cfg, BrokerLink::new(tube), security.audit, io, warnings);
         sh.auth_required = access.required();
         Ok(Server {
@@ -232,6 +241,8 @@ impl Server {
             events: events::Events::default(),
             debug: debug::Debug::default(),
             advertiser: None,
+            cgroups,
+            landlock,
             shutdown_deadline: None,
             next_wait: 1,
             scratch: vec![0u8; 1 << 20],
@@ -287,8 +298,7 @@ impl Server {
     pub fn run(mut self) -> Result<(), ServeError> {
         let has = |needle: &str| self.sh.warnings.iter().any(|w| w.contains(needle));
         let uid = if has("share one uid") { "shared (rootless)" } else { "distinct per session" };
-        let cgroups = if has("cgroup") { vec![] } else { vec!["memory".to_string(), "pids".to_string()] };
-        self.sh.jail = queries::jail(uid, cgroups);
+        self.sh.jail = queries::jail(uid, self.cgroups.clone(), self.landlock.clone());
         let mut events = Events::with_capacity(1024);
         loop {
             let next = [self.debug.next_deadline(), self.access.next_deadline(), self.shutdown_deadline]

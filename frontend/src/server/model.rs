@@ -206,6 +206,7 @@ pub fn limits_reply(l: &RunLimits) -> proto::reply::RunLimits {
         tmp_bytes: n(l.tmp_bytes),
         memory_bytes: n(l.memory_bytes),
         wall_seconds: n(l.wall_seconds),
+        cpus: n(l.cpu_millis).map(proto::units::MilliCpus),
     }
 }
 

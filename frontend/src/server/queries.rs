@@ -62,6 +62,9 @@ pub fn status(sh: &Shared, caller: &Caller, id: Uuid) -> Outcome {
             cpu_user_ms: u.user_us / 1000,
             cpu_sys_ms: u.sys_us / 1000,
             max_rss_kib: u.max_rss_kib,
+            memory_peak_bytes: u.cgroup.and_then(|c| c.memory_peak_bytes),
+            cpu_usage_usec: u.cgroup.and_then(|c| c.cpu_usage_usec),
+            cpu_throttled_usec: u.cgroup.and_then(|c| c.cpu_throttled_usec),
         }),
         output: Output {
             stdout_bytes: s.out_bytes[0],
@@ -99,7 +102,7 @@ pub fn receipt(sh: &Shared, caller: &Caller, id: Uuid, run: Option<u32>) -> Outc
 /// What confines a session, as HELLO and receipts report it: from the policy, with the
 /// session uid (`distinct per session` or `shared (rootless)`) and the cgroup controllers
 /// the host gave.
-pub fn jail(uid: &str, cgroups: Vec<String>) -> proto::reply::Jail {
+pub fn jail(uid: &str, cgroups: Vec<String>, landlock: String) -> proto::reply::Jail {
     use policy::seccomp::session as s;
     use proto::reply::{Jail, JailProc, JailSeccomp};
     let families = s::SOCKET_FAMILIES
@@ -144,5 +147,6 @@ pub fn jail(uid: &str, cgroups: Vec<String>) -> proto::reply::Jail {
         ),
         frontend_seccomp:
             "allow list; the event loop thread also refuses UDP, raw and netlink sockets and interface ioctls".into(),
+        landlock,
     }
 }

@@ -29,6 +29,10 @@ pub struct Jail {
     pub spawner_seccomp: String,
     /// The frontend's filters.
     pub frontend_seccomp: String,
+    /// How landlock confines the frontend and the broker on this kernel, and which layer
+    /// enforces what an older landlock cannot.
+    #[serde(default)]
+    pub landlock: String,
 }
 
 /// The session's seccomp filter.

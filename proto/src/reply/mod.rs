@@ -156,6 +156,9 @@ pub struct RunLimits {
     /// Wall-clock seconds of the run.
     #[serde(default)]
     pub wall_seconds: Option<u64>,
+    /// CPUs of the whole session (cgroup CPU bandwidth).
+    #[serde(default)]
+    pub cpus: Option<crate::units::MilliCpus>,
 }
 
 /// What the ELF header of a program says.
@@ -402,6 +405,15 @@ pub struct Usage {
     pub cpu_sys_ms: u64,
     /// Largest resident set, KiB.
     pub max_rss_kib: u64,
+    /// Most memory the whole session held at once (cgroup), bytes.
+    #[serde(default)]
+    pub memory_peak_bytes: Option<u64>,
+    /// CPU time of the whole session (cgroup), microseconds.
+    #[serde(default)]
+    pub cpu_usage_usec: Option<u64>,
+    /// Time the CPU limit held the session back (cgroup), microseconds.
+    #[serde(default)]
+    pub cpu_throttled_usec: Option<u64>,
 }
 
 /// Output of the last run.

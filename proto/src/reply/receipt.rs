@@ -87,6 +87,15 @@ pub struct Receipt {
     pub cpu_sys_ms: u64,
     /// Largest resident set, KiB.
     pub max_rss_kib: u64,
+    /// Most memory the whole session held at once (cgroup `memory.peak`), bytes.
+    #[serde(default)]
+    pub memory_peak_bytes: Option<u64>,
+    /// CPU time of the whole session (cgroup `cpu.stat` `usage_usec`), microseconds.
+    #[serde(default)]
+    pub cpu_usage_usec: Option<u64>,
+    /// Time the CPU limit held the session back (`throttled_usec`), microseconds.
+    #[serde(default)]
+    pub cpu_throttled_usec: Option<u64>,
     /// Processes the run created.
     pub processes_spawned: u64,
     /// Processes that ended by themselves, in the order they ended.
