@@ -120,6 +120,9 @@ struct Session {
     delete_tag: Option<u64>,
     /// The number the next EXEC gets.
     next_exec: u32,
+    /// Its cgroups from LOAD to DELETE, while no run holds them (a run takes them at
+    /// START and gives them back at its end).
+    cgroup: Option<crate::cgroup::SessionCgroup>,
 }
 
 /// The broker's state.
@@ -401,7 +404,10 @@ impl Broker {
                 None => return self.refuse(tag, Refusal::LimitReached, "every session uid is in use"),
             }
         };
-        self.sessions.insert(id, Session { image, slot, run: None, spawning: false, delete_tag: None, next_exec: 1 });
+        // Its cgroups now, off START's path (START tries again if this fails).
+        let cgroup = self.make_cgroup(id).ok().flatten();
+        self.sessions
+            .insert(id, Session { image, slot, run: None, spawning: false, delete_tag: None, next_exec: 1, cgroup });
         self.tube.send(tag, Reply::Loaded { id })?;
         Ok(())
     }
@@ -435,13 +441,21 @@ impl Broker {
             Image::Bundle(exec_path) => SpawnImage::Bundle { exec_path: exec_path.clone() },
         };
         let slot = session.slot;
-        // Named after the session, not its uid slot: rootless sessions share one uid.
-        let (cgroup, cgroup_procs) = match self.cgroups.any() {
-            true => match self.cgroups.create(&id.dir_name(), &spec.limits) {
-                Ok((c, procs)) => (Some(c), procs),
-                Err(message) => return self.refuse(tag, Refusal::Internal, shared::chain(&message)),
+        let kept = self.sessions.get_mut(&id).and_then(|s| s.cgroup.take());
+        let cgroup = match kept.map(Ok).or_else(|| self.make_cgroup(id).transpose()) {
+            None => None,
+            Some(Ok(c)) => Some(c),
+            Some(Err(message)) => return self.refuse(tag, Refusal::Internal, shared::chain(&message)),
+        };
+        let (cgroup, cgroup_procs) = match cgroup {
+            Some(mut c) => match self.cgroups.arm(&mut c, &spec.limits) {
+                Ok(procs) => (Some(c), procs),
+                Err(message) => {
+                    self.give_back_cgroup(id, c);
+                    return self.refuse(tag, Refusal::Internal, shared::chain(&message));
+                }
             },
-            false => (None, Vec::new()),
+            None => (None, Vec::new()),
         };
         let (wall_seconds, limits) = (spec.limits.wall_seconds, spec.limits);
         let req = SpawnRequest {
@@ -518,11 +532,34 @@ impl Broker {
     /// A session is gone: its uid slot is free, its kept `/tmp` goes (the spawner
     /// unmounts it).
     pub(super) fn forget(&mut self, id: SessionId) -> Result<(), BrokerError> {
-        if let Some(slot) = self.sessions.remove(&id).and_then(|s| s.slot) {
-            self.free_slots.push(slot);
+        if let Some(s) = self.sessions.remove(&id) {
+            if let Some(slot) = s.slot {
+                self.free_slots.push(slot);
+            }
+            if let Some(c) = s.cgroup {
+                self.cgroups.remove(c);
+            }
         }
         self.kill_execs(id);
         self.drop_tmp(id)
+    }
+
+    /// The session's cgroups, named after it, not its uid slot (rootless sessions share
+    /// one uid); `None` without cgroups.
+    fn make_cgroup(&self, id: SessionId) -> Result<Option<crate::cgroup::SessionCgroup>, crate::cgroup::CgroupError> {
+        if !self.cgroups.any() {
+            return Ok(None);
+        }
+        self.cgroups.make(&id.dir_name()).map(Some)
+    }
+
+    /// A run's end (or a START that failed) hands the session's cgroups back for its next
+    /// run; a session deleted meanwhile has its cgroups removed.
+    pub(super) fn give_back_cgroup(&mut self, id: SessionId, c: crate::cgroup::SessionCgroup) {
+        match self.sessions.get_mut(&id) {
+            Some(s) => s.cgroup = Some(c),
+            None => self.cgroups.remove(c),
+        }
     }
 
     fn drop_tmp(&mut self, id: SessionId) -> Result<(), BrokerError> {
@@ -564,8 +601,9 @@ impl Broker {
         }
         match reply {
             SpawnReply::Failed { message } => {
-                if let Some(c) = p.cgroup {
-                    self.cgroups.finish(c);
+                if let Some(mut c) = p.cgroup {
+                    self.cgroups.finish(&mut c);
+                    self.give_back_cgroup(p.id, c);
                 }
                 self.refuse(p.start_tag, Refusal::Internal, message)
             }

@@ -3,19 +3,20 @@
 //!
 //! Two shapes, chosen per controller by the launcher (`frontend::cgroup`), which hands the
 //! broker one directory per place a controller lives:
-//! * cgroup v1: `memory=DIR`, `pids=DIR`, `cpu=DIR`, `cpuacct=DIR` (usage only), one
-//!   hierarchy each;
+//! * cgroup v1: `memory=DIR`, `pids=DIR`, `cpu=DIR`, one hierarchy each (CPU usage comes
+//!   from the init's rusage there: joining cpuacct too would cost every START);
 //! * cgroup v2: `unified=DIR`, a directory of the unified hierarchy whose
 //!   `cgroup.subtree_control` enables the controllers to use (read here), with the daemon
 //!   itself in a leaf beside the sessions (v2's "no internal processes").
 //!
-//! A hybrid host may give both (controllers on v1 stay there). Each running session gets a
-//! child directory in each with its limits written before the session starts. The
-//! session's init joins them itself, first thing, through `cgroup.procs` descriptors the
-//! broker opened (v1 lets a task be moved only by root or its own uid; v2 checks the
-//! opener's write access to the common ancestor's `cgroup.procs`, which the launcher
-//! chowned to the broker). After the run, the counters say whether a limit ended it and
-//! what the session used; then the directories are removed.
+//! A hybrid host may give both (controllers on v1 stay there). Each session gets a child
+//! directory in each at its LOAD (`make`: mkdir and rmdir cost a tenth of a millisecond
+//! each per hierarchy, which START should not pay), its limits written before each run
+//! (`arm`). The session's init joins them itself, first thing, through `cgroup.procs`
+//! descriptors the broker opened (v1 lets a task be moved only by root or its own uid; v2
+//! checks the opener's write access to the common ancestor's `cgroup.procs`, which the
+//! launcher chowned to the broker). After the run, the counters' growth says whether a
+//! limit ended it and what it used (`finish`); the directories go at DELETE (`remove`).
 
 use nix::fcntl::{openat, OFlag};
 use nix::sys::stat::Mode;
@@ -32,7 +33,6 @@ pub struct Cgroups {
     memory: Option<OwnedFd>,
     pids: Option<OwnedFd>,
     cpu: Option<OwnedFd>,
-    cpuacct: Option<OwnedFd>,
     unified: Option<Unified>,
 }
 
@@ -45,10 +45,47 @@ struct Unified {
     cpu: bool,
 }
 
-/// One session's cgroups.
+/// One session's cgroups, from its LOAD (made off the START path) to its DELETE, reused
+/// by every run: a run's counters are the difference to what they read when it began.
 #[derive(Debug)]
 pub struct SessionCgroup {
     name: String,
+    /// Runs it has held (a v2 `memory.peak` that cannot be reset needs a fresh cgroup).
+    runs: u32,
+    /// The cumulative counters as the current run began.
+    base: Counters,
+    /// v2 `memory.peak` opened and reset for this run (kernels since 6.12 reset it per
+    /// open file).
+    peak: Option<std::fs::File>,
+    /// The limits last written (`None`: a fresh directory), so that a run with the same
+    /// limits as the last writes none.
+    written: Option<(u64, u64, u64)>,
+    /// Its `cgroup.procs`, opened once; each run's init gets duplicates.
+    procs: Vec<OwnedFd>,
+    /// The counter files, opened once and read with `pread` at offset 0 (which makes
+    /// the kernel render them afresh): a run's end opens nothing.
+    files: CounterFiles,
+}
+
+/// Open counter files of one session's cgroups (where the host has them).
+#[derive(Debug, Default)]
+struct CounterFiles {
+    v1_oom: Option<std::fs::File>,
+    v1_peak: Option<std::fs::File>,
+    v1_pids: Option<std::fs::File>,
+    v1_cpu: Option<std::fs::File>,
+    v2_memory: Option<std::fs::File>,
+    v2_pids: Option<std::fs::File>,
+    v2_cpu: Option<std::fs::File>,
+}
+
+/// The cumulative counters a run's figures are the difference of.
+#[derive(Debug, Default, Clone, Copy)]
+struct Counters {
+    oom_kills: u64,
+    pids_max: u64,
+    usage_usec: u64,
+    throttled_usec: u64,
 }
 
 /// A cgroup operation that failed.
@@ -90,7 +127,6 @@ impl Cgroups {
                 Some(("memory", p)) => c.memory = Some(open_dir(p)?),
                 Some(("pids", p)) => c.pids = Some(open_dir(p)?),
                 Some(("cpu", p)) => c.cpu = Some(open_dir(p)?),
-                Some(("cpuacct", p)) => c.cpuacct = Some(open_dir(p)?),
                 Some(("unified", p)) => {
                     let dir = open_dir(p)?;
                     let enabled = read_at(&dir, "cgroup.subtree_control");
@@ -120,42 +156,108 @@ impl Cgroups {
     }
 
     fn dirs(&self) -> impl Iterator<Item = &OwnedFd> {
-        self.memory
-            .iter()
-            .chain(self.pids.iter())
-            .chain(self.cpu.iter())
-            .chain(self.cpuacct.iter())
-            .chain(self.unified.iter().map(|u| &u.dir))
+        self.memory.iter().chain(self.pids.iter()).chain(self.cpu.iter()).chain(self.unified.iter().map(|u| &u.dir))
     }
 
-    /// Creates the session's directories and writes its limits. Returns the directories
-    /// and, for the init to join them, their `cgroup.procs` opened for writing.
-    pub fn create(&self, session: &str, l: &RunLimits) -> Result<(SessionCgroup, Vec<OwnedFd>), CgroupError> {
+    /// Makes the session's directories (at LOAD).
+    pub fn make(&self, session: &str) -> Result<SessionCgroup, CgroupError> {
         let name = format!("session-{session}");
-        let mut procs = Vec::new();
         for dir in self.dirs() {
-            // A leftover of a crashed run is empty by now: remove it to reset its counters.
-            let _ = nix::unistd::unlinkat(Some(dir.as_raw_fd()), name.as_str(), nix::unistd::UnlinkatFlags::RemoveDir);
-            nix::sys::stat::mkdirat(Some(dir.as_raw_fd()), name.as_str(), Mode::from_bits_truncate(0o755))
-                .map_err(io("create the cgroup", name.clone()))?;
-            let path = format!("{name}/cgroup.procs");
-            let fd = openat(Some(dir.as_raw_fd()), path.as_str(), OFlag::O_WRONLY | OFlag::O_CLOEXEC, Mode::empty())
-                .and_then(shared::os::adopt_fd)
-                .map_err(io("open", path))?;
-            procs.push(fd);
+            mkdir_fresh(dir, &name)?;
         }
-        let sc = SessionCgroup { name };
-        let f = |file: &str| format!("{}/{file}", sc.name);
+        let mut sc = SessionCgroup {
+            name,
+            runs: 0,
+            base: Counters::default(),
+            peak: None,
+            written: None,
+            procs: vec![],
+            files: CounterFiles::default(),
+        };
+        sc.procs = self.procs(&sc)?;
+        self.open_counters(&mut sc);
+        Ok(sc)
+    }
+
+    fn open_counters(&self, sc: &mut SessionCgroup) {
+        let open = |dir: &Option<OwnedFd>, file: &str, flags: OFlag| {
+            let dir = dir.as_ref()?;
+            let path = format!("{}/{file}", sc.name);
+            openat(Some(dir.as_raw_fd()), path.as_str(), flags | OFlag::O_CLOEXEC, Mode::empty())
+                .and_then(shared::os::adopt_fd)
+                .ok()
+                .map(std::fs::File::from)
+        };
+        let unified = self.unified.as_ref().and_then(|u| u.dir.try_clone().ok());
+        let (v2_mem, v2_pids) = match &self.unified {
+            Some(u) => (u.memory, u.pids),
+            None => (false, false),
+        };
+        let f = &mut sc.files;
+        f.v1_oom = open(&self.memory, "memory.oom_control", OFlag::O_RDONLY);
+        f.v1_peak = open(&self.memory, "memory.max_usage_in_bytes", OFlag::O_RDWR);
+        f.v1_pids = open(&self.pids, "pids.events", OFlag::O_RDONLY);
+        f.v1_cpu = open(&self.cpu, "cpu.stat", OFlag::O_RDONLY);
+        f.v2_memory = if v2_mem { open(&unified, "memory.events", OFlag::O_RDONLY) } else { None };
+        f.v2_pids = if v2_pids { open(&unified, "pids.events", OFlag::O_RDONLY) } else { None };
+        f.v2_cpu = open(&unified, "cpu.stat", OFlag::O_RDONLY);
+    }
+
+    /// Before a run: writes its limits (unless the last run had the same), resets what can
+    /// be reset, and returns the directories' `cgroup.procs` for the init to join.
+    pub fn arm(&self, sc: &mut SessionCgroup, l: &RunLimits) -> Result<Vec<OwnedFd>, CgroupError> {
+        let name = sc.name.clone();
+        let f = |file: &str| format!("{name}/{file}");
+        sc.peak = None;
+        if let Some(u) = self.unified.as_ref().filter(|u| u.memory) {
+            let peak = openat(
+                Some(u.dir.as_raw_fd()),
+                f("memory.peak").as_str(),
+                OFlag::O_RDWR | OFlag::O_CLOEXEC,
+                Mode::empty(),
+            )
+            .and_then(shared::os::adopt_fd)
+            .map(std::fs::File::from);
+            match peak.ok().and_then(|mut p| p.write_all(b"reset\n").ok().map(|()| p)) {
+                Some(p) => sc.peak = Some(p),
+                // An older kernel's memory.peak is the cgroup's whole life: a run after the
+                // first gets a fresh cgroup (made again, empty since the last run ended).
+                None if sc.runs > 0 => {
+                    let flag = nix::unistd::UnlinkatFlags::RemoveDir;
+                    sc.procs.clear();
+                    let _ = nix::unistd::unlinkat(Some(u.dir.as_raw_fd()), sc.name.as_str(), flag);
+                    mkdir_fresh(&u.dir, &sc.name)?;
+                    sc.procs = self.procs(sc)?;
+                    self.open_counters(sc);
+                    (sc.base, sc.written) = (Counters::default(), None);
+                }
+                None => {}
+            }
+        }
         let (memory, pids, cpu) = (
             if l.memory_bytes == 0 { "max".to_string() } else { l.memory_bytes.to_string() },
             if l.processes == 0 { "max".to_string() } else { l.processes.to_string() },
             cpu_quota(l.cpu_millis),
         );
+        if let Some(p) = &sc.files.v1_peak {
+            // A fresh peak for this run.
+            let _ = std::os::unix::fs::FileExt::write_at(p, b"0", 0);
+        }
+        let want = (l.memory_bytes, l.processes, l.cpu_millis);
+        if sc.written == Some(want) {
+            sc.runs += 1;
+            return dup_all(&sc.procs);
+        }
+        let fresh = sc.written.is_none();
         if let Some(mem) = &self.memory {
             let v = if l.memory_bytes == 0 { "-1" } else { memory.as_str() };
-            write_at(mem, &f("memory.limit_in_bytes"), v)?;
             // With swap accounting, memory+swap gets the same bound (no swapping around it).
-            let _ = write_at(mem, &f("memory.memsw.limit_in_bytes"), v);
+            // The kernel keeps memory ≤ memory+swap at every write: raised from an earlier
+            // run's bound, memsw must go first; lowered, memory must.
+            let memsw = f("memory.memsw.limit_in_bytes");
+            let _ = write_at(mem, &memsw, v);
+            write_at(mem, &f("memory.limit_in_bytes"), v)?;
+            let _ = write_at(mem, &memsw, v);
         }
         if let Some(p) = &self.pids {
             write_at(p, &f("pids.max"), &pids)?;
@@ -168,10 +270,12 @@ impl Cgroups {
         if let Some(u) = &self.unified {
             if u.memory {
                 write_at(&u.dir, &f("memory.max"), &memory)?;
-                // No swapping around the limit (absent without swap accounting), and an OOM
-                // kill takes the whole session, not one process of it.
-                let _ = write_at(&u.dir, &f("memory.swap.max"), "0");
-                write_at(&u.dir, &f("memory.oom.group"), "1")?;
+                if fresh {
+                    // No swapping around the limit (absent without swap accounting), and an
+                    // OOM kill takes the whole session, not one process of it.
+                    let _ = write_at(&u.dir, &f("memory.swap.max"), "0");
+                    write_at(&u.dir, &f("memory.oom.group"), "1")?;
+                }
             }
             if u.pids {
                 write_at(&u.dir, &f("pids.max"), &pids)?;
@@ -181,7 +285,9 @@ impl Cgroups {
                 write_at(&u.dir, &f("cpu.max"), &v)?;
             }
         }
-        Ok((sc, procs))
+        sc.written = Some(want);
+        sc.runs += 1;
+        dup_all(&sc.procs)
     }
 
     /// The `cgroup.procs` of a running session's cgroups again, for another process to
@@ -197,62 +303,103 @@ impl Cgroups {
             .collect()
     }
 
+    /// The cumulative counters of the session's cgroups.
+    fn counters(&self, sc: &SessionCgroup) -> Counters {
+        let f = &sc.files;
+        let mut c = Counters::default();
+        c.oom_kills += counter(&pread(&f.v1_oom), "oom_kill");
+        c.pids_max += counter(&pread(&f.v1_pids), "max");
+        // v1 counts in nanoseconds.
+        c.throttled_usec = counter(&pread(&f.v1_cpu), "throttled_time") / 1000;
+        let events = pread(&f.v2_memory);
+        c.oom_kills += counter(&events, "oom_kill").max(counter(&events, "oom_group_kill"));
+        c.pids_max += counter(&pread(&f.v2_pids), "max");
+        // cpu.stat's usage is there with or without the cpu controller.
+        if f.v2_cpu.is_some() {
+            let stat = pread(&f.v2_cpu);
+            c.usage_usec = counter(&stat, "usage_usec");
+            c.throttled_usec = counter(&stat, "throttled_usec");
+        }
+        c
+    }
+
     /// After the run: which limit, if any, ended it or stopped it from growing (from the
-    /// kernel's event counters, never guessed from an exit signal), and what the session
-    /// used; then the directories go.
-    pub fn finish(&self, sc: SessionCgroup) -> (Option<LimitHit>, CgroupUsage) {
+    /// kernel's event counters, never guessed from an exit signal), and what it used. The
+    /// directories stay for the session's next run.
+    pub fn finish(&self, sc: &mut SessionCgroup) -> (Option<LimitHit>, CgroupUsage) {
+        // The counters do not move while no run is in the cgroup: this run's end is the next
+        // one's start.
+        let now = self.counters(sc);
+        let base = std::mem::replace(&mut sc.base, now);
         let f = |file: &str| format!("{}/{file}", sc.name);
-        let (mut memory_hit, mut pids_hit) = (false, false);
         let mut usage = CgroupUsage::default();
-        if let Some(mem) = &self.memory {
-            memory_hit |= counter(&read_at(mem, &f("memory.oom_control")), "oom_kill") > 0;
-            usage.memory_peak_bytes = read_at(mem, &f("memory.max_usage_in_bytes")).trim().parse().ok();
+        if sc.files.v1_peak.is_some() {
+            usage.memory_peak_bytes = pread(&sc.files.v1_peak).trim().parse().ok();
         }
-        if let Some(p) = &self.pids {
-            pids_hit |= counter(&read_at(p, &f("pids.events")), "max") > 0;
+        if let Some(u) = self.unified.as_ref().filter(|u| u.memory) {
+            usage.memory_peak_bytes = match sc.peak.take() {
+                Some(mut p) => {
+                    let mut s = String::new();
+                    let _ = p.read_to_string(&mut s);
+                    s.trim().parse().ok()
+                }
+                None => read_at(&u.dir, &f("memory.peak")).trim().parse().ok(),
+            };
         }
-        if let Some(c) = &self.cpu {
-            // v1 counts in nanoseconds.
-            let stat = read_at(c, &f("cpu.stat"));
-            usage.cpu_throttled_usec = stat.contains("throttled_time").then(|| counter(&stat, "throttled_time") / 1000);
+        if self.cpu.is_some() || self.unified.as_ref().is_some_and(|u| u.cpu) {
+            usage.cpu_throttled_usec = Some(now.throttled_usec.saturating_sub(base.throttled_usec));
         }
-        // Where cpu and cpuacct share a hierarchy, the launcher names it once, as cpu.
-        if let Some(c) = self.cpuacct.as_ref().or(self.cpu.as_ref()) {
-            usage.cpu_usage_usec = read_at(c, &f("cpuacct.usage")).trim().parse::<u64>().ok().map(|ns| ns / 1000);
+        if self.unified.is_some() {
+            usage.cpu_usage_usec = Some(now.usage_usec.saturating_sub(base.usage_usec));
         }
-        if let Some(u) = &self.unified {
-            if u.memory {
-                let events = read_at(&u.dir, &f("memory.events"));
-                memory_hit |= counter(&events, "oom_kill") > 0 || counter(&events, "oom_group_kill") > 0;
-                usage.memory_peak_bytes = read_at(&u.dir, &f("memory.peak")).trim().parse().ok();
-            }
-            if u.pids {
-                pids_hit |= counter(&read_at(&u.dir, &f("pids.events")), "max") > 0;
-            }
-            // cpu.stat's usage is there with or without the cpu controller.
-            let stat = read_at(&u.dir, &f("cpu.stat"));
-            if stat.contains("usage_usec") {
-                usage.cpu_usage_usec = Some(counter(&stat, "usage_usec"));
-            }
-            if stat.contains("throttled_usec") {
-                usage.cpu_throttled_usec = Some(counter(&stat, "throttled_usec"));
-            }
-        }
-        for dir in self.dirs() {
-            if let Err(e) =
-                nix::unistd::unlinkat(Some(dir.as_raw_fd()), sc.name.as_str(), nix::unistd::UnlinkatFlags::RemoveDir)
-            {
-                log::warn!("cannot remove cgroup {}: {e} (retried at its next use)", sc.name);
-            }
-        }
-        let hit = if memory_hit {
+        let hit = if now.oom_kills > base.oom_kills {
             Some(LimitHit::Memory)
-        } else if pids_hit {
+        } else if now.pids_max > base.pids_max {
             Some(LimitHit::Pids)
         } else {
             None
         };
         (hit, usage)
+    }
+
+    /// The session is deleted: its directories go (empty: its runs are over).
+    pub fn remove(&self, sc: SessionCgroup) {
+        for dir in self.dirs() {
+            if let Err(e) =
+                nix::unistd::unlinkat(Some(dir.as_raw_fd()), sc.name.as_str(), nix::unistd::UnlinkatFlags::RemoveDir)
+            {
+                log::warn!("cannot remove cgroup {}: {e}", sc.name);
+            }
+        }
+    }
+}
+
+/// A counter file's current text (empty where there is none).
+fn pread(f: &Option<std::fs::File>) -> String {
+    let Some(f) = f else { return String::new() };
+    let mut buf = [0u8; 4096];
+    match std::os::unix::fs::FileExt::read_at(f, &mut buf, 0) {
+        Ok(n) => String::from_utf8_lossy(&buf[..n]).into_owned(),
+        Err(_) => String::new(),
+    }
+}
+
+fn dup_all(fds: &[OwnedFd]) -> Result<Vec<OwnedFd>, CgroupError> {
+    fds.iter()
+        .map(|f| f.try_clone().map_err(|source| CgroupError::Io { what: "dup", path: "cgroup.procs".into(), source }))
+        .collect()
+}
+
+/// Makes `name` beneath `dir`; a leftover of the same name (a crashed daemon's, empty by
+/// now) is removed first, so its counters start from zero.
+fn mkdir_fresh(dir: &OwnedFd, name: &str) -> Result<(), CgroupError> {
+    let mkdir = || nix::sys::stat::mkdirat(Some(dir.as_raw_fd()), name, Mode::from_bits_truncate(0o755));
+    match mkdir() {
+        Err(nix::Error::EEXIST) => {
+            let _ = nix::unistd::unlinkat(Some(dir.as_raw_fd()), name, nix::unistd::UnlinkatFlags::RemoveDir);
+            mkdir().map_err(io("create the cgroup", name))
+        }
+        r => r.map_err(io("create the cgroup", name)),
     }
 }
 
@@ -286,9 +433,7 @@ fn read_at(dir: &OwnedFd, path: &str) -> String {
         return String::new();
     };
     let Ok(fd) = shared::os::adopt_fd(fd) else { return String::new() };
-    let mut s = String::new();
-    let _ = std::fs::File::from(fd).read_to_string(&mut s);
-    s
+    pread(&Some(std::fs::File::from(fd)))
 }
 
 /// `key N` in a flat-keyed cgroup file.

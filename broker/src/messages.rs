@@ -7,8 +7,8 @@ use bincode::{Decode, Encode};
 use shared::{ExecSpec, ExitStatus, Message, RunLimits, StartSpec, Usage, WireError};
 use std::os::fd::OwnedFd;
 
-/// Most cgroup directories a session joins: v1 memory, pids, cpu, cpuacct, and v2's.
-pub const MAX_CGROUP_DIRS: u8 = 5;
+/// Most cgroup directories a session joins: v1 memory, pids, cpu, and v2's.
+pub const MAX_CGROUP_DIRS: u8 = 4;
 
 /// Broker → spawner: create a session.
 #[derive(Debug)]

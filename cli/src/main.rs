@@ -81,7 +81,7 @@ enum Cmd {
         /// Environment (KEY=VALUE, repeatable); given, it is the whole environment.
         #[arg(long = "env", value_name = "K=V")]
         env: Vec<String>,
-        /// Limits of this run, e.g. cpu_seconds=5, memory_bytes=512M, wall_seconds=10m
+        /// Limits of this run, e.g. cpu_seconds=5, memory_bytes=512M, wall_seconds=10m, cpus=0.5
         /// (repeatable; they may only tighten the rig's).
         #[arg(long = "limit", value_name = "NAME=N")]
         limits: Vec<String>,
@@ -182,7 +182,7 @@ enum Cmd {
         /// Environment (KEY=VALUE, repeatable).
         #[arg(long = "env", value_name = "K=V")]
         env: Vec<String>,
-        /// Limits of this run, e.g. memory_bytes=512M, wall_seconds=10m (repeatable).
+        /// Limits of this run, e.g. memory_bytes=512M, wall_seconds=10m, cpus=0.5 (repeatable).
         #[arg(long = "limit", value_name = "NAME=N")]
         limits: Vec<String>,
         /// The program's argv[0] (default: the file's name, or the bundle's exec path).

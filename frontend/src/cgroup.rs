@@ -1,6 +1,6 @@
 //! Prepares the cgroup directories the broker will manage, before anything is confined:
-//! for each controller sessions are limited by (`memory`, `pids`, `cpu`; `cpuacct` for
-//! usage on v1), the place it lives on this host.
+//! for each controller sessions are limited by (`memory`, `pids`, `cpu`), the place it
+//! lives on this host.
 //!
 //! * **cgroup v1** (a hierarchy per controller, as on this project's development host): a
 //!   directory `debuglantern-<uid_base>-<pid>` under the daemon's own cgroup in each
@@ -25,7 +25,7 @@ use std::path::{Path, PathBuf};
 /// The broker's `--cgroups` argument, or warnings for what is missing.
 #[derive(Debug, Default)]
 pub struct Prepared {
-    /// `memory=DIR,pids=DIR,cpu=DIR,cpuacct=DIR,unified=DIR` for the broker (empty: none).
+    /// `memory=DIR,pids=DIR,cpu=DIR,unified=DIR` for the broker (empty: none).
     pub arg: String,
     /// What could not be had.
     pub warnings: Vec<String>,
@@ -208,7 +208,6 @@ pub fn prepare(uid_base: u32, uid: u32, root: bool) -> Prepared {
     let mut p = Prepared::default();
     let mut parts = Vec::new();
     let mut on_v2 = Vec::new();
-    let mut cpu_dir = None;
     let mut rootless_v1 = Vec::new();
     for (c, what) in LIMITED {
         if is_v1_mount(&Path::new(ROOT).join(c)) {
@@ -220,9 +219,6 @@ pub fn prepare(uid_base: u32, uid: u32, root: bool) -> Prepared {
                 Ok(dir) => {
                     parts.push(format!("{c}={}", dir.display()));
                     p.controllers.push(c.to_string());
-                    if c == "cpu" {
-                        cpu_dir = Some(dir);
-                    }
                 }
                 Err(e) => p.warnings.push(format!("no cgroup v1 {c} limits for sessions ({e}); rlimits still apply")),
             }
@@ -237,16 +233,6 @@ pub fn prepare(uid_base: u32, uid: u32, root: bool) -> Prepared {
             "rootless: no {} limits for sessions: this host has them on cgroup v1, which cannot be delegated to a user (rlimits still apply)",
             rootless_v1.join(", ")
         ));
-    }
-    // CPU usage on v1 lives in cpuacct (often the same hierarchy as cpu).
-    let acct = Path::new(ROOT).join("cpuacct");
-    if is_v1_mount(&acct) && root {
-        let same = cpu_dir.as_ref().is_some_and(|d| d.join("cpuacct.usage").exists());
-        if !same {
-            if let Ok(dir) = prepare_v1("cpuacct", &prefix, uid) {
-                parts.push(format!("cpuacct={}", dir.display()));
-            }
-        }
     }
     if let (false, Some(mount)) = (on_v2.is_empty(), v2_mount()) {
         match prepare_v2(&mount, &on_v2, &prefix, uid, root) {

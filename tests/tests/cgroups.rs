@@ -13,12 +13,13 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 use tests::{c_program, programs, require_root, Client, Daemon};
 
-/// Allocates and touches memory until it is killed.
+/// Allocates and touches memory until it is killed (`quiet`: exits at once).
 const MEM_HOG: &str = r#"
 #include <stdlib.h>
 #include <string.h>
 #include <stdio.h>
-int main(void) {
+int main(int argc, char **argv) {
+    if (argc > 1 && !strcmp(argv[1], "quiet")) return 0;
     for (long n = 0;; n++) {
         char *p = malloc(1 << 20);
         if (!p) { puts("ENOMEM"); return 1; }
@@ -196,10 +197,18 @@ fn root_cgroup_limits_end_runs_and_are_read_from_the_kernel() {
     let e = c.refused(&format!("START {} {}", ids[0], json!({"limits": {"cpus": 1.5}})));
     assert!(e.message.contains("cpus=1.5") && e.message.contains("rig's 1;"), "{e:?}");
 
-    // Ended runs leave no session cgroup; DELETE neither.
+    // A session's cgroups live from its LOAD to its DELETE; each run's figures are its own.
     c.cmd(&format!("KILL {bystander}"));
-    assert_eq!(session_dirs(&dirs), Vec::<PathBuf>::new());
-    for id in ids.iter().chain([&hog, &bomb, &bystander]) {
+    let all = [&ids[0], &ids[1], &hog, &bomb, &bystander];
+    assert_eq!(session_dirs(&dirs).len(), all.len() * dirs.len(), "{:?}", session_dirs(&dirs));
+    // The hog's session again, quietly: no limit hit, a small peak (the last run's OOM kill
+    // and peak are not this run's).
+    c.start(&hog, &json!({"args": ["quiet"]}).to_string());
+    let st = c.wait_for(&hog, State::Stopped, Duration::from_secs(60));
+    assert_eq!((st.limit_hit, st.summary.exit), (None, Some(proto::reply::Exit::Code(0))), "{st:?}");
+    let peak = st.usage.and_then(|u| u.memory_peak_bytes).expect("memory_peak_bytes");
+    assert!(peak < 16 << 20, "a quiet run's peak {peak}");
+    for id in all {
         c.cmd(&format!("DELETE {id}"));
     }
     assert_eq!(session_dirs(&dirs), Vec::<PathBuf>::new());

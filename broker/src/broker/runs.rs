@@ -132,8 +132,11 @@ impl Broker {
             // (Or, with cgroup v2's memory.oom.group, by the kernel: the counters say so.)
             let (status, mut usage) = run.outcome.unwrap_or((ExitStatus::Signal(libc::SIGKILL), Usage::default()));
             let (cgroup_hit, cgroup_usage) = match run.cgroup {
-                Some(c) => {
-                    let (hit, u) = self.cgroups.finish(c);
+                Some(mut c) => {
+                    let (hit, mut u) = self.cgroups.finish(&mut c);
+                    self.give_back_cgroup(id, c);
+                    // v1 (no cgroup counter): the whole tree's CPU time, from the init.
+                    u.cpu_usage_usec = u.cpu_usage_usec.or(Some(usage.user_us + usage.sys_us));
                     (hit, Some(u))
                 }
                 None => (None, None),
@@ -143,8 +146,9 @@ impl Broker {
             self.tube.send(0, Reply::Exited { id, status, usage, limit_hit })?;
             return self.after_finish(id, delete_tag);
         }
-        if let Some(c) = run.cgroup {
-            self.cgroups.finish(c);
+        if let Some(mut c) = run.cgroup {
+            self.cgroups.finish(&mut c);
+            self.give_back_cgroup(id, c);
         }
         self.after_finish(id, delete_tag)
     }

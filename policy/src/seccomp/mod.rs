@@ -138,6 +138,8 @@ pub const FRONTEND_FATAL: &[(i64, &str)] = &[
 pub const BROKER_ALLOWED: &[(i64, &str)] = &[
     (libc::SYS_read, "cgroup counters"),
     (libc::SYS_write, "cgroup limits, stderr"),
+    (libc::SYS_pread64, "cgroup counters, kept open and read afresh at offset 0"),
+    (libc::SYS_pwrite64, "a session's v1 memory peak reset through its kept descriptor"),
     (libc::SYS_close, "descriptors"),
     (libc::SYS_recvmsg, "frontend, spawner and init messages with descriptors"),
     (libc::SYS_sendmsg, "frontend, spawner and init messages with descriptors"),
