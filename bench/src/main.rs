@@ -154,7 +154,7 @@ fn cgroup_cost() {
     println!("|---|---|---|---|");
     println!("| `--no-cgroups` (rlimits only) | {mb:.3} | {:.3} | 1.00 |", pct(&mut tb, 0.99));
     println!(
-        "| cgroups {controllers} (create, limits, join, counters, remove) | {ma:.3} | {:.3} | {:.2} |",
+        "| cgroups {controllers} (limits, join, counters; made at LOAD, removed at DELETE) | {ma:.3} | {:.3} | {:.2} |",
         pct(&mut ta, 0.99),
         ma / mb
     );

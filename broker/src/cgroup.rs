@@ -57,6 +57,8 @@ pub struct SessionCgroup {
     /// v2 `memory.peak` opened and reset for this run (kernels since 6.12 reset it per
     /// open file).
     peak: Option<std::fs::File>,
+    /// v2 before 6.12, a run after the first: its own peak cannot be had.
+    peak_unknown: bool,
     /// The limits last written (`None`: a fresh directory), so that a run with the same
     /// limits as the last writes none.
     written: Option<(u64, u64, u64)>,
@@ -170,6 +172,7 @@ impl Cgroups {
             runs: 0,
             base: Counters::default(),
             peak: None,
+            peak_unknown: false,
             written: None,
             procs: vec![],
             files: CounterFiles::default(),
@@ -218,21 +221,11 @@ impl Cgroups {
             )
             .and_then(shared::os::adopt_fd)
             .map(std::fs::File::from);
-            match peak.ok().and_then(|mut p| p.write_all(b"reset\n").ok().map(|()| p)) {
-                Some(p) => sc.peak = Some(p),
-                // An older kernel's memory.peak is the cgroup's whole life: a run after the
-                // first gets a fresh cgroup (made again, empty since the last run ended).
-                None if sc.runs > 0 => {
-                    let flag = nix::unistd::UnlinkatFlags::RemoveDir;
-                    sc.procs.clear();
-                    let _ = nix::unistd::unlinkat(Some(u.dir.as_raw_fd()), sc.name.as_str(), flag);
-                    mkdir_fresh(&u.dir, &sc.name)?;
-                    sc.procs = self.procs(sc)?;
-                    self.open_counters(sc);
-                    (sc.base, sc.written) = (Counters::default(), None);
-                }
-                None => {}
-            }
+            // An older kernel's memory.peak cannot be reset: it is the cgroup's whole life,
+            // which is only the first run's (remaking the directory per run would cost every
+            // START more than the rest of the cgroup work together).
+            sc.peak = peak.ok().and_then(|mut p| p.write_all(b"reset\n").ok().map(|()| p));
+            sc.peak_unknown = sc.peak.is_none() && sc.runs > 0;
         }
         let (memory, pids, cpu) = (
             if l.memory_bytes == 0 { "max".to_string() } else { l.memory_bytes.to_string() },
@@ -343,6 +336,7 @@ impl Cgroups {
                     let _ = p.read_to_string(&mut s);
                     s.trim().parse().ok()
                 }
+                None if sc.peak_unknown => None,
                 None => read_at(&u.dir, &f("memory.peak")).trim().parse().ok(),
             };
         }
