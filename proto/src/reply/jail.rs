@@ -31,7 +31,7 @@ pub struct Jail {
     pub frontend_seccomp: String,
     /// How landlock confines the frontend and the broker on this kernel, and which layer
     /// enforces what an older landlock cannot.
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "String::is_empty")]
     pub landlock: String,
 }
 

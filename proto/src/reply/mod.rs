@@ -156,8 +156,8 @@ pub struct RunLimits {
     /// Wall-clock seconds of the run.
     #[serde(default)]
     pub wall_seconds: Option<u64>,
-    /// CPUs of the whole session (cgroup CPU bandwidth).
-    #[serde(default)]
+    /// CPUs of the whole session (cgroup CPU bandwidth); absent: none.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub cpus: Option<crate::units::MilliCpus>,
 }
 
@@ -406,13 +406,13 @@ pub struct Usage {
     /// Largest resident set, KiB.
     pub max_rss_kib: u64,
     /// Most memory the whole session held at once (cgroup), bytes.
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub memory_peak_bytes: Option<u64>,
     /// CPU time of the whole session (cgroup), microseconds.
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub cpu_usage_usec: Option<u64>,
     /// Time the CPU limit held the session back (cgroup), microseconds.
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub cpu_throttled_usec: Option<u64>,
 }
 
