@@ -447,15 +447,15 @@ impl Broker {
             Some(Ok(c)) => Some(c),
             Some(Err(message)) => return self.refuse(tag, Refusal::Internal, shared::chain(&message)),
         };
-        let (cgroup, cgroup_procs) = match cgroup {
+        let (cgroup, cgroup_procs, into_cgroup) = match cgroup {
             Some(mut c) => match self.cgroups.arm(&mut c, &spec.limits) {
-                Ok(procs) => (Some(c), procs),
+                Ok(armed) => (Some(c), armed.procs, armed.v2_dir),
                 Err(message) => {
                     self.give_back_cgroup(id, c);
                     return self.refuse(tag, Refusal::Internal, shared::chain(&message));
                 }
             },
-            None => (None, Vec::new()),
+            None => (None, Vec::new(), None),
         };
         let (wall_seconds, limits) = (spec.limits.wall_seconds, spec.limits);
         let req = SpawnRequest {
@@ -465,6 +465,7 @@ impl Broker {
             pids_cgroup: cgroup.is_some() && self.cgroups.has_pids(),
             image,
             cgroup_procs,
+            into_cgroup,
         };
         let stag = self.next_spawn;
         self.next_spawn += 1;

@@ -12,10 +12,11 @@
 //! A hybrid host may give both (controllers on v1 stay there). Each session gets a child
 //! directory in each at its LOAD (`make`: mkdir and rmdir cost a tenth of a millisecond
 //! each per hierarchy, which START should not pay), its limits written before each run
-//! (`arm`). The session's init joins them itself, first thing, through `cgroup.procs`
-//! descriptors the broker opened (v1 lets a task be moved only by root or its own uid; v2
-//! checks the opener's write access to the common ancestor's `cgroup.procs`, which the
-//! launcher chowned to the broker). After the run, the counters' growth says whether a
+//! (`arm`). The session's init is created in its v2 directory (`CLONE_INTO_CGROUP`) and
+//! joins its v1 ones itself, first thing, through `cgroup.procs` descriptors the broker
+//! opened (v1 lets a task be moved only by root or its own uid; v2 checks the cloner's
+//! write access to the common ancestor's `cgroup.procs`, which the launcher chowned to the
+//! broker). After the run, the counters' growth says whether a
 //! limit ended it and what it used (`finish`); the directories go at DELETE (`remove`).
 
 use nix::fcntl::{openat, OFlag};
@@ -62,8 +63,10 @@ pub struct SessionCgroup {
     /// The limits last written (`None`: a fresh directory), so that a run with the same
     /// limits as the last writes none.
     written: Option<(u64, u64, u64)>,
-    /// Its `cgroup.procs`, opened once; each run's init gets duplicates.
+    /// Its v1 `cgroup.procs`, opened once; each run's init gets duplicates and joins.
     procs: Vec<OwnedFd>,
+    /// Its v2 directory: each run's init is created in it (`CLONE_INTO_CGROUP`).
+    v2_dir: Option<OwnedFd>,
     /// The counter files, opened once and read with `pread` at offset 0 (which makes
     /// the kernel render them afresh): a run's end opens nothing.
     files: CounterFiles,
@@ -79,6 +82,15 @@ struct CounterFiles {
     v2_memory: Option<std::fs::File>,
     v2_pids: Option<std::fs::File>,
     v2_cpu: Option<std::fs::File>,
+}
+
+/// What a run's init gets of its session's cgroups.
+#[derive(Debug)]
+pub struct Armed {
+    /// v1 `cgroup.procs` to join (writing 0).
+    pub procs: Vec<OwnedFd>,
+    /// The v2 directory to be created in.
+    pub v2_dir: Option<OwnedFd>,
 }
 
 /// The cumulative counters a run's figures are the difference of.
@@ -175,9 +187,17 @@ impl Cgroups {
             peak_unknown: false,
             written: None,
             procs: vec![],
+            v2_dir: None,
             files: CounterFiles::default(),
         };
-        sc.procs = self.procs(&sc)?;
+        sc.procs = self.v1_procs(&sc)?;
+        if let Some(u) = &self.unified {
+            let flags = OFlag::O_RDONLY | OFlag::O_DIRECTORY | OFlag::O_CLOEXEC;
+            let fd = openat(Some(u.dir.as_raw_fd()), sc.name.as_str(), flags, Mode::empty())
+                .and_then(shared::os::adopt_fd)
+                .map_err(io("open", sc.name.clone()))?;
+            sc.v2_dir = Some(fd);
+        }
         self.open_counters(&mut sc);
         Ok(sc)
     }
@@ -207,8 +227,8 @@ impl Cgroups {
     }
 
     /// Before a run: writes its limits (unless the last run had the same), resets what can
-    /// be reset, and returns the directories' `cgroup.procs` for the init to join.
-    pub fn arm(&self, sc: &mut SessionCgroup, l: &RunLimits) -> Result<Vec<OwnedFd>, CgroupError> {
+    /// be reset, and returns what the init needs to be in the session's cgroups.
+    pub fn arm(&self, sc: &mut SessionCgroup, l: &RunLimits) -> Result<Armed, CgroupError> {
         let name = sc.name.clone();
         let f = |file: &str| format!("{name}/{file}");
         sc.peak = None;
@@ -239,7 +259,7 @@ impl Cgroups {
         let want = (l.memory_bytes, l.processes, l.cpu_millis);
         if sc.written == Some(want) {
             sc.runs += 1;
-            return dup_all(&sc.procs);
+            return self.armed(sc);
         }
         let fresh = sc.written.is_none();
         if let Some(mem) = &self.memory {
@@ -280,7 +300,34 @@ impl Cgroups {
         }
         sc.written = Some(want);
         sc.runs += 1;
-        dup_all(&sc.procs)
+        self.armed(sc)
+    }
+
+    /// What a run's init needs: the v1 `cgroup.procs` to join, the v2 directory to be
+    /// created in.
+    fn armed(&self, sc: &SessionCgroup) -> Result<Armed, CgroupError> {
+        let v2_dir = match &sc.v2_dir {
+            Some(d) => {
+                Some(d.try_clone().map_err(|source| CgroupError::Io { what: "dup", path: sc.name.clone(), source })?)
+            }
+            None => None,
+        };
+        Ok(Armed { procs: dup_all(&sc.procs)?, v2_dir })
+    }
+
+    /// The v1 hierarchies' `cgroup.procs` of a session.
+    fn v1_procs(&self, sc: &SessionCgroup) -> Result<Vec<OwnedFd>, CgroupError> {
+        let path = format!("{}/cgroup.procs", sc.name);
+        self.memory
+            .iter()
+            .chain(self.pids.iter())
+            .chain(self.cpu.iter())
+            .map(|dir| {
+                openat(Some(dir.as_raw_fd()), path.as_str(), OFlag::O_WRONLY | OFlag::O_CLOEXEC, Mode::empty())
+                    .and_then(shared::os::adopt_fd)
+                    .map_err(io("open", path.clone()))
+            })
+            .collect()
     }
 
     /// The `cgroup.procs` of a running session's cgroups again, for another process to

@@ -23,8 +23,12 @@ pub struct SpawnRequest {
     pub pids_cgroup: bool,
     /// What to run.
     pub image: SpawnImage,
-    /// `cgroup.procs` of the session's cgroups (0 to [`MAX_CGROUP_DIRS`]).
+    /// `cgroup.procs` of the session's cgroups the init joins itself (0 to
+    /// [`MAX_CGROUP_DIRS`]: v1 hierarchies).
     pub cgroup_procs: Vec<OwnedFd>,
+    /// The session's cgroup v2 directory, which the init is created in
+    /// (`CLONE_INTO_CGROUP`).
+    pub into_cgroup: Option<OwnedFd>,
 }
 
 /// What a session runs.
@@ -255,6 +259,8 @@ pub struct SpawnRequestWire {
     /// `None`: a memfd comes as the first descriptor; else a bundle's exec path.
     bundle: Option<Vec<u8>>,
     cgroups: u8,
+    /// A cgroup v2 directory comes after the memfd.
+    into_cgroup: bool,
 }
 
 /// Encodable [`SpawnReply`].
@@ -286,6 +292,8 @@ impl Message for SpawnRequest {
             SpawnImage::Memfd(fd) => (None, vec![fd]),
             SpawnImage::Bundle { exec_path } => (Some(exec_path), vec![]),
         };
+        let into_cgroup = self.into_cgroup.is_some();
+        fds.extend(self.into_cgroup);
         fds.extend(self.cgroup_procs);
         let w = SpawnRequestWire {
             dir: self.dir,
@@ -294,12 +302,14 @@ impl Message for SpawnRequest {
             pids_cgroup: self.pids_cgroup,
             bundle,
             cgroups,
+            into_cgroup,
         };
         (w, fds)
     }
 
     fn from_wire(w: SpawnRequestWire, mut fds: Vec<OwnedFd>) -> Result<Self, WireError> {
-        let expected = usize::from(w.bundle.is_none()) + usize::from(w.cgroups.min(MAX_CGROUP_DIRS));
+        let expected =
+            usize::from(w.bundle.is_none()) + usize::from(w.into_cgroup) + usize::from(w.cgroups.min(MAX_CGROUP_DIRS));
         if w.cgroups > MAX_CGROUP_DIRS || fds.len() != expected {
             return Err(WireError::FdCount { kind: "spawn", expected, got: fds.len() });
         }
@@ -307,6 +317,7 @@ impl Message for SpawnRequest {
             None => SpawnImage::Memfd(fds.remove(0)),
             Some(exec_path) => SpawnImage::Bundle { exec_path },
         };
+        let into_cgroup = w.into_cgroup.then(|| fds.remove(0));
         Ok(SpawnRequest {
             dir: w.dir,
             spec: w.spec,
@@ -314,6 +325,7 @@ impl Message for SpawnRequest {
             pids_cgroup: w.pids_cgroup,
             image,
             cgroup_procs: fds,
+            into_cgroup,
         })
     }
 }

@@ -159,7 +159,8 @@ fn spawn(req: SpawnRequest, session_seccomp: &[seccompiler::BpfProgram]) -> Resu
         tty: req.spec.tty,
     };
     let flags = libc::CLONE_NEWPID | libc::CLONE_NEWNS | libc::CLONE_NEWNET | libc::CLONE_NEWIPC | libc::CLONE_NEWUTS;
-    match sys::fork_into(flags) {
+    let into = req.into_cgroup;
+    match sys::fork_into_cgroup(flags, into.as_ref().map(std::os::fd::AsFd::as_fd)) {
         Err(e) => Err(SpawnError::Sys { what: "cannot create the session's namespaces", source: e }),
         Ok(sys::Forked::Child) => init::run(plan),
         Ok(sys::Forked::Parent { pidfd, .. }) => {

@@ -103,7 +103,7 @@ pub fn children_usage() -> (u64, u64, u64) {
     (us(ru.ru_utime), us(ru.ru_stime), ru.ru_maxrss as u64)
 }
 
-pub use shared::os::{exit_now, fork_into, pidfd_signal, Forked};
+pub use shared::os::{exit_now, fork_into, fork_into_cgroup, pidfd_signal, Forked};
 
 /// Becomes the session's identity. Order matters: the bounding set and securebits need
 /// `CAP_SETPCAP`, the uid change needs `CAP_SETUID`, and the uid change itself clears the

@@ -65,13 +65,27 @@ pub enum Forked {
 /// The caller must be single-threaded: the child continues with a copy of the address
 /// space, as after `fork`, and only the calling thread exists in it.
 pub fn fork_into(ns_flags: libc::c_int) -> Result<Forked, Errno> {
+    fork_into_cgroup(ns_flags, None)
+}
+
+/// `CLONE_INTO_CGROUP` (since Linux 5.7; cgroup v2 only).
+const CLONE_INTO_CGROUP: u64 = 0x2_0000_0000;
+
+/// [`fork_into`], the child created directly in the cgroup v2 directory `cgroup` (a
+/// migration afterwards would take the cgroup write lock, which waits for an RCU grace
+/// period).
+pub fn fork_into_cgroup(ns_flags: libc::c_int, cgroup: Option<BorrowedFd<'_>>) -> Result<Forked, Errno> {
     let mut pidfd: libc::c_int = -1;
-    let args = CloneArgs {
+    let mut args = CloneArgs {
         flags: (ns_flags as u64) | libc::CLONE_PIDFD as u64,
         pidfd: &mut pidfd as *mut libc::c_int as u64,
         exit_signal: libc::SIGCHLD as u64,
         ..Default::default()
     };
+    if let Some(dir) = cgroup {
+        args.flags |= CLONE_INTO_CGROUP;
+        args.cgroup = dir.as_raw_fd() as u64;
+    }
     // SAFETY: `args` is a valid clone_args of the size we pass; without CLONE_VM the child
     // gets its own copy of memory, like fork(2). Callers are single-threaded, so no lock
     // can be held by a thread that does not exist in the child.
