@@ -206,7 +206,7 @@ fn root_cgroup_limits_end_runs_and_are_read_from_the_kernel() {
     c.start(&hog, &json!({"args": ["quiet"]}).to_string());
     let st = c.wait_for(&hog, State::Stopped, Duration::from_secs(60));
     assert_eq!((st.limit_hit, st.summary.exit), (None, Some(proto::reply::Exit::Code(0))), "{st:?}");
-    match st.usage.and_then(|u| u.memory_peak_bytes) {
+    match st.usage.and_then(|u| u.cgroup.memory_peak_bytes) {
         Some(peak) => assert!(peak < 16 << 20, "a quiet run's peak {peak}"),
         // cgroup v2 before 6.12 cannot reset memory.peak: a later run's is unknown, not wrong.
         None => assert!(Path::new("/sys/fs/cgroup/cgroup.controllers").exists(), "no peak on cgroup v1: {st:?}"),

@@ -422,9 +422,7 @@ fn receipt(s: &Session, jail: &Jail, warnings: &[String]) -> Receipt {
         cpu_user_ms: usage.user_us / 1000,
         cpu_sys_ms: usage.sys_us / 1000,
         max_rss_kib: usage.max_rss_kib,
-        memory_peak_bytes: usage.cgroup.and_then(|c| c.memory_peak_bytes),
-        cpu_usage_usec: usage.cgroup.and_then(|c| c.cpu_usage_usec),
-        cpu_throttled_usec: usage.cgroup.and_then(|c| c.cpu_throttled_usec),
+        cgroup: super::model::cgroup_figures(usage.cgroup),
         processes_spawned: usage.processes,
         // Every process that ended with exit_group, in the order they ended.
         processes: s

@@ -210,6 +210,16 @@ pub fn limits_reply(l: &RunLimits) -> proto::reply::RunLimits {
     }
 }
 
+/// The wire form of what a run's cgroups counted.
+pub fn cgroup_figures(c: Option<shared::CgroupUsage>) -> proto::reply::CgroupFigures {
+    let c = c.unwrap_or_default();
+    proto::reply::CgroupFigures {
+        memory_peak_bytes: c.memory_peak_bytes,
+        cpu_usage_usec: c.cpu_usage_usec,
+        cpu_throttled_usec: c.cpu_throttled_usec,
+    }
+}
+
 /// The wire form of an exit status.
 pub fn exit_reply(e: shared::ExitStatus) -> Exit {
     match e {

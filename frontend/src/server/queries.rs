@@ -62,9 +62,7 @@ pub fn status(sh: &Shared, caller: &Caller, id: Uuid) -> Outcome {
             cpu_user_ms: u.user_us / 1000,
             cpu_sys_ms: u.sys_us / 1000,
             max_rss_kib: u.max_rss_kib,
-            memory_peak_bytes: u.cgroup.and_then(|c| c.memory_peak_bytes),
-            cpu_usage_usec: u.cgroup.and_then(|c| c.cpu_usage_usec),
-            cpu_throttled_usec: u.cgroup.and_then(|c| c.cpu_throttled_usec),
+            cgroup: super::model::cgroup_figures(u.cgroup),
         }),
         output: Output {
             stdout_bytes: s.out_bytes[0],

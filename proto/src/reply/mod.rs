@@ -405,13 +405,22 @@ pub struct Usage {
     pub cpu_sys_ms: u64,
     /// Largest resident set, KiB.
     pub max_rss_kib: u64,
-    /// Most memory the whole session held at once (cgroup), bytes.
+    /// What the session's cgroups counted.
+    #[serde(flatten)]
+    pub cgroup: CgroupFigures,
+}
+
+/// What a run's cgroups counted, in STATUS's usage and in receipts (each absent where the
+/// host has no such counter).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CgroupFigures {
+    /// Most memory the whole session held at once (v2 `memory.peak`), bytes.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub memory_peak_bytes: Option<u64>,
-    /// CPU time of the whole session (cgroup), microseconds.
+    /// CPU time of the whole session (v2 `cpu.stat` `usage_usec`), microseconds.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub cpu_usage_usec: Option<u64>,
-    /// Time the CPU limit held the session back (cgroup), microseconds.
+    /// Time the CPU limit held the session back (`throttled_usec`), microseconds.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub cpu_throttled_usec: Option<u64>,
 }

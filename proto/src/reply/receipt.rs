@@ -87,15 +87,9 @@ pub struct Receipt {
     pub cpu_sys_ms: u64,
     /// Largest resident set, KiB.
     pub max_rss_kib: u64,
-    /// Most memory the whole session held at once (cgroup `memory.peak`), bytes.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub memory_peak_bytes: Option<u64>,
-    /// CPU time of the whole session (cgroup `cpu.stat` `usage_usec`), microseconds.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub cpu_usage_usec: Option<u64>,
-    /// Time the CPU limit held the session back (`throttled_usec`), microseconds.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub cpu_throttled_usec: Option<u64>,
+    /// What the session's cgroups counted.
+    #[serde(flatten)]
+    pub cgroup: super::CgroupFigures,
     /// Processes the run created.
     pub processes_spawned: u64,
     /// Processes that ended by themselves, in the order they ended.
