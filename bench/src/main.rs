@@ -121,6 +121,8 @@ fn program_io() {
 
 /// What the session cgroups cost a START: START→exit on a daemon that makes them and on
 /// one started with `--no-cgroups`, interleaved run for run in the same process.
+/// `DL_BENCH_WITH="--cpus 0 ..."` gives the cgroup daemon more flags (which limit costs
+/// what).
 fn cgroup_cost() {
     const N: usize = 400;
     let bin = c_program("bench_true", programs::TRUE, true);

@@ -22,7 +22,7 @@
 use nix::fcntl::{openat, OFlag};
 use nix::sys::stat::Mode;
 use shared::{CgroupUsage, LimitHit, RunLimits};
-use std::io::{Read, Write};
+use std::io::Write;
 use std::os::fd::{AsRawFd, OwnedFd};
 
 /// The CFS period the CPU limit is expressed in (100 ms, the kernel's default).
@@ -51,15 +51,13 @@ struct Unified {
 #[derive(Debug)]
 pub struct SessionCgroup {
     name: String,
-    /// Runs it has held (a v2 `memory.peak` that cannot be reset needs a fresh cgroup).
+    /// Runs it has held (a v2 `memory.peak` that cannot be reset is only the first's).
     runs: u32,
     /// The cumulative counters as the current run began.
     base: Counters,
-    /// v2 `memory.peak` opened and reset for this run (kernels since 6.12 reset it per
-    /// open file).
-    peak: Option<std::fs::File>,
-    /// v2 before 6.12, a run after the first: its own peak cannot be had.
-    peak_unknown: bool,
+    /// This run's v2 `memory.peak` was reset (kernels since 6.12 reset it per open file:
+    /// the kept descriptor).
+    peak_reset: bool,
     /// The limits last written (`None`: a fresh directory), so that a run with the same
     /// limits as the last writes none.
     written: Option<(u64, u64, u64)>,
@@ -80,6 +78,8 @@ struct CounterFiles {
     v1_pids: Option<std::fs::File>,
     v1_cpu: Option<std::fs::File>,
     v2_memory: Option<std::fs::File>,
+    /// Read-write where the kernel can reset it, else read-only.
+    v2_peak: Option<std::fs::File>,
     v2_pids: Option<std::fs::File>,
     v2_cpu: Option<std::fs::File>,
 }
@@ -169,8 +169,13 @@ impl Cgroups {
         self.dirs().next().is_some()
     }
 
+    /// The v1 hierarchies' directories.
+    fn v1_dirs(&self) -> impl Iterator<Item = &OwnedFd> {
+        self.memory.iter().chain(self.pids.iter()).chain(self.cpu.iter())
+    }
+
     fn dirs(&self) -> impl Iterator<Item = &OwnedFd> {
-        self.memory.iter().chain(self.pids.iter()).chain(self.cpu.iter()).chain(self.unified.iter().map(|u| &u.dir))
+        self.v1_dirs().chain(self.unified.iter().map(|u| &u.dir))
     }
 
     /// Makes the session's directories (at LOAD).
@@ -183,8 +188,7 @@ impl Cgroups {
             name,
             runs: 0,
             base: Counters::default(),
-            peak: None,
-            peak_unknown: false,
+            peak_reset: false,
             written: None,
             procs: vec![],
             v2_dir: None,
@@ -222,6 +226,12 @@ impl Cgroups {
         f.v1_pids = open(&self.pids, "pids.events", OFlag::O_RDONLY);
         f.v1_cpu = open(&self.cpu, "cpu.stat", OFlag::O_RDONLY);
         f.v2_memory = if v2_mem { open(&unified, "memory.events", OFlag::O_RDONLY) } else { None };
+        f.v2_peak = match v2_mem {
+            true => {
+                open(&unified, "memory.peak", OFlag::O_RDWR).or_else(|| open(&unified, "memory.peak", OFlag::O_RDONLY))
+            }
+            false => None,
+        };
         f.v2_pids = if v2_pids { open(&unified, "pids.events", OFlag::O_RDONLY) } else { None };
         f.v2_cpu = open(&unified, "cpu.stat", OFlag::O_RDONLY);
     }
@@ -231,22 +241,11 @@ impl Cgroups {
     pub fn arm(&self, sc: &mut SessionCgroup, l: &RunLimits) -> Result<Armed, CgroupError> {
         let name = sc.name.clone();
         let f = |file: &str| format!("{name}/{file}");
-        sc.peak = None;
-        if let Some(u) = self.unified.as_ref().filter(|u| u.memory) {
-            let peak = openat(
-                Some(u.dir.as_raw_fd()),
-                f("memory.peak").as_str(),
-                OFlag::O_RDWR | OFlag::O_CLOEXEC,
-                Mode::empty(),
-            )
-            .and_then(shared::os::adopt_fd)
-            .map(std::fs::File::from);
-            // An older kernel's memory.peak cannot be reset: it is the cgroup's whole life,
-            // which is only the first run's (remaking the directory per run would cost every
-            // START more than the rest of the cgroup work together).
-            sc.peak = peak.ok().and_then(|mut p| p.write_all(b"reset\n").ok().map(|()| p));
-            sc.peak_unknown = sc.peak.is_none() && sc.runs > 0;
-        }
+        // An older kernel's memory.peak cannot be reset: it is the cgroup's whole life,
+        // which is only the first run's (remaking the directory per run would cost every
+        // START more than the rest of the cgroup work together).
+        sc.peak_reset =
+            sc.files.v2_peak.as_ref().is_some_and(|p| std::os::unix::fs::FileExt::write_at(p, b"reset\n", 0).is_ok());
         let (memory, pids, cpu) = (
             if l.memory_bytes == 0 { "max".to_string() } else { l.memory_bytes.to_string() },
             if l.processes == 0 { "max".to_string() } else { l.processes.to_string() },
@@ -317,30 +316,13 @@ impl Cgroups {
 
     /// The v1 hierarchies' `cgroup.procs` of a session.
     fn v1_procs(&self, sc: &SessionCgroup) -> Result<Vec<OwnedFd>, CgroupError> {
-        let path = format!("{}/cgroup.procs", sc.name);
-        self.memory
-            .iter()
-            .chain(self.pids.iter())
-            .chain(self.cpu.iter())
-            .map(|dir| {
-                openat(Some(dir.as_raw_fd()), path.as_str(), OFlag::O_WRONLY | OFlag::O_CLOEXEC, Mode::empty())
-                    .and_then(shared::os::adopt_fd)
-                    .map_err(io("open", path.clone()))
-            })
-            .collect()
+        open_procs(self.v1_dirs(), sc)
     }
 
     /// The `cgroup.procs` of a running session's cgroups again, for another process to
     /// join them (EXEC).
     pub fn procs(&self, sc: &SessionCgroup) -> Result<Vec<OwnedFd>, CgroupError> {
-        let path = format!("{}/cgroup.procs", sc.name);
-        self.dirs()
-            .map(|dir| {
-                openat(Some(dir.as_raw_fd()), path.as_str(), OFlag::O_WRONLY | OFlag::O_CLOEXEC, Mode::empty())
-                    .and_then(shared::os::adopt_fd)
-                    .map_err(io("open", path.clone()))
-            })
-            .collect()
+        open_procs(self.dirs(), sc)
     }
 
     /// The cumulative counters of the session's cgroups.
@@ -371,21 +353,14 @@ impl Cgroups {
         // one's start.
         let now = self.counters(sc);
         let base = std::mem::replace(&mut sc.base, now);
-        let f = |file: &str| format!("{}/{file}", sc.name);
         let mut usage = CgroupUsage::default();
         if sc.files.v1_peak.is_some() {
             usage.memory_peak_bytes = pread(&sc.files.v1_peak).trim().parse().ok();
         }
-        if let Some(u) = self.unified.as_ref().filter(|u| u.memory) {
-            usage.memory_peak_bytes = match sc.peak.take() {
-                Some(mut p) => {
-                    let mut s = String::new();
-                    let _ = p.read_to_string(&mut s);
-                    s.trim().parse().ok()
-                }
-                None if sc.peak_unknown => None,
-                None => read_at(&u.dir, &f("memory.peak")).trim().parse().ok(),
-            };
+        if sc.files.v2_peak.is_some() {
+            // Read at offset 0 of the descriptor the reset was written to: its own peak.
+            let own = sc.peak_reset || sc.runs == 1;
+            usage.memory_peak_bytes = if own { pread(&sc.files.v2_peak).trim().parse().ok() } else { None };
         }
         if self.cpu.is_some() || self.unified.as_ref().is_some_and(|u| u.cpu) {
             usage.cpu_throttled_usec = Some(now.throttled_usec.saturating_sub(base.throttled_usec));
@@ -413,6 +388,17 @@ impl Cgroups {
             }
         }
     }
+}
+
+/// `cgroup.procs` of the session's directory beneath each of `dirs`, opened for writing.
+fn open_procs<'a>(dirs: impl Iterator<Item = &'a OwnedFd>, sc: &SessionCgroup) -> Result<Vec<OwnedFd>, CgroupError> {
+    let path = format!("{}/cgroup.procs", sc.name);
+    dirs.map(|dir| {
+        openat(Some(dir.as_raw_fd()), path.as_str(), OFlag::O_WRONLY | OFlag::O_CLOEXEC, Mode::empty())
+            .and_then(shared::os::adopt_fd)
+            .map_err(io("open", path.clone()))
+    })
+    .collect()
 }
 
 /// A counter file's current text (empty where there is none).

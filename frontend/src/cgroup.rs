@@ -209,6 +209,7 @@ pub fn prepare(uid_base: u32, uid: u32, root: bool) -> Prepared {
     let mut parts = Vec::new();
     let mut on_v2 = Vec::new();
     let mut rootless_v1 = Vec::new();
+    let v2 = v2_mount();
     for (c, what) in LIMITED {
         if is_v1_mount(&Path::new(ROOT).join(c)) {
             if !root {
@@ -222,7 +223,7 @@ pub fn prepare(uid_base: u32, uid: u32, root: bool) -> Prepared {
                 }
                 Err(e) => p.warnings.push(format!("no cgroup v1 {c} limits for sessions ({e}); rlimits still apply")),
             }
-        } else if v2_mount().is_some() {
+        } else if v2.is_some() {
             on_v2.push(c);
         } else {
             p.warnings.push(format!("no cgroup {c} controller on this host: no {what} limits for sessions"));
@@ -234,7 +235,7 @@ pub fn prepare(uid_base: u32, uid: u32, root: bool) -> Prepared {
             rootless_v1.join(", ")
         ));
     }
-    if let (false, Some(mount)) = (on_v2.is_empty(), v2_mount()) {
+    if let (false, Some(mount)) = (on_v2.is_empty(), v2) {
         match prepare_v2(&mount, &on_v2, &prefix, uid, root) {
             Ok((base, enabled, warnings)) => {
                 parts.push(format!("unified={}", base.display()));
