@@ -326,6 +326,17 @@ impl Broker {
                 Ok(())
             }
             Request::Debug { id } => self.debug(tag, id),
+            Request::DebugRelease { id, grace_ms } => {
+                let Some(run) = self.sessions.get_mut(&id).and_then(|s| s.run.as_mut()) else {
+                    return self.refuse_missing_run(tag, id);
+                };
+                if run.debugger.is_some() {
+                    let at = Instant::now() + Duration::from_millis(grace_ms.into()).min(DEBUGGER_GRACE);
+                    run.debugger_deadline = Some(run.debugger_deadline.map_or(at, |d| d.min(at)));
+                }
+                self.tube.send(tag, Reply::Accepted { id })?;
+                Ok(())
+            }
             Request::Files { id, tmp_bytes } => {
                 let Some(s) = self.sessions.get(&id) else {
                     return self.refuse(tag, Refusal::NotFound, "no such session in the broker");

@@ -75,7 +75,7 @@ pub fn start(plan: ExecPlan, session_seccomp: &[seccompiler::BpfProgram]) -> Res
                 argv,
                 env,
                 seccomp: session_seccomp.to_vec(),
-                debug: false,
+                launcher: None,
                 list_processes: false,
                 notes: match nix::unistd::pipe2(OFlag::O_CLOEXEC) {
                     Ok((r, _w)) => r,
@@ -158,7 +158,7 @@ fn helper(plan: ExecPlan, mut image: Image, ctl: &mut Tube) -> ! {
         let _ = ctl.send(0, InitMsg::NotExecuted { message });
         sys::exit_now(1);
     }
-    if ctl.send(0, InitMsg::Running { ns_pid, pidfd, tty: terminal }).is_err() {
+    if ctl.send(0, InitMsg::Running { ns_pid, pidfd, tty: terminal, debugger: None }).is_err() {
         sys::exit_now(1);
     }
     let status = loop {

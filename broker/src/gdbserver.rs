@@ -55,7 +55,8 @@ pub fn attach(
                 Err(e) => fail(&mut back, format!("fork gdbserver: {e}")),
                 Ok(sys::Forked::Child) => exec_gdbserver(theirs, ns_uid, target, session_seccomp),
                 Ok(sys::Forked::Parent { pid, pidfd }) => {
-                    let _ = back.send(0, InitMsg::Running { ns_pid: pid.as_raw() as u32, pidfd, tty: None });
+                    let _ = back
+                        .send(0, InitMsg::Running { ns_pid: pid.as_raw() as u32, pidfd, tty: None, debugger: None });
                     sys::exit_now(0)
                 }
             }
@@ -104,4 +105,103 @@ pub fn exec_gdbserver(sock: OwnedFd, ns_uid: Option<u32>, target: u32, seccomp: 
     let env: [CString; 0] = [];
     let _ = nix::unistd::execve(&path, &argv, &env);
     sys::exit_now(127)
+}
+
+/// gdbserver's argv and environment to launch `path` (START --debug), as
+/// `gdbserver --once --wrapper W -- - PATH ARGS...` would from a shell: the program starts
+/// under gdbserver, stopped at its entry with no signal to swallow, and with its own
+/// exit status. gdbserver talks the remote protocol on its fds 0 and 1 and writes its
+/// messages to fd 2; the program's stdin, stdout and stderr wait on fds 3, 4 and 5.
+///
+/// `--wrapper` runs only through a shell (gdbserver execs `$SHELL -c "exec W PATH ARGS"`,
+/// quoting the arguments itself), so `SHELL` is `/bin/sh` for gdbserver. The wrapper moves
+/// fds 3-5 onto the program's 0-2 (gdbserver in stdio mode gives the program /dev/null and
+/// its own stderr) and, through `env`, gives the program the environment asked for: the
+/// user's `SHELL` back, or none. `env` is also the one exec gdbserver expects of a wrapper.
+pub fn launch_command(path: &std::ffi::CStr, args: &[CString], env: &[CString]) -> (Vec<CString>, Vec<CString>) {
+    let user_shell = env.iter().find_map(|e| e.to_bytes().strip_prefix(b"SHELL="));
+    let restore = match user_shell {
+        Some(v) => format!("SHELL={}", shell_quote(v)),
+        None => "-u SHELL".to_string(),
+    };
+    let wrapper = format!("<&3 >&4 2>&5 3<&- 4>&- 5>&- /usr/bin/env {restore} --");
+    let mut argv: Vec<CString> = ["gdbserver", "--once", "--wrapper", &wrapper, "--", "-"]
+        .iter()
+        .map(|a| CString::new(*a).expect("no NUL"))
+        .collect();
+    argv.push(path.to_owned());
+    argv.extend(args.iter().cloned());
+    let mut genv: Vec<CString> = env.iter().filter(|e| !e.to_bytes().starts_with(b"SHELL=")).cloned().collect();
+    genv.push(c"SHELL=/bin/sh".to_owned());
+    (argv, genv)
+}
+
+/// `v` as one word of `sh`: single-quoted, each `'` as `'\''`. (A NUL cannot be in a
+/// CString.)
+fn shell_quote(v: &[u8]) -> String {
+    let mut q = String::from("'");
+    for ch in String::from_utf8_lossy(v).chars() {
+        if ch == '\'' {
+            q.push_str("'\\''");
+        } else {
+            q.push(ch);
+        }
+    }
+    q.push('\'');
+    q
+}
+
+/// The pids gdbserver reports launching in `log` (its stderr), in order:
+/// `Process PATH created; pid = N` (also on every `run` of an extended-remote gdb).
+/// Returns them and how many bytes of `log` are consumed (complete lines).
+pub fn created_pids(log: &[u8]) -> (Vec<i32>, usize) {
+    const MARK: &[u8] = b"created; pid = ";
+    let mut pids = Vec::new();
+    let mut used = 0;
+    while let Some(nl) = log[used..].iter().position(|&b| b == b'\n') {
+        let line = &log[used..used + nl];
+        if let Some(at) = line.windows(MARK.len()).rposition(|w| w == MARK) {
+            let digits = &line[at + MARK.len()..];
+            let end = digits.iter().position(|b| !b.is_ascii_digit()).unwrap_or(digits.len());
+            if let Some(pid) = std::str::from_utf8(&digits[..end]).ok().and_then(|d| d.parse::<i32>().ok()) {
+                if pid > 1 {
+                    pids.push(pid);
+                }
+            }
+        }
+        used += nl + 1;
+    }
+    (pids, used)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn launch_keeps_the_users_shell_for_the_program() {
+        let env = [c"A=1".to_owned(), c"SHELL=/bin/it's".to_owned()];
+        let (argv, genv) = launch_command(c"/bundle/p", &[c"a b".to_owned()], &env);
+        let words: Vec<&str> = argv.iter().map(|a| a.to_str().unwrap()).collect();
+        assert_eq!(words[..3], ["gdbserver", "--once", "--wrapper"]);
+        assert!(words[3].ends_with("/usr/bin/env SHELL='/bin/it'\\''s' --"), "{}", words[3]);
+        assert_eq!(words[4..], ["--", "-", "/bundle/p", "a b"]);
+        assert_eq!(genv, [c"A=1".to_owned(), c"SHELL=/bin/sh".to_owned()]);
+        let (argv, _) = launch_command(c"/bundle/p", &[], &[]);
+        assert!(argv[3].to_str().unwrap().ends_with("env -u SHELL --"));
+    }
+
+    #[test]
+    fn created_pids_come_from_whole_lines() {
+        let log = b"Process /bundle/x created; pid = 3\nRemote debugging using stdio\nProcess /b created; pid = 1";
+        let (pids, used) = created_pids(log);
+        assert_eq!(pids, [3]);
+        assert_eq!(&log[used..], b"Process /b created; pid = 1");
+        // A path that itself says "created; pid = 9" does not fool it: the last mark counts.
+        let (pids, _) = created_pids(b"Process /created; pid = 9 created; pid = 12\n");
+        assert_eq!(pids, [12]);
+        for junk in [&b"created; pid = \n"[..], b"created; pid = 1\n", b"created; pid = 99999999999999\n", b"\xff\n"] {
+            assert!(created_pids(junk).0.is_empty());
+        }
+    }
 }

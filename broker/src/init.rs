@@ -3,14 +3,17 @@
 //!
 //! 1. keeps only the descriptors it needs, brings `lo` up, takes the session's identity
 //!    and rlimits, and opens the program's terminal when it runs on one;
-//! 2. forks the program (which becomes ns pid 2) and `fexecve`s the sealed memfd;
-//! 3. tells the broker "running" (with a pidfd of the program and the terminal's master)
-//!    or why exec failed;
+//! 2. forks the program (which becomes ns pid 2) and `fexecve`s the sealed memfd — or,
+//!    for START --debug, copies the program to a file of its own (`/bundle/<name>`) and
+//!    forks gdbserver instead (ns pid 2), which launches the program held at its entry;
+//! 3. tells the broker "running" (with a pidfd of the program and the terminal's master,
+//!    or gdbserver's pidfd and remote-protocol socket) or why exec failed;
 //! 4. forwards SIGTERM to every process of the session, reaps everything (orphans
 //!    reparent to it), on SIGUSR1 kills every process of the session, and passes the
 //!    broker's signals (an attached client's Ctrl-C) to the program's process group;
-//! 5. when the program has exited: kills what is left, reaps it, reports the program's
-//!    status and the tree's resource use, and exits. Its exit tears the namespace down.
+//! 5. when the program has exited (and a gdbserver that launched it is gone): kills what
+//!    is left, reaps it, reports the program's status and the tree's resource use, and
+//!    exits. Its exit tears the namespace down.
 //!
 //! Signals sent to PID 1 from inside the namespace are dropped unless PID 1 handles them;
 //! init blocks them and takes them from a signalfd, so the program cannot kill it.
@@ -69,7 +72,7 @@ pub struct InitPlan {
     pub seccomp: Vec<seccompiler::BpfProgram>,
     /// `cgroup.procs` of the session's cgroups, to join first thing.
     pub cgroup_procs: Vec<OwnedFd>,
-    /// Leave the program stopped at its entry point (START --debug).
+    /// Launch the program under gdbserver, stopped at its entry point (START --debug).
     pub debug: bool,
     /// Hand every exit_group of the tree to the init, for the receipt's process list.
     pub list_processes: bool,
@@ -86,13 +89,35 @@ pub(crate) struct Image {
     pub(crate) argv: Vec<CString>,
     pub(crate) env: Vec<CString>,
     pub(crate) seccomp: Vec<seccompiler::BpfProgram>,
-    pub(crate) debug: bool,
+    /// Exec gdbserver, which launches the program (START --debug).
+    pub(crate) launcher: Option<Launcher>,
     pub(crate) list_processes: bool,
     /// Where the program's process sends the exit listener.
     pub(crate) notes: OwnedFd,
     /// The master of its terminal (its stdio then is the slave).
     pub(crate) terminal: Option<OwnedFd>,
 }
+
+/// What the process that execs gdbserver (START --debug) needs.
+pub(crate) struct Launcher {
+    /// gdbserver's stdio: the remote protocol.
+    sock: OwnedFd,
+    /// gdbserver's stderr: its messages, to the init.
+    log: OwnedFd,
+    argv: Vec<CString>,
+    env: Vec<CString>,
+}
+
+/// A gdbserver the init started: it launched the program, which is its child, not ours.
+struct Launch {
+    gdbserver: Pid,
+    /// gdbserver's messages (non-blocking), parsed for the pid of each program it starts.
+    log: Option<OwnedFd>,
+    buf: Vec<u8>,
+}
+
+/// How long gdbserver gets to launch the program.
+const LAUNCH_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
 
 /// Signals the init takes (from a signalfd).
 fn init_signals() -> SigSet {
@@ -143,8 +168,19 @@ pub fn run(plan: InitPlan) -> ! {
         Ok(p) => p,
         Err(_) => sys::exit_now(123),
     };
-    let mut image =
-        Image { program, stdin, stdout, stderr, argv, env, seccomp, debug, list_processes, notes, terminal: None };
+    let mut image = Image {
+        program,
+        stdin,
+        stdout,
+        stderr,
+        argv,
+        env,
+        seccomp,
+        launcher: None,
+        list_processes,
+        notes,
+        terminal: None,
+    };
     let mut ctl = match Tube::new(ctl) {
         Ok(t) => t,
         Err(_) => sys::exit_now(120),
@@ -173,6 +209,28 @@ pub fn run(plan: InitPlan) -> ! {
     if let Err(e) = crate::jail::session_mounts(&mounts, &dir, bundle) {
         fail(&mut ctl, shared::chain(&e));
     }
+    if debug {
+        if tty.is_some() {
+            fail(&mut ctl, "START --debug runs the program without a terminal".into());
+        }
+        if !std::path::Path::new(crate::gdbserver::GDBSERVER).exists() {
+            fail(
+                &mut ctl,
+                format!(
+                    "gdbserver is not installed on the rig ({}); install it (apt-get install gdbserver)",
+                    crate::gdbserver::GDBSERVER
+                ),
+            );
+        }
+        // gdbserver launches the program from a real path that the debugger can read back.
+        if let Program::Memfd(fd) = &image.program {
+            let argv0 = image.argv.first().map_or(&b""[..], |a| a.as_bytes());
+            match crate::jail::stage_program(fd, argv0) {
+                Ok(path) => image.program = Program::Path(path),
+                Err(e) => fail(&mut ctl, shared::chain(&e)),
+            }
+        }
+    }
     if let Err(e) = sys::take_identity(ns_uid) {
         fail(&mut ctl, format!("cannot drop to the session identity: {}", shared::chain(&e)));
     }
@@ -191,6 +249,27 @@ pub fn run(plan: InitPlan) -> ! {
         Ok(p) => p,
         Err(e) => fail(&mut ctl, format!("pipe: {e}")),
     };
+    // START --debug: gdbserver's socket (our end goes to the frontend) and its messages.
+    let mut launched = None;
+    if let (true, Program::Path(path)) = (debug, &image.program) {
+        let (ours, theirs) = match nix::sys::socket::socketpair(
+            nix::sys::socket::AddressFamily::Unix,
+            nix::sys::socket::SockType::Stream,
+            None,
+            nix::sys::socket::SockFlag::SOCK_CLOEXEC,
+        ) {
+            Ok(p) => p,
+            Err(e) => fail(&mut ctl, format!("socketpair: {e}")),
+        };
+        let (log_r, log_w) = match nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC | nix::fcntl::OFlag::O_NONBLOCK) {
+            Ok(p) => p,
+            Err(e) => fail(&mut ctl, format!("pipe: {e}")),
+        };
+        let args = image.argv.get(1..).unwrap_or_default();
+        let (argv, env) = crate::gdbserver::launch_command(path, args, &image.env);
+        image.launcher = Some(Launcher { sock: theirs, log: log_w, argv, env });
+        launched = Some((ours, log_r));
+    }
     let (child, pidfd) = match sys::fork_into(0) {
         Err(e) => fail(&mut ctl, format!("cannot fork the program: {e}")),
         Ok(sys::Forked::Child) => exec_program(&image, err_w),
@@ -205,31 +284,98 @@ pub fn run(plan: InitPlan) -> ! {
         fail(&mut ctl, what);
     }
     drop(err_r);
-    if debug {
-        // The program traced itself before exec: it is in its exec stop now, at the entry
-        // point of the new image. Hand it over stopped (group stop), untraced, to whoever
-        // attaches; we stay its parent, so its exit status is still ours to report.
-        match waitpid(child, Some(WaitPidFlag::__WALL)) {
-            Ok(WaitStatus::Stopped(_, Signal::SIGTRAP)) => {
-                if let Err(e) = nix::sys::ptrace::detach(child, Some(Signal::SIGSTOP)) {
-                    let _ = kill(child, Signal::SIGKILL);
-                    fail(&mut ctl, format!("cannot hold the program at its entry point: {e}"));
-                }
-            }
-            other => {
-                let _ = kill(child, Signal::SIGKILL);
-                fail(&mut ctl, format!("the program did not stop at its entry point ({other:?})"));
-            }
-        }
-    }
-    // The program sent its exit listener before exec (nothing if the kernel refused one:
-    // the run then has no process list, and nothing else changes).
-    let listener = receive_fd(&notes_r);
+    // The program's process sent its exit listener before exec (nothing if the kernel
+    // refused one: the run then has no process list, and nothing else changes).
+    let mut tree = Tree::new(receive_fd(&notes_r), list_processes);
     drop(notes_r);
-    if ctl.send(0, InitMsg::Running { ns_pid: child.as_raw() as u32, pidfd, tty: terminal }).is_err() {
+    let (program, pidfd, debugger, launch) = match launched {
+        None => (child, pidfd, None, None),
+        Some((sock, log)) => {
+            // `child` is gdbserver; the program is the child it reports launching.
+            let mut launch = Launch { gdbserver: child, log: Some(log), buf: Vec::new() };
+            let program = match launch.wait_created(&mut tree) {
+                Ok(pid) => pid,
+                Err(why) => {
+                    let _ = kill(child, Signal::SIGKILL);
+                    let _ = waitpid(child, None);
+                    fail(&mut ctl, format!("gdbserver could not launch the program: {why}"));
+                }
+            };
+            let program_pidfd = match sys::pidfd_open(program.as_raw()) {
+                Ok(fd) => fd,
+                Err(e) => {
+                    let _ = kill(child, Signal::SIGKILL);
+                    fail(&mut ctl, format!("pidfd of the program: {e}"));
+                }
+            };
+            tree.watch(program);
+            (program, program_pidfd, Some(crate::messages::Launched { pidfd, sock }), Some(launch))
+        }
+    };
+    let running = InitMsg::Running { ns_pid: program.as_raw() as u32, pidfd, tty: terminal, debugger };
+    if ctl.send(0, running).is_err() {
         sys::exit_now(122);
     }
-    supervise(child, &mut ctl, listener)
+    supervise(program, &mut ctl, tree, launch)
+}
+
+impl Launch {
+    /// Reads gdbserver's messages until it says which pid the program has, serving the
+    /// exit listener meanwhile (a process of the tree blocked in `exit_group` waits for us).
+    fn wait_created(&mut self, tree: &mut Tree) -> Result<Pid, String> {
+        use std::os::fd::AsFd;
+        let deadline = std::time::Instant::now() + LAUNCH_TIMEOUT;
+        loop {
+            if let Some(pid) = self.read() {
+                return Ok(pid);
+            }
+            if self.log.is_none() {
+                let said = String::from_utf8_lossy(&self.buf);
+                let said = said.trim();
+                return Err(if said.is_empty() { "it exited".into() } else { said.chars().take(1000).collect() });
+            }
+            let left = deadline.saturating_duration_since(std::time::Instant::now());
+            if left.is_zero() {
+                return Err(format!("it did not report the program within {}s", LAUNCH_TIMEOUT.as_secs()));
+            }
+            let Some(log) = &self.log else { continue };
+            let mut fds = vec![nix::poll::PollFd::new(log.as_fd(), nix::poll::PollFlags::POLLIN)];
+            if let Some(l) = &tree.listener {
+                fds.push(nix::poll::PollFd::new(l.as_fd(), nix::poll::PollFlags::POLLIN));
+            }
+            let ms = left.as_millis().min(1000) as u16;
+            let _ = nix::poll::poll(&mut fds, nix::poll::PollTimeout::from(ms));
+            tree.serve(0);
+        }
+    }
+
+    /// Reads what gdbserver wrote; returns the last program pid it reported, if any. At
+    /// EOF (gdbserver is gone) the log closes.
+    fn read(&mut self) -> Option<Pid> {
+        let mut latest = None;
+        let mut chunk = [0u8; 4096];
+        while let Some(log) = &self.log {
+            match nix::unistd::read(log.as_raw_fd(), &mut chunk) {
+                Ok(0) => self.log = None,
+                Ok(n) => {
+                    self.buf.extend_from_slice(&chunk[..n]);
+                    let (pids, used) = crate::gdbserver::created_pids(&self.buf);
+                    if let Some(&pid) = pids.last() {
+                        latest = Some(Pid::from_raw(pid));
+                    }
+                    // Whole lines are done with; a line never ends only if gdbserver
+                    // babbles: keep a bounded tail.
+                    let drop_to = if self.buf.len() - used > 4096 { self.buf.len() - 1024 } else { used };
+                    if latest.is_some() || self.buf.len() > 4096 {
+                        self.buf.drain(..drop_to);
+                    }
+                }
+                Err(nix::errno::Errno::EINTR) => {}
+                Err(_) => break,
+            }
+        }
+        latest
+    }
 }
 
 /// Why the program's process did not exec, if it reported a failure on `err_r` (whose
@@ -295,10 +441,18 @@ pub(crate) fn exec_program(plan: &Image, err_w: OwnedFd) -> ! {
             }
         }
         None => {
-            for (from, to) in [(&plan.stdin, 0), (&plan.stdout, 1), (&plan.stderr, 2)] {
-                if let Err(e) = nix::unistd::dup2(from.as_raw_fd(), to) {
-                    report(0, e);
+            let (stdin, stdout, stderr) = (plan.stdin.as_raw_fd(), plan.stdout.as_raw_fd(), plan.stderr.as_raw_fd());
+            let placed = match &plan.launcher {
+                None => place(&[stdin, stdout, stderr]),
+                // gdbserver: the protocol on 0 and 1, its messages on 2, the program's
+                // stdio on 3-5 (its wrapper moves them to 0-2).
+                Some(l) => {
+                    let (sock, log) = (l.sock.as_raw_fd(), l.log.as_raw_fd());
+                    place(&[sock, sock, log, stdin, stdout, stderr])
                 }
+            };
+            if let Err(e) = placed {
+                report(0, e);
             }
         }
     }
@@ -306,12 +460,14 @@ pub(crate) fn exec_program(plan: &Image, err_w: OwnedFd) -> ! {
     if let Program::Memfd(fd) = &plan.program {
         keep.push(fd.as_raw_fd());
     }
-    sys::close_all_except(&keep);
-    if plan.debug && nix::sys::ptrace::traceme().is_err() {
-        report(1, nix::errno::Errno::last());
+    if plan.launcher.is_some() {
+        keep.extend([3, 4, 5]);
     }
-    // Every exit_group of the tree goes by the init from now on.
-    if let Some(Ok(listener)) = plan.list_processes.then(|| sys::notify_listener(&[libc::SYS_exit_group])) {
+    sys::close_all_except(&keep);
+    // Every exit_group of the tree goes by the init from now on (under gdbserver always:
+    // it is how the init learns the exit status of a program that is not its child).
+    let listen = plan.list_processes || plan.launcher.is_some();
+    if let Some(Ok(listener)) = listen.then(|| sys::notify_listener(&[libc::SYS_exit_group])) {
         let fds = [listener.as_raw_fd()];
         let cmsg = [nix::sys::socket::ControlMessage::ScmRights(&fds)];
         let iov = [std::io::IoSlice::new(b"L")];
@@ -327,11 +483,33 @@ pub(crate) fn exec_program(plan: &Image, err_w: OwnedFd) -> ! {
     if policy::seccomp::install(&plan.seccomp).is_err() {
         report(1, nix::errno::Errno::last());
     }
-    let Err(e) = match &plan.program {
-        Program::Memfd(fd) => nix::unistd::fexecve(fd.as_raw_fd(), &plan.argv, &plan.env),
-        Program::Path(path) => nix::unistd::execve(path, &plan.argv, &plan.env),
+    let Err(e) = match (&plan.launcher, &plan.program) {
+        (Some(l), _) => {
+            let gdbserver = CString::new(crate::gdbserver::GDBSERVER).expect("no NUL");
+            nix::unistd::execve(&gdbserver, &l.argv, &l.env)
+        }
+        (None, Program::Memfd(fd)) => nix::unistd::fexecve(fd.as_raw_fd(), &plan.argv, &plan.env),
+        (None, Program::Path(path)) => nix::unistd::execve(path, &plan.argv, &plan.env),
     };
     report(2, e)
+}
+
+/// Puts `from[i]` on descriptor `i` (close-on-exec cleared), whatever numbers the sources
+/// have: each is first copied above every target, so that no placement clobbers a source.
+fn place(from: &[std::os::fd::RawFd]) -> Result<(), nix::errno::Errno> {
+    use nix::fcntl::{fcntl, FcntlArg};
+    let floor = from.len() as i32 + 3;
+    let mut high = Vec::with_capacity(from.len());
+    for &fd in from {
+        high.push(fcntl(fd, FcntlArg::F_DUPFD_CLOEXEC(floor.max(fd)))?);
+    }
+    for (to, &fd) in high.iter().enumerate() {
+        nix::unistd::dup2(fd, to as i32)?;
+    }
+    for fd in high {
+        let _ = nix::unistd::close(fd);
+    }
+    Ok(())
 }
 
 /// The exit listener the program's process sent, if any.
@@ -356,16 +534,44 @@ fn receive_fd(sock: &OwnedFd) -> Option<OwnedFd> {
 /// The processes that ended, as the exit listener told them.
 struct Tree {
     listener: Option<OwnedFd>,
+    /// Note every process (the receipt's list); else only the watched one.
+    list: bool,
     spans: Vec<ProcSpan>,
     dropped: u32,
     /// Clock ticks per second of `/proc/<pid>/stat` start times.
     hz: u64,
+    /// A program that is not our child (gdbserver launched it), and the status it passed
+    /// to `exit_group`, once it did.
+    watched: Option<(Pid, Option<i32>)>,
 }
 
 impl Tree {
-    fn new(listener: Option<OwnedFd>) -> Tree {
+    fn new(listener: Option<OwnedFd>, list: bool) -> Tree {
         let hz = nix::unistd::sysconf(nix::unistd::SysconfVar::CLK_TCK).ok().flatten().unwrap_or(100).max(1) as u64;
-        Tree { listener, spans: Vec::new(), dropped: 0, hz }
+        Tree { listener, list, spans: Vec::new(), dropped: 0, hz, watched: None }
+    }
+
+    /// Watch `pid`'s exit (a new program gdbserver launched: it replaces the last one).
+    fn watch(&mut self, pid: Pid) {
+        self.watched = Some((pid, None));
+    }
+
+    /// What the watched program passed to `exit_group`, if it has.
+    fn watched_code(&self) -> Option<i32> {
+        self.watched.and_then(|(_, code)| code)
+    }
+
+    /// Whether `tid` (a thread calling `exit_group`) belongs to the watched program.
+    fn is_watched(&self, tid: u32) -> bool {
+        let Some((pid, _)) = self.watched else { return false };
+        if tid == pid.as_raw() as u32 {
+            return true;
+        }
+        // Another thread of it: its thread group says so.
+        std::fs::read_to_string(format!("/proc/{tid}/status")).ok().is_some_and(|st| {
+            st.lines().find_map(|l| l.strip_prefix("Tgid:")).and_then(|v| v.trim().parse::<i32>().ok())
+                == Some(pid.as_raw())
+        })
     }
 
     /// Answers every pending exit notification (waiting up to `timeout_ms` for the first).
@@ -383,10 +589,17 @@ impl Tree {
             if ev.contains(nix::poll::PollFlags::POLLIN) {
                 match sys::exit_note(l.as_fd()) {
                     Ok(note) => {
-                        let span = self.describe(note);
                         // Noted first (the process is still there to be read), then let go.
+                        let span = self.list.then(|| self.describe(note));
+                        if self.is_watched(note.pid) {
+                            if let Some((_, code)) = &mut self.watched {
+                                *code = Some(note.code & 0xff);
+                            }
+                        }
                         let _ = sys::exit_continue(l.as_fd(), note.id);
-                        self.record(span);
+                        if let Some(span) = span {
+                            self.record(span);
+                        }
                     }
                     // The process died in between (SIGKILL), or a signal interrupted us.
                     Err(nix::errno::Errno::ENOENT | nix::errno::Errno::EINTR) => {}
@@ -477,7 +690,14 @@ fn tmp_usage() -> shared::TmpUsage {
 
 /// Waits for signals (and exit notifications) until the program has exited, then cleans
 /// the namespace and reports.
-fn supervise(program: Pid, ctl: &mut Tube, listener: Option<OwnedFd>) -> ! {
+///
+/// With a gdbserver that launched the program (`launch`), the session lasts as long as
+/// gdbserver does (an extended-remote gdb may `run` the program again: each new pid it
+/// reports is the program from then on). The program's status is then what it passed to
+/// `exit_group` (the exit listener), or its real one if gdbserver left first (it is
+/// reparented to us and reaped here); a program gdbserver reaped after a signal reports
+/// SIGKILL here, and the frontend takes the real one from gdbserver's stop reply.
+fn supervise(mut program: Pid, ctl: &mut Tube, mut tree: Tree, mut launch: Option<Launch>) -> ! {
     use std::os::fd::AsFd;
     let signals = match nix::sys::signalfd::SignalFd::with_flags(
         &init_signals(),
@@ -486,12 +706,23 @@ fn supervise(program: Pid, ctl: &mut Tube, listener: Option<OwnedFd>) -> ! {
         Ok(s) => s,
         Err(_) => sys::exit_now(124),
     };
-    let mut tree = Tree::new(listener);
     let mut status = None;
     loop {
+        // A program gdbserver launched anew (extended-remote `run`) is the program now.
+        if let Some(pid) = launch.as_mut().and_then(Launch::read) {
+            program = pid;
+            status = None;
+            tree.watch(pid);
+        }
         // Reap everything that is ready; remember the program's status.
         loop {
-            match waitpid(Pid::from_raw(-1), Some(WaitPidFlag::WNOHANG)) {
+            let reaped = waitpid(Pid::from_raw(-1), Some(WaitPidFlag::WNOHANG));
+            if let Ok(WaitStatus::Exited(pid, _) | WaitStatus::Signaled(pid, _, _)) = reaped {
+                if launch.as_ref().is_some_and(|l| l.gdbserver == pid) {
+                    launch = None;
+                }
+            }
+            match reaped {
                 Ok(WaitStatus::Exited(pid, code)) if pid == program => status = Some(ExitStatus::Code(code)),
                 Ok(WaitStatus::Signaled(pid, sig, _)) if pid == program => {
                     status = Some(ExitStatus::Signal(sig as i32))
@@ -499,6 +730,13 @@ fn supervise(program: Pid, ctl: &mut Tube, listener: Option<OwnedFd>) -> ! {
                 Ok(WaitStatus::StillAlive) | Err(_) => break,
                 Ok(_) => {}
             }
+        }
+        if launch.is_some() {
+            // gdbserver holds the session, whatever the program did.
+            status = None;
+        } else if status.is_none() && tree.watched.is_some() && kill(program, None).is_err() {
+            // gdbserver is gone and so is the program it reaped.
+            status = Some(tree.watched_code().map_or(ExitStatus::Signal(libc::SIGKILL), ExitStatus::Code));
         }
         if let Some(status) = status {
             // The program is gone: nothing else of the session may outlive it. Whatever is
@@ -545,6 +783,9 @@ fn supervise(program: Pid, ctl: &mut Tube, listener: Option<OwnedFd>) -> ! {
             ];
             if let Some(l) = &tree.listener {
                 fds.push(nix::poll::PollFd::new(l.as_fd(), nix::poll::PollFlags::POLLIN));
+            }
+            if let Some(log) = launch.as_ref().and_then(|l| l.log.as_ref()) {
+                fds.push(nix::poll::PollFd::new(log.as_fd(), nix::poll::PollFlags::POLLIN));
             }
             let _ = nix::poll::poll(&mut fds, nix::poll::PollTimeout::NONE);
         }

@@ -334,3 +334,76 @@ pub fn session_mounts(plan: &[SessionMount], dir: &str, bundle: bool) -> Result<
     let cwd = if bundle { own } else { "/tmp" };
     std::env::set_current_dir(cwd).map_err(|e| err(format!("chdir {cwd}"), e))
 }
+
+/// START --debug of an uploaded binary: in the session's init, still root of the broker's
+/// user namespace, copies the sealed memfd to a file of a tmpfs of its own on `/bundle`
+/// (read-only, nosuid, nodev once written; its pages are charged to the session's
+/// cgroup), so that gdbserver launches it from a real path that a debugger can read back
+/// (`target remote` finds the symbols through the exec-file the stub reports). The file is
+/// named after `argv0`'s last component. Returns its path.
+pub fn stage_program(memfd: &std::os::fd::OwnedFd, argv0: &[u8]) -> Result<std::ffi::CString, JailError> {
+    use std::io::Write;
+    use std::os::fd::AsRawFd;
+    use std::os::unix::fs::{FileExt, OpenOptionsExt};
+    let size = nix::sys::stat::fstat(memfd.as_raw_fd()).map_err(|e| err("stat the program", e))?.st_size.max(0) as u64;
+    let name = staged_name(argv0);
+    let own = policy::mounts::BUNDLE;
+    let room = format!("size={},nr_inodes=8,mode=0755", size.saturating_add(64 * 1024));
+    let flags = MsFlags::MS_NOSUID | MsFlags::MS_NODEV;
+    mount(Some("tmpfs"), own, Some("tmpfs"), flags, Some(room.as_str()))
+        .map_err(|e| err(format!("mount a tmpfs on {own} for the program"), e))?;
+    let path = format!("{own}/{name}");
+    let out = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o555)
+        .open(&path)
+        .map_err(|e| err(format!("create {path}"), e))?;
+    // Explicit offsets: the memfd's own file offset is shared and stays untouched.
+    let src = std::fs::File::from(memfd.try_clone().map_err(|e| err("dup the program", e))?);
+    let mut buf = vec![0u8; 1 << 20];
+    let mut at = 0u64;
+    while at < size {
+        let n = src.read_at(&mut buf, at).map_err(|e| err("read the program", e))?;
+        if n == 0 {
+            break;
+        }
+        (&out).write_all(&buf[..n]).map_err(|e| err(format!("copy the program to {path}"), e))?;
+        at += n as u64;
+    }
+    drop(out);
+    mount(
+        None::<&str>,
+        own,
+        None::<&str>,
+        MsFlags::MS_REMOUNT | MsFlags::MS_BIND | MsFlags::MS_RDONLY | flags,
+        None::<&str>,
+    )
+    .map_err(|e| err(format!("make {own} read-only"), e))?;
+    std::ffi::CString::new(path.clone())
+        .map_err(|_| err(format!("program path {path}"), std::io::ErrorKind::InvalidInput))
+}
+
+/// The staged program's file name: `argv0`'s last component if it is a plain name, else
+/// `program`.
+fn staged_name(argv0: &[u8]) -> String {
+    let last = argv0.rsplit(|&b| b == b'/').next().unwrap_or_default();
+    match std::str::from_utf8(last) {
+        Ok(n) if !n.is_empty() && n != "." && n != ".." && n.len() <= 255 && !n.contains('\0') => n.to_string(),
+        _ => "program".to_string(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::staged_name;
+
+    #[test]
+    fn staged_names_are_plain() {
+        assert_eq!(staged_name(b"./build/prog"), "prog");
+        assert_eq!(staged_name(b"prog"), "prog");
+        for bad in [&b""[..], b"a/", b"..", b".", b"/", b"\xff\xfe", &[b'x'; 300]] {
+            assert_eq!(staged_name(bad), "program", "{bad:?}");
+        }
+    }
+}

@@ -407,6 +407,8 @@ pub enum InitMsg {
         pidfd: OwnedFd,
         /// The master of its terminal, when it runs on one.
         tty: Option<OwnedFd>,
+        /// START --debug: the gdbserver that launched the program, held at its entry.
+        debugger: Option<Launched>,
     },
     /// Setup or exec failed; the run never started.
     Failed {
@@ -426,6 +428,15 @@ pub enum InitMsg {
         /// The whole tree's resource use.
         usage: Usage,
     },
+}
+
+/// A gdbserver that launched the session's program (START --debug).
+#[derive(Debug)]
+pub struct Launched {
+    /// gdbserver's pidfd.
+    pub pidfd: OwnedFd,
+    /// Its remote-protocol stdio (the other end is gdbserver's fds 0 and 1).
+    pub sock: OwnedFd,
 }
 
 impl InitMsg {
@@ -450,6 +461,8 @@ pub enum InitWire {
         ns_pid: u32,
         /// A terminal's master follows the pidfd.
         tty: bool,
+        /// gdbserver's pidfd and socket follow.
+        debugger: bool,
     },
     /// See [`InitMsg::Failed`].
     Failed {
@@ -475,9 +488,14 @@ impl Message for InitMsg {
 
     fn into_wire(self) -> (InitWire, Vec<OwnedFd>) {
         match self {
-            InitMsg::Running { ns_pid, pidfd, tty: None } => (InitWire::Running { ns_pid, tty: false }, vec![pidfd]),
-            InitMsg::Running { ns_pid, pidfd, tty: Some(master) } => {
-                (InitWire::Running { ns_pid, tty: true }, vec![pidfd, master])
+            InitMsg::Running { ns_pid, pidfd, tty, debugger } => {
+                let wire = InitWire::Running { ns_pid, tty: tty.is_some(), debugger: debugger.is_some() };
+                let mut fds = vec![pidfd];
+                fds.extend(tty);
+                if let Some(d) = debugger {
+                    fds.extend([d.pidfd, d.sock]);
+                }
+                (wire, fds)
             }
             InitMsg::Failed { message } => (InitWire::Failed { message }, vec![]),
             InitMsg::NotExecuted { message } => (InitWire::NotExecuted { message }, vec![]),
@@ -485,18 +503,22 @@ impl Message for InitMsg {
         }
     }
 
-    fn from_wire(wire: InitWire, mut fds: Vec<OwnedFd>) -> Result<Self, WireError> {
+    fn from_wire(wire: InitWire, fds: Vec<OwnedFd>) -> Result<Self, WireError> {
         let expected = match wire {
-            InitWire::Running { tty, .. } => 1 + usize::from(tty),
+            InitWire::Running { tty, debugger, .. } => 1 + usize::from(tty) + 2 * usize::from(debugger),
             _ => 0,
         };
         if fds.len() != expected {
             return Err(WireError::FdCount { kind: "init", expected, got: fds.len() });
         }
         Ok(match wire {
-            InitWire::Running { ns_pid, tty } => {
-                let master = if tty { fds.pop() } else { None };
-                InitMsg::Running { ns_pid, pidfd: fds.remove(0), tty: master }
+            InitWire::Running { ns_pid, tty, debugger } => {
+                let mut fds = fds.into_iter();
+                let mut next = || fds.next().expect("counted above");
+                let pidfd = next();
+                let master = tty.then(&mut next);
+                let debugger = debugger.then(|| Launched { pidfd: next(), sock: next() });
+                InitMsg::Running { ns_pid, pidfd, tty: master, debugger }
             }
             InitWire::Failed { message } => InitMsg::Failed { message },
             InitWire::NotExecuted { message } => InitMsg::NotExecuted { message },

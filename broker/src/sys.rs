@@ -231,6 +231,17 @@ pub fn exit_continue(listener: std::os::fd::BorrowedFd<'_>, id: u64) -> Result<(
     Ok(())
 }
 
+/// A pidfd (always close-on-exec) for `pid` of the caller's PID namespace; nix has no
+/// `pidfd_open`.
+pub fn pidfd_open(pid: i32) -> Result<std::os::fd::OwnedFd, Errno> {
+    // SAFETY: pidfd_open(2) takes a pid and flags and returns a new descriptor or -1.
+    let fd = unsafe { libc::syscall(libc::SYS_pidfd_open, pid, 0 as libc::c_uint) };
+    if fd < 0 {
+        return Err(Errno::last());
+    }
+    shared::os::adopt_fd(fd as RawFd).map_err(|_| Errno::EBADF)
+}
+
 /// Ends the calling thread, which in a single-threaded process ends it, with `exit` rather
 /// than `exit_group`: used where the exit listener may have no supervisor yet.
 pub fn exit_thread(code: i32) -> ! {

@@ -130,8 +130,15 @@ impl Rig {
         let (out_r, out_w) = nix::unistd::pipe().unwrap();
         let (err_r, err_w) = nix::unistd::pipe().unwrap();
         let (in_r, in_w) = nix::unistd::pipe().unwrap();
-        let started =
-            Reply::Started { id, ns_pid: 2, pidfd: pidfd(&program), stdout: out_r, stderr: Some(err_r), stdin: in_w };
+        let started = Reply::Started {
+            id,
+            ns_pid: 2,
+            pidfd: pidfd(&program),
+            stdout: out_r,
+            stderr: Some(err_r),
+            stdin: in_w,
+            debug: None,
+        };
         self.children.push(program);
         self.broker.send(tag, started).unwrap();
         (id, std::fs::File::from(out_w), std::fs::File::from(err_w), std::fs::File::from(in_r))

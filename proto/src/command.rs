@@ -57,6 +57,10 @@ pub struct StartOpts {
     /// with an empty `/tmp`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub keep_tmp: Option<bool>,
+    /// With `--debug`: open a debug port (default true on a network connection); `false`
+    /// holds the program for `DEBUG <id> --stdio` (`lantern gdb-pipe`) alone.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub debug_port: Option<bool>,
 }
 
 /// EXEC's settings (`{"argv":["/bin/sh","-c","id"],"env":{...},"stdin":true,"tty":{...}}`).
@@ -775,6 +779,7 @@ mod tests {
             tty: Some(Tty { rows: 24, cols: 80 }),
             remove: Some(true),
             keep_tmp: Some(true),
+            debug_port: Some(false),
         };
         for cmd in [
             Command::Hello,

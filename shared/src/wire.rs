@@ -277,6 +277,15 @@ pub enum Request {
         /// Session to debug.
         id: SessionId,
     },
+    /// The debugger of a session left without detaching: gdbserver was asked to detach
+    /// the program; kill gdbserver if it has not exited within `grace_ms` (0 once it has
+    /// detached: after a detach, gdbserver only waits for its child to end).
+    DebugRelease {
+        /// The session.
+        id: SessionId,
+        /// How long gdbserver may take.
+        grace_ms: u32,
+    },
     /// A files helper for the session's `/tmp` and bundle (GET, PUT); `tmp_bytes`: the
     /// size of its `/tmp` if it has none yet.
     Files {
@@ -334,6 +343,9 @@ pub enum Reply {
         stderr: Option<OwnedFd>,
         /// Write end of the program's stdin; on a terminal, the master again.
         stdin: OwnedFd,
+        /// START --debug: the stdio of the gdbserver that launched the program, held at
+        /// its entry (the gdb remote protocol, a stream socket).
+        debug: Option<OwnedFd>,
     },
     /// gdbserver is attached; `sock` carries the gdb remote protocol (a stream socket).
     Debugging {
@@ -430,6 +442,9 @@ pub enum WireError {
         /// Descriptors that came.
         got: usize,
     },
+    /// The body asks for something no message of its kind can be.
+    #[error("message {0} is not a valid combination")]
+    Combination(&'static str),
 }
 
 /// A message that can be split into an encodable body and its descriptors.
@@ -455,6 +470,7 @@ pub enum RequestWire {
     Signal { id: SessionId, exec: Option<u32>, sig: i32 },
     Exec { id: SessionId, spec: ExecSpec },
     Debug { id: SessionId },
+    DebugRelease { id: SessionId, grace_ms: u32 },
     Files { id: SessionId, tmp_bytes: u64 },
     Delete { id: SessionId },
     Shutdown { grace_ms: u64 },
@@ -467,7 +483,7 @@ pub enum ReplyWire {
     Hello { magic: [u8; 8], version: u32, warnings: Vec<String> },
     Loaded { id: SessionId },
     Spawned { id: SessionId },
-    Started { id: SessionId, ns_pid: u32, tty: bool },
+    Started { id: SessionId, ns_pid: u32, tty: bool, debug: bool },
     Debugging { id: SessionId },
     Files { id: SessionId },
     ExecStarted { id: SessionId, exec: u32, ns_pid: u32, tty: bool },
@@ -498,6 +514,7 @@ impl Message for Request {
             Request::Signal { id, exec, sig } => (RequestWire::Signal { id, exec, sig }, vec![]),
             Request::Exec { id, spec } => (RequestWire::Exec { id, spec }, vec![]),
             Request::Debug { id } => (RequestWire::Debug { id }, vec![]),
+            Request::DebugRelease { id, grace_ms } => (RequestWire::DebugRelease { id, grace_ms }, vec![]),
             Request::Files { id, tmp_bytes } => (RequestWire::Files { id, tmp_bytes }, vec![]),
             Request::Delete { id } => (RequestWire::Delete { id }, vec![]),
             Request::Shutdown { grace_ms } => (RequestWire::Shutdown { grace_ms }, vec![]),
@@ -542,6 +559,10 @@ impl Message for Request {
                 let [] = take_fds("debug", fds)?;
                 Request::Debug { id }
             }
+            RequestWire::DebugRelease { id, grace_ms } => {
+                let [] = take_fds("debug release", fds)?;
+                Request::DebugRelease { id, grace_ms }
+            }
             RequestWire::Files { id, tmp_bytes } => {
                 let [] = take_fds("files", fds)?;
                 Request::Files { id, tmp_bytes }
@@ -574,10 +595,14 @@ impl Message for Reply {
             },
             Reply::ExecExited { id, exec, status } => (ReplyWire::ExecExited { id, exec, status }, vec![]),
             Reply::DebugEnded { id } => (ReplyWire::DebugEnded { id }, vec![]),
-            Reply::Started { id, ns_pid, pidfd, stdout, stderr, stdin } => match stderr {
-                Some(stderr) => (ReplyWire::Started { id, ns_pid, tty: false }, vec![pidfd, stdout, stderr, stdin]),
-                None => (ReplyWire::Started { id, ns_pid, tty: true }, vec![pidfd, stdout, stdin]),
-            },
+            Reply::Started { id, ns_pid, pidfd, stdout, stderr, stdin, debug } => {
+                let wire = ReplyWire::Started { id, ns_pid, tty: stderr.is_none(), debug: debug.is_some() };
+                let mut fds = vec![pidfd, stdout];
+                fds.extend(stderr);
+                fds.push(stdin);
+                fds.extend(debug);
+                (wire, fds)
+            }
             Reply::Exited { id, status, usage, limit_hit } => {
                 (ReplyWire::Exited { id, status, usage, limit_hit }, vec![])
             }
@@ -625,13 +650,20 @@ impl Message for Reply {
                 let [] = take_fds("spawned", fds)?;
                 Reply::Spawned { id }
             }
-            ReplyWire::Started { id, ns_pid, tty: false } => {
+            ReplyWire::Started { id, ns_pid, tty: false, debug: false } => {
                 let [pidfd, stdout, stderr, stdin] = take_fds("started", fds)?;
-                Reply::Started { id, ns_pid, pidfd, stdout, stderr: Some(stderr), stdin }
+                Reply::Started { id, ns_pid, pidfd, stdout, stderr: Some(stderr), stdin, debug: None }
             }
-            ReplyWire::Started { id, ns_pid, tty: true } => {
+            ReplyWire::Started { id, ns_pid, tty: false, debug: true } => {
+                let [pidfd, stdout, stderr, stdin, sock] = take_fds("started for a debugger", fds)?;
+                Reply::Started { id, ns_pid, pidfd, stdout, stderr: Some(stderr), stdin, debug: Some(sock) }
+            }
+            ReplyWire::Started { id, ns_pid, tty: true, debug } => {
+                if debug {
+                    return Err(WireError::Combination("started on a terminal for a debugger"));
+                }
                 let [pidfd, stdout, stdin] = take_fds("started on a terminal", fds)?;
-                Reply::Started { id, ns_pid, pidfd, stdout, stderr: None, stdin }
+                Reply::Started { id, ns_pid, pidfd, stdout, stderr: None, stdin, debug: None }
             }
             ReplyWire::Exited { id, status, usage, limit_hit } => {
                 let [] = take_fds("exited", fds)?;

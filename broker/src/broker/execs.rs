@@ -128,7 +128,7 @@ impl Broker {
         let mut out = Vec::new();
         while let Ok(Some((_, msg))) = run.ctl.recv::<InitMsg>() {
             match msg {
-                InitMsg::Running { ns_pid, pidfd, tty } => {
+                InitMsg::Running { ns_pid, pidfd, tty, .. } => {
                     run.program = Some(pidfd);
                     let (Some(tag), Some((stdout, stderr, stdin))) = (run.tag.take(), run.pipes.take()) else {
                         continue;

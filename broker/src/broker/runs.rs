@@ -40,12 +40,24 @@ impl Broker {
         // Read whatever the init said (a hostile or dead init only ends its own run).
         let mut replies = Vec::new();
         let mut program_watch = None;
+        let mut launched = None;
         loop {
             match run.ctl.recv::<InitMsg>() {
-                Ok(Some((_, InitMsg::Running { ns_pid, pidfd, tty }))) => {
-                    if let Ok(watch) = pidfd.try_clone() {
-                        program_watch = Some(watch);
-                    }
+                Ok(Some((_, InitMsg::Running { ns_pid, pidfd, tty, debugger }))) => {
+                    let debug = match debugger {
+                        // gdbserver launched the program: it is the program's parent and
+                        // reports its exit to gdb; the session lasts while it does.
+                        Some(d) => {
+                            launched = Some(d.pidfd);
+                            Some(d.sock)
+                        }
+                        None => {
+                            if let Ok(watch) = pidfd.try_clone() {
+                                program_watch = Some(watch);
+                            }
+                            None
+                        }
+                    };
                     let pipes = (run.stdout.take(), run.stderr.take(), run.stdin.take());
                     let Some(tag) = run.start_tag.take() else { continue };
                     let started = match (tty, pipes) {
@@ -53,12 +65,12 @@ impl Broker {
                         // (unused by the program) close here.
                         (Some(master), _) => match master.try_clone() {
                             Ok(input) => {
-                                Reply::Started { id, ns_pid, pidfd, stdout: master, stderr: None, stdin: input }
+                                Reply::Started { id, ns_pid, pidfd, stdout: master, stderr: None, stdin: input, debug }
                             }
                             Err(e) => Reply::Refused { refusal: Refusal::Internal, message: format!("dup: {e}") },
                         },
                         (None, (Some(stdout), Some(stderr), Some(stdin))) => {
-                            Reply::Started { id, ns_pid, pidfd, stdout, stderr: Some(stderr), stdin }
+                            Reply::Started { id, ns_pid, pidfd, stdout, stderr: Some(stderr), stdin, debug }
                         }
                         (None, _) => {
                             Reply::Refused { refusal: Refusal::Internal, message: "the run's pipes are gone".into() }
@@ -79,6 +91,15 @@ impl Broker {
                 Ok(Some((_, InitMsg::Exited { status, usage }))) => run.outcome = Some((status, usage)),
                 Ok(None) => break,
                 Err(_) => break,
+            }
+        }
+        if let Some(gdb) = launched {
+            let t = Token(self.next_token);
+            self.next_token += 1;
+            self.poll.registry().register(&mut SourceFd(&gdb.as_raw_fd()), t, Interest::READABLE)?;
+            self.debug_tokens.insert(t, id);
+            if let Some(run) = self.sessions.get_mut(&id).and_then(|s| s.run.as_mut()) {
+                run.debugger = Some((t, gdb));
             }
         }
         if let Some(watch) = program_watch {

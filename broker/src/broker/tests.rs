@@ -147,7 +147,7 @@ impl Harness {
         self.spawner.send(stag, reply).unwrap();
         assert!(matches!(recv::<Reply>(&mut self.frontend), (0, Reply::Spawned { id: ID })));
         let mut ctl = Tube::new(ctl_init).unwrap();
-        ctl.send(0, InitMsg::Running { ns_pid: 2, pidfd: pidfd(&init), tty }).unwrap();
+        ctl.send(0, InitMsg::Running { ns_pid: 2, pidfd: pidfd(&init), tty, debugger: None }).unwrap();
         self.children.push(init);
         let (t, reply) = recv::<Reply>(&mut self.frontend);
         assert_eq!(t, tag);

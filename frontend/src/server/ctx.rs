@@ -190,6 +190,12 @@ pub enum Followup {
         caller: Caller,
         /// The session.
         id: Uuid,
+        /// The stdio of the gdbserver that launched the program.
+        sock: OwnedFd,
+        /// Open a debug port (else wait for `DEBUG <id> --stdio`).
+        port: bool,
+        /// The START answer, to which the debug endpoint is added.
+        started: proto::reply::Started,
     },
     /// An EXEC's process runs: if its connection still waits, it gets the reply and
     /// carries the process's frames (output relayed by the execs owner, input by the

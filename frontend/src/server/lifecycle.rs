@@ -35,7 +35,8 @@ enum Waiting {
         limits: RunLimits,
         args: Vec<String>,
         env_keys: Vec<String>,
-        debug: bool,
+        /// START --debug: whether a debug port opens.
+        debug: Option<bool>,
         attach: Option<AttachOpts>,
         keep_tmp: bool,
     },
@@ -85,12 +86,6 @@ impl Lifecycle {
         attach: bool,
         opts: StartOpts,
     ) -> Outcome {
-        // START --debug opens a debug port for the client that asked, on the address it used.
-        if debug && (caller.local.is_none() || caller.peer.is_none()) {
-            return Outcome::Refuse(Error::unsupported(
-                "this connection has no network address to open a debug port on: use DEBUG <id> --stdio (lantern gdb-pipe)",
-            ));
-        }
         let s = match sh.sessions.visible(caller.identity.as_ref(), id) {
             Ok(s) => s,
             Err(e) => return Outcome::Refuse(e),
@@ -132,6 +127,7 @@ impl Lifecycle {
         let list_processes = opts.list_processes.unwrap_or(true);
         let tty = opts.tty.map(|t| shared::Winsize { rows: t.rows, cols: t.cols });
         let keep_tmp = opts.keep_tmp.unwrap_or(false);
+        let debug_port = opts.debug_port.unwrap_or(true);
         let spec = StartSpec { argv, env, limits, debug, list_processes, tty, keep_tmp };
         let attach = attach.then_some(AttachOpts {
             stdin: opts.stdin.unwrap_or(false),
@@ -147,6 +143,8 @@ impl Lifecycle {
         }
         sh.audit_session(caller, "start", id);
         let args = opts.args;
+        // With --debug: whether a debug port opens (else DEBUG --stdio alone connects).
+        let debug = debug.then(|| debug_port && caller.local.is_some() && caller.peer.is_some());
         self.waiting.insert(
             tag,
             Waiting::Start { caller: Box::new(caller.clone()), id, limits, args, env_keys, debug, attach, keep_tmp },
@@ -233,7 +231,7 @@ impl Lifecycle {
         let Some(w) = self.waiting.remove(&tag) else { return };
         match w {
             Waiting::Start { caller, id, limits, args, env_keys, debug, attach, keep_tmp } => match reply {
-                Reply::Started { ns_pid, pidfd, stdout, stderr, stdin, .. } => {
+                Reply::Started { ns_pid, pidfd, stdout, stderr, stdin, debug: gdb, .. } => {
                     let pid = host_pid(&pidfd);
                     drop(pidfd);
                     let Some(s) = sh.sessions.get_mut(&id) else { return };
@@ -264,7 +262,15 @@ impl Lifecycle {
                         sh.sessions.set_tmp_held(&id, 0);
                     }
                     sh.emit(id, EventKind::SetupFinished { run, pid, ns_pid });
-                    let r = Started { ok: proto::True, id, state: State::Running, debug: None, pid, ns_pid };
+                    let r = Started {
+                        ok: proto::True,
+                        id,
+                        state: State::Running,
+                        debug: None,
+                        debug_stdio: None,
+                        pid,
+                        ns_pid,
+                    };
                     if let Some(a) = attach {
                         // The consumer and stdin are in place before the first byte is read.
                         let (stdin, tty, remove) = (a.stdin, a.tty, a.remove);
@@ -280,13 +286,10 @@ impl Lifecycle {
                     sh.follow_up(Followup::Pipes { id, stdout, stderr, stdin });
                     if attach.is_some() {
                         // Answered by the follow-up.
-                    } else if debug {
-                        // Held at its entry point: the debugger is attached, then START is
-                        // answered.
-                        if let Some(s) = sh.sessions.get_mut(&id) {
-                            s.busy = true;
-                        }
-                        sh.follow_up(Followup::DebugStarted { caller: *caller, id });
+                    } else if let (Some(port), Some(sock)) = (debug, gdb) {
+                        // gdbserver launched it, held at its entry: the debug endpoint opens,
+                        // then START is answered.
+                        sh.follow_up(Followup::DebugStarted { caller: *caller, id, sock, port, started: r });
                     } else {
                         sh.answer(caller.waiter, Outcome::reply(&r));
                     }

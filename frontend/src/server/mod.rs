@@ -491,7 +491,9 @@ impl Server {
                 self.output.add_pipes(&mut self.sh, id, stdout, stderr);
                 self.attach.take_stdin(&mut self.sh, id, None, stdin);
             }
-            Followup::DebugStarted { caller, id } => self.debug.start_held(&mut self.sh, caller, id),
+            Followup::DebugStarted { caller, id, sock, port, started } => {
+                self.debug.start_held(&mut self.sh, caller, id, sock, port, started)
+            }
             Followup::Deleted { id, bundle } => {
                 self.output.forget(&mut self.sh, id);
                 self.attach.forget(&mut self.sh, id);
@@ -511,6 +513,8 @@ impl Server {
                 let id = Uuid::from_bytes(id.0);
                 // Every process of the run is dead: the pipes hold their last bytes.
                 self.output.drain(sh, id);
+                // A program gdbserver launched and reaped: its stop reply said how it ended.
+                let status = self.debug.take_exit(id).unwrap_or(status);
                 self.debug.forget(sh, id);
                 self.lifecycle.on_exited(sh, id, status, usage, limit_hit);
             }

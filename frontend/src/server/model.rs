@@ -116,8 +116,40 @@ pub struct Session {
     pub tmp: Option<shared::TmpUsage>,
     /// Processes EXEC started in the current run that have ended (for its receipt).
     pub exec_processes: Vec<proto::reply::Process>,
+    /// DEBUGGING: its debugger's endpoint or peer (for STATUS).
+    pub debug: Option<Box<DebugView>>,
     /// Bytes of its `/tmp` counted in the rig's budget (see [`Sessions::set_tmp_held`]).
     tmp_held: u64,
+}
+
+/// What STATUS shows of a DEBUGGING session.
+#[derive(Debug, Clone, Default)]
+pub struct DebugView {
+    /// gdbserver launched the program (START --debug).
+    pub launched: bool,
+    /// A waiting port and its address.
+    pub port: Option<(u16, String)>,
+    /// A gdb line that connects.
+    pub gdb: Option<String>,
+    /// When a debugger no longer may connect.
+    pub deadline: Option<std::time::Instant>,
+    /// The connected debugger.
+    pub peer: Option<String>,
+}
+
+impl DebugView {
+    /// As STATUS shows it.
+    pub fn status(&self) -> proto::reply::DebugStatus {
+        let left = self.deadline.map(|d| d.saturating_duration_since(std::time::Instant::now()).as_millis() as u64);
+        proto::reply::DebugStatus {
+            launched: self.launched,
+            port: self.port.as_ref().map(|p| p.0),
+            host: self.port.as_ref().map(|p| p.1.clone()),
+            gdb: self.gdb.clone(),
+            deadline_ms: left,
+            peer: self.peer.clone(),
+        }
+    }
 }
 
 impl Session {
@@ -137,6 +169,7 @@ impl Session {
             script,
             name,
             created: Time::now(),
+            debug: None,
             pid: None,
             ns_pid: None,
             exit: None,

@@ -2,7 +2,7 @@
 
 use super::ctx::{Caller, Outcome, Shared};
 use super::model::{limits_reply, RECEIPTS_KEPT};
-use proto::reply::{Hello, IdentityInfo, Limits, List, Output, ReceiptReply, Status, Usage};
+use proto::reply::{Hello, IdentityInfo, Limits, List, Output, ReceiptReply, State, Status, Usage};
 use proto::{Error, MAX_LINE};
 use uuid::Uuid;
 
@@ -71,6 +71,7 @@ pub fn status(sh: &Shared, caller: &Caller, id: Uuid) -> Outcome {
             dropped: s.logs.dropped(None),
         },
         tmp: s.tmp.as_ref().map(|t| proto::reply::TmpStatus { used_bytes: t.used_bytes, size_bytes: t.size_bytes }),
+        debug: s.debug.as_ref().filter(|_| s.state == State::Debugging).map(|d| d.status()),
     })
 }
 

@@ -75,6 +75,8 @@ pub enum EventKind {
     },
     /// The debugger left.
     DebugDetached {},
+    /// Nobody connected to the debug endpoint in time: the program runs on without one.
+    DebugExpired {},
 }
 
 impl EventKind {
@@ -90,6 +92,7 @@ impl EventKind {
             EventKind::Deleted {} => "deleted",
             EventKind::DebugAttached { .. } => "debug_attached",
             EventKind::DebugDetached {} => "debug_detached",
+            EventKind::DebugExpired {} => "debug_expired",
         }
     }
 }

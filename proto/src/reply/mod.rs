@@ -315,10 +315,45 @@ pub struct Started {
     /// With `--debug`: the debug port.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub debug: Option<DebugPort>,
+    /// With `--debug` and no port (`"debug_port": false`, or a connection without a
+    /// network address): the program waits for `DEBUG <id> --stdio`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub debug_stdio: Option<DebugStdio>,
     /// Host pid of the program.
     pub pid: Option<i32>,
-    /// Its pid in the session (2).
+    /// Its pid in the session.
     pub ns_pid: u32,
+}
+
+/// A program held for a debugger that comes over the control connection.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DebugStdio {
+    /// A gdb command line to paste (through `lantern gdb-pipe`).
+    pub gdb: String,
+    /// How long it waits, ms; then it runs on without a debugger.
+    pub deadline_ms: u64,
+}
+
+/// STATUS of a DEBUGGING session: where its debugger connects or who is connected.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DebugStatus {
+    /// The program was launched by gdbserver (START --debug), else gdbserver attached.
+    pub launched: bool,
+    /// A waiting debug port.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub port: Option<u16>,
+    /// Its address.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub host: Option<String>,
+    /// A gdb command line that connects (while nobody is connected).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub gdb: Option<String>,
+    /// While nobody is connected: ms until the program is released.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub deadline_ms: Option<u64>,
+    /// The connected debugger.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub peer: Option<String>,
 }
 
 /// `EXEC`: then the connection carries the process's frames (as `START --attach`).
@@ -478,6 +513,9 @@ pub struct Status {
     /// Its `/tmp` when the last run ended (kept until the next START or DELETE).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub tmp: Option<TmpStatus>,
+    /// DEBUGGING: the debugger's endpoint, or who is connected.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub debug: Option<DebugStatus>,
 }
 
 /// A session's `/tmp` (STATUS).
