@@ -18,6 +18,7 @@ mod bundle;
 mod config;
 mod conn;
 mod cp;
+mod debug;
 mod ops;
 mod run;
 mod term;
@@ -61,6 +62,20 @@ struct Cli {
     cmd: Cmd,
 }
 
+/// How `run --debug` and `start --debug --gdb` debug.
+#[derive(Debug, clap::Args)]
+struct DebugOpts {
+    /// Where the debugger stops first.
+    #[arg(long = "break", value_name = "SYMBOL", default_value = "main")]
+    brk: String,
+    /// The local debugger.
+    #[arg(long, value_enum, default_value = "gdb")]
+    debugger: debug::Debugger,
+    /// The local copy of the program, for its symbols (run --debug: the uploaded file).
+    #[arg(long, value_name = "PATH")]
+    file: Option<PathBuf>,
+}
+
 #[derive(Debug, Subcommand)]
 enum Cmd {
     /// Upload a binary, or a bundle (a directory, tarred on the fly, or a .tar.gz) with --exec.
@@ -78,6 +93,12 @@ enum Cmd {
         /// Hold the program at its entry point with a debugger attached (prints the gdb line).
         #[arg(long)]
         debug: bool,
+        /// With --debug: run the local debugger, connected over this connection's rig (no
+        /// debug port), stopped at --break.
+        #[arg(long, requires = "debug")]
+        gdb: bool,
+        #[command(flatten)]
+        dbg: DebugOpts,
         /// Environment (KEY=VALUE, repeatable); given, it is the whole environment.
         #[arg(long = "env", value_name = "K=V")]
         env: Vec<String>,
@@ -99,10 +120,14 @@ enum Cmd {
         #[arg(last = true)]
         args: Vec<String>,
     },
-    /// Attach gdbserver to a running session and print the gdb line (--gdb runs it).
+    /// Attach gdbserver to a running session and print the gdb line (--gdb runs it); on a
+    /// DEBUGGING session whose debugger has not connected yet, print its line again.
     Debug {
         /// Session id.
         id: Uuid,
+        /// Print a VS Code launch configuration (cppdbg through `lantern gdb-pipe`) instead.
+        #[arg(long, conflicts_with = "gdb")]
+        vscode: bool,
         /// Run the local gdb with that line.
         #[arg(long)]
         gdb: bool,
@@ -197,6 +222,12 @@ enum Cmd {
         /// Run the program on a terminal of the rig (raw mode here; resizes follow).
         #[arg(short = 't', long)]
         tty: bool,
+        /// Debug it from its entry point: the local debugger, with the local file's symbols,
+        /// stopped at --break (over the control connection: no debug port on the rig).
+        #[arg(long, conflicts_with_all = ["tty", "interactive"])]
+        debug: bool,
+        #[command(flatten)]
+        dbg: DebugOpts,
         /// Arguments after the program's name.
         #[arg(last = true)]
         args: Vec<String>,
@@ -326,22 +357,33 @@ fn run(cli: Cli) -> Result<ExitCode> {
                 println!("{}", v.id);
             }
         }
-        Cmd::Start { id, debug, env, limits, argv0, keep_tmp, no_process_list, args } => {
+        Cmd::Start { id, debug, gdb, dbg, env, limits, argv0, keep_tmp, no_process_list, args } => {
             let mut opts = ops::start_opts(args, &env, &limits)?;
             opts.list_processes = no_process_list.then_some(false);
             opts.argv0 = argv0;
             opts.keep_tmp = keep_tmp.then_some(true);
+            if gdb {
+                let d = debug::DebugArgs { debugger: dbg.debugger, brk: dbg.brk, file: dbg.file };
+                return debug::start_and_debug(&target, id, opts, &d, false);
+            }
             let v: Started = Conn::open(&target)?.call(Command::Start { id, debug, attach: false, opts })?;
             if json {
                 print_json(&v)?;
             } else if let Some(d) = &v.debug {
                 println!("{} DEBUGGING (held at its entry point) pid {}; connect with:", id, pid_text(v.pid));
                 println!("{}", d.gdb);
+            } else if let Some(d) = &v.debug_stdio {
+                println!("{} DEBUGGING (held at its entry point) pid {}; connect with:", id, pid_text(v.pid));
+                println!("{}", d.gdb.replace(" RIG ", &format!(" {} ", target.rig)));
             } else {
                 println!("{} RUNNING pid {} (ns pid {})", id, pid_text(v.pid), v.ns_pid);
             }
         }
-        Cmd::Debug { id, gdb, file } => {
+        Cmd::Debug { id, vscode: true, file, .. } => {
+            let lantern = std::env::current_exe().unwrap_or_else(|_| PathBuf::from("lantern"));
+            print_json(&debug::vscode_config(&target.rig, id, file.as_deref(), &lantern))?;
+        }
+        Cmd::Debug { id, gdb, file, .. } => {
             let v: Debugging = Conn::open(&target)?.call(Command::Debug { id, stdio: false })?;
             let d = v.debug.as_ref().ok_or_else(|| anyhow!("the rig opened no debug port"))?;
             if !gdb {
@@ -499,7 +541,25 @@ fn run(cli: Cli) -> Result<ExitCode> {
             let mut c = Conn::open(&target)?;
             cp::cp(&mut c, cp::side(&src), cp::side(&dst), tar, quiet)?;
         }
-        Cmd::Run { path, exec, env, limits, argv0, keep, interactive, tty, args } => {
+        Cmd::Run { path, exec, env, limits, argv0, keep, interactive, tty, debug: true, dbg, args } => {
+            let _ = (interactive, tty);
+            let mut opts = ops::start_opts(args, &env, &limits)?;
+            opts.argv0 = argv0;
+            let mut c = Conn::open(&target)?;
+            let name = if exec.is_none() { run::program_name(&path) } else { None };
+            let file = dbg.file.or_else(|| debug::local_program(&path, exec.as_deref()));
+            let id = ops::upload(&mut c, &path, exec, name)?.id;
+            drop(c);
+            let d = debug::DebugArgs { debugger: dbg.debugger, brk: dbg.brk, file };
+            let r = debug::start_and_debug(&target, id, opts, &d, !keep);
+            if r.is_err() && !keep {
+                if let Ok(mut c) = Conn::open(&target) {
+                    let _ = c.call::<Deleted>(Command::Delete(id));
+                }
+            }
+            return r;
+        }
+        Cmd::Run { path, exec, env, limits, argv0, keep, interactive, tty, args, .. } => {
             let mut opts = ops::start_opts(args, &env, &limits)?;
             opts.argv0 = argv0;
             let a = run::RunArgs { path, exec, opts, keep, interactive, tty, json };

@@ -83,8 +83,14 @@ fn root_gdb_attaches_reads_breaks_steps_and_detaches() {
         line.contains(&format!("target remote 127.0.0.1:{port}")) && line.contains("file target:/proc/2/exe"),
         "{line}"
     );
-    assert_eq!(c.cmd(&format!("DEBUG {id}"))["error"], "invalid_state", "a second DEBUG while debugging");
-    assert_eq!(c.cmd(&format!("STATUS {id}"))["state"], "DEBUGGING");
+    // While the port waits, DEBUG shows it again (a lost line is recovered), STATUS too.
+    let again = c.cmd(&format!("DEBUG {id}"));
+    assert_eq!(again["debug"]["port"], port, "{again}");
+    let st = c.cmd(&format!("STATUS {id}"));
+    assert_eq!(st["state"], "DEBUGGING");
+    assert_eq!(st["debug"]["port"], port, "{st}");
+    assert_eq!(st["debug"]["launched"], false, "{st}");
+    assert!(st["debug"]["deadline_ms"].as_u64().unwrap() > 0, "{st}");
     // The gdb line's commands, then a session: global, breakpoint, step, local, backtrace.
     let out = gdb(&[
         &format!("target remote 127.0.0.1:{port}"),
@@ -159,7 +165,44 @@ fn root_start_debug_holds_at_entry_and_keeps_the_exit_code() {
     if !require_root("root_start_debug_holds_at_entry_and_keeps_the_exit_code") || !tools_present() {
         return;
     }
-    let src = r#"
+    let d = Daemon::start(&[]);
+    let mut c = d.client();
+    let id = c.load(&compile_g("short_debug", SHORT));
+    let r = c.cmd(&format!("START {id} --debug"));
+    assert_eq!(r["state"], "DEBUGGING", "{r}");
+    let port = r["debug"]["port"].as_u64().unwrap();
+    let line = r["debug"]["gdb"].as_str().unwrap();
+    // Nothing to swallow and nothing to load: `target remote` alone, as with gdbserver PROG.
+    assert_eq!(line, format!("gdb -q -ex 'target remote 127.0.0.1:{port}'"));
+    // Held: nothing printed yet; STATUS shows the endpoint, DEBUG shows the line again.
+    std::thread::sleep(Duration::from_millis(300));
+    assert_eq!(c.cmd(&format!("LOGS {id}"))["data"], "");
+    let st = c.cmd(&format!("STATUS {id}"));
+    assert_eq!(st["debug"]["launched"], true, "{st}");
+    assert_eq!(st["debug"]["port"], port, "{st}");
+    assert_eq!(st["debug"]["gdb"], line, "{st}");
+    assert_eq!(c.cmd(&format!("DEBUG {id}"))["debug"]["gdb"], line);
+    let out =
+        gdb(&[&format!("target remote 127.0.0.1:{port}"), "break main", "continue", "next", "print v", "continue"]);
+    assert!(!out.contains("SIGSTOP"), "a signal to swallow:\n{out}");
+    assert!(out.contains("Reading symbols from target:/bundle/program"), "symbols not found by itself:\n{out}");
+    assert!(out.contains("Breakpoint 1, main ()"), "{out}");
+    assert!(out.contains("$1 = 42"), "{out}");
+    assert!(out.contains("exited with code 07"), "{out}");
+    let s = c.wait_state(&id, "STOPPED", Duration::from_secs(10));
+    assert_eq!(s["exit"]["code"], 7, "the program's own exit code: {s}");
+    assert_eq!(c.cmd(&format!("LOGS {id}"))["data"], "v=42\n", "its output still reaches LOGS");
+    // A crash under the debugger is the program's own signal, though gdbserver reaped it.
+    let id = c.load(&compile_g("crash_debug", CRASH));
+    let port = c.cmd(&format!("START {id} --debug"))["debug"]["port"].as_u64().unwrap();
+    let out = gdb(&[&format!("target remote 127.0.0.1:{port}"), "continue", "bt", "continue"]);
+    assert!(out.contains("SIGSEGV") && out.contains("crash_here (p=0x0)"), "{out}");
+    let s = c.wait_state(&id, "STOPPED", Duration::from_secs(10));
+    assert_eq!(s["exit"]["signal"], 11, "{s}");
+}
+
+/// A program that computes, prints and exits 7.
+const SHORT: &str = r#"
 #include <stdio.h>
 int answer(int x) {
     return x + 1;
@@ -170,34 +213,314 @@ int main(void) {
     return 7;
 }
 "#;
+
+/// `add` of its two arguments, printed; exits 7.
+const ADD: &str = r#"
+#include <stdio.h>
+#include <stdlib.h>
+int add(int a, int b) {
+    return a + b;
+}
+int main(int argc, char **argv) {
+    int a = argc > 1 ? atoi(argv[1]) : 1, b = argc > 2 ? atoi(argv[2]) : 2;
+    printf("sum=%d\n", add(a, b));
+    return 7;
+}
+"#;
+
+/// Dereferences NULL in `crash_here`.
+const CRASH: &str = r#"
+#include <stdio.h>
+void crash_here(int *p) {
+    *p = 1;
+}
+int main(void) {
+    puts("about to crash");
+    fflush(stdout);
+    crash_here(0);
+    return 0;
+}
+"#;
+
+/// gdb/MI as an IDE drives it (VS Code's cppdbg, CLion): the commands on stdin, the
+/// records back.
+fn gdb_mi(commands: &[String]) -> String {
+    use std::io::Write;
+    let mut child = Command::new("timeout")
+        .args(["60", "gdb", "-nx", "-q", "--interpreter=mi2"])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("gdb");
+    let mut stdin = child.stdin.take().unwrap();
+    let stdout = child.stdout.take().unwrap();
+    let commands = commands.to_vec();
+    // Each command after the answer to the last, as an IDE does.
+    let reader = std::thread::spawn(move || {
+        use std::io::BufRead;
+        let mut all = String::new();
+        let mut lines = std::io::BufReader::new(stdout).lines();
+        let mut sent = 0;
+        let next = |stdin: &mut std::process::ChildStdin, sent: &mut usize| {
+            if let Some(c) = commands.get(*sent) {
+                let _ = writeln!(stdin, "{c}");
+                *sent += 1;
+            }
+        };
+        next(&mut stdin, &mut sent);
+        while let Some(Ok(l)) = lines.next() {
+            all.push_str(&l);
+            all.push('\n');
+            // `^running` waits for its `*stopped`; other answers go on at once.
+            if l.starts_with("^done")
+                || l.starts_with("^connected")
+                || l.starts_with("^error")
+                || l.starts_with("*stopped")
+            {
+                next(&mut stdin, &mut sent);
+            }
+        }
+        all
+    });
+    let _ = child.wait();
+    reader.join().unwrap()
+}
+
+#[test]
+fn root_ides_and_lldb_see_a_clean_entry_stop() {
+    if !require_root("root_ides_and_lldb_see_a_clean_entry_stop") || !tools_present() {
+        return;
+    }
     let d = Daemon::start(&[]);
     let mut c = d.client();
-    let id = c.load(&compile_g("short_debug", src));
-    let r = c.cmd(&format!("START {id} --debug"));
-    assert_eq!(r["state"], "DEBUGGING", "{r}");
-    assert_eq!(r["ns_pid"], 2);
-    let port = r["debug"]["port"].as_u64().unwrap();
-    let line = r["debug"]["gdb"].as_str().unwrap();
-    assert!(line.contains("handle SIGSTOP nostop noprint nopass"), "{line}");
-    // Held: nothing printed yet.
-    std::thread::sleep(Duration::from_millis(300));
-    assert_eq!(c.cmd(&format!("LOGS {id}"))["data"], "");
+    let prog = compile_g("add_mi", ADD);
+    let local = std::env::temp_dir().join(format!("dl-debug-{}/add_mi", std::process::id()));
+    // cppdbg with miDebuggerServerAddress "HOST:PORT".
+    let id = c.load(&prog);
+    let port = c.cmd(&format!("START {id} --debug"))["debug"]["port"].as_u64().unwrap();
+    let mi = |target: String| {
+        gdb_mi(&[
+            "-gdb-set confirm off".into(),
+            format!("-file-exec-and-symbols {}", local.display()),
+            format!("-target-select remote {target}"),
+            "-break-insert main".into(),
+            "-exec-continue".into(),
+            "-exec-continue".into(),
+            "-gdb-exit".into(),
+        ])
+    };
+    let out = mi(format!("127.0.0.1:{port}"));
+    assert!(!out.contains("signal-received"), "a signal stop an IDE would show:\n{out}");
+    assert!(out.contains(r#"*stopped,reason="breakpoint-hit""#) && out.contains(r#"func="main""#), "{out}");
+    assert!(out.contains(r#"*stopped,reason="exited",exit-code="07""#), "{out}");
+    assert_eq!(c.wait_state(&id, "STOPPED", Duration::from_secs(10))["exit"]["code"], 7);
+    // The configuration `lantern debug --vscode` prints: through `lantern gdb-pipe`, with
+    // no debug port on the rig.
+    let id = c.load(&prog);
+    let r = c.cmd(&format!(r#"START {id} --debug {{"debug_port":false,"args":["4","5"]}}"#));
+    assert!(r["debug"].is_null(), "{r}");
+    assert!(r["debug_stdio"]["gdb"].as_str().unwrap().contains(&format!("gdb-pipe RIG {id}")), "{r}");
+    let lantern = tests::bin_dir().join("lantern");
+    let vscode = Command::new(&lantern)
+        .args(["--rig", &d.addr.to_string(), "debug", "--vscode", &id, "--file", local.to_str().unwrap()])
+        .output()
+        .unwrap();
+    let cfg: serde_json::Value = serde_json::from_slice(&vscode.stdout).expect("launch.json");
+    let conf = &cfg["configurations"][0];
+    assert_eq!(conf["type"], "cppdbg");
+    assert_eq!(conf["program"], local.to_str().unwrap());
+    let server = conf["miDebuggerServerAddress"].as_str().unwrap().to_string();
+    assert_eq!(server, format!("| {} gdb-pipe {} {id}", lantern.display(), d.addr));
+    let out = mi(server);
+    assert!(!out.contains("signal-received"), "{out}");
+    assert!(out.contains(r#"*stopped,reason="breakpoint-hit""#), "{out}");
+    assert_eq!(c.wait_state(&id, "STOPPED", Duration::from_secs(10))["exit"]["code"], 7);
+    assert_eq!(c.cmd(&format!("LOGS {id}"))["data"], "sum=9\n");
+    // lldb's gdb-remote: one stop at the entry, no SIGSTOP.
+    if Command::new("lldb").arg("--version").output().is_err() {
+        assert!(std::env::var("CI").as_deref() != Ok("true"), "lldb is missing (scripts/install-deps installs it)");
+        return;
+    }
+    let id = c.load(&prog);
+    let port = c.cmd(&format!("START {id} --debug"))["debug"]["port"].as_u64().unwrap();
+    let out = Command::new("timeout")
+        .args(["60", "lldb", "-b", "-o", &format!("gdb-remote 127.0.0.1:{port}"), "-o", "process kill"])
+        .output()
+        .unwrap();
+    let out = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    assert!(!out.contains("SIGSTOP"), "{out}");
+    assert_eq!(out.matches(" stopped").count(), 1, "one stop, at the entry:\n{out}");
+    assert_eq!(c.wait_state(&id, "STOPPED", Duration::from_secs(10))["exit"]["signal"], 9);
+}
+
+#[test]
+fn root_a_lost_debugger_releases_the_program() {
+    if !require_root("root_a_lost_debugger_releases_the_program") || !tools_present() {
+        return;
+    }
+    let d = Daemon::start(&["--debug-deadline", "1s"]);
+    let mut c = d.client();
+    let looper = compile_g("looper_lost", LOOPER);
+    // gdb killed while the program runs: detached for it, RUNNING again at once.
+    let id = c.load(&looper);
+    let port = c.cmd(&format!("START {id} --debug"))["debug"]["port"].as_u64().unwrap();
+    let mut gdb = Command::new("gdb")
+        .args(["-batch", "-nx", "-ex", &format!("target remote 127.0.0.1:{port}"), "-ex", "continue"])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let end = Instant::now() + Duration::from_secs(10);
+    while ticks(&mut c, &id) < 3 {
+        assert!(Instant::now() < end, "the program never ran under gdb");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    assert_eq!(
+        c.cmd(&format!("STATUS {id}"))["debug"]["peer"].as_str().map(|p| p.starts_with("127.0.0.1:")),
+        Some(true)
+    );
+    gdb.kill().unwrap();
+    let _ = gdb.wait();
+    let killed = Instant::now();
+    while c.cmd(&format!("STATUS {id}"))["state"] != "RUNNING" {
+        assert!(killed.elapsed() < Duration::from_secs(2), "still DEBUGGING after the debugger died");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let before = ticks(&mut c, &id);
+    std::thread::sleep(Duration::from_millis(400));
+    assert!(ticks(&mut c, &id) > before, "the program did not run on after its debugger died");
+    // Nobody comes before the deadline: an event says so, and the program runs.
+    let mut sub = d.client();
+    assert_eq!(sub.cmd("EVENTS")["ok"], true);
+    let id = c.load(&looper);
+    c.cmd(&format!("START {id} --debug"));
+    let end = Instant::now() + Duration::from_secs(10);
+    loop {
+        let v = sub.read();
+        if v["event"] == "debug_expired" && v["id"] == id.as_str() {
+            break;
+        }
+        assert!(Instant::now() < end, "no debug_expired event");
+    }
+    let end = Instant::now() + Duration::from_secs(5);
+    while ticks(&mut c, &id) < 3 {
+        assert!(Instant::now() < end, "the program did not run after the deadline");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    assert_eq!(c.cmd(&format!("STATUS {id}"))["state"], "RUNNING");
+}
+
+#[test]
+fn root_extended_remote_run_restarts_the_program() {
+    if !require_root("root_extended_remote_run_restarts_the_program") || !tools_present() {
+        return;
+    }
+    let d = Daemon::start(&[]);
+    let mut c = d.client();
+    let id = c.load(&compile_g("add_ext", ADD));
+    let port = c.cmd(&format!(r#"START {id} --debug {{"args":["2","3"]}}"#))["debug"]["port"].as_u64().unwrap();
     let out = gdb(&[
-        "handle SIGSTOP nostop noprint nopass",
-        &format!("target remote 127.0.0.1:{port}"),
-        "file target:/proc/2/exe",
-        "break main",
+        &format!("target extended-remote 127.0.0.1:{port}"),
+        "break add",
         "continue",
-        "next",
-        "print v",
+        "run",
+        "kill",
+        "run",
         "continue",
     ]);
-    assert!(out.contains("Breakpoint 1, main ()"), "{out}");
-    assert!(out.contains("$1 = 42"), "{out}");
+    assert!(out.contains("Breakpoint 1, add (a=2, b=3)"), "{out}");
+    assert_eq!(out.matches("Breakpoint 1, add (a=1, b=2)").count(), 2, "run did not restart it twice:\n{out}");
     assert!(out.contains("exited with code 07"), "{out}");
     let s = c.wait_state(&id, "STOPPED", Duration::from_secs(10));
-    assert_eq!(s["exit"]["code"], 7, "the program's own exit code: {s}");
-    assert_eq!(c.cmd(&format!("LOGS {id}"))["data"], "v=42\n", "its output still reaches LOGS");
+    assert_eq!(s["exit"]["code"], 7, "{s}");
+    assert_eq!(s["runs"], 1, "one run of the session");
+    assert_eq!(c.cmd(&format!("LOGS {id}"))["data"], "sum=3\n", "the last program's output");
+}
+
+#[test]
+fn root_lantern_run_debug_stops_at_the_breakpoint() {
+    if !require_root("root_lantern_run_debug_stops_at_the_breakpoint") || !tools_present() {
+        return;
+    }
+    let d = Daemon::start(&["--debug-ports", "41010-41010"]);
+    let dir = std::env::temp_dir().join(format!("dl-debug-run-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let prog = dir.join("add");
+    std::fs::write(&prog, compile_g("add_run", ADD)).unwrap();
+    let lantern = tests::bin_dir().join("lantern");
+    // gdb's commands from a pipe: the output is what a terminal would show.
+    let mut child = Command::new(&lantern)
+        .args(["--rig", &d.addr.to_string(), "run", "--debug", "--break", "add"])
+        .arg(&prog)
+        .args(["--", "2", "3"])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    {
+        use std::io::Write;
+        child.stdin.take().unwrap().write_all(b"bt\nprint a + b\ncontinue\n").unwrap();
+    }
+    let out = child.wait_with_output().unwrap();
+    let text = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    assert!(text.contains("Breakpoint 1, add (a=2, b=3)"), "{text}");
+    assert!(text.contains("in main (argc=3"), "{text}");
+    assert!(text.contains("$1 = 5"), "{text}");
+    assert!(text.contains("sum=5"), "the program's output is shown:\n{text}");
+    assert_eq!(out.status.code(), Some(7), "the program's exit code is lantern's:\n{text}");
+    // No port was opened for it, and the session is gone.
+    assert!(std::net::TcpStream::connect(("127.0.0.1", 41010)).is_err());
+    assert_eq!(d.client().cmd("LIST")["sessions"].as_array().unwrap().len(), 0);
+    // On a terminal, as a person uses it.
+    if Command::new("tmux").arg("-V").output().is_err() {
+        assert!(std::env::var("CI").as_deref() != Ok("true"), "tmux is missing (scripts/install-deps installs it)");
+        return;
+    }
+    let session = format!("dl-debug-{}", std::process::id());
+    let cmd = format!(
+        "{} --rig {} run --debug --break add {} -- 2 3; echo LANTERN-EXIT=$?; sleep 30",
+        lantern.display(),
+        d.addr,
+        prog.display()
+    );
+    assert!(Command::new("tmux")
+        .args(["new-session", "-d", "-s", &session, "-x", "150", "-y", "50", &cmd])
+        .status()
+        .unwrap()
+        .success());
+    let screen = |want: &str| -> Result<String, String> {
+        let end = Instant::now() + Duration::from_secs(30);
+        loop {
+            let cap = Command::new("tmux").args(["capture-pane", "-p", "-t", &session]).output().unwrap();
+            let s = String::from_utf8_lossy(&cap.stdout).into_owned();
+            if s.contains(want) {
+                return Ok(s);
+            }
+            if Instant::now() > end {
+                return Err(s);
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    };
+    let keys = |k: &str| {
+        let _ = Command::new("tmux").args(["send-keys", "-t", &session, k, "Enter"]).status();
+    };
+    let at_break = screen("Breakpoint 1, add (a=2, b=3)").and_then(|_| screen("(gdb)"));
+    if at_break.is_ok() {
+        keys("continue");
+    }
+    let exited = at_break.clone().and_then(|_| screen("exited with code 07"));
+    if exited.is_ok() {
+        keys("quit");
+    }
+    let done = exited.clone().and_then(|_| screen("LANTERN-EXIT=7"));
+    let _ = Command::new("tmux").args(["kill-session", "-t", &session]).status();
+    let _ = std::fs::remove_dir_all(&dir);
+    at_break.expect("never at the breakpoint on the terminal");
+    exited.expect("the program did not run to its end");
+    done.expect("lantern did not exit with the program's code");
 }
 
 #[test]

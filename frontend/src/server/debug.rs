@@ -219,7 +219,8 @@ impl Debug {
                 }
             }
         } else {
-            let gdb = format!("gdb -q -ex 'target remote | lantern gdb-pipe {id}'");
+            // The rig does not know the name the client reached it by: RIG stands for it.
+            let gdb = format!("gdb -q -ex 'target remote | lantern gdb-pipe RIG {id}'");
             view.gdb = Some(gdb.clone());
             started.debug_stdio = Some(DebugStdio { gdb, deadline_ms });
         }
