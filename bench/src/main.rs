@@ -39,6 +39,7 @@ fn main() {
     }
     if want("debug") {
         debug_latency();
+        debug_launch();
     }
     if want("io") {
         program_io();
@@ -731,4 +732,128 @@ fn debug_latency() {
         o / p
     );
     println!();
+}
+
+/// START --debug → the entry stop reported to a connected client, and `lantern run
+/// --debug` → gdb at the breakpoint, each against gdbserver launching the program by hand.
+fn debug_launch() {
+    const N: usize = 20;
+    if !std::path::Path::new("/usr/bin/gdbserver").exists() || Command::new("gdb").arg("--version").output().is_err() {
+        println!("## START --debug: gdb or gdbserver is not installed\n");
+        return;
+    }
+    let dir = std::env::temp_dir().join(format!("debuglantern-bench-debug-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let src = "#include <stdio.h>\nint add(int a, int b) { return a + b; }\nint main(void) { printf(\"%d\\n\", add(2, 3)); return 0; }\n";
+    std::fs::write(dir.join("add.c"), src).unwrap();
+    let prog = dir.join("add");
+    assert!(Command::new("cc").args(["-g", "-O0", "-o"]).arg(&prog).arg(dir.join("add.c")).status().unwrap().success());
+    let bytes = std::fs::read(&prog).unwrap();
+    let d = Daemon::start(&[]);
+    let mut c = d.client();
+    let id = c.load(&bytes);
+    let (mut ours, mut peer) = (Vec::new(), Vec::new());
+    for _ in 0..N {
+        // debuglantern: START --debug, connect to the port, ask for the stop.
+        let t = Instant::now();
+        let r = c.cmd(&format!("START {id} --debug"));
+        let port = r["debug"]["port"].as_u64().expect("a debug port") as u16;
+        let mut s = TcpStream::connect(("127.0.0.1", port)).unwrap();
+        s.set_nodelay(true).unwrap();
+        entry_stop(&mut s);
+        ours.push(t.elapsed().as_secs_f64() * 1e3);
+        rsp(&mut s, "D");
+        drop(s);
+        c.wait_state(&id, "STOPPED", Duration::from_secs(10));
+        // Peer: gdbserver launching the program by hand, over its stdio.
+        let t = Instant::now();
+        let mut g = Command::new("/usr/bin/gdbserver")
+            .args(["--once", "-"])
+            .arg(&prog)
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap();
+        let mut io = Pipes(g.stdout.take().unwrap(), g.stdin.take().unwrap());
+        entry_stop(&mut io);
+        peer.push(t.elapsed().as_secs_f64() * 1e3);
+        rsp(&mut io, "D");
+        drop(io);
+        let _ = g.wait();
+    }
+    let (o, p) = (median(&mut ours), median(&mut peer));
+    println!("## START --debug → entry stop reported to a connected client ({N} runs each; ms)");
+    println!("| path | median | p99 | ratio (median) |");
+    println!("|---|---|---|---|");
+    println!(
+        "| `gdbserver --once - PROG` started by hand on the host, over its stdio | {p:.2} | {:.2} | 1.00 |",
+        pct(&mut peer, 0.99)
+    );
+    println!(
+        "| debuglantern START --debug (full jail; program copied to /bundle; gdbserver launches it) + TCP connect to the debug port | {o:.2} | {:.2} | {:.2} |",
+        pct(&mut ours, 0.99),
+        o / p
+    );
+    println!();
+    // The whole command, from nothing to gdb at the breakpoint (then `kill`, `quit`).
+    const M: usize = 10;
+    let lantern = tests::bin_dir().join("lantern");
+    let at_break = |cmd: &mut Command| -> f64 {
+        let t = Instant::now();
+        let out = cmd
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .and_then(|mut ch| {
+                ch.stdin.take().unwrap().write_all(b"kill\nquit\n")?;
+                ch.wait_with_output()
+            })
+            .unwrap();
+        let secs = t.elapsed().as_secs_f64();
+        let text = String::from_utf8_lossy(&out.stdout);
+        assert!(
+            text.contains("Breakpoint 1, add"),
+            "never at the breakpoint: {text}{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        secs * 1e3
+    };
+    let (mut ours, mut peer) = (Vec::new(), Vec::new());
+    for _ in 0..M {
+        ours.push(at_break(
+            Command::new(&lantern).args(["--rig", &d.addr.to_string(), "run", "--debug", "--break", "add"]).arg(&prog),
+        ));
+        peer.push(at_break(Command::new("gdb").args(["-q"]).arg(&prog).args([
+            "-ex",
+            &format!("target remote | /usr/bin/gdbserver --once - {}", prog.display()),
+            "-ex",
+            "break add",
+            "-ex",
+            "continue",
+        ])));
+    }
+    let (o, p) = (median(&mut ours), median(&mut peer));
+    println!("## `lantern run --debug --break add` → gdb at the breakpoint, then kill and quit ({M} runs each; ms)");
+    println!("| path | median | p99 | ratio (median) |");
+    println!("|---|---|---|---|");
+    println!(
+        "| gdb with `target remote \\| gdbserver --once - PROG` on the host | {p:.0} | {:.0} | 1.00 |",
+        pct(&mut peer, 0.99)
+    );
+    println!(
+        "| `lantern run --debug` (upload, START --debug, gdb here over DEBUG --stdio, session deleted) | {o:.0} | {:.0} | {:.2} |",
+        pct(&mut ours, 0.99),
+        o / p
+    );
+    println!();
+    let _ = std::fs::remove_dir_all(dir);
+}
+
+/// qSupported and the stop reason: what a debugger asks first.
+fn entry_stop<S: Read + Write>(io: &mut S) {
+    rsp(io, "qSupported:multiprocess+;swbreak+;hwbreak+");
+    let stop = rsp(io, "?");
+    assert!(stop.starts_with('T') || stop.starts_with('S'), "not a stop: {stop}");
 }

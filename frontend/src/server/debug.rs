@@ -640,6 +640,11 @@ impl Watch {
             if resumes {
                 self.running = true;
             }
+            // A kill (`k`, `vKill;pid`) ends the program: nothing is left to detach.
+            if head == b"k" || head.starts_with(b"vKill") {
+                self.running = false;
+                self.ended = true;
+            }
         }
     }
 
@@ -806,6 +811,9 @@ mod tests {
         w.saw_gdbserver(b"$57#00$Tzz#00");
         assert_eq!(w.exit, None);
         assert!(!w.running);
+        assert!(!w.ended);
+        w.saw_client(b"$vKill;5#00");
+        assert!(w.ended, "a killed program is not detached");
     }
 
     #[test]
