@@ -2,10 +2,12 @@
 //! --debug --gdb` and `lantern debug --gdb`/`--vscode`.
 //!
 //! The program starts under gdbserver held at its entry (START --debug with no debug port
-//! on the rig). The debugger (gdb or lldb) runs here, with the local file's symbols, and
-//! connects to a one-shot listener of ours on loopback: its one connection is relayed over
-//! a fresh, authenticated control connection (`DEBUG <id> --stdio`). The program's output
-//! is followed (`LOGS --follow`) onto our stdout and stderr meanwhile.
+//! on the rig). The debugger runs here, with the local file's symbols, over a fresh,
+//! authenticated control connection (`DEBUG <id> --stdio`): gdb through a pipe to
+//! `lantern gdb-pipe` (`target remote | ...`, the token in its environment); lldb, which
+//! cannot use a pipe, through a one-shot listener of ours on loopback whose first
+//! connection (within 30 s) is relayed. The program's output is followed (`LOGS
+//! --follow`) onto our stdout and stderr meanwhile.
 
 use crate::conn::{Conn, Target};
 use anyhow::{bail, Context, Result};
@@ -102,34 +104,30 @@ fn follow_output(target: &Target, id: Uuid) -> std::thread::JoinHandle<Option<Lo
 
 /// Runs the debugger here against the session's waiting gdbserver. Returns its exit code.
 pub fn run_debugger(target: &Target, id: Uuid, d: &DebugArgs) -> Result<ExitCode> {
-    let listener = TcpListener::bind("127.0.0.1:0").context("listening on loopback for the debugger")?;
-    let addr = listener.local_addr()?;
-    let bridge = {
-        let target = target.clone();
-        std::thread::spawn(move || bridge(listener, &target, id))
-    };
-    let mut cmd = debugger_command(d, &addr.to_string());
-    let st = cmd.status().with_context(|| format!("running {:?} (is it installed?)", cmd.get_program()))?;
-    if let Ok(Err(e)) = bridge.join() {
-        eprintln!("lantern: {e:#}");
-    }
-    Ok(ExitCode::from(st.code().unwrap_or(1).clamp(0, 255) as u8))
-}
-
-/// The debugger's command line: the local file, connect, stop at the breakpoint.
-fn debugger_command(d: &DebugArgs, addr: &str) -> std::process::Command {
     let file = d.file.as_deref().map(Path::to_path_buf);
-    match d.debugger {
+    let (mut cmd, bridge) = match d.debugger {
         Debugger::Gdb => {
+            // The pipe's lantern reaches the rig by its address (no second discovery) with
+            // our token (the environment of a process is its user's alone).
+            let rig = crate::conn::resolve_rig(&target.rig)?;
+            let me = std::env::current_exe().context("finding lantern's own path")?;
             let mut c = std::process::Command::new("gdb");
             c.arg("-q");
             if let Some(f) = &file {
                 c.arg(f);
             }
-            c.args(["-ex", &format!("target remote {addr}"), "-ex", &format!("break {}", d.brk), "-ex", "continue"]);
-            c
+            let pipe = format!("target remote | {} gdb-pipe {rig} {id}", shell_word(&me.to_string_lossy()));
+            c.args(["-ex", &pipe, "-ex", &format!("break {}", d.brk), "-ex", "continue"]);
+            if let Some(t) = &target.token {
+                c.env("LANTERN_TOKEN", t);
+            }
+            (c, None)
         }
         Debugger::Lldb => {
+            let listener = TcpListener::bind("127.0.0.1:0").context("listening on loopback for the debugger")?;
+            let addr = listener.local_addr()?;
+            let target = target.clone();
+            let bridge = std::thread::spawn(move || bridge(listener, &target, id));
             let mut c = std::process::Command::new("lldb");
             if let Some(f) = &file {
                 c.arg(f);
@@ -142,8 +140,22 @@ fn debugger_command(d: &DebugArgs, addr: &str) -> std::process::Command {
                 "-o",
                 "continue",
             ]);
-            c
+            (c, Some(bridge))
         }
+    };
+    let st = cmd.status().with_context(|| format!("running {:?} (is it installed?)", cmd.get_program()))?;
+    if let Some(Ok(Err(e))) = bridge.map(|b| b.join()) {
+        eprintln!("lantern: {e:#}");
+    }
+    Ok(ExitCode::from(st.code().unwrap_or(1).clamp(0, 255) as u8))
+}
+
+/// `w` as one word of gdb's `target remote |` command line (run by /bin/sh).
+fn shell_word(w: &str) -> String {
+    if w.bytes().all(|b| b.is_ascii_alphanumeric() || b"/._-+:".contains(&b)) {
+        w.to_string()
+    } else {
+        format!("'{}'", w.replace('\'', "'\\''"))
     }
 }
 
