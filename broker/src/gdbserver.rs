@@ -151,29 +151,6 @@ fn shell_quote(v: &[u8]) -> String {
     q
 }
 
-/// The pids gdbserver reports launching in `log` (its stderr), in order:
-/// `Process PATH created; pid = N` (also on every `run` of an extended-remote gdb).
-/// Returns them and how many bytes of `log` are consumed (complete lines).
-pub fn created_pids(log: &[u8]) -> (Vec<i32>, usize) {
-    const MARK: &[u8] = b"created; pid = ";
-    let mut pids = Vec::new();
-    let mut used = 0;
-    while let Some(nl) = log[used..].iter().position(|&b| b == b'\n') {
-        let line = &log[used..used + nl];
-        if let Some(at) = line.windows(MARK.len()).rposition(|w| w == MARK) {
-            let digits = &line[at + MARK.len()..];
-            let end = digits.iter().position(|b| !b.is_ascii_digit()).unwrap_or(digits.len());
-            if let Some(pid) = std::str::from_utf8(&digits[..end]).ok().and_then(|d| d.parse::<i32>().ok()) {
-                if pid > 1 {
-                    pids.push(pid);
-                }
-            }
-        }
-        used += nl + 1;
-    }
-    (pids, used)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -189,19 +166,5 @@ mod tests {
         assert_eq!(genv, [c"A=1".to_owned(), c"SHELL=/bin/sh".to_owned()]);
         let (argv, _) = launch_command(c"/bundle/p", &[], &[]);
         assert!(argv[3].to_str().unwrap().ends_with("env -u SHELL --"));
-    }
-
-    #[test]
-    fn created_pids_come_from_whole_lines() {
-        let log = b"Process /bundle/x created; pid = 3\nRemote debugging using stdio\nProcess /b created; pid = 1";
-        let (pids, used) = created_pids(log);
-        assert_eq!(pids, [3]);
-        assert_eq!(&log[used..], b"Process /b created; pid = 1");
-        // A path that itself says "created; pid = 9" does not fool it: the last mark counts.
-        let (pids, _) = created_pids(b"Process /created; pid = 9 created; pid = 12\n");
-        assert_eq!(pids, [12]);
-        for junk in [&b"created; pid = \n"[..], b"created; pid = 1\n", b"created; pid = 99999999999999\n", b"\xff\n"] {
-            assert!(created_pids(junk).0.is_empty());
-        }
     }
 }

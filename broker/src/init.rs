@@ -359,7 +359,7 @@ impl Launch {
                 Ok(0) => self.log = None,
                 Ok(n) => {
                     self.buf.extend_from_slice(&chunk[..n]);
-                    let (pids, used) = crate::gdbserver::created_pids(&self.buf);
+                    let (pids, used) = shared::rsp::created_pids(&self.buf);
                     if let Some(&pid) = pids.last() {
                         latest = Some(Pid::from_raw(pid));
                     }

@@ -9,6 +9,7 @@
 pub mod files;
 pub mod logger;
 pub mod os;
+pub mod rsp;
 pub mod tube;
 pub mod wire;
 
