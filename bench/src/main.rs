@@ -761,8 +761,10 @@ fn debug_launch() {
         let mut s = TcpStream::connect(("127.0.0.1", port)).unwrap();
         s.set_nodelay(true).unwrap();
         entry_stop(&mut s);
+
         ours.push(t.elapsed().as_secs_f64() * 1e3);
-        rsp(&mut s, "D");
+        // gdbserver in multiprocess mode detaches `D;pid` only.
+        rsp(&mut s, &format!("D;{:x}", r["ns_pid"].as_u64().unwrap()));
         drop(s);
         c.wait_state(&id, "STOPPED", Duration::from_secs(10));
         // Peer: gdbserver launching the program by hand, over its stdio.
@@ -776,9 +778,9 @@ fn debug_launch() {
             .spawn()
             .unwrap();
         let mut io = Pipes(g.stdout.take().unwrap(), g.stdin.take().unwrap());
-        entry_stop(&mut io);
+        let pid = entry_stop(&mut io);
         peer.push(t.elapsed().as_secs_f64() * 1e3);
-        rsp(&mut io, "D");
+        rsp(&mut io, &format!("D;{pid}"));
         drop(io);
         let _ = g.wait();
     }
@@ -851,9 +853,12 @@ fn debug_launch() {
     let _ = std::fs::remove_dir_all(dir);
 }
 
-/// qSupported and the stop reason: what a debugger asks first.
-fn entry_stop<S: Read + Write>(io: &mut S) {
+/// qSupported and the stop reason: what a debugger asks first. Returns the stopped
+/// process's pid (hex, as `D;pid` wants it).
+fn entry_stop<S: Read + Write>(io: &mut S) -> String {
     rsp(io, "qSupported:multiprocess+;swbreak+;hwbreak+");
     let stop = rsp(io, "?");
     assert!(stop.starts_with('T') || stop.starts_with('S'), "not a stop: {stop}");
+    let at = stop.find("thread:p").expect("a multiprocess stop reply") + "thread:p".len();
+    stop[at..].chars().take_while(char::is_ascii_hexdigit).collect()
 }

@@ -46,6 +46,11 @@ pub struct Watch {
     pub ok: bool,
     /// The last stop reply said the program ended: nothing is left to detach.
     pub ended: bool,
+    /// The debugger detached the program (`D…` answered `OK`): nothing is left to detach,
+    /// and gdbserver, which after a detach only waits for its child, may go.
+    pub detached: bool,
+    /// A `D…` was sent and not answered yet.
+    detaching: bool,
 }
 
 /// Bytes of a packet's head that say what it is (and, in a stop reply, which process).
@@ -59,6 +64,9 @@ impl Watch {
                 || (head.starts_with(b"vCont;") && !head.starts_with(b"vCont;t"));
             if resumes {
                 self.running = true;
+            }
+            if head.first() == Some(&b'D') {
+                self.detaching = true;
             }
             // A kill (`k`, `vKill;pid`) ends the program: nothing is left to detach.
             if head == b"k" || head.starts_with(b"vKill") {
@@ -81,7 +89,11 @@ impl Watch {
                     // A program stopped again (or launched anew) has not ended.
                     self.exit = None;
                 }
-                Some(b'O') if head == b"OK" => self.ok = true,
+                Some(b'O') if head == b"OK" => {
+                    self.ok = true;
+                    self.detached |= std::mem::take(&mut self.detaching);
+                }
+                Some(b'E') => self.detaching = false,
                 Some(kind @ (b'W' | b'X')) => {
                     // `WAA` / `XAA`: two hex digits (then `;process:…` or the end).
                     let hex: Vec<u8> = head[1..].iter().copied().take_while(u8::is_ascii_hexdigit).collect();
@@ -183,6 +195,14 @@ mod tests {
         assert!(!w.ended);
         w.saw_client(b"$vKill;5#00");
         assert!(w.ended, "a killed program is not detached");
+        // A detach answered with an error detached nothing; one answered OK did.
+        let mut w = Watch::default();
+        w.saw_client(b"$D#44");
+        w.saw_gdbserver(b"$E01#a6$OK#9a");
+        assert!(!w.detached);
+        w.saw_client(b"$D;5#b4");
+        w.saw_gdbserver(b"$OK#9a");
+        assert!(w.detached);
     }
 
     #[test]

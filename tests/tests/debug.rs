@@ -363,6 +363,23 @@ fn root_a_lost_debugger_releases_the_program() {
     let d = Daemon::start(&["--debug-deadline", "5s"]);
     let mut c = d.client();
     let looper = compile_g("looper_lost", LOOPER);
+    // gdb's own detach: the program runs on, RUNNING at once (gdbserver, which then only
+    // waits for its child, is let go).
+    let id = c.load(&looper);
+    let port = c.cmd(&format!("START {id} --debug"))["debug"]["port"].as_u64().unwrap();
+    let out = gdb(&[&format!("target remote 127.0.0.1:{port}"), "detach"]);
+    assert!(out.contains("detached]"), "{out}");
+    let detached = Instant::now();
+    while c.cmd(&format!("STATUS {id}"))["state"] != "RUNNING" {
+        assert!(detached.elapsed() < Duration::from_secs(2), "still DEBUGGING after gdb detached");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let end = Instant::now() + Duration::from_secs(5);
+    while ticks(&mut c, &id) < 3 {
+        assert!(Instant::now() < end, "the program did not run after the detach");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    c.cmd(&format!("KILL {id}"));
     // gdb killed while the program runs: detached for it, RUNNING again at once.
     let id = c.load(&looper);
     let port = c.cmd(&format!("START {id} --debug"))["debug"]["port"].as_u64().unwrap();

@@ -93,6 +93,8 @@ struct Relay {
     watch: Watch,
     /// We asked gdbserver to detach and wait for its `OK`.
     releasing: bool,
+    /// The broker was asked to end gdbserver, whose program is detached.
+    let_go: bool,
 }
 
 /// The debug owner.
@@ -402,6 +404,7 @@ impl Debug {
             launched,
             watch,
             releasing,
+            let_go: false,
         };
         self.relays.insert(rid, r);
         self.pump(sh, rid);
@@ -457,7 +460,7 @@ impl Debug {
                     Err(()) => client_gone = true,
                 }
             }
-            if client_gone && r.launched && !gdb_gone && !r.watch.ended {
+            if client_gone && r.launched && !gdb_gone && !r.watch.ended && !r.watch.detached {
                 // The debugger left without detaching: detach gdbserver ourselves, so the
                 // program runs on, and drain gdbserver until it leaves.
                 client_gone = false;
@@ -483,9 +486,10 @@ impl Debug {
                 break;
             }
         }
-        if r.releasing && r.watch.ok {
-            // Detached: what gdbserver does now is wait for its child; it may go.
-            r.releasing = false;
+        if r.launched && !r.let_go && ((r.releasing && r.watch.ok) || r.watch.detached) {
+            // Detached (by us or by the debugger): what gdbserver does now is wait for its
+            // child, and the program runs on without it: it may go.
+            r.let_go = true;
             let _ = sh.broker.send(Owner::Debug, release(r.id, 0));
         }
         let launched_exit = r.watch.exit.take();
