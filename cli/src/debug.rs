@@ -248,3 +248,49 @@ pub fn local_program(path: &Path, exec: Option<&str>) -> Option<PathBuf> {
     }
     exec.map(|e| path.join(e)).filter(|p| p.is_file())
 }
+
+/// `lantern start --debug --wait`: after the gdb line, waits until a debugger has come and
+/// gone, the deadline passed (the program then runs without one), or the run ended, and
+/// says which. `events` was subscribed (to this session) before the START.
+pub fn wait_for_debugger(events: &mut Conn, id: Uuid) -> Result<()> {
+    use proto::reply::{EventKind, EventLine};
+    loop {
+        let line: EventLine = events.read()?;
+        let EventLine::Event(e) = line else { continue };
+        if e.id != id {
+            continue;
+        }
+        match e.what {
+            EventKind::DebugAttached { peer } => eprintln!("lantern: a debugger connected ({peer})"),
+            EventKind::DebugDetached {} => {
+                // The program may have ended with it: its end comes right after.
+                events.writer.set_read_timeout(Some(Duration::from_secs(1)))?;
+                let left = "the debugger left";
+                loop {
+                    match events.read::<EventLine>() {
+                        Ok(EventLine::Event(e)) if e.id == id => {
+                            if let EventKind::Exited { exit, .. } = e.what {
+                                eprintln!("lantern: {left}; {id} ended ({exit})");
+                                return Ok(());
+                            }
+                        }
+                        Ok(_) => {}
+                        Err(_) => break,
+                    }
+                }
+                eprintln!("lantern: {left}; {id} runs on");
+                return Ok(());
+            }
+            EventKind::DebugExpired {} => {
+                eprintln!("lantern: no debugger connected before the deadline; {id} runs on without one");
+                return Ok(());
+            }
+            EventKind::Exited { exit, .. } => {
+                eprintln!("lantern: {id} ended ({exit})");
+                return Ok(());
+            }
+            EventKind::Deleted {} => bail!("session {id} was deleted"),
+            _ => {}
+        }
+    }
+}

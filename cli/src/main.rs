@@ -97,6 +97,10 @@ enum Cmd {
         /// debug port), stopped at --break.
         #[arg(long, requires = "debug")]
         gdb: bool,
+        /// With --debug (and no --gdb): after printing the gdb line, wait until a debugger
+        /// has come and gone, the deadline passed, or the run ended, and say which.
+        #[arg(long, requires = "debug", conflicts_with = "gdb")]
+        wait: bool,
         #[command(flatten)]
         dbg: DebugOpts,
         /// Environment (KEY=VALUE, repeatable); given, it is the whole environment.
@@ -357,7 +361,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
                 println!("{}", v.id);
             }
         }
-        Cmd::Start { id, debug, gdb, dbg, env, limits, argv0, keep_tmp, no_process_list, args } => {
+        Cmd::Start { id, debug, gdb, wait, dbg, env, limits, argv0, keep_tmp, no_process_list, args } => {
             let mut opts = ops::start_opts(args, &env, &limits)?;
             opts.list_processes = no_process_list.then_some(false);
             opts.argv0 = argv0;
@@ -365,6 +369,13 @@ fn run(cli: Cli) -> Result<ExitCode> {
             if gdb {
                 let d = debug::DebugArgs { debugger: dbg.debugger, brk: dbg.brk, file: dbg.file };
                 return debug::start_and_debug(&target, id, opts, &d, false);
+            }
+            // Subscribed first, so that no event of this run is missed.
+            let mut events = None;
+            if wait {
+                let mut e = Conn::open(&target)?;
+                e.call::<proto::reply::Subscribed>(Command::Events { id: Some(id), since: None })?;
+                events = Some(e);
             }
             let v: Started = Conn::open(&target)?.call(Command::Start { id, debug, attach: false, opts })?;
             if json {
@@ -377,6 +388,10 @@ fn run(cli: Cli) -> Result<ExitCode> {
                 println!("{}", d.gdb.replace(" RIG ", &format!(" {} ", target.rig)));
             } else {
                 println!("{} RUNNING pid {} (ns pid {})", id, pid_text(v.pid), v.ns_pid);
+            }
+            if let Some(mut e) = events {
+                std::io::stdout().flush()?;
+                debug::wait_for_debugger(&mut e, id)?;
             }
         }
         Cmd::Debug { id, vscode: true, file, .. } => {

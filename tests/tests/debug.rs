@@ -158,6 +158,22 @@ fn root_debug_port_deadline_and_state_rules() {
     let before = ticks(&mut c, &id);
     std::thread::sleep(Duration::from_millis(300));
     assert!(ticks(&mut c, &id) > before);
+    // START --debug whose debugger never comes: a waiting lantern says so, and the
+    // program runs on.
+    let id = c.load(&compile_g("looper_wait", LOOPER));
+    let out = Command::new(tests::bin_dir().join("lantern"))
+        .args(["--rig", &d.addr.to_string(), "start", "--debug", "--wait", &id])
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{err}");
+    assert!(String::from_utf8_lossy(&out.stdout).contains("target remote 127.0.0.1:"));
+    assert!(err.contains("no debugger connected before the deadline"), "{err}");
+    let end = Instant::now() + Duration::from_secs(5);
+    while ticks(&mut c, &id) < 3 {
+        assert!(Instant::now() < end, "the program did not run after the deadline");
+        std::thread::sleep(Duration::from_millis(20));
+    }
 }
 
 #[test]
