@@ -76,6 +76,8 @@ struct Run {
     program: Option<(Token, OwnedFd)>,
     /// When a debugger still attached to the dead program is killed.
     debugger_deadline: Option<Instant>,
+    /// The program's pid in its session (2, or what gdbserver launched for START --debug).
+    ns_pid: u32,
     /// Pipes' ends, handed to the frontend with "started".
     stdout: Option<OwnedFd>,
     stderr: Option<OwnedFd>,
@@ -506,8 +508,10 @@ impl Broker {
         let ns_uid = run.slot.map(policy::identity::IdPlan::session_ns_uid);
         let stag = self.next_spawn;
         self.next_spawn += 1;
-        // The program is always pid 2 of its session (pid 1 is the init).
-        self.spawner.send(stag, SpawnerCall::Debug { init_pidfd, ns_uid, target: 2 }).map_err(BrokerError::Spawner)?;
+        // The program is pid 2 of its session (pid 1 is the init), unless gdbserver
+        // launched it (START --debug, then detached).
+        let target = run.ns_pid;
+        self.spawner.send(stag, SpawnerCall::Debug { init_pidfd, ns_uid, target }).map_err(BrokerError::Spawner)?;
         self.debug_calls.insert(stag, (id, tag));
         Ok(())
     }
@@ -635,6 +639,7 @@ impl Broker {
                     debugger: None,
                     program: None,
                     debugger_deadline: None,
+                    ns_pid: 2,
                     term_deadline: None,
                     kill_deadline: None,
                     stdout: Some(stdout),

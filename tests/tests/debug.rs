@@ -395,6 +395,20 @@ fn root_a_lost_debugger_releases_the_program() {
         assert!(Instant::now() < end, "the program did not run after the detach");
         std::thread::sleep(Duration::from_millis(20));
     }
+    // The released program (not pid 2: gdbserver launched it) can be attached to later.
+    let r = c.cmd(&format!("DEBUG {id}"));
+    let line = r["debug"]["gdb"].as_str().unwrap().to_string();
+    let port = r["debug"]["port"].as_u64().unwrap();
+    let ns_pid = r["debug"]["ns_pid"].as_u64().unwrap();
+    assert_ne!(ns_pid, 2, "{r}");
+    assert!(line.contains(&format!("file target:/proc/{ns_pid}/exe")), "{line}");
+    let out = gdb(&[
+        &format!("target remote 127.0.0.1:{port}"),
+        &format!("file target:/proc/{ns_pid}/exe"),
+        "print counter > 41",
+        "detach",
+    ]);
+    assert!(out.contains("$1 = 1"), "{out}");
     c.cmd(&format!("KILL {id}"));
     // gdb killed while the program runs: detached for it, RUNNING again at once.
     let id = c.load(&looper);

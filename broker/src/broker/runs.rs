@@ -44,6 +44,7 @@ impl Broker {
         loop {
             match run.ctl.recv::<InitMsg>() {
                 Ok(Some((_, InitMsg::Running { ns_pid, pidfd, tty, debugger }))) => {
+                    run.ns_pid = ns_pid;
                     let debug = match debugger {
                         // gdbserver launched the program: it is the program's parent and
                         // reports its exit to gdb; the session lasts while it does.
