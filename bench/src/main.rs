@@ -718,19 +718,25 @@ fn debug_latency() {
         drop(io);
         let _ = g.wait();
     }
-    let (o, p) = (median(&mut ours), median(&mut peer));
-    println!("## DEBUG → debugger connected and first registers read ({N} runs each; ms)");
+    ratio_table(
+        &format!("DEBUG → debugger connected and first registers read ({N} runs each; ms)"),
+        ("gdbserver --attach started by hand on the host, over its stdio", &mut peer),
+        (
+            "debuglantern DEBUG (gdbserver in the session's namespaces as its uid) + TCP connect to the debug port",
+            &mut ours,
+        ),
+        2,
+    );
+}
+
+/// A table of two latency series: the peer's median and p99, ours, and their ratio.
+fn ratio_table(title: &str, peer: (&str, &mut [f64]), ours: (&str, &mut [f64]), decimals: usize) {
+    let (p, o) = (median(peer.1), median(ours.1));
+    println!("## {title}");
     println!("| path | median | p99 | ratio (median) |");
     println!("|---|---|---|---|");
-    println!(
-        "| gdbserver --attach started by hand on the host, over its stdio | {p:.2} | {:.2} | 1.00 |",
-        pct(&mut peer, 0.99)
-    );
-    println!(
-        "| debuglantern DEBUG (gdbserver in the session's namespaces as its uid) + TCP connect to the debug port | {o:.2} | {:.2} | {:.2} |",
-        pct(&mut ours, 0.99),
-        o / p
-    );
+    println!("| {} | {p:.decimals$} | {:.decimals$} | 1.00 |", peer.0, pct(peer.1, 0.99));
+    println!("| {} | {o:.decimals$} | {:.decimals$} | {:.2} |", ours.0, pct(ours.1, 0.99), o / p);
     println!();
 }
 
@@ -784,20 +790,15 @@ fn debug_launch() {
         drop(io);
         let _ = g.wait();
     }
-    let (o, p) = (median(&mut ours), median(&mut peer));
-    println!("## START --debug → entry stop reported to a connected client ({N} runs each; ms)");
-    println!("| path | median | p99 | ratio (median) |");
-    println!("|---|---|---|---|");
-    println!(
-        "| `gdbserver --once - PROG` started by hand on the host, over its stdio | {p:.2} | {:.2} | 1.00 |",
-        pct(&mut peer, 0.99)
+    ratio_table(
+        &format!("START --debug → entry stop reported to a connected client ({N} runs each; ms)"),
+        ("`gdbserver --once - PROG` started by hand on the host, over its stdio", &mut peer),
+        (
+            "debuglantern START --debug (full jail; program copied to /bundle; gdbserver launches it) + TCP connect to the debug port",
+            &mut ours,
+        ),
+        2,
     );
-    println!(
-        "| debuglantern START --debug (full jail; program copied to /bundle; gdbserver launches it) + TCP connect to the debug port | {o:.2} | {:.2} | {:.2} |",
-        pct(&mut ours, 0.99),
-        o / p
-    );
-    println!();
     // The whole command, from nothing to gdb at the breakpoint (then `kill`, `quit`).
     const M: usize = 10;
     let lantern = tests::bin_dir().join("lantern");
@@ -836,20 +837,12 @@ fn debug_launch() {
             "continue",
         ])));
     }
-    let (o, p) = (median(&mut ours), median(&mut peer));
-    println!("## `lantern run --debug --break add` → gdb at the breakpoint, then kill and quit ({M} runs each; ms)");
-    println!("| path | median | p99 | ratio (median) |");
-    println!("|---|---|---|---|");
-    println!(
-        "| gdb with `target remote \\| gdbserver --once - PROG` on the host | {p:.0} | {:.0} | 1.00 |",
-        pct(&mut peer, 0.99)
+    ratio_table(
+        &format!("`lantern run --debug --break add` → gdb at the breakpoint, then kill and quit ({M} runs each; ms)"),
+        ("gdb with `target remote \\| gdbserver --once - PROG` on the host", &mut peer),
+        ("`lantern run --debug` (upload, START --debug, gdb here over DEBUG --stdio, session deleted)", &mut ours),
+        0,
     );
-    println!(
-        "| `lantern run --debug` (upload, START --debug, gdb here over DEBUG --stdio, session deleted) | {o:.0} | {:.0} | {:.2} |",
-        pct(&mut ours, 0.99),
-        o / p
-    );
-    println!();
     let _ = std::fs::remove_dir_all(dir);
 }
 

@@ -191,13 +191,29 @@ fn bridge(listener: TcpListener, target: &Target, id: Uuid) -> Result<()> {
 }
 
 /// Bytes both ways between the debugger and the rig, until either side ends.
-fn relay(local: TcpStream, mut from_rig: TcpStream, mut to_rig: TcpStream, early: Vec<u8>) -> Result<()> {
-    let mut to_debugger = local.try_clone()?;
-    let mut from_debugger = local;
-    to_debugger.write_all(&early)?;
-    let up = std::thread::spawn(move || {
+fn relay(local: TcpStream, from_rig: TcpStream, to_rig: TcpStream, early: Vec<u8>) -> Result<()> {
+    let to_debugger = local.try_clone()?;
+    let end = to_debugger.try_clone()?;
+    let r = pipe_both(local, to_debugger, from_rig, to_rig, &early);
+    let _ = end.shutdown(std::net::Shutdown::Both);
+    r
+}
+
+/// Copies `from_local` to the rig (on a thread; the rig's write side is shut at its EOF)
+/// and the rig to `to_local` (after `early`, what was read with the reply line) until the
+/// rig's side ends.
+pub fn pipe_both(
+    mut from_local: impl Read + Send + 'static,
+    mut to_local: impl Write,
+    mut from_rig: TcpStream,
+    mut to_rig: TcpStream,
+    early: &[u8],
+) -> Result<()> {
+    to_local.write_all(early)?;
+    to_local.flush()?;
+    std::thread::spawn(move || {
         let mut buf = [0u8; 16 * 1024];
-        while let Ok(n) = from_debugger.read(&mut buf) {
+        while let Ok(n) = from_local.read(&mut buf) {
             if n == 0 || to_rig.write_all(&buf[..n]).is_err() {
                 break;
             }
@@ -206,14 +222,13 @@ fn relay(local: TcpStream, mut from_rig: TcpStream, mut to_rig: TcpStream, early
     });
     let mut buf = [0u8; 16 * 1024];
     loop {
-        let n = from_rig.read(&mut buf).unwrap_or(0);
-        if n == 0 || to_debugger.write_all(&buf[..n]).is_err() {
-            break;
+        let n = from_rig.read(&mut buf).context("reading from the rig")?;
+        if n == 0 {
+            return Ok(());
         }
+        to_local.write_all(&buf[..n])?;
+        to_local.flush()?;
     }
-    let _ = to_debugger.shutdown(std::net::Shutdown::Both);
-    let _ = up.join();
-    Ok(())
 }
 
 /// `lantern debug --vscode ID`: a launch configuration (VS Code's cppdbg) that debugs the

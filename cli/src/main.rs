@@ -590,32 +590,10 @@ fn pid_text(pid: Option<i32>) -> String {
 
 /// Copies stdin to the rig and the rig to stdout until either side ends.
 fn gdb_pipe(c: Conn) -> Result<ExitCode> {
-    use std::io::Read;
     let early = c.reader.buffer().to_vec();
-    let mut from_rig = c.reader.into_inner();
-    let mut to_rig = c.writer;
-    let mut out = std::io::stdout();
-    out.write_all(&early)?;
-    out.flush()?;
-    std::thread::spawn(move || {
-        let mut stdin = std::io::stdin();
-        let mut buf = [0u8; 16 * 1024];
-        while let Ok(n) = stdin.read(&mut buf) {
-            if n == 0 || to_rig.write_all(&buf[..n]).is_err() {
-                break;
-            }
-        }
-        let _ = to_rig.shutdown(std::net::Shutdown::Write);
-    });
-    let mut buf = [0u8; 16 * 1024];
-    loop {
-        let n = from_rig.read(&mut buf).context("reading from the rig")?;
-        if n == 0 {
-            return Ok(ExitCode::SUCCESS);
-        }
-        out.write_all(&buf[..n])?;
-        out.flush()?;
-    }
+    let from_rig = c.reader.into_inner();
+    debug::pipe_both(std::io::stdin(), std::io::stdout(), from_rig, c.writer, &early)?;
+    Ok(ExitCode::SUCCESS)
 }
 
 fn stopped(v: Stopped, json: bool) -> Result<()> {
