@@ -3,9 +3,13 @@
 //! fed in arbitrary chunks. Never panics; what it concludes is always well-formed.
 #![no_main]
 use libfuzzer_sys::fuzz_target;
-use shared::rsp::{created_pids, Watch};
+use shared::rsp::{add_swbreak, created_pids, Watch};
 
 fuzz_target!(|data: &[u8]| {
+    if let Some(fixed) = add_swbreak(data) {
+        assert!(fixed.len() > data.len());
+        assert!(add_swbreak(&fixed).is_none(), "rewritten twice");
+    }
     let (pids, used) = created_pids(data);
     assert!(used <= data.len());
     assert!(pids.iter().all(|&p| p > 1));

@@ -28,6 +28,44 @@ pub fn created_pids(log: &[u8]) -> (Vec<i32>, usize) {
     (pids, used)
 }
 
+/// A debugger's `qSupported` that lacks `swbreak+` (lldb's) with it added, checksum and
+/// all, if the whole packet is in `chunk` (it is the debugger's first, sent at once).
+///
+/// Without `swbreak+`, gdbserver reports a software breakpoint's stop with the pc past the
+/// trap instruction and leaves the step back to the debugger, as gdb does it; lldb does
+/// not, so it stops at `_start+1` and cannot go on. With it, gdbserver moves the pc back
+/// itself and says `swbreak` in the stop reply (a key lldb skips). gdb sends `swbreak+`
+/// already: its packets pass untouched.
+pub fn add_swbreak(chunk: &[u8]) -> Option<Vec<u8>> {
+    const HEAD: &[u8] = b"$qSupported";
+    let start = chunk.windows(HEAD.len()).position(|w| w == HEAD)?;
+    let end = start + chunk[start..].iter().position(|&b| b == b'#')?;
+    if chunk.len() < end + 3 || !chunk[end + 1..end + 3].iter().all(u8::is_ascii_hexdigit) {
+        return None;
+    }
+    let body = &chunk[start + 1..end];
+    let features: Vec<&[u8]> = match body.strip_prefix(b"qSupported:") {
+        Some(list) => list.split(|&b| b == b';').collect(),
+        None if body == b"qSupported" => Vec::new(),
+        None => return None,
+    };
+    if features.contains(&&b"swbreak+"[..]) {
+        return None;
+    }
+    let mut new_body = body.to_vec();
+    new_body.push(if features.is_empty() { b':' } else { b';' });
+    new_body.extend_from_slice(b"swbreak+");
+    if !features.contains(&&b"hwbreak+"[..]) {
+        new_body.extend_from_slice(b";hwbreak+");
+    }
+    let sum = new_body.iter().fold(0u8, |a, b| a.wrapping_add(*b));
+    let mut out = chunk[..start + 1].to_vec();
+    out.extend_from_slice(&new_body);
+    out.extend_from_slice(format!("#{sum:02x}").as_bytes());
+    out.extend_from_slice(&chunk[end + 3..]);
+    Some(out)
+}
+
 /// What the relayed remote protocol says about the program: whether it runs (so that a
 /// detach must interrupt it first) and how it ended. In the remote protocol a raw `$`
 /// always starts a packet (inside one it is escaped), so the first bytes after it name
@@ -203,6 +241,25 @@ mod tests {
         w.saw_client(b"$D;5#b4");
         w.saw_gdbserver(b"$OK#9a");
         assert!(w.detached);
+    }
+
+    #[test]
+    fn lldbs_qsupported_gains_swbreak_and_gdbs_passes() {
+        let lldb = b"+$qSupported:xmlRegisters=i386,arm,mips,arc;multiprocess+;fork-events+;vfork-events+#2e";
+        let out = add_swbreak(lldb).expect("rewritten");
+        let text = std::str::from_utf8(&out).unwrap();
+        assert!(text.starts_with(
+            "+$qSupported:xmlRegisters=i386,arm,mips,arc;multiprocess+;fork-events+;vfork-events+;swbreak+;hwbreak+#"
+        ));
+        let (body, sum) = text[2..].split_once('#').unwrap();
+        assert_eq!(u8::from_str_radix(sum, 16).unwrap(), body.bytes().fold(0u8, |a, b| a.wrapping_add(b)));
+        assert_eq!(add_swbreak(b"$qSupported#37").unwrap(), b"$qSupported:swbreak+;hwbreak+#d5".to_vec());
+        // gdb's, a split packet, another packet, a bad checksum: untouched.
+        assert_eq!(add_swbreak(b"$qSupported:multiprocess+;swbreak+;hwbreak+#00"), None);
+        assert_eq!(add_swbreak(b"$qSupported:multiprocess+"), None);
+        assert_eq!(add_swbreak(b"$qSupportedX#00"), None);
+        assert_eq!(add_swbreak(b"$qSupported:a#z"), None);
+        assert_eq!(add_swbreak(b"$g#67"), None);
     }
 
     #[test]

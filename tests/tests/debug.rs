@@ -353,21 +353,43 @@ fn root_ides_and_lldb_see_a_clean_entry_stop() {
     assert!(out.contains(r#"*stopped,reason="breakpoint-hit""#), "{out}");
     assert_eq!(c.wait_state(&id, "STOPPED", Duration::from_secs(10))["exit"]["code"], 7);
     assert_eq!(c.cmd(&format!("LOGS {id}"))["data"], "sum=9\n");
-    // lldb's gdb-remote: one stop at the entry, no SIGSTOP.
+    // lldb's gdb-remote: one clean stop at the entry, then main, then the program's end.
     if Command::new("lldb").arg("--version").output().is_err() {
         assert!(std::env::var("CI").as_deref() != Ok("true"), "lldb is missing (scripts/install-deps installs it)");
         return;
     }
     let id = c.load(&prog);
     let port = c.cmd(&format!("START {id} --debug"))["debug"]["port"].as_u64().unwrap();
-    let out = Command::new("timeout")
-        .args(["60", "lldb", "-b", "-o", &format!("gdb-remote 127.0.0.1:{port}"), "-o", "process kill"])
+    let lldb = |args: &[&str]| {
+        let mut cmd = Command::new("timeout");
+        cmd.args(["60", "lldb", "-b"]);
+        for a in args {
+            cmd.args(["-o", a]);
+        }
+        let out = cmd.output().unwrap();
+        format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr))
+    };
+    let out = lldb(&[
+        &format!("target create {}", local.display()),
+        "breakpoint set -n main",
+        &format!("gdb-remote 127.0.0.1:{port}"),
+        "continue",
+        "bt",
+        "continue",
+    ]);
+    assert!(!out.contains("SIGSTOP"), "{out}");
+    assert!(out.contains("stop reason = breakpoint 1.1") && out.contains("`main("), "main not hit:\n{out}");
+    assert_eq!(c.wait_state(&id, "STOPPED", Duration::from_secs(10))["exit"]["code"], 7);
+    // And `lantern run --debug --debugger lldb`, through lantern's loopback bridge.
+    let id2 = std::process::Command::new(&lantern)
+        .args(["--rig", &d.addr.to_string(), "run", "--debug", "--debugger", "lldb", "--break", "add"])
+        .arg(&local)
+        .args(["--", "2", "3"])
+        .stdin(std::process::Stdio::null())
         .output()
         .unwrap();
-    let out = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
-    assert!(!out.contains("SIGSTOP"), "{out}");
-    assert_eq!(out.matches(" stopped").count(), 1, "one stop, at the entry:\n{out}");
-    assert_eq!(c.wait_state(&id, "STOPPED", Duration::from_secs(10))["exit"]["signal"], 9);
+    let text = format!("{}{}", String::from_utf8_lossy(&id2.stdout), String::from_utf8_lossy(&id2.stderr));
+    assert!(text.contains("stop reason = breakpoint 1.1") && text.contains("`add("), "{text}");
 }
 
 #[test]

@@ -391,6 +391,7 @@ impl Debug {
         let releasing = client.is_none();
         let mut watch = Watch::default();
         watch.saw_client(&to_gdb);
+        let to_gdb = shared::rsp::add_swbreak(&to_gdb).unwrap_or(to_gdb);
         let r = Relay {
             id,
             peer,
@@ -425,7 +426,11 @@ impl Debug {
                         Ok(0) => client_gone = true,
                         Ok(n) => {
                             r.watch.saw_client(&buf[..n]);
-                            r.to_gdb.extend_from_slice(&buf[..n]);
+                            // lldb's qSupported gets `swbreak+` (see shared::rsp::add_swbreak).
+                            match shared::rsp::add_swbreak(&buf[..n]) {
+                                Some(fixed) => r.to_gdb.extend_from_slice(&fixed),
+                                None => r.to_gdb.extend_from_slice(&buf[..n]),
+                            }
                             progress = true;
                         }
                         Err(e) if e.kind() == ErrorKind::WouldBlock => {}
