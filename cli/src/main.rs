@@ -556,8 +556,8 @@ fn run(cli: Cli) -> Result<ExitCode> {
             let mut c = Conn::open(&target)?;
             cp::cp(&mut c, cp::side(&src), cp::side(&dst), tar, quiet)?;
         }
-        Cmd::Run { path, exec, env, limits, argv0, keep, interactive, tty, debug: true, dbg, args } => {
-            let _ = (interactive, tty);
+        // -i and -t conflict with --debug (clap refuses them together).
+        Cmd::Run { path, exec, env, limits, argv0, keep, debug: true, dbg, args, .. } => {
             let mut opts = ops::start_opts(args, &env, &limits)?;
             opts.argv0 = argv0;
             let mut c = Conn::open(&target)?;
