@@ -656,6 +656,20 @@ fn first_registers<S: Read + Write>(io: &mut S) {
     rsp(io, "D");
 }
 
+/// `gdbserver --once ARGS` started by hand on the host, its stdio the protocol.
+fn gdbserver_by_hand(args: &[&str]) -> (std::process::Child, Pipes) {
+    let mut g = Command::new("/usr/bin/gdbserver")
+        .arg("--once")
+        .args(args)
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let io = Pipes(g.stdout.take().unwrap(), g.stdin.take().unwrap());
+    (g, io)
+}
+
 struct Pipes(std::process::ChildStdout, std::process::ChildStdin);
 impl Read for Pipes {
     fn read(&mut self, b: &mut [u8]) -> std::io::Result<usize> {
@@ -705,14 +719,7 @@ fn debug_latency() {
         // Peer: gdbserver started by hand (as root, on the host) on the same process, over
         // its stdio (its TCP mode would listen on every interface).
         let t = Instant::now();
-        let mut g = Command::new("/usr/bin/gdbserver")
-            .args(["--once", "--attach", "-", &pid.to_string()])
-            .stdin(std::process::Stdio::piped())
-            .stdout(std::process::Stdio::piped())
-            .stderr(std::process::Stdio::null())
-            .spawn()
-            .unwrap();
-        let mut io = Pipes(g.stdout.take().unwrap(), g.stdin.take().unwrap());
+        let (mut g, mut io) = gdbserver_by_hand(&["--attach", "-", &pid.to_string()]);
         first_registers(&mut io);
         peer.push(t.elapsed().as_secs_f64() * 1e3);
         drop(io);
@@ -766,24 +773,15 @@ fn debug_launch() {
         let port = r["debug"]["port"].as_u64().expect("a debug port") as u16;
         let mut s = TcpStream::connect(("127.0.0.1", port)).unwrap();
         s.set_nodelay(true).unwrap();
-        entry_stop(&mut s);
-
+        let pid = entry_stop(&mut s);
         ours.push(t.elapsed().as_secs_f64() * 1e3);
         // gdbserver in multiprocess mode detaches `D;pid` only.
-        rsp(&mut s, &format!("D;{:x}", r["ns_pid"].as_u64().unwrap()));
+        rsp(&mut s, &format!("D;{pid}"));
         drop(s);
         c.wait_state(&id, "STOPPED", Duration::from_secs(10));
         // Peer: gdbserver launching the program by hand, over its stdio.
         let t = Instant::now();
-        let mut g = Command::new("/usr/bin/gdbserver")
-            .args(["--once", "-"])
-            .arg(&prog)
-            .stdin(std::process::Stdio::piped())
-            .stdout(std::process::Stdio::piped())
-            .stderr(std::process::Stdio::null())
-            .spawn()
-            .unwrap();
-        let mut io = Pipes(g.stdout.take().unwrap(), g.stdin.take().unwrap());
+        let (mut g, mut io) = gdbserver_by_hand(&["-", prog.to_str().unwrap()]);
         let pid = entry_stop(&mut io);
         peer.push(t.elapsed().as_secs_f64() * 1e3);
         rsp(&mut io, &format!("D;{pid}"));

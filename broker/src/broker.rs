@@ -516,18 +516,26 @@ impl Broker {
         Ok(())
     }
 
+    /// gdbserver (attached by DEBUG, or launching the program for START --debug) is the
+    /// run's debugger: its exit is watched and reported as `DebugEnded`.
+    pub(super) fn adopt_debugger(&mut self, id: SessionId, pidfd: OwnedFd) -> Result<(), BrokerError> {
+        let Some(run) = self.sessions.get_mut(&id).and_then(|s| s.run.as_mut()) else { return Ok(()) };
+        let t = Token(self.next_token);
+        self.next_token += 1;
+        self.poll.registry().register(&mut SourceFd(&pidfd.as_raw_fd()), t, Interest::READABLE)?;
+        run.debugger = Some((t, pidfd));
+        self.debug_tokens.insert(t, id);
+        Ok(())
+    }
+
     fn on_debug_reply(&mut self, id: SessionId, tag: u64, reply: SpawnReply) -> Result<(), BrokerError> {
         match reply {
             SpawnReply::Debugging { gdb_pidfd, sock } => {
-                let Some(run) = self.sessions.get_mut(&id).and_then(|s| s.run.as_mut()) else {
+                if self.sessions.get(&id).and_then(|s| s.run.as_ref()).is_none() {
                     let _ = sys::pidfd_signal(gdb_pidfd.as_fd(), libc::SIGKILL);
                     return self.refuse(tag, Refusal::InvalidState, "the session ended");
-                };
-                let t = Token(self.next_token);
-                self.next_token += 1;
-                self.poll.registry().register(&mut SourceFd(&gdb_pidfd.as_raw_fd()), t, Interest::READABLE)?;
-                run.debugger = Some((t, gdb_pidfd));
-                self.debug_tokens.insert(t, id);
+                }
+                self.adopt_debugger(id, gdb_pidfd)?;
                 self.tube.send(tag, Reply::Debugging { id, sock })?;
                 Ok(())
             }

@@ -95,13 +95,7 @@ impl Broker {
             }
         }
         if let Some(gdb) = launched {
-            let t = Token(self.next_token);
-            self.next_token += 1;
-            self.poll.registry().register(&mut SourceFd(&gdb.as_raw_fd()), t, Interest::READABLE)?;
-            self.debug_tokens.insert(t, id);
-            if let Some(run) = self.sessions.get_mut(&id).and_then(|s| s.run.as_mut()) {
-                run.debugger = Some((t, gdb));
-            }
+            self.adopt_debugger(id, gdb)?;
         }
         if let Some(watch) = program_watch {
             let t = Token(self.next_token);
