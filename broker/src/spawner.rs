@@ -20,30 +20,48 @@ use shared::{Tube, TubeError};
 use std::ffi::CString;
 use std::os::fd::{AsRawFd, OwnedFd};
 
-/// Forks the spawner. Returns the broker's end of its socket; the child never returns.
-/// The spawner confines itself with `own_seccomp` (a deny list that stacks under every
-/// session it builds) before it reads a request.
+/// Forks the spawner. Returns the broker's end of its socket once the spawner has
+/// confined itself with `own_seccomp` (a deny list that stacks under every session it
+/// builds): from then on no moment exists where it runs unconfined beside the broker.
+/// The child never returns.
 pub fn start(
     session_seccomp: &[seccompiler::BpfProgram],
     own_seccomp: &[seccompiler::BpfProgram],
 ) -> Result<OwnedFd, SpawnError> {
     let (ours, theirs) = shared::tube::socketpair().map_err(sys_err("socketpair"))?;
+    let (confined_r, confined_w) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC).map_err(sys_err("pipe"))?;
     match sys::fork_into(0).map_err(sys_err("fork the spawner"))? {
-        sys::Forked::Parent { .. } => Ok(ours),
+        sys::Forked::Parent { .. } => {
+            drop(confined_w);
+            // One byte once its filter is installed; EOF if it died first.
+            let mut b = [0u8; 1];
+            match nix::unistd::read(confined_r.as_raw_fd(), &mut b) {
+                Ok(1) => Ok(ours),
+                _ => Err(SpawnError::Helper("the spawner could not confine itself (see the log)".into())),
+            }
+        }
         sys::Forked::Child => {
             drop(ours);
-            serve(theirs, session_seccomp, own_seccomp)
+            drop(confined_r);
+            serve(theirs, confined_w, session_seccomp, own_seccomp)
         }
     }
 }
 
-fn serve(sock: OwnedFd, session_seccomp: &[seccompiler::BpfProgram], own_seccomp: &[seccompiler::BpfProgram]) -> ! {
-    sys::close_all_except(&[0, 1, 2, sock.as_raw_fd()]);
+fn serve(
+    sock: OwnedFd,
+    confined: OwnedFd,
+    session_seccomp: &[seccompiler::BpfProgram],
+    own_seccomp: &[seccompiler::BpfProgram],
+) -> ! {
+    sys::close_all_except(&[0, 1, 2, sock.as_raw_fd(), confined.as_raw_fd()]);
     let _ = nix::sys::prctl::set_pdeathsig(nix::sys::signal::Signal::SIGKILL);
     if let Err(e) = policy::seccomp::install(own_seccomp) {
         log::error!("spawner: {e}");
         sys::exit_now(1);
     }
+    let _ = nix::unistd::write(&confined, b"1");
+    drop(confined);
     // Inits are reaped by the kernel; the broker watches them through pidfds.
     sys::set_sigchld(false);
     let Ok(mut tube) = Tube::new(sock) else { sys::exit_now(1) };
