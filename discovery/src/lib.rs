@@ -10,6 +10,10 @@
 //! own filter refuses (it keeps TCP only): the withdrawal at shutdown is therefore made
 //! from a small control thread of ours, started with the responder.
 
+pub mod dns;
+pub mod tsig;
+pub mod unicast;
+
 use mdns_sd::{IfKind, ServiceDaemon, ServiceEvent, ServiceInfo};
 use std::collections::BTreeMap;
 use std::net::{IpAddr, SocketAddr};
@@ -32,15 +36,27 @@ pub enum DiscoveryError {
     },
 }
 
-fn invalid(why: impl Into<String>) -> DiscoveryError {
+pub(crate) fn invalid(why: impl Into<String>) -> DiscoveryError {
     DiscoveryError::Invalid(why.into())
 }
 
-fn because<E: Into<Box<dyn std::error::Error + Send + Sync>>>(
+pub(crate) fn because<E: Into<Box<dyn std::error::Error + Send + Sync>>>(
     what: impl Into<String>,
 ) -> impl FnOnce(E) -> DiscoveryError {
     let what = what.into();
     move |e| DiscoveryError::Because { what, source: e.into() }
+}
+
+/// An error and its causes, one line.
+pub fn chain(e: &dyn std::error::Error) -> String {
+    let mut s = e.to_string();
+    let mut cur = e.source();
+    while let Some(c) = cur {
+        s.push_str(": ");
+        s.push_str(&c.to_string());
+        cur = c.source();
+    }
+    s
 }
 
 /// The DNS-SD service type.
@@ -59,6 +75,8 @@ pub struct Plan {
     pub force: bool,
     /// Authentication required on the control port.
     pub auth_required: bool,
+    /// Most sessions (TXT `max_sessions`).
+    pub max_sessions: usize,
 }
 
 /// A running advertisement: the instance name, and the thread that will withdraw it.
@@ -96,8 +114,9 @@ pub fn host_id() -> String {
     hex::encode(&h[..8])
 }
 
-/// The TXT records, `txtvers` first.
-pub fn txt(auth_required: bool) -> Vec<(String, String)> {
+/// The TXT records, `txtvers` first: what a client needs to choose a rig, nothing that
+/// changes while the daemon runs (the load is asked with HELLO).
+pub fn txt(auth_required: bool, max_sessions: usize) -> Vec<(String, String)> {
     let arch = if cfg!(target_arch = "x86_64") { "x86_64" } else { std::env::consts::ARCH };
     vec![
         ("txtvers".into(), "1".into()),
@@ -106,6 +125,7 @@ pub fn txt(auth_required: bool) -> Vec<(String, String)> {
         ("arch".into(), arch.into()),
         ("hostid".into(), host_id()),
         ("version".into(), env!("CARGO_PKG_VERSION").into()),
+        ("max_sessions".into(), max_sessions.to_string()),
     ]
 }
 
@@ -141,7 +161,7 @@ pub fn start(plan: &Plan, listen: SocketAddr) -> Result<Advertiser, DiscoveryErr
     let name = free_name(&plan.name, &taken);
     let host = nix::unistd::gethostname().map(|h| h.to_string_lossy().into_owned()).unwrap_or_else(|_| "rig".into());
     let host = format!("{}.local.", host.split('.').next().unwrap_or("rig"));
-    let props: Vec<(String, String)> = txt(plan.auth_required);
+    let props: Vec<(String, String)> = txt(plan.auth_required, plan.max_sessions);
     let props_ref: Vec<(&str, &str)> = props.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
     let addrs: &[IpAddr] = &[];
     let info = ServiceInfo::new(SERVICE, &name, &host, addrs, listen.port(), &props_ref[..])
@@ -234,6 +254,8 @@ pub struct Found {
     pub port: u16,
     /// TXT records.
     pub txt: BTreeMap<String, String>,
+    /// Where it was found: `local` (mDNS) or the unicast DNS-SD domain.
+    pub domain: String,
 }
 
 /// Browses for rigs for `wait` (for `lantern discover`).
@@ -253,7 +275,14 @@ pub fn discover(wait: Duration) -> Result<Vec<Found>, DiscoveryError> {
                     info.get_properties().iter().map(|p| (p.key().to_string(), p.val_str().to_string())).collect();
                 found.insert(
                     instance.clone(),
-                    Found { instance, host: info.get_hostname().to_string(), addresses, port: info.get_port(), txt },
+                    Found {
+                        instance,
+                        host: info.get_hostname().to_string(),
+                        addresses,
+                        port: info.get_port(),
+                        txt,
+                        domain: "local".into(),
+                    },
                 );
             }
             ServiceEvent::ServiceRemoved(_, full) => {
@@ -286,7 +315,7 @@ mod tests {
 
     #[test]
     fn txt_starts_with_txtvers_and_is_small() {
-        let t = txt(false);
+        let t = txt(false, 64);
         assert_eq!(t[0], ("txtvers".to_string(), "1".to_string()));
         assert!(t.iter().any(|(k, v)| k == "auth" && v == "none"));
         assert_eq!(host_id(), host_id(), "stable");
@@ -295,7 +324,7 @@ mod tests {
 
     #[test]
     fn loopback_only_advertises_nothing_unless_forced() {
-        let plan = Plan { name: "x".into(), interfaces: vec![], force: false, auth_required: false };
+        let plan = Plan { name: "x".into(), interfaces: vec![], force: false, auth_required: false, max_sessions: 64 };
         assert!(!wanted(&plan, "127.0.0.1:4444".parse().unwrap()));
         assert!(wanted(&plan, "10.0.0.1:4444".parse().unwrap()));
         assert!(wanted(&Plan { force: true, ..plan.clone() }, "127.0.0.1:4444".parse().unwrap()));
