@@ -157,6 +157,22 @@ pub struct Flags {
     /// mDNS instance name (default "debuglantern @ <hostname>", at most 63 bytes).
     #[arg(long)]
     pub mdns_name: Option<String>,
+    /// Register in this unicast DNS-SD domain (RFC 6763 §11) with TSIG-signed dynamic
+    /// updates (RFC 2136): `_mydebug._tcp.DOMAIN`. Needs --dns-sd-server and --dns-sd-key.
+    #[arg(long, value_name = "DOMAIN")]
+    pub dns_sd_domain: Option<String>,
+    /// The authoritative DNS server taking the updates, HOST[:PORT] (port 53 by default).
+    #[arg(long, value_name = "HOST[:PORT]")]
+    pub dns_sd_server: Option<String>,
+    /// TSIG key file (as `tsig-keygen` or `keymgr -t` write it); mode 600.
+    #[arg(long, value_name = "FILE")]
+    pub dns_sd_key: Option<PathBuf>,
+    /// DNS-SD instance name (default: the mDNS name).
+    #[arg(long, value_name = "NAME")]
+    pub dns_sd_name: Option<String>,
+    /// How often the records are refreshed, e.g. 60s (their TTL is twice that).
+    #[arg(long, value_name = "DURATION", value_parser = humantime::parse_duration)]
+    pub dns_sd_refresh: Option<Duration>,
     /// Path of debuglantern-broker (default: next to this binary).
     #[arg(long)]
     pub broker: Option<PathBuf>,
@@ -193,6 +209,11 @@ pub struct FileConfig {
     mdns: Option<bool>,
     mdns_interfaces: Option<Vec<String>>,
     mdns_name: Option<String>,
+    dns_sd_domain: Option<String>,
+    dns_sd_server: Option<String>,
+    dns_sd_key: Option<PathBuf>,
+    dns_sd_name: Option<String>,
+    dns_sd_refresh: Option<String>,
     auth_tokens: Option<PathBuf>,
     audit_log: Option<PathBuf>,
     quota_sessions: Option<usize>,
@@ -269,6 +290,8 @@ pub struct Config {
     pub broker: Option<PathBuf>,
     /// mDNS: `None` = off; otherwise what to advertise where.
     pub mdns: Option<discovery::Plan>,
+    /// Unicast DNS-SD registration: `None` = off.
+    pub dns_sd: Option<discovery::unicast::Plan>,
     /// Token file.
     pub auth_tokens: Option<PathBuf>,
     /// Audit log file (besides stderr).
@@ -310,6 +333,54 @@ pub fn parse_seconds(s: &str) -> Result<u64, ConfigError> {
     proto::units::parse_seconds(s).map_err(|e| invalid(e.0))
 }
 
+/// The DNS-SD registration the flags and file ask for: the key is read (and its mode
+/// checked) and the server's name resolved now, before the daemon confines itself.
+fn dns_sd_plan(
+    flags: &Flags,
+    file: &FileConfig,
+    mdns_name: Option<String>,
+) -> Result<Option<discovery::unicast::Plan>, ConfigError> {
+    let Some(domain) = flags.dns_sd_domain.clone().or(file.dns_sd_domain.clone()) else {
+        if flags.dns_sd_server.is_some() || flags.dns_sd_key.is_some() || file.dns_sd_server.is_some() {
+            return Err(invalid("--dns-sd-server and --dns-sd-key need --dns-sd-domain"));
+        }
+        return Ok(None);
+    };
+    let domain_name =
+        discovery::dns::Name::parse(&domain).map_err(|e| invalid(format!("dns_sd_domain {domain:?}: {e}")))?;
+    if domain_name.labels().is_empty() {
+        return Err(invalid("dns_sd_domain must not be the root"));
+    }
+    let server = flags
+        .dns_sd_server
+        .clone()
+        .or(file.dns_sd_server.clone())
+        .ok_or_else(|| invalid("--dns-sd-domain needs --dns-sd-server HOST[:PORT]"))?;
+    let server = discovery::unicast::parse_server(&server).map_err(because(format!("dns_sd_server {server:?}")))?;
+    let key_path = flags
+        .dns_sd_key
+        .clone()
+        .or(file.dns_sd_key.clone())
+        .ok_or_else(|| invalid("--dns-sd-domain needs --dns-sd-key FILE (a TSIG key)"))?;
+    let key = discovery::tsig::Key::load(&key_path).map_err(invalid)?;
+    let refresh = match (flags.dns_sd_refresh, &file.dns_sd_refresh) {
+        (Some(d), _) => d,
+        (None, Some(s)) => humantime::parse_duration(s).map_err(because(format!("dns_sd_refresh {s:?}")))?,
+        (None, None) => Duration::from_secs(60),
+    };
+    if refresh < Duration::from_secs(1) || refresh > Duration::from_secs(86_400) {
+        return Err(invalid("dns_sd_refresh must be between 1s and 24h"));
+    }
+    let name = flags.dns_sd_name.clone().or(file.dns_sd_name.clone()).map(|n| discovery::clip(&n));
+    Ok(Some(discovery::unicast::Plan {
+        domain: domain_name,
+        server,
+        key,
+        name: name.or(mdns_name).unwrap_or_else(discovery::default_name),
+        refresh,
+    }))
+}
+
 impl Config {
     /// Merges defaults, the file named by `--config` and the flags.
     pub fn load(flags: Flags) -> Result<Config, ConfigError> {
@@ -337,14 +408,18 @@ impl Config {
             })
             .collect();
         let auth_tokens = flags.auth_tokens.clone().or_else(|| file.auth_tokens.clone());
+        let max_sessions = flags.max_sessions.or(file.max_sessions).unwrap_or(64);
+        let mdns_name = flags.mdns_name.clone().or(file.mdns_name.clone()).map(|n| discovery::clip(&n));
+        let dns_sd = dns_sd_plan(&flags, &file, mdns_name.clone())?;
         let c = Config {
+            dns_sd: dns_sd.filter(|_| !flags.stdio),
             auth_tokens: auth_tokens.clone(),
             audit_log: flags.audit_log.or(file.audit_log),
             quota_default,
             quotas,
             stdio: flags.stdio,
             listen: flags.listen.or(file.listen).unwrap_or_else(|| "127.0.0.1:4444".parse().expect("literal")),
-            max_sessions: flags.max_sessions.or(file.max_sessions).unwrap_or(64),
+            max_sessions,
             max_total_size: flags.max_total_size.or(file.max_total_size.map(|b| b.0)).unwrap_or(1 << 30),
             max_upload: flags.max_upload.or(file.max_upload.map(|b| b.0)).unwrap_or(512 << 20),
             drain_limit: flags.drain_limit.or(file.drain_limit.map(|b| b.0)).unwrap_or(1 << 30),
@@ -382,12 +457,12 @@ impl Config {
                 } else {
                     flags.mdns_interfaces
                 };
-                let name = flags.mdns_name.or(file.mdns_name).map(|n| discovery::clip(&n));
                 (on && !flags.stdio).then(|| discovery::Plan {
-                    name: name.unwrap_or_else(discovery::default_name),
+                    name: mdns_name.unwrap_or_else(discovery::default_name),
                     interfaces,
                     force: flags.mdns || file.mdns == Some(true),
                     auth_required: auth_tokens.is_some(),
+                    max_sessions,
                 })
             },
         };
@@ -455,6 +530,42 @@ mod tests {
         let err = Config::load(Flags::parse_from(["debuglantern", "--config", path.to_str().unwrap()])).unwrap_err();
         let err = shared::chain(&err);
         assert!(err.contains("max_sesions"), "{err}");
+        std::fs::remove_dir_all(dir).unwrap();
+    }
+
+    #[test]
+    fn dns_sd_needs_a_server_and_a_private_key() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = std::env::temp_dir().join(format!("dl-config-dnssd-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let key = dir.join("k.key");
+        std::fs::write(&key, "hmac-sha256:rig-update:c2VjcmV0IHNlY3JldCBzZWNyZXQhIQ==\n").unwrap();
+        std::fs::set_permissions(&key, std::fs::Permissions::from_mode(0o600)).unwrap();
+        let k = key.to_str().unwrap();
+        let load = |args: &[&str]| {
+            let mut all = vec!["debuglantern"];
+            all.extend_from_slice(args);
+            Config::load(Flags::parse_from(all)).map_err(|e| shared::chain(&e))
+        };
+        let c =
+            load(&["--dns-sd-domain", "lab.example", "--dns-sd-server", "127.0.0.1:5300", "--dns-sd-key", k]).unwrap();
+        let plan = c.dns_sd.unwrap();
+        assert_eq!((plan.domain.to_string().as_str(), plan.server.port()), ("lab.example", 5300));
+        assert_eq!(plan.refresh, Duration::from_secs(60));
+        let e = load(&["--dns-sd-domain", "lab.example", "--dns-sd-key", k]).unwrap_err();
+        assert!(e.contains("--dns-sd-server"), "{e}");
+        let e = load(&["--dns-sd-server", "127.0.0.1", "--dns-sd-key", k]).unwrap_err();
+        assert!(e.contains("need --dns-sd-domain"), "{e}");
+        let e = load(&["--dns-sd-domain", "a..b", "--dns-sd-server", "127.0.0.1", "--dns-sd-key", k]).unwrap_err();
+        assert!(e.contains("empty label"), "{e}");
+        std::fs::set_permissions(&key, std::fs::Permissions::from_mode(0o640)).unwrap();
+        let e =
+            load(&["--dns-sd-domain", "lab.example", "--dns-sd-server", "127.0.0.1", "--dns-sd-key", k]).unwrap_err();
+        assert!(e.contains("chmod 600"), "{e}");
+        // --stdio serves one client and registers nothing.
+        std::fs::set_permissions(&key, std::fs::Permissions::from_mode(0o600)).unwrap();
+        let c = load(&["--stdio", "--dns-sd-domain", "lab.example", "--dns-sd-server", "127.0.0.1", "--dns-sd-key", k]);
+        assert!(c.unwrap().dns_sd.is_none());
         std::fs::remove_dir_all(dir).unwrap();
     }
 }

@@ -131,6 +131,7 @@ fn run() -> anyhow::Result<()> {
     }
     if let Some(first) = locals.first() {
         server.start_mdns(*first);
+        server.start_dns_sd(*first);
     }
     policy::seccomp::install_all_threads(&seccomp)?;
     // This thread, the event loop, gives up what only the mDNS thread needs (UDP and

@@ -267,6 +267,8 @@ pub struct Shared {
     pub warnings: Vec<String>,
     /// The mDNS advertisement.
     pub mdns: Option<Mdns>,
+    /// The unicast DNS-SD registrar's state (written by its thread).
+    pub dns_sd: Option<std::sync::Arc<std::sync::Mutex<discovery::unicast::State>>>,
     /// Whether clients must AUTH.
     pub auth_required: bool,
     answers: Vec<Answer>,
@@ -286,6 +288,7 @@ impl Shared {
             jail: Jail::default(),
             warnings,
             mdns: None,
+            dns_sd: None,
             auth_required: false,
             answers: Vec::new(),
             followups: Vec::new(),

@@ -145,6 +145,8 @@ pub struct Server {
     debug: debug::Debug,
     /// The mDNS advertisement, if any (withdrawn at shutdown).
     advertiser: Option<discovery::Advertiser>,
+    /// The unicast DNS-SD registration, if any (its records deleted at shutdown).
+    registrar: Option<discovery::unicast::Registrar>,
     shutdown_deadline: Option<Instant>,
     /// The cgroup controllers that limit sessions, and landlock (for the jail description).
     cgroups: Vec<String>,
@@ -241,6 +243,7 @@ impl Server {
             events: events::Events::default(),
             debug: debug::Debug::default(),
             advertiser: None,
+            registrar: None,
             cgroups,
             landlock,
             shutdown_deadline: None,
@@ -289,6 +292,20 @@ impl Server {
                 self.advertiser = Some(a);
             }
             Err(e) => self.sh.warnings.push(format!("not advertised over mDNS: {}", shared::chain(&e))),
+        }
+    }
+
+    /// Starts keeping the rig's records in its unicast DNS-SD domain, if configured (a
+    /// failure, now or later, is a HELLO warning). Before seccomp, like [`Self::start_mdns`].
+    pub fn start_dns_sd(&mut self, listen: SocketAddr) {
+        let Some(plan) = self.sh.cfg.dns_sd.clone() else { return };
+        let txt = discovery::txt(self.sh.auth_required, self.sh.cfg.max_sessions);
+        match discovery::unicast::register(plan, listen, txt) {
+            Ok(r) => {
+                self.sh.dns_sd = Some(r.state_handle());
+                self.registrar = Some(r);
+            }
+            Err(e) => self.sh.warnings.push(format!("not registered in DNS-SD: {}", shared::chain(&e))),
         }
     }
 
@@ -567,6 +584,9 @@ impl Server {
         // Goodbye packets first: clients stop offering a rig that is going away.
         if let Some(a) = self.advertiser.take() {
             a.stop();
+        }
+        if let Some(r) = self.registrar.take() {
+            r.stop();
         }
         let grace = self.sh.cfg.stop_grace;
         self.sh.broker.notify(Request::Shutdown { grace_ms: grace.as_millis() as u64 })?;

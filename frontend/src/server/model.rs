@@ -323,6 +323,11 @@ impl Sessions {
         self.map.len()
     }
 
+    /// Sessions whose program is alive.
+    pub fn running(&self) -> usize {
+        self.map.values().filter(|s| s.state.alive()).count()
+    }
+
     /// Whether there are none.
     pub fn is_empty(&self) -> bool {
         self.map.is_empty()

@@ -2,13 +2,23 @@
 
 use super::ctx::{Caller, Outcome, Shared};
 use super::model::{limits_reply, RECEIPTS_KEPT};
-use proto::reply::{Hello, IdentityInfo, Limits, List, Output, ReceiptReply, State, Status, Usage};
+use proto::reply::{DnsSd, Hello, IdentityInfo, Limits, List, Load, Output, ReceiptReply, State, Status, Usage};
 use proto::{Error, MAX_LINE};
 use uuid::Uuid;
 
 /// `HELLO`.
 pub fn hello(sh: &Shared, caller: &Caller) -> Outcome {
     let c = &sh.cfg;
+    let dns_sd = c.dns_sd.as_ref().zip(sh.dns_sd.as_ref()).map(|(plan, state)| {
+        let st = state.lock().map(|s| s.clone()).unwrap_or_default();
+        DnsSd {
+            domain: plan.domain.to_string(),
+            server: plan.server.to_string(),
+            instance: st.instance,
+            registered: st.registered,
+            error: st.error.or_else(|| (!st.tried).then(|| "the first update is under way".to_string())),
+        }
+    });
     Outcome::reply(&Hello {
         ok: proto::True,
         server: "debuglantern".into(),
@@ -25,8 +35,22 @@ pub fn hello(sh: &Shared, caller: &Caller) -> Outcome {
             stop_grace_ms: c.stop_grace.as_millis() as u64,
             run: limits_reply(&c.limits),
         },
-        warnings: sh.warnings.clone(),
+        warnings: {
+            let mut w = sh.warnings.clone();
+            if let Some(d) = dns_sd.as_ref().and_then(|d| d.error.as_ref()) {
+                w.push(format!("not registered in DNS-SD: {d}"));
+            }
+            w
+        },
         mdns: sh.mdns.clone(),
+        dns_sd,
+        load: Some(Load {
+            sessions: sh.sessions.len(),
+            running: sh.sessions.running(),
+            max_sessions: c.max_sessions,
+            bytes: sh.sessions.loaded_bytes,
+            bytes_free: c.max_total_size.saturating_sub(sh.sessions.loaded_bytes),
+        }),
         jail: sh.jail.clone(),
     })
 }

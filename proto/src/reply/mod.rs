@@ -225,6 +225,37 @@ pub struct Mdns {
     pub service: String,
 }
 
+/// The rig's unicast DNS-SD registration (`--dns-sd-domain`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DnsSd {
+    /// The domain (`lab.example`).
+    pub domain: String,
+    /// The DNS server taking the updates.
+    pub server: String,
+    /// The instance name registered (after renaming), once registered.
+    pub instance: Option<String>,
+    /// Whether the records are in place as of the last update.
+    pub registered: bool,
+    /// Why the last update failed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+}
+
+/// How busy the rig is now (for clients choosing a rig: `lantern run --rig any`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Load {
+    /// Sessions loaded.
+    pub sessions: usize,
+    /// Of which running (or debugging).
+    pub running: usize,
+    /// Most sessions at once.
+    pub max_sessions: usize,
+    /// Bytes held by loaded sessions (uploads and kept `/tmp`s).
+    pub bytes: u64,
+    /// Bytes still free of `max_total_size`.
+    pub bytes_free: u64,
+}
+
 /// `HELLO`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Hello {
@@ -246,6 +277,12 @@ pub struct Hello {
     pub warnings: Vec<String>,
     /// The mDNS advertisement, if any.
     pub mdns: Option<Mdns>,
+    /// The unicast DNS-SD registration, if any.
+    #[serde(default)]
+    pub dns_sd: Option<DnsSd>,
+    /// The load now (absent from rigs before it was added).
+    #[serde(default)]
+    pub load: Option<Load>,
     /// What confines sessions.
     pub jail: Jail,
 }
