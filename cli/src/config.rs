@@ -10,6 +10,10 @@ use std::path::{Path, PathBuf};
 pub struct UserConfig {
     path: Option<PathBuf>,
     pub rig: Option<String>,
+    /// Unicast DNS-SD domains browsed for rigs (`domains = ["lab.example"]`).
+    pub domains: Vec<String>,
+    /// The DNS server asked for them (`dns_server = "10.0.0.53"`; default: resolv.conf's).
+    pub dns_server: Option<String>,
     table: toml::Table,
 }
 
@@ -27,8 +31,11 @@ impl UserConfig {
         let text = std::fs::read_to_string(&path).with_context(|| format!("reading {}", path.display()))?;
         let table: toml::Table = text.parse().with_context(|| format!("{} is not valid TOML", path.display()))?;
         for key in table.keys() {
-            if !matches!(key.as_str(), "rig" | "token" | "token_file") {
-                bail!("{}: unknown key {key:?} (known: rig, token, token_file, [rig.\"NAME\"])", path.display());
+            if !matches!(key.as_str(), "rig" | "token" | "token_file" | "domains" | "dns_server") {
+                bail!(
+                    "{}: unknown key {key:?} (known: rig, token, token_file, domains, dns_server, [rig.\"NAME\"])",
+                    path.display()
+                );
             }
         }
         let rig = match table.get("rig") {
@@ -36,7 +43,21 @@ impl UserConfig {
             Some(toml::Value::String(s)) => Some(s.clone()),
             Some(other) => bail!("{}: rig must be a string or a table, not {other}", path.display()),
         };
-        Ok(UserConfig { path: Some(path), rig, table })
+        let domains = match table.get("domains") {
+            None => vec![],
+            Some(toml::Value::Array(a)) => a
+                .iter()
+                .map(|v| v.as_str().map(str::to_string))
+                .collect::<Option<Vec<_>>>()
+                .ok_or_else(|| anyhow!("{}: domains must be a list of strings", path.display()))?,
+            Some(other) => bail!("{}: domains must be a list of strings, not {other}", path.display()),
+        };
+        let dns_server = match table.get("dns_server") {
+            None => None,
+            Some(toml::Value::String(s)) => Some(s.clone()),
+            Some(other) => bail!("{}: dns_server must be a string, not {other}", path.display()),
+        };
+        Ok(UserConfig { path: Some(path), rig, domains, dns_server, table })
     }
 
     /// The token for `rig`: from its own `[rig."NAME"]` table, else from the top level.

@@ -6,7 +6,6 @@ use proto::{Code, Command};
 use serde::de::DeserializeOwned;
 use std::io::{BufRead, BufReader, Write};
 use std::net::TcpStream;
-use std::time::Duration;
 
 /// A refusal from the rig (exit 1), as opposed to a broken connection (exit 3).
 #[derive(Debug)]
@@ -45,16 +44,21 @@ pub struct Conn {
 impl Conn {
     /// Connects, and authenticates when a token is given.
     pub fn open(target: &Target) -> Result<Conn> {
-        let addr = resolve_rig(&target.rig)?;
+        let addr = host_port(&target.rig);
         let s = TcpStream::connect(&addr).with_context(|| {
             format!("cannot reach the rig at {addr} (is debuglantern running there? --rig / LANTERN_RIG)")
         })?;
-        let _ = s.set_nodelay(true);
-        let mut c = Conn { reader: BufReader::new(s.try_clone()?), writer: s, anonymous: target.token.is_none() };
+        let mut c = Conn::from_stream(s, target.token.is_none())?;
         if let Some(token) = &target.token {
             c.call::<proto::reply::Authed>(Command::Auth(token.clone())).context("authenticating")?;
         }
         Ok(c)
+    }
+
+    /// A connection over a stream already open (`anonymous`: no token will be given).
+    pub fn from_stream(s: TcpStream, anonymous: bool) -> Result<Conn> {
+        let _ = s.set_nodelay(true);
+        Ok(Conn { reader: BufReader::new(s.try_clone()?), writer: s, anonymous })
     }
 
     /// Sends one command line.
@@ -93,21 +97,35 @@ impl Conn {
     }
 }
 
-/// HOST[:PORT] as given, or the address of a rig advertising that instance name.
-pub fn resolve_rig(rig: &str) -> Result<String> {
+/// HOST[:PORT] with the default port added.
+pub fn host_port(rig: &str) -> String {
+    if rig.contains(':') {
+        rig.to_string()
+    } else {
+        format!("{rig}:4444")
+    }
+}
+
+/// HOST[:PORT] as given, or the address of a rig advertising that instance name (over
+/// mDNS or in one of the lab's DNS-SD domains). A name that looks like a host name but
+/// does not resolve is looked for as an instance name too.
+pub fn resolve_rig(rig: &str, lab: &crate::lab::Lab) -> Result<String> {
+    use std::net::ToSocketAddrs;
     let looks_like_host = !rig.contains(' ') && !rig.contains('@') && rig.chars().all(|c| c.is_ascii_graphic());
     if looks_like_host {
-        return Ok(if rig.contains(':') { rig.to_string() } else { format!("{rig}:4444") });
+        let addr = host_port(rig);
+        if rig.contains(':') || rig.parse::<std::net::IpAddr>().is_ok() || addr.to_socket_addrs().is_ok() {
+            return Ok(addr);
+        }
     }
-    let found = discovery::discover(Duration::from_secs(3))?;
+    let found = lab.find()?;
     let r = found.iter().find(|r| r.instance.eq_ignore_ascii_case(rig)).ok_or_else(|| {
-        anyhow::anyhow!("no rig named {rig:?} answered on the local network (lantern discover lists them)")
+        let where_ = if lab.domains.is_empty() {
+            "on the local network".to_string()
+        } else {
+            format!("on the local network or in {}", lab.domains.join(", "))
+        };
+        anyhow::anyhow!("no rig named {rig:?} answered {where_} (lantern discover lists them)")
     })?;
-    let ip = r
-        .addresses
-        .iter()
-        .find(|a| a.is_ipv4())
-        .or(r.addresses.first())
-        .ok_or_else(|| anyhow::anyhow!("rig {rig:?} advertises no address"))?;
-    Ok(std::net::SocketAddr::new(*ip, r.port).to_string())
+    crate::lab::address(r).ok_or_else(|| anyhow::anyhow!("rig {rig:?} advertises no address"))
 }

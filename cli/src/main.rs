@@ -19,6 +19,7 @@ mod config;
 mod conn;
 mod cp;
 mod debug;
+mod lab;
 mod ops;
 mod run;
 mod term;
@@ -48,10 +49,18 @@ use uuid::Uuid;
     after_help = "Examples:\n  lantern run ./hello -- --verbose      upload, run, stream output, exit with its code\n  lantern upload ./app-dir --exec bin/app\n  lantern start 5d0c… --env LANG=C -- arg1 arg2\n  lantern logs -f 5d0c…\n  lantern receipt 5d0c… --trace run.json   (open in ui.perfetto.dev)\n  LANTERN_RIG=rig.lan:4444 lantern list"
 )]
 struct Cli {
-    /// The rig: HOST[:PORT], or an instance name found by `lantern discover`
-    /// (default 127.0.0.1:4444).
+    /// The rig: HOST[:PORT], an instance name found by `lantern discover`, or `any` (upload,
+    /// run: the least loaded rig that can run the file; `any:arch=aarch64,domain=D`
+    /// filters) (default 127.0.0.1:4444).
     #[arg(long, global = true, env = "LANTERN_RIG")]
     rig: Option<String>,
+    /// A unicast DNS-SD domain to find rigs in (repeatable; default: `domains` in the
+    /// config file). mDNS on the local link is always asked too, except by `discover`.
+    #[arg(long = "domain", global = true, value_name = "DOMAIN")]
+    domains: Vec<String>,
+    /// The DNS server to browse domains at, HOST[:PORT] (default: /etc/resolv.conf's).
+    #[arg(long, global = true, value_name = "HOST[:PORT]")]
+    dns_server: Option<String>,
     /// File holding the token for the rig (else LANTERN_TOKEN, else the config file).
     #[arg(long, global = true, value_name = "FILE", env = "LANTERN_TOKEN_FILE")]
     token_file: Option<PathBuf>,
@@ -271,9 +280,22 @@ enum Cmd {
         #[arg(short, long)]
         quiet: bool,
     },
-    /// Rigs advertised on the local network (mDNS/DNS-SD).
+    /// Rigs advertised on the local network (mDNS) and, with --domain (or `domains` in
+    /// the config file), in unicast DNS-SD domains.
     Discover {
-        /// How long to listen, in seconds.
+        /// How long to listen to mDNS, in seconds.
+        #[arg(long, default_value_t = 3.0)]
+        timeout: f64,
+        /// With --domain: browse mDNS too.
+        #[arg(long)]
+        mdns: bool,
+        /// Ask each rig its load (as `lantern rigs`).
+        #[arg(long)]
+        load: bool,
+    },
+    /// One line per rig found: arch, auth, sessions used / max, free bytes, reachable.
+    Rigs {
+        /// How long to listen to mDNS, in seconds.
         #[arg(long, default_value_t = 3.0)]
         timeout: f64,
     },
@@ -325,25 +347,51 @@ fn run(cli: Cli) -> Result<ExitCode> {
     let config = UserConfig::load()?;
     let rig = cli.rig.clone().or_else(|| config.rig.clone()).unwrap_or_else(|| "127.0.0.1:4444".into());
     let token_file = cli.token_file.clone();
-    let target = Target { token: token_for(token_file.as_deref(), &config, &rig)?, rig: rig.clone() };
+    let only_domains = matches!(cli.cmd, Cmd::Discover { mdns: false, .. });
+    let mut lab = lab::Lab::new(&config, &cli.domains, cli.dns_server.clone(), only_domains);
+    let any = lab::any_filters(&rig)?;
+    let needs_rig =
+        !matches!(cli.cmd, Cmd::Discover { .. } | Cmd::Rigs { .. } | Cmd::Completions { .. } | Cmd::GdbPipe { .. });
+    if any.is_some() && needs_rig && !matches!(cli.cmd, Cmd::Upload { .. } | Cmd::Run { .. } | Cmd::Start { .. }) {
+        anyhow::bail!("--rig any chooses a rig for upload and run (and finds a session's rig for start); name the rig for this command");
+    }
+    let token = token_for(token_file.as_deref(), &config, &rig)?;
+    let resolved = if needs_rig && any.is_none() { conn::resolve_rig(&rig, &lab)? } else { rig.clone() };
+    let target = Target { token, rig: resolved };
     let json = cli.json;
+    if let Cmd::Discover { timeout, .. } | Cmd::Rigs { timeout } = &cli.cmd {
+        lab.mdns_wait = Duration::from_secs_f64(timeout.clamp(0.1, 600.0));
+    }
+    // Where an upload goes: the named rig, or the best candidate for the file.
+    let place = |path: &std::path::Path, exec: Option<&str>| -> Result<lab::Place> {
+        match &any {
+            None => Ok(lab::Place::One(target.clone())),
+            Some(f) => lab::candidates(&lab, f, path, exec, &config, token_file.as_deref()).map(lab::Place::Any),
+        }
+    };
     match cli.cmd {
-        Cmd::Discover { timeout } => {
-            let found = discovery::discover(Duration::from_secs_f64(timeout.clamp(0.1, 600.0)))?;
+        Cmd::Rigs { .. } | Cmd::Discover { load: true, .. } => {
+            let probed = lab::probe(lab.find()?, &config, token_file.as_deref())?;
+            rigs_table(&probed, json)?;
+        }
+        Cmd::Discover { timeout, .. } => {
+            let found = lab.find()?;
             if json {
                 print_json(&serde_json::json!({"ok": true, "rigs": found}))?;
             } else if found.is_empty() {
-                println!("no rig answered within {timeout} s");
+                let within = if lab.mdns { format!(" within {timeout} s") } else { String::new() };
+                println!("no rig answered{within}");
             } else {
                 for r in &found {
                     let addrs: Vec<String> = r.addresses.iter().map(|a| a.to_string()).collect();
                     println!(
-                        "{}  {}:{}  {}  {}",
+                        "{}  {}:{}  {}  {}{}",
                         r.instance,
                         r.host,
                         r.port,
                         addrs.join(","),
-                        r.txt.iter().map(|(k, v)| format!("{k}={v}")).collect::<Vec<_>>().join(" ")
+                        r.txt.iter().map(|(k, v)| format!("{k}={v}")).collect::<Vec<_>>().join(" "),
+                        if r.domain == "local" { String::new() } else { format!("  (in {})", r.domain) }
                     );
                 }
             }
@@ -352,16 +400,23 @@ fn run(cli: Cli) -> Result<ExitCode> {
             clap_complete::generate(shell, &mut Cli::command(), "lantern", &mut std::io::stdout());
         }
         Cmd::Upload { path, exec } => {
-            let mut c = Conn::open(&target)?;
             let name = if exec.is_none() { run::program_name(&path) } else { None };
-            let v = ops::upload(&mut c, &path, exec, name)?;
+            let p = lab::upload(place(&path, exec.as_deref())?, &path, exec, name)?;
             if json {
+                let mut v = serde_json::to_value(&p.loaded)?;
+                if let (Some(c), Some(o)) = (&p.chosen, v.as_object_mut()) {
+                    o.insert("rig".into(), lab::chosen_json(c));
+                }
                 print_json(&v)?;
             } else {
-                println!("{}", v.id);
+                println!("{}", p.loaded.id);
             }
         }
         Cmd::Start { id, debug, gdb, wait, dbg, env, limits, argv0, keep_tmp, no_process_list, args } => {
+            let target = match any {
+                Some(_) => lab::holding(&lab, id, &config, token_file.as_deref())?,
+                None => target,
+            };
             let mut opts = ops::start_opts(args, &env, &limits)?;
             opts.list_processes = no_process_list.then_some(false);
             opts.argv0 = argv0;
@@ -560,11 +615,11 @@ fn run(cli: Cli) -> Result<ExitCode> {
         Cmd::Run { path, exec, env, limits, argv0, keep, debug: true, dbg, args, .. } => {
             let mut opts = ops::start_opts(args, &env, &limits)?;
             opts.argv0 = argv0;
-            let mut c = Conn::open(&target)?;
             let name = if exec.is_none() { run::program_name(&path) } else { None };
             let file = dbg.file.or_else(|| debug::local_program(&path, exec.as_deref()));
-            let id = ops::upload(&mut c, &path, exec, name)?.id;
-            drop(c);
+            let placed = lab::upload(place(&path, exec.as_deref())?, &path, exec, name)?;
+            let (target, id) = (placed.target, placed.loaded.id);
+            drop(placed.conn);
             let d = debug::DebugArgs { debugger: dbg.debugger, brk: dbg.brk, file };
             let r = debug::start_and_debug(&target, id, opts, &d, !keep);
             if r.is_err() && !keep {
@@ -577,11 +632,53 @@ fn run(cli: Cli) -> Result<ExitCode> {
         Cmd::Run { path, exec, env, limits, argv0, keep, interactive, tty, args, .. } => {
             let mut opts = ops::start_opts(args, &env, &limits)?;
             opts.argv0 = argv0;
+            let where_ = place(&path, exec.as_deref())?;
             let a = run::RunArgs { path, exec, opts, keep, interactive, tty, json };
-            return run::run(&target, a);
+            return run::run(where_, a);
         }
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// `lantern rigs`: one line per rig (or the probes as JSON).
+fn rigs_table(probed: &[lab::Probed], json: bool) -> Result<()> {
+    if json {
+        return print_json(&serde_json::json!({"ok": true, "rigs": probed}));
+    }
+    if probed.is_empty() {
+        println!("no rig answered");
+        return Ok(());
+    }
+    println!("{:<28} {:<22} {:<8} {:<6} {:>9} {:>10}  FOUND IN", "RIG", "ADDRESS", "ARCH", "AUTH", "SESSIONS", "FREE");
+    for p in probed {
+        let t = |k: &str| p.found.txt.get(k).cloned().unwrap_or_else(|| "?".into());
+        let (sessions, free) = match p.hello.as_ref().and_then(|h| h.load) {
+            Some(l) => (format!("{}/{}", l.sessions, l.max_sessions), bytes_text(l.bytes_free)),
+            None if p.reachable => ("?".into(), "?".into()),
+            None => ("unreachable".into(), "-".into()),
+        };
+        println!(
+            "{:<28} {:<22} {:<8} {:<6} {:>9} {:>10}  {}{}",
+            p.found.instance,
+            p.address.as_deref().unwrap_or("-"),
+            t("arch"),
+            t("auth"),
+            sessions,
+            free,
+            if p.found.domain == "local" { "mDNS" } else { &p.found.domain },
+            p.error.as_ref().map_or(String::new(), |e| format!("  ({e})"))
+        );
+    }
+    Ok(())
+}
+
+fn bytes_text(b: u64) -> String {
+    match b {
+        b if b >= 1 << 30 => format!("{:.1}G", b as f64 / (1u64 << 30) as f64),
+        b if b >= 1 << 20 => format!("{:.1}M", b as f64 / (1u64 << 20) as f64),
+        b if b >= 1 << 10 => format!("{:.1}K", b as f64 / 1024.0),
+        b => format!("{b}B"),
+    }
 }
 
 fn pid_text(pid: Option<i32>) -> String {

@@ -50,7 +50,7 @@ pub fn program_name(path: &Path) -> Option<String> {
 }
 
 /// Runs it; the program's exit status is ours.
-pub fn run(target: &Target, mut a: RunArgs) -> Result<ExitCode> {
+pub fn run(place: crate::lab::Place, mut a: RunArgs) -> Result<ExitCode> {
     let stdin_tty = term::stdin_is_tty();
     if a.tty && a.interactive && !stdin_tty {
         bail!("-t -i needs a terminal on stdin (without -i, -t gives the program a terminal and no input)");
@@ -58,14 +58,14 @@ pub fn run(target: &Target, mut a: RunArgs) -> Result<ExitCode> {
     // stdin goes to the program when asked (-i) or when it is not a terminal (a file, a
     // pipe); a terminal's input goes only with -i.
     let forward = a.interactive || (!stdin_tty && !a.tty);
-    let mut c = Conn::open(target)?;
     let name = if std::fs::metadata(&a.path).is_ok_and(|m| m.is_file()) && a.exec.is_none() {
         program_name(&a.path)
     } else {
         None
     };
-    let up = crate::ops::upload(&mut c, &a.path, a.exec.clone(), name)?;
-    let id = up.id;
+    let placed = crate::lab::upload(place, &a.path, a.exec.clone(), name)?;
+    let mut c = placed.conn;
+    let id = placed.loaded.id;
     a.opts.stdin = Some(forward);
     a.opts.remove = Some(!a.keep);
     if a.tty {
