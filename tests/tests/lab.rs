@@ -52,6 +52,8 @@ fn root_lab_of_rigs_over_unicast_dns_sd_with_bind() {
     // The same key name with another secret: the server refuses its signature.
     write600("bad.key", b"hmac-sha256:rig-update:d3Jvbmcgc2VjcmV0IHdyb25nIHNlY3JldCE=");
     std::fs::write(dir.join("open.key"), &key.stdout).unwrap(); // mode 644: refused
+                                                                // A rig wanting a token nobody here has: the least loaded, and never chosen.
+    write600("tokens", b"alice a-token-of-twenty-characters\n");
     std::fs::write(dir.join("lab.example.zone"), ZONE).unwrap();
     // The server allows exactly what contrib/dns-sd/named.conf.snippet allows.
     let snippet =
@@ -98,6 +100,7 @@ ip netns exec rig {d} --listen 10.77.0.1:4445 {common} --max-sessions 4 --dns-sd
 sleep 2
 ip netns exec rig {d} --listen 10.77.0.1:4446 {common} --max-sessions 8 --quota-sessions 1 --dns-sd-name 'rig b' {dns} --dns-sd-key {o}/key.conf 2>{o}/c.log & C=$!
 ip netns exec rig {d} --listen 10.77.0.1:4447 {common} {dns} --dns-sd-key {o}/bad.key 2>{o}/bad.log & X=$!
+ip netns exec rig {d} --listen 10.77.0.1:4449 --no-mdns --auth-tokens {o}/tokens --dns-sd-name locked {dns} --dns-sd-key {o}/key.conf 2>{o}/locked.log & L=$!
 ip netns exec rig {d} --listen 10.77.0.1:4448 {common} {dns} --dns-sd-key {o}/open.key 2>{o}/open.log; echo "open=$?" > {o}/open.exit
 sleep 3
 C1="ip netns exec client env XDG_CONFIG_HOME={o}/none"
@@ -124,7 +127,7 @@ kill -TERM $A; wait $A; echo "a=$?" > {o}/a.exit
 ip netns exec client dig +short @10.77.0.1 _mydebug._tcp.lab.example PTR > {o}/dig-after.txt
 ip netns exec client dig +short @10.77.0.1 {host}-4444.lab.example A > {o}/dig-host-after.txt
 $C1 {l} discover --domain lab.example --dns-server 10.77.0.1 --json > {o}/discover-after.json 2>&1
-kill -TERM $B $C $X; wait $B $C $X
+kill -TERM $B $C $X $L; wait $B $C $X $L
 kill $N; wait $N
 "#
     );
@@ -147,8 +150,9 @@ kill $N; wait $N
         .unwrap_or_else(|e| panic!("{e}: {} {}\n{}", read("discover.json"), read("discover.err"), logs()));
     let rigs = v["rigs"].as_array().unwrap();
     let names: Vec<&str> = rigs.iter().map(|r| r["instance"].as_str().unwrap()).collect();
-    assert_eq!(names, ["rig a", "rig b", "rig b (2)"], "{v}\n{}", logs());
-    let a = &rigs[0];
+    assert_eq!(names, ["locked", "rig a", "rig b", "rig b (2)"], "{v}\n{}", logs());
+    assert_eq!(rigs[0]["txt"]["auth"], "token");
+    let a = &rigs[1];
     assert_eq!(a["port"], 4444);
     assert_eq!(a["addresses"], serde_json::json!(["10.77.0.1"]));
     assert_eq!(a["domain"], "lab.example");
@@ -173,6 +177,7 @@ kill $N; wait $N
     assert!(line("rig a").contains(" 1/1 "), "{rigs_txt}");
     assert!(line("rig b").contains(" 1/4 "), "{rigs_txt}");
     assert!(line("rig b (2)").contains(" 1/8 ") && line("rig b (2)").contains("lab.example"), "{rigs_txt}");
+    assert!(line("locked").contains(" token ") && line("locked").contains(" 0/64 "), "{rigs_txt}");
     // --rig any: rig a is full, rig b (2) (1 of 8) comes before rig b (1 of 4); its
     // quota refuses, and rig b takes it.
     let up: serde_json::Value = serde_json::from_str(&read("any-upload.json"))
@@ -211,7 +216,7 @@ kill $N; wait $N
     assert_eq!(read("dig-host-after.txt"), "", "the host record goes too");
     let v: serde_json::Value = serde_json::from_str(&read("discover-after.json")).unwrap();
     let names: Vec<&str> = v["rigs"].as_array().unwrap().iter().map(|r| r["instance"].as_str().unwrap()).collect();
-    assert_eq!(names, ["rig b", "rig b (2)"]);
+    assert_eq!(names, ["locked", "rig b", "rig b (2)"]);
     assert!(read("a.log").contains("withdrew \"rig a\""), "{}", read("a.log"));
     if std::env::var_os("KEEP_LAB").is_none() {
         let _ = std::fs::remove_dir_all(dir);
