@@ -277,11 +277,11 @@ pub struct Hello {
     pub warnings: Vec<String>,
     /// The mDNS advertisement, if any.
     pub mdns: Option<Mdns>,
-    /// The unicast DNS-SD registration, if any.
-    #[serde(default)]
+    /// The unicast DNS-SD registration (absent when the rig registers nowhere).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub dns_sd: Option<DnsSd>,
     /// The load now (absent from rigs before it was added).
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub load: Option<Load>,
     /// What confines sessions.
     pub jail: Jail,
