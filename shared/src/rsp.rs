@@ -103,15 +103,30 @@ impl Watch {
             if resumes {
                 self.running = true;
             }
-            if head.first() == Some(&b'D') {
+            // A detach or kill naming another process (`D;6`: a child the program forked,
+            // which gdb lets go) leaves the program as it is.
+            let other = self.names_other(&head);
+            if head.first() == Some(&b'D') && !other {
                 self.detaching = true;
             }
             // A kill (`k`, `vKill;pid`) ends the program: nothing is left to detach.
-            if head == b"k" || head.starts_with(b"vKill") {
+            if head == b"k" || (head.starts_with(b"vKill") && !other) {
                 self.running = false;
                 self.ended = true;
             }
         }
+    }
+
+    /// Whether a `D;pid` or `vKill;pid` packet names a process other than the program
+    /// (the one of the last stop reply).
+    fn names_other(&self, head: &[u8]) -> bool {
+        let Some(at) = head.iter().position(|&b| b == b';') else { return false };
+        if !(head.starts_with(b"D;") || head.starts_with(b"vKill;")) {
+            return false;
+        }
+        let hex: Vec<u8> = head[at + 1..].iter().copied().take_while(u8::is_ascii_hexdigit).collect();
+        let named = std::str::from_utf8(&hex).ok().and_then(|h| u32::from_str_radix(h, 16).ok());
+        matches!((named, self.pid), (Some(n), Some(p)) if n != p)
     }
 
     /// Bytes gdbserver sent to the debugger.
@@ -231,13 +246,24 @@ mod tests {
         assert_eq!(w.exit, None);
         assert!(!w.running);
         assert!(!w.ended);
-        w.saw_client(b"$vKill;5#00");
+        w.saw_client(b"$vKill;1a#00");
         assert!(w.ended, "a killed program is not detached");
         // A detach answered with an error detached nothing; one answered OK did.
         let mut w = Watch::default();
         w.saw_client(b"$D#44");
         w.saw_gdbserver(b"$E01#a6$OK#9a");
         assert!(!w.detached);
+        w.saw_client(b"$D;5#b4");
+        w.saw_gdbserver(b"$OK#9a");
+        assert!(w.detached);
+        // gdb letting a forked child go (or killing it) leaves the program (pid 5) alone.
+        let mut w = Watch::default();
+        w.saw_gdbserver(b"$T05thread:p5.5;#00");
+        w.saw_client(b"$D;6#00");
+        w.saw_gdbserver(b"$OK#9a");
+        assert!(!w.detached, "the child's detach is not the program's");
+        w.saw_client(b"$vKill;6#00");
+        assert!(!w.ended);
         w.saw_client(b"$D;5#b4");
         w.saw_gdbserver(b"$OK#9a");
         assert!(w.detached);
