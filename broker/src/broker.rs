@@ -62,7 +62,7 @@ struct Run {
     slot: Option<u32>,
     /// Tag of the START request while the init has not said "running" yet.
     start_tag: Option<u64>,
-    outcome: Option<(ExitStatus, Usage)>,
+    outcome: Option<(ExitStatus, Usage, Option<OwnedFd>)>,
     /// The init reported that setup or exec failed: the run never started.
     failed: bool,
     term_deadline: Option<Instant>,

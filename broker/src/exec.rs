@@ -77,6 +77,7 @@ pub fn start(plan: ExecPlan, session_seccomp: &[seccompiler::BpfProgram]) -> Res
                 seccomp: session_seccomp.to_vec(),
                 launcher: None,
                 list_processes: false,
+                observe: Default::default(),
                 notes: match nix::unistd::pipe2(OFlag::O_CLOEXEC) {
                     Ok((r, _w)) => r,
                     Err(_) => sys::exit_now(1),
@@ -170,6 +171,6 @@ fn helper(plan: ExecPlan, mut image: Image, ctl: &mut Tube) -> ! {
             Err(_) => break ExitStatus::Signal(libc::SIGKILL),
         }
     };
-    let _ = ctl.send(0, InitMsg::Exited { status, usage: Usage::default() });
+    let _ = ctl.send(0, InitMsg::Exited { status, usage: Usage::default(), observed: None });
     sys::exit_now(0)
 }

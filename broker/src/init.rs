@@ -76,6 +76,8 @@ pub struct InitPlan {
     pub debug: bool,
     /// Hand every exit_group of the tree to the init, for the receipt's process list.
     pub list_processes: bool,
+    /// What else the tree's calls the init records (START `observe`).
+    pub observe: shared::observe::Observe,
     /// Run the program on a terminal of this size.
     pub tty: Option<shared::Winsize>,
 }
@@ -92,6 +94,7 @@ pub(crate) struct Image {
     /// Exec gdbserver, which launches the program (START --debug).
     pub(crate) launcher: Option<Launcher>,
     pub(crate) list_processes: bool,
+    pub(crate) observe: shared::observe::Observe,
     /// Where the program's process sends the exit listener.
     pub(crate) notes: OwnedFd,
     /// The master of its terminal (its stdio then is the slave).
@@ -157,6 +160,7 @@ pub fn run(plan: InitPlan) -> ! {
         cgroup_procs,
         debug,
         list_processes,
+        observe,
         tty,
     } = plan;
     let (notes_r, notes) = match nix::sys::socket::socketpair(
@@ -178,6 +182,7 @@ pub fn run(plan: InitPlan) -> ! {
         seccomp,
         launcher: None,
         list_processes,
+        observe,
         notes,
         terminal: None,
     };
@@ -277,16 +282,37 @@ pub fn run(plan: InitPlan) -> ! {
     };
     drop(err_w);
     let terminal = image.terminal.take();
+    // The first exec of the forked process is ours (the program, or gdbserver): it cannot
+    // be read back (the process is not dumpable until it has exec'd), so it is told here.
+    let first_exec = {
+        let (path, argv) = match (&image.launcher, &image.program) {
+            (Some(l), _) => (crate::gdbserver::GDBSERVER.to_string(), &l.argv),
+            (None, Program::Path(p)) => (p.to_string_lossy().into_owned(), &image.argv),
+            (None, Program::Memfd(fd)) => (
+                std::fs::read_link(format!("/proc/self/fd/{}", fd.as_raw_fd()))
+                    .map(|p| p.to_string_lossy().trim_end_matches(" (deleted)").to_string())
+                    .unwrap_or_else(|_| "memfd".into()),
+                &image.argv,
+            ),
+        };
+        let argv = argv.iter().take(shared::observe::MAX_ARGS).map(|a| a.to_string_lossy().into_owned()).collect();
+        (child.as_raw() as u32, path, argv)
+    };
     drop(image);
     let _ = nix::fcntl::fcntl(notes_r.as_raw_fd(), nix::fcntl::FcntlArg::F_SETFL(nix::fcntl::OFlag::O_NONBLOCK));
-    if let Some(what) = exec_report(&err_r) {
+    // The program's process sends its listener before exec (nothing if the kernel refused
+    // one: the run then has no process list or observation, and nothing else changes).
+    // Its own exec may be observed: the listener is served while the exec is awaited.
+    let mut tree = Tree::new(None, list_processes, observe);
+    tree.first_exec = Some(first_exec);
+    if let Some(what) = await_exec(&err_r, &notes_r, &mut tree) {
         let _ = waitpid(child, None);
         fail(&mut ctl, what);
     }
     drop(err_r);
-    // The program's process sent its exit listener before exec (nothing if the kernel
-    // refused one: the run then has no process list, and nothing else changes).
-    let mut tree = Tree::new(receive_fd(&notes_r), list_processes);
+    if tree.listener.is_none() {
+        tree.listener = receive_fd(&notes_r);
+    }
     drop(notes_r);
     let (program, pidfd, debugger, launch) = match launched {
         None => (child, pidfd, None, None),
@@ -378,6 +404,40 @@ impl Launch {
     }
 }
 
+/// Waits for the program's exec (see [`exec_report`]), taking its listener from `notes_r`
+/// as soon as it comes and serving it meanwhile: an observed `execve` of the program
+/// itself waits for us.
+fn await_exec(err_r: &OwnedFd, notes_r: &OwnedFd, tree: &mut Tree) -> Option<String> {
+    use std::os::fd::AsFd;
+    loop {
+        let mut fds = vec![nix::poll::PollFd::new(err_r.as_fd(), nix::poll::PollFlags::POLLIN)];
+        match &tree.listener {
+            Some(l) => fds.push(nix::poll::PollFd::new(l.as_fd(), nix::poll::PollFlags::POLLIN)),
+            None => fds.push(nix::poll::PollFd::new(notes_r.as_fd(), nix::poll::PollFlags::POLLIN)),
+        }
+        if let Err(e) = nix::poll::poll(&mut fds, nix::poll::PollTimeout::NONE) {
+            if e == nix::errno::Errno::EINTR {
+                continue;
+            }
+            return exec_report(err_r);
+        }
+        let ready =
+            |i: usize, fds: &[nix::poll::PollFd]| !fds[i].revents().unwrap_or(nix::poll::PollFlags::empty()).is_empty();
+        let (exec_done, second) = (ready(0, &fds), ready(1, &fds));
+        drop(fds);
+        if second {
+            if tree.listener.is_none() {
+                tree.listener = receive_fd(notes_r);
+            } else {
+                tree.serve(0);
+            }
+        }
+        if exec_done {
+            return exec_report(err_r);
+        }
+    }
+}
+
 /// Why the program's process did not exec, if it reported a failure on `err_r` (whose
 /// write end closes at a successful exec).
 pub(crate) fn exec_report(err_r: &OwnedFd) -> Option<String> {
@@ -422,6 +482,14 @@ impl From<u8> for ExecStage {
 pub(crate) fn exec_program(plan: &Image, err_w: OwnedFd) -> ! {
     sys::reset_signals();
     let _ = nix::unistd::setsid();
+    // Our own two descriptors first go above those stdio is placed on (0-5 under
+    // gdbserver), where a placement cannot clobber them: `notes` on the highest one the
+    // limit allows (see the listener below), the error pipe above 5.
+    let notes = highest_fd(&plan.notes).unwrap_or(plan.notes.as_raw_fd());
+    let err_w = match nix::fcntl::fcntl(err_w.as_raw_fd(), nix::fcntl::FcntlArg::F_DUPFD_CLOEXEC(6)) {
+        Ok(fd) if fd != notes => shared::os::adopt_fd(fd).unwrap_or(err_w),
+        _ => err_w,
+    };
     let report = |stage: u8, e: nix::errno::Errno| -> ! {
         let mut b = [stage, 0, 0, 0, 0];
         b[1..].copy_from_slice(&(e as i32).to_ne_bytes());
@@ -456,7 +524,7 @@ pub(crate) fn exec_program(plan: &Image, err_w: OwnedFd) -> ! {
             }
         }
     }
-    let mut keep = vec![err_w.as_raw_fd(), plan.notes.as_raw_fd()];
+    let mut keep = vec![err_w.as_raw_fd(), notes];
     if let Program::Memfd(fd) = &plan.program {
         keep.push(fd.as_raw_fd());
     }
@@ -465,19 +533,19 @@ pub(crate) fn exec_program(plan: &Image, err_w: OwnedFd) -> ! {
     }
     sys::close_all_except(&keep);
     // Every exit_group of the tree goes by the init from now on (under gdbserver always:
-    // it is how the init learns the exit status of a program that is not its child).
-    let listen = plan.list_processes || plan.launcher.is_some();
-    if let Some(Ok(listener)) = listen.then(|| sys::notify_listener(&[libc::SYS_exit_group])) {
+    // it is how the init learns the exit status of a program that is not its child), and
+    // the calls START `observe` asks for.
+    let exits = plan.list_processes || plan.launcher.is_some();
+    let listen = exits || plan.observe.any();
+    // The listener goes to the init with a sendmsg that the filter itself may observe
+    // (net): that one call, on the descriptor `notes` was moved to, is left out — the
+    // highest the limit allows, which closes at exec and which a program rarely reaches.
+    let filter = || policy::seccomp::observer(exits, &plan.observe, Some(notes as u64));
+    if let Some(Ok(listener)) = listen.then(|| sys::listener_for(filter())) {
         let fds = [listener.as_raw_fd()];
         let cmsg = [nix::sys::socket::ControlMessage::ScmRights(&fds)];
         let iov = [std::io::IoSlice::new(b"L")];
-        let _ = nix::sys::socket::sendmsg::<()>(
-            plan.notes.as_raw_fd(),
-            &iov,
-            &cmsg,
-            nix::sys::socket::MsgFlags::empty(),
-            None,
-        );
+        let _ = nix::sys::socket::sendmsg::<()>(notes, &iov, &cmsg, nix::sys::socket::MsgFlags::empty(), None);
     }
     // `notes` and the listener are close-on-exec: the program gets neither.
     if policy::seccomp::install(&plan.seccomp).is_err() {
@@ -492,6 +560,15 @@ pub(crate) fn exec_program(plan: &Image, err_w: OwnedFd) -> ! {
         (None, Program::Path(path)) => nix::unistd::execve(path, &plan.argv, &plan.env),
     };
     report(2, e)
+}
+
+/// `fd` copied (close-on-exec) onto the highest descriptor `RLIMIT_NOFILE` allows.
+fn highest_fd(fd: &OwnedFd) -> Option<std::os::fd::RawFd> {
+    use nix::sys::resource::{getrlimit, Resource};
+    let (soft, _) = getrlimit(Resource::RLIMIT_NOFILE).ok()?;
+    let top = i32::try_from(soft.min(1 << 20)).ok()?.checked_sub(1)?;
+    let got = nix::fcntl::fcntl(fd.as_raw_fd(), nix::fcntl::FcntlArg::F_DUPFD_CLOEXEC(top)).ok()?;
+    (got == top).then_some(got)
 }
 
 /// Puts `from[i]` on descriptor `i` (close-on-exec cleared), whatever numbers the sources
@@ -543,12 +620,17 @@ struct Tree {
     /// A program that is not our child (gdbserver launched it), and the status it passed
     /// to `exit_group`, once it did.
     watched: Option<(Pid, Option<i32>)>,
+    /// What the run touched, when observed.
+    recorder: Option<shared::observe::Recorder>,
+    /// The forked process's own exec, until it is seen: (pid, path, argv).
+    first_exec: Option<(u32, String, Vec<String>)>,
 }
 
 impl Tree {
-    fn new(listener: Option<OwnedFd>, list: bool) -> Tree {
+    fn new(listener: Option<OwnedFd>, list: bool, observe: shared::observe::Observe) -> Tree {
         let hz = nix::unistd::sysconf(nix::unistd::SysconfVar::CLK_TCK).ok().flatten().unwrap_or(100).max(1) as u64;
-        Tree { listener, list, spans: Vec::new(), dropped: 0, hz, watched: None }
+        let recorder = observe.any().then(|| shared::observe::Recorder::new(observe));
+        Tree { listener, list, spans: Vec::new(), dropped: 0, hz, watched: None, recorder, first_exec: None }
     }
 
     /// Watch `pid`'s exit (a new program gdbserver launched: it replaces the last one).
@@ -587,8 +669,23 @@ impl Tree {
             }
             let ev = pfd[0].revents().unwrap_or(nix::poll::PollFlags::empty());
             if ev.contains(nix::poll::PollFlags::POLLIN) {
-                match sys::exit_note(l.as_fd()) {
-                    Ok(note) => {
+                match sys::notify_recv(l.as_fd()) {
+                    Ok(call) if call.exit().is_none() => {
+                        // An observed call: noted, then always let go on.
+                        let ours = matches!(call.nr, libc::SYS_execve | libc::SYS_execveat)
+                            && self.first_exec.as_ref().is_some_and(|(pid, ..)| *pid == call.pid);
+                        match (&mut self.recorder, ours) {
+                            (Some(r), true) => {
+                                let (pid, path, argv) = self.first_exec.take().expect("checked");
+                                crate::observe::first_exec(r, pid, path, argv);
+                            }
+                            (Some(r), false) => crate::observe::note(r, l.as_fd(), &call),
+                            (None, _) => {}
+                        }
+                        let _ = sys::exit_continue(l.as_fd(), call.id);
+                    }
+                    Ok(call) => {
+                        let Some(note) = call.exit() else { continue };
                         // Noted first (the process is still there to be read), then let go.
                         let span = self.list.then(|| self.describe(note));
                         if self.is_watched(note.pid) {
@@ -762,6 +859,7 @@ fn supervise(mut program: Pid, ctl: &mut Tube, mut tree: Tree, mut launch: Optio
                 .and_then(|s| s.trim().parse::<u64>().ok())
                 .map_or(0, |last| last.saturating_sub(1));
             let tmp = tmp_usage();
+            let observed = tree.recorder.take().and_then(|r| crate::observe::sealed(&r.finish()));
             let usage = Usage {
                 user_us,
                 sys_us,
@@ -772,7 +870,7 @@ fn supervise(mut program: Pid, ctl: &mut Tube, mut tree: Tree, mut launch: Optio
                 tmp,
                 cgroup: None,
             };
-            let _ = ctl.send(0, InitMsg::Exited { status, usage });
+            let _ = ctl.send(0, InitMsg::Exited { status, usage, observed });
             sys::exit_now(0);
         }
         // Sleep until a signal, a call of the broker or an exit notification.

@@ -15,6 +15,7 @@ mod gdbserver;
 mod init;
 mod jail;
 mod messages;
+mod observe;
 mod spawner;
 mod sys;
 

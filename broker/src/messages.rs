@@ -427,6 +427,8 @@ pub enum InitMsg {
         status: ExitStatus,
         /// The whole tree's resource use.
         usage: Usage,
+        /// What the run touched (START `observe`): a sealed memfd holding the record.
+        observed: Option<OwnedFd>,
     },
 }
 
@@ -480,6 +482,8 @@ pub enum InitWire {
         status: ExitStatus,
         /// Usage.
         usage: Usage,
+        /// A memfd follows.
+        observed: bool,
     },
 }
 
@@ -499,13 +503,16 @@ impl Message for InitMsg {
             }
             InitMsg::Failed { message } => (InitWire::Failed { message }, vec![]),
             InitMsg::NotExecuted { message } => (InitWire::NotExecuted { message }, vec![]),
-            InitMsg::Exited { status, usage } => (InitWire::Exited { status, usage }, vec![]),
+            InitMsg::Exited { status, usage, observed } => {
+                (InitWire::Exited { status, usage, observed: observed.is_some() }, observed.into_iter().collect())
+            }
         }
     }
 
     fn from_wire(wire: InitWire, fds: Vec<OwnedFd>) -> Result<Self, WireError> {
         let expected = match wire {
             InitWire::Running { tty, debugger, .. } => 1 + usize::from(tty) + 2 * usize::from(debugger),
+            InitWire::Exited { observed, .. } => usize::from(observed),
             _ => 0,
         };
         if fds.len() != expected {
@@ -522,7 +529,9 @@ impl Message for InitMsg {
             }
             InitWire::Failed { message } => InitMsg::Failed { message },
             InitWire::NotExecuted { message } => InitMsg::NotExecuted { message },
-            InitWire::Exited { status, usage } => InitMsg::Exited { status, usage },
+            InitWire::Exited { status, usage, observed } => {
+                InitMsg::Exited { status, usage, observed: observed.then(|| fds.into_iter().next()).flatten() }
+            }
         })
     }
 }

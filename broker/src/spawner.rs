@@ -174,6 +174,7 @@ fn spawn(req: SpawnRequest, session_seccomp: &[seccompiler::BpfProgram]) -> Resu
         cgroup_procs: req.cgroup_procs,
         debug: req.spec.debug,
         list_processes: req.spec.list_processes,
+        observe: req.spec.observe,
         tty: req.spec.tty,
     };
     let flags = libc::CLONE_NEWPID | libc::CLONE_NEWNS | libc::CLONE_NEWNET | libc::CLONE_NEWIPC | libc::CLONE_NEWUTS;

@@ -170,13 +170,12 @@ struct SeccompNotifResp {
     flags: u32,
 }
 
-/// Installs, on the calling thread, a filter (`policy::seccomp::notifier`) that hands every
-/// call of `nrs` made by this process and its descendants to a supervisor (which answers
-/// "continue", after noting it), and returns the supervisor's listener. Everything else
+/// Installs, on the calling thread, a filter (`policy::seccomp::observer`) that hands the
+/// calls it names made by this process and its descendants to a supervisor (which answers
+/// "continue", after noting them), and returns the supervisor's listener. Everything else
 /// passes this filter untouched; the session's own filters decide the rest. Needs
 /// `no_new_privs`.
-pub fn notify_listener(nrs: &[i64]) -> Result<std::os::fd::OwnedFd, Errno> {
-    let prog = policy::seccomp::notifier(nrs);
+pub fn listener_for(prog: policy::seccomp::BpfProgram) -> Result<std::os::fd::OwnedFd, Errno> {
     // seccompiler's sock_filter has the kernel's layout (u16, u8, u8, u32).
     let fprog = libc::sock_fprog { len: prog.len() as u16, filter: prog.as_ptr() as *mut libc::sock_filter };
     // SAFETY: seccomp(2) reads `fprog`, which points at `prog`; both outlive the call.
@@ -194,6 +193,86 @@ pub fn notify_listener(nrs: &[i64]) -> Result<std::os::fd::OwnedFd, Errno> {
     shared::os::adopt_fd(fd as RawFd).map_err(|_| Errno::EBADF)
 }
 
+/// `SECCOMP_IOCTL_NOTIF_ID_VALID`: `_IOW('!', 2, __u64)`.
+const SECCOMP_IOCTL_NOTIF_ID_VALID: libc::c_ulong = 0x4008_2102;
+
+/// One call handed over by the listener.
+#[derive(Debug, Clone, Copy)]
+pub struct Note {
+    /// The notification's id (for the answer).
+    pub id: u64,
+    /// The caller's thread id (in the session's PID namespace, which is the supervisor's).
+    pub pid: u32,
+    /// The call.
+    pub nr: i64,
+    /// Its arguments.
+    pub args: [u64; 6],
+}
+
+impl Note {
+    /// The exit it announces, if it is an `exit_group`.
+    pub fn exit(&self) -> Option<ExitNote> {
+        (self.nr == libc::SYS_exit_group).then_some(ExitNote { id: self.id, pid: self.pid, code: self.args[0] as i32 })
+    }
+}
+
+/// Takes one notification from the listener (blocks if none is pending).
+pub fn notify_recv(listener: std::os::fd::BorrowedFd<'_>) -> Result<Note, Errno> {
+    use std::os::fd::AsRawFd;
+    // The kernel wants the buffer zeroed.
+    let mut n = SeccompNotif::default();
+    // SAFETY: NOTIF_RECV writes one `struct seccomp_notif` into `n`, which has its layout.
+    let r = unsafe { libc::ioctl(listener.as_raw_fd(), SECCOMP_IOCTL_NOTIF_RECV as _, &mut n as *mut SeccompNotif) };
+    if r < 0 {
+        return Err(Errno::last());
+    }
+    Ok(Note { id: n.id, pid: n.pid, nr: i64::from(n.data.nr), args: n.data.args })
+}
+
+/// Whether notification `id` is still pending: its caller has not died (and its pid not
+/// been reused) since it was taken. Checked after reading the caller's memory.
+pub fn notify_id_valid(listener: std::os::fd::BorrowedFd<'_>, id: u64) -> bool {
+    use std::os::fd::AsRawFd;
+    // SAFETY: NOTIF_ID_VALID reads one u64 from the pointer.
+    unsafe { libc::ioctl(listener.as_raw_fd(), SECCOMP_IOCTL_NOTIF_ID_VALID as _, &id as *const u64) == 0 }
+}
+
+/// Reads `len` bytes at `addr` of process `pid` (as much as is mapped).
+pub fn read_memory(pid: u32, addr: u64, len: usize) -> Vec<u8> {
+    let mut buf = vec![0u8; len];
+    let local = [libc::iovec { iov_base: buf.as_mut_ptr().cast(), iov_len: len }];
+    let remote = [libc::iovec { iov_base: addr as usize as *mut libc::c_void, iov_len: len }];
+    // SAFETY: process_vm_readv writes at most `len` bytes into `buf` (the local iovec) and
+    // only reads the other process's memory; the remote address is never dereferenced here.
+    let n = unsafe { libc::process_vm_readv(pid as libc::pid_t, local.as_ptr(), 1, remote.as_ptr(), 1, 0) };
+    buf.truncate(n.max(0) as usize);
+    buf
+}
+
+/// Reads a NUL-terminated string at `addr` of process `pid`, at most `max` bytes (page by
+/// page: a string may end just before an unmapped page). `None` if unreadable.
+pub fn read_c_string(pid: u32, addr: u64, max: usize) -> Option<Vec<u8>> {
+    if addr == 0 {
+        return None;
+    }
+    let mut out = Vec::new();
+    let mut at = addr;
+    while out.len() < max {
+        let to_page = 4096 - (at % 4096) as usize;
+        let chunk = read_memory(pid, at, to_page.min(max - out.len()));
+        if chunk.is_empty() {
+            return if out.is_empty() { None } else { Some(out) };
+        }
+        if let Some(end) = chunk.iter().position(|&b| b == 0) {
+            out.extend_from_slice(&chunk[..end]);
+            return Some(out);
+        }
+        at += chunk.len() as u64;
+        out.extend_from_slice(&chunk);
+    }
+    Some(out)
+}
+
 /// A process of the session about to exit.
 #[derive(Debug, Clone, Copy)]
 pub struct ExitNote {
@@ -205,20 +284,7 @@ pub struct ExitNote {
     pub code: i32,
 }
 
-/// Takes one notification from the listener (blocks if none is pending).
-pub fn exit_note(listener: std::os::fd::BorrowedFd<'_>) -> Result<ExitNote, Errno> {
-    use std::os::fd::AsRawFd;
-    // The kernel wants the buffer zeroed.
-    let mut n = SeccompNotif::default();
-    // SAFETY: NOTIF_RECV writes one `struct seccomp_notif` into `n`, which has its layout.
-    let r = unsafe { libc::ioctl(listener.as_raw_fd(), SECCOMP_IOCTL_NOTIF_RECV as _, &mut n as *mut SeccompNotif) };
-    if r < 0 {
-        return Err(Errno::last());
-    }
-    Ok(ExitNote { id: n.id, pid: n.pid, code: n.data.args[0] as i32 })
-}
-
-/// Lets the notified `exit_group` proceed.
+/// Lets the notified call proceed.
 pub fn exit_continue(listener: std::os::fd::BorrowedFd<'_>, id: u64) -> Result<(), Errno> {
     use std::os::fd::AsRawFd;
     let resp = SeccompNotifResp { id, val: 0, error: 0, flags: SECCOMP_USER_NOTIF_FLAG_CONTINUE };

@@ -129,6 +129,11 @@ enum Cmd {
         /// skips a round trip to the session's init: for fork-heavy programs).
         #[arg(long)]
         no_process_list: bool,
+        /// Record what the run touches: files, exec, net (comma separated) or all; in the
+        /// receipt (lantern receipt --files / --execs / --net). `none`: not even the rig's
+        /// default.
+        #[arg(long, value_name = "KINDS", value_parser = parse_observe)]
+        observe: Option<ObserveKinds>,
         /// Arguments after the program's name.
         #[arg(last = true)]
         args: Vec<String>,
@@ -196,9 +201,19 @@ enum Cmd {
         /// Which run (default: the last).
         #[arg(long)]
         run: Option<u32>,
-        /// Also write the run's timeline as a Chrome/Perfetto trace (JSON).
+        /// Also write the run's timeline as a Chrome/Perfetto trace (JSON); an observed
+        /// run's calls are instant events on each process's track.
         #[arg(long, value_name = "FILE")]
         trace: Option<PathBuf>,
+        /// The files the run touched (START --observe files).
+        #[arg(long)]
+        files: bool,
+        /// The programs it executed (--observe exec).
+        #[arg(long)]
+        execs: bool,
+        /// The network endpoints it tried (--observe net).
+        #[arg(long)]
+        net: bool,
     },
     /// Lifecycle events the rig still holds; with -f, keep following.
     Events {
@@ -241,6 +256,11 @@ enum Cmd {
         debug: bool,
         #[command(flatten)]
         dbg: DebugOpts,
+        /// Record what the run touches: files, exec, net (comma separated) or all; in the
+        /// receipt (lantern receipt --files / --execs / --net). `none`: not even the rig's
+        /// default.
+        #[arg(long, value_name = "KINDS", value_parser = parse_observe)]
+        observe: Option<ObserveKinds>,
         /// Arguments after the program's name.
         #[arg(last = true)]
         args: Vec<String>,
@@ -412,13 +432,14 @@ fn run(cli: Cli) -> Result<ExitCode> {
                 println!("{}", p.loaded.id);
             }
         }
-        Cmd::Start { id, debug, gdb, wait, dbg, env, limits, argv0, keep_tmp, no_process_list, args } => {
+        Cmd::Start { id, debug, gdb, wait, dbg, env, limits, argv0, keep_tmp, no_process_list, observe, args } => {
             let target = match any {
                 Some(_) => lab::holding(&lab, id, &config, token_file.as_deref())?,
                 None => target,
             };
             let mut opts = ops::start_opts(args, &env, &limits)?;
             opts.list_processes = no_process_list.then_some(false);
+            opts.observe = observe.map(|k| k.0);
             opts.argv0 = argv0;
             opts.keep_tmp = keep_tmp.then_some(true);
             if gdb {
@@ -547,7 +568,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
                 }
             }
         }
-        Cmd::Receipt { id, run, trace } => {
+        Cmd::Receipt { id, run, trace, files, execs, net } => {
             let v: ReceiptReply = Conn::open(&target)?.call(Command::Receipt { id, run })?;
             if let Some(path) = trace {
                 let t = trace::perfetto(&v.receipt)?;
@@ -556,6 +577,8 @@ fn run(cli: Cli) -> Result<ExitCode> {
             }
             if json {
                 print_json(&v)?;
+            } else if files || execs || net {
+                observed_tables(&v.receipt, files, execs, net)?;
             } else {
                 let r = &v.receipt;
                 let kind = match r.kind {
@@ -573,6 +596,20 @@ fn run(cli: Cli) -> Result<ExitCode> {
                 println!("  stdout     {} bytes sha256 {}", r.stdout.bytes, r.stdout.sha256);
                 println!("  stderr     {} bytes sha256 {}", r.stderr.bytes, r.stderr.sha256);
                 println!("  binary     sha256 {}", r.sha256);
+                if let Some(o) = &r.observed {
+                    let t = o.truncated;
+                    println!(
+                        "  observed   {} files, {} execs, {} endpoints{} (lantern receipt --files / --execs / --net)",
+                        o.files.len(),
+                        o.execs.len(),
+                        o.net.len(),
+                        if t.files + t.execs + t.net > 0 {
+                            format!("; {} calls beyond the bound of {} per kind", t.files + t.execs + t.net, o.limit)
+                        } else {
+                            String::new()
+                        }
+                    );
+                }
             }
         }
         Cmd::Events { id, follow } => {
@@ -612,9 +649,10 @@ fn run(cli: Cli) -> Result<ExitCode> {
             cp::cp(&mut c, cp::side(&src), cp::side(&dst), tar, quiet)?;
         }
         // -i and -t conflict with --debug (clap refuses them together).
-        Cmd::Run { path, exec, env, limits, argv0, keep, debug: true, dbg, args, .. } => {
+        Cmd::Run { path, exec, env, limits, argv0, keep, debug: true, dbg, observe, args, .. } => {
             let mut opts = ops::start_opts(args, &env, &limits)?;
             opts.argv0 = argv0;
+            opts.observe = observe.map(|k| k.0);
             let name = if exec.is_none() { run::program_name(&path) } else { None };
             let file = dbg.file.or_else(|| debug::local_program(&path, exec.as_deref()));
             let placed = lab::upload(place(&path, exec.as_deref())?, &path, exec, name)?;
@@ -629,15 +667,86 @@ fn run(cli: Cli) -> Result<ExitCode> {
             }
             return r;
         }
-        Cmd::Run { path, exec, env, limits, argv0, keep, interactive, tty, args, .. } => {
+        Cmd::Run { path, exec, env, limits, argv0, keep, interactive, tty, observe, args, .. } => {
             let mut opts = ops::start_opts(args, &env, &limits)?;
             opts.argv0 = argv0;
+            opts.observe = observe.map(|k| k.0);
             let where_ = place(&path, exec.as_deref())?;
             let a = run::RunArgs { path, exec, opts, keep, interactive, tty, json };
             return run::run(where_, a);
         }
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// `lantern receipt --files/--execs/--net`: what an observed run touched, as tables.
+fn observed_tables(r: &proto::reply::Receipt, files: bool, execs: bool, net: bool) -> Result<()> {
+    let Some(o) = &r.observed else {
+        anyhow::bail!("run {} was not observed (lantern run/start --observe files,exec,net)", r.run);
+    };
+    let fails = |m: &std::collections::BTreeMap<String, u32>| {
+        m.iter().map(|(k, v)| format!("{k}×{v}")).collect::<Vec<_>>().join(" ")
+    };
+    let want = |k: &str| o.asked.iter().any(|a| a == k);
+    if files {
+        if !want("files") && !want("exec") {
+            println!("(files were not observed)");
+        }
+        println!("{:<5} {:>6}  {:<48} FAILURES", "FLAGS", "CALLS", "PATH");
+        for f in &o.files {
+            let flags = format!(
+                "{}{}{}{}",
+                if f.read { 'r' } else { '-' },
+                if f.write { 'w' } else { '-' },
+                if f.create { 'c' } else { '-' },
+                if f.exec { 'x' } else { '-' }
+            );
+            let path = match &f.resolved {
+                Some(r) => format!("{} ({r})", f.path),
+                None => f.path.clone(),
+            };
+            println!("{flags:<5} {:>6}  {path:<48} {}", f.count, fails(&f.failures));
+        }
+        if o.truncated.files > 0 {
+            println!("… {} more calls on paths beyond the bound of {}", o.truncated.files, o.limit);
+        }
+    }
+    if execs {
+        if !want("exec") {
+            println!("(execs were not observed)");
+        }
+        println!("{:>6} {:>6}  {:<12} PROGRAM AND ARGUMENTS", "PID", "PPID", "RESULT");
+        for e in &o.execs {
+            let args: Vec<&str> = e.argv.iter().skip(1).map(String::as_str).collect();
+            let more = if e.argv_truncated { " …" } else { "" };
+            println!("{:>6} {:>6}  {:<12} {} {}{more}", e.pid, e.ppid, e.result, e.path, args.join(" "));
+        }
+        if o.truncated.execs > 0 {
+            println!("… {} more execs beyond the bound of {}", o.truncated.execs, o.limit);
+        }
+    }
+    if net {
+        if !want("net") {
+            println!("(network calls were not observed)");
+        }
+        println!("{:<8} {:<6} {:<40} {:>6}  {:<14} FAILURES", "OP", "FAMILY", "ADDRESS", "CALLS", "RESULT");
+        for n in &o.net {
+            let at = if n.port != 0 || n.family != "unix" {
+                if n.family == "inet6" {
+                    format!("[{}]:{}", n.address, n.port)
+                } else {
+                    format!("{}:{}", n.address, n.port)
+                }
+            } else {
+                n.address.clone()
+            };
+            println!("{:<8} {:<6} {at:<40} {:>6}  {:<14} {}", n.op, n.family, n.count, n.result, fails(&n.failures));
+        }
+        if o.truncated.net > 0 {
+            println!("… {} more calls to endpoints beyond the bound of {}", o.truncated.net, o.limit);
+        }
+    }
+    Ok(())
 }
 
 /// `lantern rigs`: one line per rig (or the probes as JSON).
@@ -670,6 +779,24 @@ fn rigs_table(probed: &[lab::Probed], json: bool) -> Result<()> {
         );
     }
     Ok(())
+}
+
+/// `files,exec,net`, `all` or `none` (which sends `[]`: nothing, not even the rig's default).
+/// The kinds `--observe` names.
+#[derive(Debug, Clone)]
+struct ObserveKinds(Vec<String>);
+
+fn parse_observe(s: &str) -> Result<ObserveKinds, String> {
+    let mut kinds = Vec::new();
+    for k in s.split(',').map(str::trim).filter(|k| !k.is_empty()) {
+        match k {
+            "files" | "exec" | "net" | "all" => kinds.push(k.to_string()),
+            "none" => {}
+            "execs" => kinds.push("exec".into()),
+            other => return Err(format!("unknown kind {other:?} (files, exec, net, all, none)")),
+        }
+    }
+    Ok(ObserveKinds(kinds))
 }
 
 fn bytes_text(b: u64) -> String {

@@ -62,5 +62,29 @@ pub fn perfetto(r: &Receipt) -> Result<Value> {
             "args": {"pid": p.pid, "ppid": p.ppid, "exit_code": p.exit_code},
         }));
     }
+    // Observed calls: instant events on the track of the process that made them (a
+    // process that was not listed gets a track of its own).
+    if let Some(o) = &r.observed {
+        let listed: std::collections::HashSet<u32> = r.processes.iter().map(|p| p.pid).collect();
+        if r.processes.is_empty() && !o.events.is_empty() {
+            events.push(
+                json!({"name": "process_name", "ph": "M", "pid": 2, "args": {"name": "process tree (session pids)"}}),
+            );
+        }
+        let mut named: std::collections::HashSet<u32> = listed.clone();
+        for e in &o.events {
+            if named.insert(e.pid) {
+                events.push(json!({"name": "thread_name", "ph": "M", "pid": 2, "tid": e.pid, "args": {"name": format!("pid {}", e.pid)}}));
+            }
+            let name = match &e.error {
+                Some(err) => format!("{} → {err}", e.what),
+                None => e.what.clone(),
+            };
+            events.push(json!({
+                "name": name, "cat": e.kind, "ph": "i", "s": "t", "ts": e.time.micros().clamp(spawned, exited),
+                "pid": 2, "tid": e.pid, "args": {"kind": e.kind, "what": e.what, "error": e.error},
+            }));
+        }
+    }
     Ok(json!({"traceEvents": events, "displayTimeUnit": "ms", "otherData": {"receipt": r}}))
 }

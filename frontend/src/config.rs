@@ -157,6 +157,17 @@ pub struct Flags {
     /// mDNS instance name (default "debuglantern @ <hostname>", at most 63 bytes).
     #[arg(long)]
     pub mdns_name: Option<String>,
+    /// Observe what runs touch unless a START says otherwise: files, exec, net (comma
+    /// separated) or all (default: nothing).
+    #[arg(long, value_name = "KINDS", conflicts_with = "no_observe")]
+    pub observe_default: Option<String>,
+    /// Refuse START's `observe` (and observe nothing).
+    #[arg(long)]
+    pub no_observe: bool,
+    /// Distinct files, execs and network endpoints a run's observation keeps per kind
+    /// (then only counted; default 1024, at most 16384).
+    #[arg(long, value_name = "N")]
+    pub observe_limit: Option<u32>,
     /// Register in this unicast DNS-SD domain (RFC 6763 §11) with TSIG-signed dynamic
     /// updates (RFC 2136): `_mydebug._tcp.DOMAIN`. Needs --dns-sd-server and --dns-sd-key.
     #[arg(long, value_name = "DOMAIN")]
@@ -209,6 +220,9 @@ pub struct FileConfig {
     mdns: Option<bool>,
     mdns_interfaces: Option<Vec<String>>,
     mdns_name: Option<String>,
+    observe_default: Option<String>,
+    no_observe: Option<bool>,
+    observe_limit: Option<u32>,
     dns_sd_domain: Option<String>,
     dns_sd_server: Option<String>,
     dns_sd_key: Option<PathBuf>,
@@ -292,6 +306,10 @@ pub struct Config {
     pub mdns: Option<discovery::Plan>,
     /// Unicast DNS-SD registration: `None` = off.
     pub dns_sd: Option<discovery::unicast::Plan>,
+    /// What runs observe when START does not say (its `limit` applies to every run).
+    pub observe_default: shared::observe::Observe,
+    /// Whether START may ask to observe.
+    pub observe_allowed: bool,
     /// Token file.
     pub auth_tokens: Option<PathBuf>,
     /// Audit log file (besides stderr).
@@ -331,6 +349,21 @@ pub fn parse_cpus(s: &str) -> Result<u64, ConfigError> {
 /// Parses seconds: `90`, `90s`, `5m`, `8h` ([`proto::units::parse_seconds`]).
 pub fn parse_seconds(s: &str) -> Result<u64, ConfigError> {
     proto::units::parse_seconds(s).map_err(|e| invalid(e.0))
+}
+
+/// `["files", "exec", "net"]` (any subset) or `["all"]`; `[]` observes nothing.
+pub fn parse_observe(kinds: &[String]) -> Result<shared::observe::Observe, String> {
+    let mut o = shared::observe::Observe::default();
+    for k in kinds {
+        match k.as_str() {
+            "files" => o.files = true,
+            "exec" => o.exec = true,
+            "net" => o.net = true,
+            "all" => (o.files, o.exec, o.net) = (true, true, true),
+            other => return Err(format!("unknown kind {other:?} (files, exec, net, all)")),
+        }
+    }
+    Ok(o)
 }
 
 /// The DNS-SD registration the flags and file ask for: the key is read (and its mode
@@ -411,7 +444,27 @@ impl Config {
         let max_sessions = flags.max_sessions.or(file.max_sessions).unwrap_or(64);
         let mdns_name = flags.mdns_name.clone().or(file.mdns_name.clone()).map(|n| discovery::clip(&n));
         let dns_sd = dns_sd_plan(&flags, &file, mdns_name.clone())?;
+        let observe_allowed = !(flags.no_observe || file.no_observe.unwrap_or(false));
+        let observe_limit = flags.observe_limit.or(file.observe_limit).unwrap_or(shared::observe::DEFAULT_LIMIT);
+        if observe_limit == 0 || observe_limit > shared::observe::MAX_LIMIT {
+            return Err(invalid(format!(
+                "observe_limit {observe_limit} must be in 1..={}",
+                shared::observe::MAX_LIMIT
+            )));
+        }
+        let mut observe_default = match flags.observe_default.clone().or(file.observe_default.clone()) {
+            Some(list) if observe_allowed => {
+                let kinds: Vec<String> =
+                    list.split(',').map(|k| k.trim().to_string()).filter(|k| !k.is_empty()).collect();
+                parse_observe(&kinds).map_err(|e| invalid(format!("observe_default: {e}")))?
+            }
+            Some(_) => return Err(invalid("observe_default and no_observe contradict each other")),
+            None => shared::observe::Observe::default(),
+        };
+        observe_default.limit = observe_limit;
         let c = Config {
+            observe_default,
+            observe_allowed,
             dns_sd: dns_sd.filter(|_| !flags.stdio),
             auth_tokens: auth_tokens.clone(),
             audit_log: flags.audit_log.or(file.audit_log),

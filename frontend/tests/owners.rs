@@ -146,7 +146,9 @@ impl Rig {
 
     fn exited(&mut self, id: shared::SessionId, code: i32) {
         let usage = Usage { user_us: 1500, ..Usage::default() };
-        self.broker.send(0, Reply::Exited { id, status: ExitStatus::Code(code), usage, limit_hit: None }).unwrap();
+        self.broker
+            .send(0, Reply::Exited { id, status: ExitStatus::Code(code), usage, limit_hit: None, observed: None })
+            .unwrap();
     }
 }
 

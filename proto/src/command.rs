@@ -61,6 +61,10 @@ pub struct StartOpts {
     /// holds the program for `DEBUG <id> --stdio` (`lantern gdb-pipe`) alone.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub debug_port: Option<bool>,
+    /// What to record of what the run touches: any of `files`, `exec`, `net`, or `all`
+    /// (`[]`: nothing, even where the rig observes by default).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub observe: Option<Vec<String>>,
 }
 
 /// EXEC's settings (`{"argv":["/bin/sh","-c","id"],"env":{...},"stdin":true,"tty":{...}}`).
@@ -780,6 +784,7 @@ mod tests {
             remove: Some(true),
             keep_tmp: Some(true),
             debug_port: Some(false),
+            observe: Some(vec!["files".into(), "net".into()]),
         };
         for cmd in [
             Command::Hello,

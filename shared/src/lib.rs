@@ -8,6 +8,7 @@
 
 pub mod files;
 pub mod logger;
+pub mod observe;
 pub mod os;
 pub mod rsp;
 pub mod tube;

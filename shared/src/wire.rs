@@ -90,6 +90,8 @@ pub struct StartSpec {
     pub tty: Option<Winsize>,
     /// Keep the session's `/tmp` of the last run (else it starts empty).
     pub keep_tmp: bool,
+    /// What the session's init records of the calls the tree makes.
+    pub observe: crate::observe::Observe,
 }
 
 /// What to run for an `Exec` (another process in a running session).
@@ -400,6 +402,9 @@ pub enum Reply {
         usage: Usage,
         /// A cgroup limit the run ran into.
         limit_hit: Option<LimitHit>,
+        /// What the run touched (START `observe`): a sealed memfd with the encoded record
+        /// (`crate::observe::Observed`), written by the session's init: untrusted.
+        observed: Option<OwnedFd>,
     },
     /// The session is gone.
     Deleted {
@@ -489,7 +494,7 @@ pub enum ReplyWire {
     ExecStarted { id: SessionId, exec: u32, ns_pid: u32, tty: bool },
     ExecExited { id: SessionId, exec: u32, status: ExitStatus },
     DebugEnded { id: SessionId },
-    Exited { id: SessionId, status: ExitStatus, usage: Usage, limit_hit: Option<LimitHit> },
+    Exited { id: SessionId, status: ExitStatus, usage: Usage, limit_hit: Option<LimitHit>, observed: bool },
     Deleted { id: SessionId },
     Accepted { id: SessionId },
     Refused { refusal: Refusal, message: String },
@@ -603,9 +608,10 @@ impl Message for Reply {
                 fds.extend(debug);
                 (wire, fds)
             }
-            Reply::Exited { id, status, usage, limit_hit } => {
-                (ReplyWire::Exited { id, status, usage, limit_hit }, vec![])
-            }
+            Reply::Exited { id, status, usage, limit_hit, observed } => (
+                ReplyWire::Exited { id, status, usage, limit_hit, observed: observed.is_some() },
+                observed.into_iter().collect(),
+            ),
             Reply::Deleted { id } => (ReplyWire::Deleted { id }, vec![]),
             Reply::Accepted { id } => (ReplyWire::Accepted { id }, vec![]),
             Reply::Refused { refusal, message } => (ReplyWire::Refused { refusal, message }, vec![]),
@@ -665,9 +671,13 @@ impl Message for Reply {
                 let [pidfd, stdout, stdin] = take_fds("started on a terminal", fds)?;
                 Reply::Started { id, ns_pid, pidfd, stdout, stderr: None, stdin, debug: None }
             }
-            ReplyWire::Exited { id, status, usage, limit_hit } => {
+            ReplyWire::Exited { id, status, usage, limit_hit, observed: false } => {
                 let [] = take_fds("exited", fds)?;
-                Reply::Exited { id, status, usage, limit_hit }
+                Reply::Exited { id, status, usage, limit_hit, observed: None }
+            }
+            ReplyWire::Exited { id, status, usage, limit_hit, observed: true } => {
+                let [memfd] = take_fds("exited with an observation", fds)?;
+                Reply::Exited { id, status, usage, limit_hit, observed: Some(memfd) }
             }
             ReplyWire::Deleted { id } => {
                 let [] = take_fds("deleted", fds)?;
@@ -717,6 +727,7 @@ mod tests {
             list_processes: true,
             tty: Some(Winsize { rows: 24, cols: 80 }),
             keep_tmp: false,
+            observe: Default::default(),
         };
         let wire = RequestWire::Start { id: SessionId([7; 16]), spec };
         let bytes = bincode::encode_to_vec(Envelope { tag: 9, body: wire.clone() }, bincode_config()).unwrap();

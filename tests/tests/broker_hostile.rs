@@ -120,6 +120,7 @@ fn root_semantic_garbage_is_refused_and_the_broker_survives() {
         list_processes: true,
         tty: None,
         keep_tmp: false,
+        observe: Default::default(),
     };
     p.tube.send(7, Request::Start { id: SessionId([2; 16]), spec }).unwrap();
     assert!(matches!(recv(&mut p.tube), (7, Reply::Refused { .. })));
@@ -132,6 +133,7 @@ fn root_semantic_garbage_is_refused_and_the_broker_survives() {
         list_processes: true,
         tty: None,
         keep_tmp: false,
+        observe: Default::default(),
     };
     p.tube.send(8, Request::Start { id: SessionId([2; 16]), spec }).unwrap();
     // Hold the run's output pipes until it ends: closing them early would kill the
@@ -200,6 +202,7 @@ fn root_structural_garbage_fails_closed_and_kills_sessions() {
             list_processes: true,
             tty: None,
             keep_tmp: false,
+            observe: Default::default(),
         };
         p.tube.send(3, Request::Start { id: SessionId([1; 16]), spec }).unwrap();
         let (_, started) = recv(&mut p.tube);

@@ -51,7 +51,7 @@ fn root_receipt_records_exit_processes_output_and_jail() {
     c.start(&id, r#"{"args":["one","two"],"env":{"TOKEN":"s3cret","LANG":"C"}}"#);
     c.wait_for(&id, State::Stopped, TEN_S);
     let r = receipt(&mut c, &id, None);
-    assert_eq!(r.schema, "debuglantern.receipt/1");
+    assert_eq!(r.schema, "debuglantern.receipt/2");
     assert_eq!((r.session.to_string(), r.run, r.exit), (id.clone(), 1, Some(Exit::Code(5))));
     assert!(r.processes_spawned >= 4, "{r:?}");
     // Every process of the tree, as it ended: the three children (parent: the program,

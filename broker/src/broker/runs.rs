@@ -89,7 +89,9 @@ impl Broker {
                         replies.push((tag, refused));
                     }
                 }
-                Ok(Some((_, InitMsg::Exited { status, usage }))) => run.outcome = Some((status, usage)),
+                Ok(Some((_, InitMsg::Exited { status, usage, observed }))) => {
+                    run.outcome = Some((status, usage, observed))
+                }
                 Ok(None) => break,
                 Err(_) => break,
             }
@@ -123,8 +125,8 @@ impl Broker {
         }
         // Drain what the init sent just before it exited.
         while let Ok(Some((_, msg))) = run.ctl.recv::<InitMsg>() {
-            if let InitMsg::Exited { status, usage } = msg {
-                run.outcome = Some((status, usage));
+            if let InitMsg::Exited { status, usage, observed } = msg {
+                run.outcome = Some((status, usage, observed));
             }
         }
         let run = session.run.take().expect("checked above");
@@ -146,7 +148,8 @@ impl Broker {
         } else if !run.failed {
             // If the init vanished without a report it was SIGKILLed by us (kill safety).
             // (Or, with cgroup v2's memory.oom.group, by the kernel: the counters say so.)
-            let (status, mut usage) = run.outcome.unwrap_or((ExitStatus::Signal(libc::SIGKILL), Usage::default()));
+            let (status, mut usage, observed) =
+                run.outcome.unwrap_or((ExitStatus::Signal(libc::SIGKILL), Usage::default(), None));
             let (cgroup_hit, cgroup_usage) = match run.cgroup {
                 Some(mut c) => {
                     let (hit, mut u) = self.cgroups.finish(&mut c);
@@ -159,7 +162,7 @@ impl Broker {
             };
             usage.cgroup = cgroup_usage;
             let limit_hit = cgroup_hit.or(run.wall_hit.then_some(shared::LimitHit::Wall));
-            self.tube.send(0, Reply::Exited { id, status, usage, limit_hit })?;
+            self.tube.send(0, Reply::Exited { id, status, usage, limit_hit, observed })?;
             return self.after_finish(id, delete_tag);
         }
         if let Some(mut c) = run.cgroup {

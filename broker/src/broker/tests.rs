@@ -71,6 +71,7 @@ fn spec() -> StartSpec {
         list_processes: true,
         tty: None,
         keep_tmp: false,
+        observe: Default::default(),
     }
 }
 
@@ -164,11 +165,13 @@ fn a_run_starts_reports_and_ends_with_the_inits_status() {
     let run = h.start(3);
     // The init reports the tree's end; the kill makes it (the sleep) exit.
     let usage = Usage { user_us: 5, sys_us: 6, max_rss_kib: 7, processes: 3, ..Usage::default() };
-    h.inits[run].send(0, InitMsg::Exited { status: ExitStatus::Signal(9), usage: usage.clone() }).unwrap();
+    h.inits[run]
+        .send(0, InitMsg::Exited { status: ExitStatus::Signal(9), usage: usage.clone(), observed: None })
+        .unwrap();
     assert!(matches!(h.ask(4, Request::Kill { id: ID }), Reply::Accepted { id: ID }));
     let (t, reply) = recv::<Reply>(&mut h.frontend);
     assert_eq!(t, 0);
-    let Reply::Exited { id, status, usage: got, limit_hit } = reply else { panic!("{reply:?}") };
+    let Reply::Exited { id, status, usage: got, limit_hit, .. } = reply else { panic!("{reply:?}") };
     assert_eq!((id, status, got, limit_hit), (ID, ExitStatus::Signal(9), usage, None::<LimitHit>));
     // It can run again, and DELETE of a running session kills it first.
     h.start(5);

@@ -16,7 +16,7 @@ use std::os::fd::{AsRawFd, OwnedFd};
 use uuid::Uuid;
 
 /// Version of the receipt schema (RECEIPT's `schema` field).
-pub const RECEIPT_SCHEMA: &str = "debuglantern.receipt/1";
+pub const RECEIPT_SCHEMA: &str = "debuglantern.receipt/2";
 
 /// What an attached START asked for.
 #[derive(Debug, Clone, Copy)]
@@ -128,7 +128,22 @@ impl Lifecycle {
         let tty = opts.tty.map(|t| shared::Winsize { rows: t.rows, cols: t.cols });
         let keep_tmp = opts.keep_tmp.unwrap_or(false);
         let debug_port = opts.debug_port.unwrap_or(true);
-        let spec = StartSpec { argv, env, limits, debug, list_processes, tty, keep_tmp };
+        let observe = match &opts.observe {
+            None => sh.cfg.observe_default,
+            Some(kinds) if kinds.is_empty() => Default::default(),
+            Some(_) if !sh.cfg.observe_allowed => {
+                return Outcome::Refuse(Error::new(
+                    proto::Code::Unsupported,
+                    "this rig does not observe runs (--no-observe)",
+                ))
+            }
+            Some(kinds) => match crate::config::parse_observe(kinds) {
+                Ok(o) => o,
+                Err(e) => return Outcome::Refuse(Error::bad(format!("observe: {e}"))),
+            },
+        };
+        let observe = shared::observe::Observe { limit: sh.cfg.observe_default.limit, ..observe };
+        let spec = StartSpec { argv, env, limits, debug, list_processes, tty, keep_tmp, observe };
         let attach = attach.then_some(AttachOpts {
             stdin: opts.stdin.unwrap_or(false),
             tty: tty.is_some(),
@@ -363,6 +378,7 @@ impl Lifecycle {
         status: shared::ExitStatus,
         usage: shared::Usage,
         limit_hit: Option<shared::LimitHit>,
+        observed: Option<proto::reply::Observed>,
     ) {
         sh.sessions.set_tmp_held(&id, usage.tmp.used_bytes);
         let Some(s) = sh.sessions.get_mut(&id) else { return };
@@ -378,7 +394,9 @@ impl Lifecycle {
             s.timeline.push(("limit_hit", t));
         }
         s.timeline.push(("exited", t));
-        let receipt = receipt(s, &sh.jail, &sh.warnings);
+        let summary = observed.as_ref().map(super::observed::summary);
+        let mut receipt = receipt(s, &sh.jail, &sh.warnings);
+        receipt.observed = observed;
         if s.receipts.len() == RECEIPTS_KEPT {
             s.receipts.pop_front();
         }
@@ -393,7 +411,7 @@ impl Lifecycle {
             sh.audit.log("limit_hit", json!({"id": id.to_string(), "owner": &*owner, "run": run, "limit": limit}));
             sh.emit(id, EventKind::LimitHit { run, limit });
         }
-        sh.emit(id, EventKind::Exited { run, exit, limit_hit: hit });
+        sh.emit(id, EventKind::Exited { run, exit, limit_hit: hit, observed: summary });
     }
 }
 
@@ -455,5 +473,6 @@ fn receipt(s: &Session, jail: &Jail, warnings: &[String]) -> Receipt {
         limits: limits_reply(&s.limits),
         warnings: warnings.to_vec(),
         timeline: s.timeline.iter().map(|(e, t)| Mark { event: e.to_string(), time: *t }).collect(),
+        observed: None,
     }
 }

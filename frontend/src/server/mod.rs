@@ -35,6 +35,7 @@ pub mod files;
 pub mod io;
 pub mod lifecycle;
 pub mod model;
+pub mod observed;
 pub mod output;
 pub mod queries;
 pub mod ring;
@@ -526,14 +527,15 @@ impl Server {
     fn on_broker(&mut self, incoming: Incoming) {
         let sh = &mut self.sh;
         match incoming {
-            Incoming::Event(Reply::Exited { id, status, usage, limit_hit }) => {
+            Incoming::Event(Reply::Exited { id, status, usage, limit_hit, observed }) => {
                 let id = Uuid::from_bytes(id.0);
                 // Every process of the run is dead: the pipes hold their last bytes.
                 self.output.drain(sh, id);
                 // A program gdbserver launched and reaped: its stop reply said how it ended.
                 let status = self.debug.take_exit(id).unwrap_or(status);
                 self.debug.forget(sh, id);
-                self.lifecycle.on_exited(sh, id, status, usage, limit_hit);
+                let observed = observed.and_then(observed::read);
+                self.lifecycle.on_exited(sh, id, status, usage, limit_hit, observed);
             }
             Incoming::Event(Reply::DebugEnded { id }) => self.debug.on_ended(sh, Uuid::from_bytes(id.0)),
             Incoming::Event(Reply::ExecExited { id, exec, status }) => {

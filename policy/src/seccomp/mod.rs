@@ -22,7 +22,7 @@ pub mod bpf;
 pub mod session;
 
 pub use bpf::{Action, Case, Check, Op, Rule, Table, X32_SYSCALL_BIT};
-use seccompiler::BpfProgram;
+pub use seccompiler::BpfProgram;
 
 /// Errors installing a filter.
 #[derive(Debug, thiserror::Error)]
@@ -336,6 +336,57 @@ pub fn notifier(nrs: &[i64]) -> BpfProgram {
     let mut t = Table::new(Action::Allow);
     for nr in nrs {
         t.set(*nr, Rule::always(Action::Notify));
+    }
+    t.compile()
+}
+
+/// The calls observed for each kind (START `observe`), besides `exit_group`.
+pub const OBSERVED_FILES: &[i64] = &[
+    #[cfg(target_arch = "x86_64")]
+    libc::SYS_open,
+    #[cfg(target_arch = "x86_64")]
+    libc::SYS_creat,
+    libc::SYS_openat,
+    libc::SYS_openat2,
+];
+/// Execs.
+pub const OBSERVED_EXEC: &[i64] = &[libc::SYS_execve, libc::SYS_execveat];
+/// Network calls that name an address (sendto only when it passes one; sendmsg's address
+/// is in memory the filter cannot read, so every sendmsg is handed over).
+pub const OBSERVED_NET: &[i64] = &[libc::SYS_connect, libc::SYS_bind, libc::SYS_sendmsg];
+
+/// [`notifier`] for `exit_group` (when `exits`) and what `observe` asks: a call that is
+/// not asked for is never handed over, so it costs nothing. `sendmsg` on descriptor
+/// `quiet` is never handed over (the one that carries the listener to its supervisor).
+pub fn observer(exits: bool, observe: &shared::observe::Observe, quiet: Option<u64>) -> BpfProgram {
+    let mut t = Table::new(Action::Allow);
+    if exits {
+        t.set(libc::SYS_exit_group, Rule::always(Action::Notify));
+    }
+    let kinds = [(observe.files, OBSERVED_FILES), (observe.exec, OBSERVED_EXEC), (observe.net, OBSERVED_NET)];
+    for (_, nrs) in kinds.iter().filter(|(on, _)| *on) {
+        for nr in *nrs {
+            t.set(*nr, Rule::always(Action::Notify));
+        }
+    }
+    if let (true, Some(fd)) = (observe.net, quiet) {
+        t.set(
+            libc::SYS_sendmsg,
+            Rule {
+                cases: vec![Case { all: vec![Check::low(0, Op::Eq(fd))], then: Action::Allow }],
+                otherwise: Action::Notify,
+            },
+        );
+    }
+    if observe.net {
+        // sendto(fd, buf, len, flags, dest_addr, addrlen): only with an address.
+        t.set(
+            libc::SYS_sendto,
+            Rule {
+                cases: vec![Case { all: vec![Check::full(4, Op::Ne(0))], then: Action::Notify }],
+                otherwise: Action::Allow,
+            },
+        );
     }
     t.compile()
 }

@@ -438,3 +438,27 @@ fn the_notifier_notifies_only_what_it_was_given() {
     assert_eq!(call(&stack, libc::SYS_bpf, NO_ARGS), EPERM);
     assert_eq!(call(&stack, libc::SYS_openat, NO_ARGS), Verdict::Notify);
 }
+
+#[test]
+fn the_observer_notifies_only_what_is_asked() {
+    use shared::observe::Observe;
+    let none = observer(false, &Observe::default(), None);
+    let exits = observer(true, &Observe::default(), None);
+    let files = observer(false, &Observe { files: true, ..Observe::default() }, None);
+    let net = observer(false, &Observe { net: true, ..Observe::default() }, Some(1023));
+    for nr in 0..512 {
+        assert_eq!(call(std::slice::from_ref(&none), nr, NO_ARGS), Verdict::Allow, "unobserved syscall {nr}");
+        let want = if nr == libc::SYS_exit_group { Verdict::Notify } else { Verdict::Allow };
+        assert_eq!(call(std::slice::from_ref(&exits), nr, NO_ARGS), want, "exits: syscall {nr}");
+        let want = if OBSERVED_FILES.contains(&nr) { Verdict::Notify } else { Verdict::Allow };
+        assert_eq!(call(std::slice::from_ref(&files), nr, NO_ARGS), want, "files: syscall {nr}");
+    }
+    assert_eq!(call(std::slice::from_ref(&files), libc::SYS_execve, NO_ARGS), Verdict::Allow);
+    assert_eq!(call(std::slice::from_ref(&net), libc::SYS_connect, NO_ARGS), Verdict::Notify);
+    // sendto without an address (a connected socket) is not handed over; with one it is.
+    assert_eq!(call(std::slice::from_ref(&net), libc::SYS_sendto, NO_ARGS), Verdict::Allow);
+    assert_eq!(call(std::slice::from_ref(&net), libc::SYS_sendto, [3, 0x1000, 5, 0, 0x2000, 16]), Verdict::Notify);
+    // The descriptor that carries the listener is left out, no other.
+    assert_eq!(call(std::slice::from_ref(&net), libc::SYS_sendmsg, [1023, 0, 0, 0, 0, 0]), Verdict::Allow);
+    assert_eq!(call(std::slice::from_ref(&net), libc::SYS_sendmsg, [3, 0, 0, 0, 0, 0]), Verdict::Notify);
+}

@@ -53,6 +53,9 @@ pub enum EventKind {
         exit: Exit,
         /// A limit that ended it.
         limit_hit: Option<LimitHit>,
+        /// What it touched, when observed.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        observed: Option<super::ObservedSummary>,
     },
     /// A limit ended or capped the run.
     LimitHit {
