@@ -50,6 +50,141 @@ fn main() {
     if want("cgroups") {
         cgroup_cost();
     }
+    if want("observe") {
+        observe_cost();
+    }
+}
+
+/// `argv[1]` times open+close of /etc/passwd: a file-heavy workload.
+const OPENS: &str = r#"
+#include <fcntl.h>
+#include <stdlib.h>
+#include <unistd.h>
+int main(int argc, char **argv) {
+    long n = argc > 1 ? atol(argv[1]) : 1;
+    for (long i = 0; i < n; i++) { int fd = open("/etc/passwd", O_RDONLY); if (fd < 0) return 1; close(fd); }
+    return 0;
+}"#;
+
+/// START→exit with `opts`, as [`run_once`].
+fn run_with(c: &mut Client, id: &str, opts: &str) -> f64 {
+    let t = Instant::now();
+    c.send_raw(format!("START {id} {opts}\nLOGS {id} --follow\n").as_bytes());
+    let r = c.read();
+    assert_eq!(r["ok"], true, "{r}");
+    loop {
+        let v = c.read();
+        if v["end"] == true {
+            assert_eq!(v["exit"]["code"], 0, "{v}");
+            break;
+        }
+    }
+    t.elapsed().as_secs_f64() * 1e3
+}
+
+/// START `observe` (issue 20): 100,000 open+close in a session unobserved, observed
+/// (files; all), the same binary under `strace -f -e trace=file,process,network` on the
+/// host, and bare on the host; and what observation adds to a trivial START→exit. With
+/// DEBUGLANTERN_BASELINE, the build before runs the unobserved rows too (an unobserved
+/// run must pay nothing).
+fn observe_cost() {
+    const N: usize = 7;
+    const OPENS_N: &str = "100000";
+    let bin = c_program("bench_opens", OPENS, false);
+    let dir = std::env::temp_dir().join(format!("debuglantern-bench-observe-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let local = dir.join("opens");
+    std::fs::write(&local, &bin).unwrap();
+    std::fs::set_permissions(&local, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+    let d = Daemon::start(&[]);
+    let mut c = d.client();
+    let id = c.load(&bin);
+    let tiny = c.load(&c_program("bench_true_obs", programs::TRUE, true));
+    let mut base = baseline().map(|dir| {
+        let bd = Daemon::start_binary(&dir.join("debuglantern"), &[], &[]);
+        let mut bc = bd.client();
+        let (bid, btiny) = (bc.load(&bin), bc.load(&c_program("bench_true_obs", programs::TRUE, true)));
+        (bd, bc, bid, btiny)
+    });
+    let strace = which("strace");
+    let plain = format!(r#"{{"args":["{OPENS_N}"]}}"#);
+    let files = format!(r#"{{"args":["{OPENS_N}"],"observe":["files"]}}"#);
+    let all = format!(r#"{{"args":["{OPENS_N}"],"observe":["all"]}}"#);
+    let timed = |cmd: &mut Command| {
+        let t = Instant::now();
+        let st = cmd.status().unwrap();
+        assert!(st.success());
+        t.elapsed().as_secs_f64() * 1e3
+    };
+    run_with(&mut c, &id, &files);
+    let (mut host, mut st, mut un, mut fi, mut al, mut bun) = (vec![], vec![], vec![], vec![], vec![], vec![]);
+    for _ in 0..N {
+        host.push(timed(Command::new(&local).arg(OPENS_N)));
+        if let Some(s) = &strace {
+            st.push(timed(
+                Command::new(s).args(["-f", "-e", "trace=file,process,network", "-o", "/dev/null"]).arg(&local).arg(OPENS_N),
+            ));
+        }
+        un.push(run_with(&mut c, &id, &plain));
+        fi.push(run_with(&mut c, &id, &files));
+        al.push(run_with(&mut c, &id, &all));
+        if let Some((_, bc, bid, _)) = base.as_mut() {
+            bun.push(run_with(bc, bid, &plain));
+        }
+    }
+    let u = median(&mut un);
+    println!("## Observation: {OPENS_N} open+close ({N} runs each, interleaved; ms)");
+    println!("| path | median | p99 | ratio to unobserved |");
+    println!("|---|---|---|---|");
+    let h = median(&mut host);
+    println!("| bare on the host | {h:.1} | {:.1} | {:.2} |", pct(&mut host, 0.99), h / u);
+    println!("| debuglantern START→exit, unobserved | {u:.1} | {:.1} | 1.00 |", pct(&mut un, 0.99));
+    if !bun.is_empty() {
+        let b = median(&mut bun);
+        println!("| the build before (DEBUGLANTERN_BASELINE), unobserved | {b:.1} | {:.1} | {:.2} |", pct(&mut bun, 0.99), b / u);
+    }
+    let f = median(&mut fi);
+    println!("| debuglantern, `\"observe\":[\"files\"]` | {f:.1} | {:.1} | {:.2} |", pct(&mut fi, 0.99), f / u);
+    let a = median(&mut al);
+    println!("| debuglantern, `\"observe\":[\"all\"]` | {a:.1} | {:.1} | {:.2} |", pct(&mut al, 0.99), a / u);
+    if strace.is_some() {
+        let s = median(&mut st);
+        println!(
+            "| `strace -f -e trace=file,process,network -o /dev/null` on the host | {s:.1} | {:.1} | {:.2} |",
+            pct(&mut st, 0.99),
+            s / u
+        );
+        println!();
+        println!("observed (files) / strace = {:.2}", f / s);
+    } else {
+        println!("| strace | (not installed: apt-get install strace) | | |");
+    }
+    println!();
+    // A trivial START→exit: what asking costs when the program makes no observed call.
+    const M: usize = 100;
+    let (mut t0, mut t1, mut tb) = (vec![], vec![], vec![]);
+    for _ in 0..5 {
+        run_with(&mut c, &tiny, "");
+    }
+    for _ in 0..M {
+        t0.push(run_with(&mut c, &tiny, ""));
+        t1.push(run_with(&mut c, &tiny, r#"{"observe":["all"]}"#));
+        if let Some((_, bc, _, btiny)) = base.as_mut() {
+            tb.push(run_with(bc, btiny, ""));
+        }
+    }
+    let (m0, m1) = (median(&mut t0), median(&mut t1));
+    println!("## Observation of a trivial static binary ({M} START→exit each, interleaved; ms)");
+    println!("| path | median | p99 | ratio |");
+    println!("|---|---|---|---|");
+    println!("| unobserved | {m0:.3} | {:.3} | 1.00 |", pct(&mut t0, 0.99));
+    println!("| `\"observe\":[\"all\"]` | {m1:.3} | {:.3} | {:.2} |", pct(&mut t1, 0.99), m1 / m0);
+    if !tb.is_empty() {
+        let b = median(&mut tb);
+        println!("| the build before, unobserved | {b:.3} | {:.3} | {:.2} |", pct(&mut tb, 0.99), b / m0);
+    }
+    println!();
+    let _ = std::fs::remove_dir_all(dir);
 }
 
 /// Writes `argv[1]` MiB of zeroes to stdout.
