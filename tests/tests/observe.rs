@@ -26,7 +26,8 @@ static void tcp(const char *ip, int port) {
     printf("connect %s:%d = %d\n", ip, port, r);
     close(s);
 }
-int main(void) {
+int main(int argc, char **argv) {
+    if (argc > 1) sleep(atoi(argv[1]));
     char buf[64];
     int fd = open("/etc/passwd", O_RDONLY);
     if (fd >= 0) { read(fd, buf, sizeof buf); close(fd); }
@@ -250,6 +251,18 @@ fn root_observation_works_under_a_debugger_and_without_the_process_list() {
     let o = receipt(&mut c, &id).observed.expect("observed under gdbserver");
     check_touched(&o, "under gdbserver");
     assert!(o.execs[0].path.ends_with("gdbserver"), "{:?}", o.execs[0]);
+    // DEBUG: gdbserver attaches to the observed program while it sleeps.
+    c.cmd(&format!(r#"START {id} {{"args":["2"],"observe":["all"]}}"#));
+    std::thread::sleep(Duration::from_millis(300));
+    let dbg = c.cmd(&format!("DEBUG {id}"));
+    let port = dbg["debug"]["port"].as_u64().unwrap_or_else(|| panic!("{dbg}"));
+    let gdb = std::process::Command::new("gdb")
+        .args(["-q", "-batch", "-nx", "-ex", &format!("target remote 127.0.0.1:{port}"), "-ex", "continue"])
+        .output()
+        .expect("gdb");
+    let st = c.wait_state(&id, "STOPPED", Duration::from_secs(60));
+    assert_eq!(st["exit"]["code"], 0, "{st}\n{}", String::from_utf8_lossy(&gdb.stdout));
+    check_touched(&receipt(&mut c, &id).observed.expect("observed with gdbserver attached"), "DEBUG attached");
     // A rig that refuses observation says so; one that observes by default does without asking.
     let no = Daemon::start(&["--no-observe"]);
     let mut c = no.client();
