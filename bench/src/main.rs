@@ -122,7 +122,10 @@ fn observe_cost() {
         host.push(timed(Command::new(&local).arg(OPENS_N)));
         if let Some(s) = &strace {
             st.push(timed(
-                Command::new(s).args(["-f", "-e", "trace=file,process,network", "-o", "/dev/null"]).arg(&local).arg(OPENS_N),
+                Command::new(s)
+                    .args(["-f", "-e", "trace=file,process,network", "-o", "/dev/null"])
+                    .arg(&local)
+                    .arg(OPENS_N),
             ));
         }
         un.push(run_with(&mut c, &id, &plain));
@@ -141,7 +144,11 @@ fn observe_cost() {
     println!("| debuglantern START→exit, unobserved | {u:.1} | {:.1} | 1.00 |", pct(&mut un, 0.99));
     if !bun.is_empty() {
         let b = median(&mut bun);
-        println!("| the build before (DEBUGLANTERN_BASELINE), unobserved | {b:.1} | {:.1} | {:.2} |", pct(&mut bun, 0.99), b / u);
+        println!(
+            "| the build before (DEBUGLANTERN_BASELINE), unobserved | {b:.1} | {:.1} | {:.2} |",
+            pct(&mut bun, 0.99),
+            b / u
+        );
     }
     let f = median(&mut fi);
     println!("| debuglantern, `\"observe\":[\"files\"]` | {f:.1} | {:.1} | {:.2} |", pct(&mut fi, 0.99), f / u);
@@ -160,6 +167,57 @@ fn observe_cost() {
         println!("| strace | (not installed: apt-get install strace) | | |");
     }
     println!();
+    // A file-heavy shell pipeline nobody here wrote: busybox find | head | xargs cat.
+    const PIPELINE: &str = "find /usr -type f | head -20000 | xargs cat > /dev/null";
+    if std::path::Path::new("/bin/busybox").exists() {
+        let bb = c.load(&std::fs::read("/bin/busybox").unwrap());
+        let args = |observe: &str| {
+            serde_json::json!({"args": ["sh", "-c", PIPELINE], "observe": [observe]})
+                .to_string()
+                .replace(r#"["none"]"#, "[]")
+        };
+        let (plain, files) = (args("none"), args("files"));
+        run_with(&mut c, &bb, &files);
+        let (mut host, mut st, mut un, mut fi) = (vec![], vec![], vec![], vec![]);
+        for _ in 0..5 {
+            host.push(timed(Command::new("/bin/busybox").args(["sh", "-c", PIPELINE])));
+            if let Some(s) = &strace {
+                st.push(timed(Command::new(s).args([
+                    "-f",
+                    "-e",
+                    "trace=file,process,network",
+                    "-o",
+                    "/dev/null",
+                    "/bin/busybox",
+                    "sh",
+                    "-c",
+                    PIPELINE,
+                ])));
+            }
+            un.push(run_with(&mut c, &bb, &plain));
+            fi.push(run_with(&mut c, &bb, &files));
+        }
+        let u = median(&mut un);
+        println!("## Observation: `{PIPELINE}` (busybox; 5 runs each, interleaved; ms)");
+        println!("| path | median | p99 | ratio to unobserved |");
+        println!("|---|---|---|---|");
+        let h = median(&mut host);
+        println!("| bare on the host | {h:.1} | {:.1} | {:.2} |", pct(&mut host, 0.99), h / u);
+        println!("| debuglantern START→exit, unobserved | {u:.1} | {:.1} | 1.00 |", pct(&mut un, 0.99));
+        let f = median(&mut fi);
+        println!("| debuglantern, `\"observe\":[\"files\"]` | {f:.1} | {:.1} | {:.2} |", pct(&mut fi, 0.99), f / u);
+        if !st.is_empty() {
+            let s = median(&mut st);
+            println!(
+                "| `strace -f -e trace=file,process,network -o /dev/null` on the host | {s:.1} | {:.1} | {:.2} |",
+                pct(&mut st, 0.99),
+                s / u
+            );
+            println!();
+            println!("observed (files) / strace = {:.2}", f / s);
+        }
+        println!();
+    }
     // A trivial START→exit: what asking costs when the program makes no observed call.
     const M: usize = 100;
     let (mut t0, mut t1, mut tb) = (vec![], vec![], vec![]);

@@ -312,6 +312,7 @@ pub fn run(plan: InitPlan) -> ! {
     drop(err_r);
     if tree.listener.is_none() {
         tree.listener = receive_fd(&notes_r);
+        tree.tune();
     }
     drop(notes_r);
     let (program, pidfd, debugger, launch) = match launched {
@@ -428,6 +429,7 @@ fn await_exec(err_r: &OwnedFd, notes_r: &OwnedFd, tree: &mut Tree) -> Option<Str
         if second {
             if tree.listener.is_none() {
                 tree.listener = receive_fd(notes_r);
+                tree.tune();
             } else {
                 tree.serve(0);
             }
@@ -633,6 +635,15 @@ impl Tree {
         Tree { listener, list, spans: Vec::new(), dropped: 0, hz, watched: None, recorder, first_exec: None }
     }
 
+    /// An observed run hands over many calls: each wakes us synchronously where the
+    /// kernel can.
+    fn tune(&self) {
+        use std::os::fd::AsFd;
+        if let (Some(l), Some(_)) = (&self.listener, &self.recorder) {
+            sys::notify_sync_wake_up(l.as_fd());
+        }
+    }
+
     /// Watch `pid`'s exit (a new program gdbserver launched: it replaces the last one).
     fn watch(&mut self, pid: Pid) {
         self.watched = Some((pid, None));
@@ -661,7 +672,15 @@ impl Tree {
     fn serve(&mut self, timeout_ms: u16) {
         use std::os::fd::AsFd;
         let mut timeout = timeout_ms;
+        // An observed program's calls come in bursts: after one, the next is waited for a
+        // moment here rather than through the whole supervision loop, for at most a
+        // bounded stretch (signals and the broker are still heard within ~20 ms).
+        let burst_end = std::time::Instant::now() + std::time::Duration::from_millis(20);
+        let mut observed = false;
         while let Some(l) = &self.listener {
+            if observed && std::time::Instant::now() >= burst_end {
+                return;
+            }
             let mut pfd = [nix::poll::PollFd::new(l.as_fd(), nix::poll::PollFlags::POLLIN)];
             match nix::poll::poll(&mut pfd, nix::poll::PollTimeout::from(timeout)) {
                 Ok(0) | Err(_) => return,
@@ -683,6 +702,7 @@ impl Tree {
                             (None, _) => {}
                         }
                         let _ = sys::exit_continue(l.as_fd(), call.id);
+                        observed = true;
                     }
                     Ok(call) => {
                         let Some(note) = call.exit() else { continue };
@@ -708,7 +728,7 @@ impl Tree {
                 // No process under the filter is left.
                 self.listener = None;
             }
-            timeout = 0;
+            timeout = u16::from(observed);
         }
     }
 

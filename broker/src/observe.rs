@@ -115,6 +115,11 @@ fn probe_open(target: &str, flags: i32) -> (Option<i32>, bool) {
         libc::O_RDWR => AccessFlags::R_OK | AccessFlags::W_OK,
         _ => AccessFlags::R_OK,
     };
+    // The common case, a plain read: one access(2) says it all.
+    let special = libc::O_CREAT | libc::O_DIRECTORY | libc::O_NOFOLLOW | libc::O_PATH;
+    if mode == libc::O_RDONLY && flags & special == 0 {
+        return (errno_of(nix::unistd::access(target, want)), false);
+    }
     let follow = if flags & libc::O_NOFOLLOW != 0 { AtFlags::AT_SYMLINK_NOFOLLOW } else { AtFlags::empty() };
     match fstatat(None, target, follow) {
         Ok(st) => {

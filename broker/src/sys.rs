@@ -237,6 +237,22 @@ pub fn notify_id_valid(listener: std::os::fd::BorrowedFd<'_>, id: u64) -> bool {
     unsafe { libc::ioctl(listener.as_raw_fd(), SECCOMP_IOCTL_NOTIF_ID_VALID as _, &id as *const u64) == 0 }
 }
 
+/// `SECCOMP_IOCTL_NOTIF_SET_FLAGS`: `_IOW('!', 4, __u64)`.
+const SECCOMP_IOCTL_NOTIF_SET_FLAGS: libc::c_ulong = 0x4008_2104;
+/// Wake the supervisor synchronously (Linux 6.6).
+const SECCOMP_USER_NOTIF_FD_SYNC_WAKE_UP: u64 = 1;
+
+/// Asks the kernel to switch straight from a notifying process to the supervisor and
+/// back (`SECCOMP_USER_NOTIF_FD_SYNC_WAKE_UP`, Linux 6.6), which roughly halves a round
+/// trip; older kernels refuse it and nothing else changes.
+pub fn notify_sync_wake_up(listener: std::os::fd::BorrowedFd<'_>) -> bool {
+    use std::os::fd::AsRawFd;
+    // SAFETY: NOTIF_SET_FLAGS takes the flags by value.
+    unsafe {
+        libc::ioctl(listener.as_raw_fd(), SECCOMP_IOCTL_NOTIF_SET_FLAGS as _, SECCOMP_USER_NOTIF_FD_SYNC_WAKE_UP) == 0
+    }
+}
+
 /// Reads `len` bytes at `addr` of process `pid` (as much as is mapped).
 pub fn read_memory(pid: u32, addr: u64, len: usize) -> Vec<u8> {
     let mut buf = vec![0u8; len];

@@ -293,12 +293,17 @@ impl Recorder {
         self.rec.asked
     }
 
-    fn event(&mut self, pid: u32, time_us: u64, kind: EventKind, what: String, error: Option<i32>) {
-        if self.rec.events.len() < MAX_EVENTS {
-            self.rec.events.push(Event { pid, time_us, kind, what: clip(what, MAX_PATH + 32), error });
-        } else {
+    /// Room for another event (else it is counted, and need not be described).
+    fn event_room(&mut self) -> bool {
+        let room = self.rec.events.len() < MAX_EVENTS;
+        if !room {
             self.rec.truncated.events += 1;
         }
+        room
+    }
+
+    fn event(&mut self, pid: u32, time_us: u64, kind: EventKind, what: String, error: Option<i32>) {
+        self.rec.events.push(Event { pid, time_us, kind, what: clip(what, MAX_PATH + 32), error });
     }
 
     /// A file call.
@@ -312,14 +317,16 @@ impl Recorder {
         error: Option<i32>,
     ) {
         let path = clip(path, MAX_PATH);
-        let flags = format!(
-            "{}{}{}{}",
-            if how.read { "r" } else { "" },
-            if how.write { "w" } else { "" },
-            if how.create { "c" } else { "" },
-            if how.exec { "x" } else { "" }
-        );
-        self.event(pid, time_us, EventKind::File, format!("open {path} {flags}"), error);
+        if self.event_room() {
+            let flags = format!(
+                "{}{}{}{}",
+                if how.read { "r" } else { "" },
+                if how.write { "w" } else { "" },
+                if how.create { "c" } else { "" },
+                if how.exec { "x" } else { "" }
+            );
+            self.event(pid, time_us, EventKind::File, format!("open {path} {flags}"), error);
+        }
         let limit = self.rec.asked.limit as usize;
         let i = match self.files.get(&path) {
             Some(&i) => i,
@@ -353,8 +360,10 @@ impl Recorder {
     pub fn exec(&mut self, e: ExecSeen) {
         let mut e = e;
         e.path = clip(e.path, MAX_PATH);
-        let what = format!("exec {} {}", e.path, e.argv.iter().skip(1).cloned().collect::<Vec<_>>().join(" "));
-        self.event(e.pid, e.time_us, EventKind::Exec, what.trim_end().to_string(), e.error);
+        if self.event_room() {
+            let what = format!("exec {} {}", e.path, e.argv.iter().skip(1).cloned().collect::<Vec<_>>().join(" "));
+            self.event(e.pid, e.time_us, EventKind::Exec, what.trim_end().to_string(), e.error);
+        }
         if self.rec.execs.len() < self.rec.asked.limit as usize {
             self.rec.execs.push(e);
         } else {
@@ -375,8 +384,10 @@ impl Recorder {
         error: Option<i32>,
     ) {
         let address = clip(address, MAX_PATH);
-        let at = if port != 0 { format!("{address}:{port}") } else { address.clone() };
-        self.event(pid, time_us, EventKind::Net, format!("{} {at}", op.as_str()), error);
+        if self.event_room() {
+            let at = if port != 0 { format!("{address}:{port}") } else { address.clone() };
+            self.event(pid, time_us, EventKind::Net, format!("{} {at}", op.as_str()), error);
+        }
         let key = (op, family.clone(), address.clone(), port);
         let limit = self.rec.asked.limit as usize;
         let i = match self.net.get(&key) {
