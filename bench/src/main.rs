@@ -168,7 +168,8 @@ fn observe_cost() {
     }
     println!();
     // A file-heavy shell pipeline nobody here wrote: busybox find | head | xargs cat.
-    const PIPELINE: &str = "find /usr -type f -perm -o=r -print0 | /usr/bin/head -z -n 20000 | xargs -0 cat > /dev/null";
+    const PIPELINE: &str =
+        "find /usr -type f -perm -o=r -print0 | /usr/bin/head -z -n 20000 | xargs -0 cat > /dev/null";
     if std::path::Path::new("/bin/busybox").exists() {
         let bb = c.load(&std::fs::read("/bin/busybox").unwrap());
         let args = |observe: &str| {
