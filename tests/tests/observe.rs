@@ -71,7 +71,7 @@ fn receipt(c: &mut Client, id: &str) -> Receipt {
 
 fn run(c: &mut Client, id: &str, opts: &str) -> Receipt {
     c.cmd(&format!("START {id} {opts}"));
-    c.wait_state(id, "STOPPED", Duration::from_secs(60));
+    c.wait_state(id, "STOPPED", Duration::from_secs(180));
     receipt(c, id)
 }
 
@@ -202,16 +202,18 @@ fn root_a_flood_of_paths_is_cut_at_the_bound_and_memory_stays_bounded() {
     let mut c = d.client();
     let id = c.load(&c_program("flood_opens", FLOOD_OPENS, false));
     let before = (rss_kib(d.pid()), rss_kib(d.broker_pid));
-    let r = run(&mut c, &id, r#"{"args":["100000"],"observe":["files"],"limits":{"wall_seconds":600}}"#);
+    // In scripts/vm-test's software-emulated guest a round trip costs ~50× more: fewer paths.
+    let n: u64 = if std::env::var_os("DL_EXPECT_V2").is_some() { 20_000 } else { 100_000 };
+    let r = run(&mut c, &id, &format!(r#"{{"args":["{n}"],"observe":["files"],"limits":{{"wall_seconds":600}}}}"#));
     let o = r.observed.expect("observed");
     let flood: Vec<_> = o.files.iter().filter(|f| f.path.starts_with("/tmp/none-")).collect();
     assert_eq!(o.files.len(), 500, "the bound");
     // Every open is accounted for: kept (with its count) or counted as truncated.
     let kept: u64 = flood.iter().map(|f| u64::from(f.count)).sum();
-    assert_eq!(kept + o.truncated.files, 100_000, "{:?}", o.truncated);
+    assert_eq!(kept + o.truncated.files, n, "{:?}", o.truncated);
     assert!(flood.iter().all(|f| f.failures.get("ENOENT") == Some(&1)));
     assert_eq!(o.events.len(), shared::observe::MAX_EVENTS);
-    assert!(o.truncated.events > 90_000);
+    assert!(o.truncated.events > n - 5000);
     let after = (rss_kib(d.pid()), rss_kib(d.broker_pid));
     assert!(after.0 < before.0 + 16 * 1024, "the frontend grew from {} to {} KiB", before.0, after.0);
     assert!(after.1 < before.1 + 4 * 1024, "the broker grew from {} to {} KiB", before.1, after.1);
