@@ -66,10 +66,11 @@ int main(int argc, char **argv) {
     return 0;
 }"#;
 
-/// START→exit with `opts`, as [`run_once`].
+/// START→exit with `opts` (JSON, or nothing), then `LOGS id --follow` until its end.
 fn run_with(c: &mut Client, id: &str, opts: &str) -> f64 {
     let t = Instant::now();
-    c.send_raw(format!("START {id} {opts}\nLOGS {id} --follow\n").as_bytes());
+    let start = if opts.is_empty() { format!("START {id}") } else { format!("START {id} {opts}") };
+    c.send_raw(format!("{start}\nLOGS {id} --follow\n").as_bytes());
     let r = c.read();
     assert_eq!(r["ok"], true, "{r}");
     loop {
@@ -533,18 +534,7 @@ fn upload() {
 
 /// START→exit as a client sees it: `START id` then `LOGS id --follow` until its end.
 fn run_once(c: &mut Client, id: &str) -> f64 {
-    let t = Instant::now();
-    c.send_raw(format!("START {id}\nLOGS {id} --follow\n").as_bytes());
-    let r = c.read();
-    assert_eq!(r["ok"], true, "{r}");
-    loop {
-        let v = c.read();
-        if v["end"] == true {
-            assert_eq!(v["exit"]["code"], 0, "{v}");
-            break;
-        }
-    }
-    t.elapsed().as_secs_f64() * 1e3
+    run_with(c, id, "")
 }
 
 fn start_exit() {

@@ -499,7 +499,8 @@ fn run(cli: Cli) -> Result<ExitCode> {
             return Ok(ExitCode::from(st.code().unwrap_or(1).clamp(0, 255) as u8));
         }
         Cmd::GdbPipe { rig, id } => {
-            let target = Target { token: token_for(token_file.as_deref(), &config, &rig)?, rig };
+            let token = token_for(token_file.as_deref(), &config, &rig)?;
+            let target = Target { token, rig: conn::resolve_rig(&rig, &lab)? };
             let mut c = Conn::open(&target)?;
             c.call::<Debugging>(Command::Debug { id, stdio: true })?;
             return gdb_pipe(c);
