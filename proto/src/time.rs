@@ -13,9 +13,13 @@ impl Time {
         Time(SystemTime::now())
     }
 
-    /// Microseconds since the Unix epoch.
+    /// The last instant RFC 3339 can write (9999-12-31T23:59:59.999Z), in microseconds.
+    pub const MAX_MICROS: u64 = 253_402_300_799_999_000;
+
+    /// Microseconds since the Unix epoch, at most [`Time::MAX_MICROS`] (times from a
+    /// session's init are its word: a later one would not print).
     pub fn from_micros(us: u64) -> Time {
-        Time(SystemTime::UNIX_EPOCH + Duration::from_micros(us))
+        Time(SystemTime::UNIX_EPOCH + Duration::from_micros(us.min(Self::MAX_MICROS)))
     }
 
     /// Microseconds since the Unix epoch (0 before it).
@@ -46,6 +50,12 @@ impl<'de> Deserialize<'de> for Time {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn times_beyond_year_9999_are_clamped() {
+        let j = serde_json::to_string(&Time::from_micros(u64::MAX)).unwrap();
+        assert_eq!(j, "\"9999-12-31T23:59:59.999Z\"");
+    }
 
     #[test]
     fn round_trips_with_milliseconds() {
