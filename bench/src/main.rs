@@ -83,6 +83,45 @@ fn run_with(c: &mut Client, id: &str, opts: &str) -> f64 {
     t.elapsed().as_secs_f64() * 1e3
 }
 
+/// One row of a ratio table: `v`'s median, p99 and ratio to `of`; returns the median.
+fn ratio_row(label: &str, v: &mut [f64], of: f64, decimals: usize) -> f64 {
+    let m = median(v);
+    println!("| {label} | {m:.decimals$} | {:.decimals$} | {:.2} |", pct(v, 0.99), m / of);
+    m
+}
+
+/// An observation workload's table: bare on the host, unobserved, the build before (if
+/// measured), observed (files; all), strace (if measured), as ratios to unobserved.
+fn observe_table(
+    what: &str,
+    unobserved: &mut [f64],
+    host: &mut [f64],
+    before: &mut [f64],
+    files: &mut [f64],
+    all: Option<&mut [f64]>,
+    strace: &mut [f64],
+) {
+    let u = median(unobserved);
+    println!("## Observation: {what}");
+    println!("| path | median | p99 | ratio to unobserved |");
+    println!("|---|---|---|---|");
+    ratio_row("bare on the host", host, u, 1);
+    ratio_row("debuglantern START→exit, unobserved", unobserved, u, 1);
+    if !before.is_empty() {
+        ratio_row("the build before (DEBUGLANTERN_BASELINE), unobserved", before, u, 1);
+    }
+    let f = ratio_row("debuglantern, `\"observe\":[\"files\"]`", files, u, 1);
+    if let Some(all) = all {
+        ratio_row("debuglantern, `\"observe\":[\"all\"]`", all, u, 1);
+    }
+    if !strace.is_empty() {
+        let s = ratio_row("`strace -f -e trace=file,process,network -o /dev/null` on the host", strace, u, 1);
+        println!();
+        println!("observed (files) / strace = {:.2}", f / s);
+    }
+    println!();
+}
+
 /// START `observe` (issue 20): 100,000 open+close in a session unobserved, observed
 /// (files; all), the same binary under `strace -f -e trace=file,process,network` on the
 /// host, and bare on the host; and what observation adds to a trivial START→exit. With
@@ -117,17 +156,17 @@ fn observe_cost() {
         assert!(st.success());
         t.elapsed().as_secs_f64() * 1e3
     };
+    let traced = |s: &std::path::Path| {
+        let mut c = Command::new(s);
+        c.args(["-f", "-e", "trace=file,process,network", "-o", "/dev/null"]);
+        c
+    };
     run_with(&mut c, &id, &files);
     let (mut host, mut st, mut un, mut fi, mut al, mut bun) = (vec![], vec![], vec![], vec![], vec![], vec![]);
     for _ in 0..N {
         host.push(timed(Command::new(&local).arg(OPENS_N)));
         if let Some(s) = &strace {
-            st.push(timed(
-                Command::new(s)
-                    .args(["-f", "-e", "trace=file,process,network", "-o", "/dev/null"])
-                    .arg(&local)
-                    .arg(OPENS_N),
-            ));
+            st.push(timed(traced(s).arg(&local).arg(OPENS_N)));
         }
         un.push(run_with(&mut c, &id, &plain));
         fi.push(run_with(&mut c, &id, &files));
@@ -136,38 +175,19 @@ fn observe_cost() {
             bun.push(run_with(bc, bid, &plain));
         }
     }
-    let u = median(&mut un);
-    println!("## Observation: {OPENS_N} open+close ({N} runs each, interleaved; ms)");
-    println!("| path | median | p99 | ratio to unobserved |");
-    println!("|---|---|---|---|");
-    let h = median(&mut host);
-    println!("| bare on the host | {h:.1} | {:.1} | {:.2} |", pct(&mut host, 0.99), h / u);
-    println!("| debuglantern START→exit, unobserved | {u:.1} | {:.1} | 1.00 |", pct(&mut un, 0.99));
-    if !bun.is_empty() {
-        let b = median(&mut bun);
-        println!(
-            "| the build before (DEBUGLANTERN_BASELINE), unobserved | {b:.1} | {:.1} | {:.2} |",
-            pct(&mut bun, 0.99),
-            b / u
-        );
-    }
-    let f = median(&mut fi);
-    println!("| debuglantern, `\"observe\":[\"files\"]` | {f:.1} | {:.1} | {:.2} |", pct(&mut fi, 0.99), f / u);
-    let a = median(&mut al);
-    println!("| debuglantern, `\"observe\":[\"all\"]` | {a:.1} | {:.1} | {:.2} |", pct(&mut al, 0.99), a / u);
-    if strace.is_some() {
-        let s = median(&mut st);
-        println!(
-            "| `strace -f -e trace=file,process,network -o /dev/null` on the host | {s:.1} | {:.1} | {:.2} |",
-            pct(&mut st, 0.99),
-            s / u
-        );
+    observe_table(
+        &format!("{OPENS_N} open+close ({N} runs each, interleaved; ms)"),
+        &mut un,
+        &mut host,
+        &mut bun,
+        &mut fi,
+        Some(&mut al),
+        &mut st,
+    );
+    if strace.is_none() {
+        println!("(strace is not installed: apt-get install strace)");
         println!();
-        println!("observed (files) / strace = {:.2}", f / s);
-    } else {
-        println!("| strace | (not installed: apt-get install strace) | | |");
     }
-    println!();
     // A file-heavy shell pipeline nobody here wrote: busybox find | head | xargs cat.
     const PIPELINE: &str =
         "find /usr -type f -perm -o=r -print0 | /usr/bin/head -z -n 20000 | xargs -0 cat > /dev/null";
@@ -184,41 +204,20 @@ fn observe_cost() {
         for _ in 0..5 {
             host.push(timed(Command::new("/bin/busybox").args(["sh", "-c", PIPELINE])));
             if let Some(s) = &strace {
-                st.push(timed(Command::new(s).args([
-                    "-f",
-                    "-e",
-                    "trace=file,process,network",
-                    "-o",
-                    "/dev/null",
-                    "/bin/busybox",
-                    "sh",
-                    "-c",
-                    PIPELINE,
-                ])));
+                st.push(timed(traced(s).args(["/bin/busybox", "sh", "-c", PIPELINE])));
             }
             un.push(run_with(&mut c, &bb, &plain));
             fi.push(run_with(&mut c, &bb, &files));
         }
-        let u = median(&mut un);
-        println!("## Observation: `{PIPELINE}` (busybox; 5 runs each, interleaved; ms)");
-        println!("| path | median | p99 | ratio to unobserved |");
-        println!("|---|---|---|---|");
-        let h = median(&mut host);
-        println!("| bare on the host | {h:.1} | {:.1} | {:.2} |", pct(&mut host, 0.99), h / u);
-        println!("| debuglantern START→exit, unobserved | {u:.1} | {:.1} | 1.00 |", pct(&mut un, 0.99));
-        let f = median(&mut fi);
-        println!("| debuglantern, `\"observe\":[\"files\"]` | {f:.1} | {:.1} | {:.2} |", pct(&mut fi, 0.99), f / u);
-        if !st.is_empty() {
-            let s = median(&mut st);
-            println!(
-                "| `strace -f -e trace=file,process,network -o /dev/null` on the host | {s:.1} | {:.1} | {:.2} |",
-                pct(&mut st, 0.99),
-                s / u
-            );
-            println!();
-            println!("observed (files) / strace = {:.2}", f / s);
-        }
-        println!();
+        observe_table(
+            &format!("`{PIPELINE}` (busybox; 5 runs each, interleaved; ms)"),
+            &mut un,
+            &mut host,
+            &mut [],
+            &mut fi,
+            None,
+            &mut st,
+        );
     }
     // A trivial START→exit: what asking costs when the program makes no observed call.
     const M: usize = 100;
@@ -233,15 +232,14 @@ fn observe_cost() {
             tb.push(run_with(bc, btiny, ""));
         }
     }
-    let (m0, m1) = (median(&mut t0), median(&mut t1));
+    let m0 = median(&mut t0);
     println!("## Observation of a trivial static binary ({M} START→exit each, interleaved; ms)");
     println!("| path | median | p99 | ratio |");
     println!("|---|---|---|---|");
-    println!("| unobserved | {m0:.3} | {:.3} | 1.00 |", pct(&mut t0, 0.99));
-    println!("| `\"observe\":[\"all\"]` | {m1:.3} | {:.3} | {:.2} |", pct(&mut t1, 0.99), m1 / m0);
+    ratio_row("unobserved", &mut t0, m0, 3);
+    ratio_row("`\"observe\":[\"all\"]`", &mut t1, m0, 3);
     if !tb.is_empty() {
-        let b = median(&mut tb);
-        println!("| the build before, unobserved | {b:.3} | {:.3} | {:.2} |", pct(&mut tb, 0.99), b / m0);
+        ratio_row("the build before, unobserved", &mut tb, m0, 3);
     }
     println!();
     let _ = std::fs::remove_dir_all(dir);
@@ -922,12 +920,12 @@ fn debug_latency() {
 
 /// A table of two latency series: the peer's median and p99, ours, and their ratio.
 fn ratio_table(title: &str, peer: (&str, &mut [f64]), ours: (&str, &mut [f64]), decimals: usize) {
-    let (p, o) = (median(peer.1), median(ours.1));
+    let p = median(peer.1);
     println!("## {title}");
     println!("| path | median | p99 | ratio (median) |");
     println!("|---|---|---|---|");
-    println!("| {} | {p:.decimals$} | {:.decimals$} | 1.00 |", peer.0, pct(peer.1, 0.99));
-    println!("| {} | {o:.decimals$} | {:.decimals$} | {:.2} |", ours.0, pct(ours.1, 0.99), o / p);
+    ratio_row(peer.0, peer.1, p, decimals);
+    ratio_row(ours.0, ours.1, p, decimals);
     println!();
 }
 
