@@ -59,7 +59,7 @@ impl Lab {
                 let name = discovery::dns::Name::parse(d).map_err(|e| anyhow!("domain {d:?}: {e}"))?;
                 match discovery::unicast::browse(&res, &name) {
                     Ok(f) => found.extend(f),
-                    Err(e) => eprintln!("lantern: cannot browse {d}: {}", discovery::chain(&e)),
+                    Err(e) => eprintln!("lantern: cannot browse {d}: {:#}", anyhow::Error::new(e)),
                 }
             }
         }
@@ -67,7 +67,7 @@ impl Lab {
             match t.join() {
                 Ok(Ok(f)) => found.extend(f),
                 Ok(Err(e)) if found.is_empty() && self.domains.is_empty() => return Err(e.into()),
-                Ok(Err(e)) => eprintln!("lantern: mDNS: {}", discovery::chain(&e)),
+                Ok(Err(e)) => eprintln!("lantern: mDNS: {:#}", anyhow::Error::new(e)),
                 Err(_) => bail!("the mDNS browser panicked"),
             }
         }

@@ -47,18 +47,6 @@ pub(crate) fn because<E: Into<Box<dyn std::error::Error + Send + Sync>>>(
     move |e| DiscoveryError::Because { what, source: e.into() }
 }
 
-/// An error and its causes, one line.
-pub fn chain(e: &dyn std::error::Error) -> String {
-    let mut s = e.to_string();
-    let mut cur = e.source();
-    while let Some(c) = cur {
-        s.push_str(": ");
-        s.push_str(&c.to_string());
-        cur = c.source();
-    }
-    s
-}
-
 /// The DNS-SD service type.
 pub const SERVICE: &str = "_mydebug._tcp.local.";
 /// Longest instance name (a DNS label).

@@ -302,6 +302,8 @@ impl Registrar {
 /// The records of one registration.
 struct Records {
     plan: Plan,
+    /// `_mydebug._tcp.<domain>`.
+    svc: Name,
     res: Resolver,
     zone: Option<Name>,
     port: u16,
@@ -332,11 +334,12 @@ pub fn register(plan: Plan, listen: SocketAddr, txt: Vec<(String, String)>) -> R
         .take(dns::MAX_LABEL)
         .collect();
     let host = plan.domain.prepend(host_label.as_bytes()).map_err(because("DNS-SD host name"))?;
+    let svc = service_name(&plan.domain).map_err(because("DNS-SD service name"))?;
     let hostid = txt.iter().find(|(k, _)| k == "hostid").map(|(_, v)| v.clone()).unwrap_or_default();
     let mut res = Resolver::new(plan.server);
     res.tcp = false;
     let mut recs =
-        Records { plan, res, zone: None, port: listen.port(), host, address, txt: dns::txt_strings(&txt), hostid };
+        Records { plan, svc, res, zone: None, port: listen.port(), host, address, txt: dns::txt_strings(&txt), hostid };
     let state = Arc::new(Mutex::new(State::default()));
     let (stop, stopped) = std::sync::mpsc::channel::<()>();
     let (up_tx, up) = std::sync::mpsc::channel::<()>();
@@ -358,9 +361,7 @@ impl Records {
     }
 
     fn instance(&self, name: &str) -> Result<Name, String> {
-        service_name(&self.plan.domain)
-            .and_then(|s| s.prepend(name.as_bytes()))
-            .map_err(|e| format!("instance name {name:?}: {e}"))
+        self.svc.prepend(name.as_bytes()).map_err(|e| format!("instance name {name:?}: {e}"))
     }
 
     /// Registers, refreshes every `refresh` (retrying sooner after a failure), and
@@ -427,7 +428,7 @@ impl Records {
         if let Some(z) = &self.zone {
             return Ok(z.clone());
         }
-        let m = self.res.query(&self.plan.domain, rtype::SOA).map_err(|e| crate::chain(&e))?;
+        let m = self.res.query(&self.plan.domain, rtype::SOA).map_err(|e| shared::chain(&e))?;
         let soa = m.answers.iter().chain(&m.authority).find(|r| r.rtype == rtype::SOA).map(|r| r.name.clone());
         let z = soa.filter(|z| self.plan.domain.ends_with(z)).ok_or_else(|| {
             format!(
@@ -448,19 +449,18 @@ impl Records {
         let id = random_id();
         let mut wire = Message::update(id, zone, prerequisites, updates).encode();
         let mac = tsig::sign(&mut wire, &self.plan.key, unix_now());
-        let (raw, answer) = self.res.exchange(&wire, id).map_err(|e| crate::chain(&e))?;
+        let (raw, answer) = self.res.exchange(&wire, id).map_err(|e| shared::chain(&e))?;
         tsig::verify(&raw, &answer, &self.plan.key, &mac, unix_now())?;
         Ok(answer.rcode())
     }
 
-    fn adds(&self, inst: &Name) -> Result<Vec<Record>, String> {
+    fn adds(&self, inst: &Name) -> Vec<Record> {
         let ttl = self.ttl();
-        let svc = service_name(&self.plan.domain).map_err(|e| e.to_string())?;
         let addr = match self.address {
             IpAddr::V4(a) => RData::A(a),
             IpAddr::V6(a) => RData::Aaaa(a),
         };
-        Ok(vec![
+        vec![
             delete_set(&self.host, rtype::A),
             delete_set(&self.host, rtype::AAAA),
             Record::new(self.host.clone(), ttl, addr),
@@ -471,8 +471,8 @@ impl Records {
                 RData::Srv { priority: 0, weight: 0, port: self.port, target: self.host.clone() },
             ),
             Record::new(inst.clone(), ttl, RData::Txt(self.txt.clone())),
-            Record::new(svc, ttl, RData::Ptr(inst.clone())),
-        ])
+            Record::new(self.svc.clone(), ttl, RData::Ptr(inst.clone())),
+        ]
     }
 
     /// Our TXT set exists exactly as we wrote it (the records are still ours).
@@ -497,7 +497,7 @@ impl Records {
             let inst = self.instance(&name)?;
             let not_in_use =
                 Record { name: inst.clone(), rtype: rtype::ANY, class: class::NONE, ttl: 0, data: RData::Empty };
-            let adds = self.adds(&inst)?;
+            let adds = self.adds(&inst);
             match self.update(vec![not_in_use], adds.clone())? {
                 rcode::NOERROR => return Ok(name),
                 rcode::YXDOMAIN if self.stale_ours(&inst) => {
@@ -530,7 +530,7 @@ impl Records {
     /// Refreshes; `false` when our records are gone (re-register).
     fn refresh(&mut self, name: &str) -> Result<bool, String> {
         let inst = self.instance(name)?;
-        let adds = self.adds(&inst)?;
+        let adds = self.adds(&inst);
         match self.update(vec![self.ours(&inst)], adds)? {
             rcode::NOERROR => Ok(true),
             rcode::NXRRSET | rcode::NXDOMAIN => Ok(false),
@@ -541,7 +541,7 @@ impl Records {
     /// Deletes our records (if they are still ours).
     fn withdraw(&mut self, name: &str) -> Result<(), String> {
         let inst = self.instance(name)?;
-        let svc = service_name(&self.plan.domain).map_err(|e| e.to_string())?;
+        let svc = self.svc.clone();
         let deletes = vec![
             Record { class: class::NONE, ttl: 0, ..Record::new(svc, 0, RData::Ptr(inst.clone())) },
             delete_set(&inst, rtype::SRV),
@@ -621,7 +621,7 @@ mod tests {
         let dead = UdpSocket::bind("127.0.0.1:0").unwrap().local_addr().unwrap();
         let mut r = Resolver::new(dead);
         r.timeout = Duration::from_millis(200);
-        let e = crate::chain(&browse(&r, &Name::parse("lab.example").unwrap()).unwrap_err());
+        let e = shared::chain(&browse(&r, &Name::parse("lab.example").unwrap()).unwrap_err());
         assert!(e.contains("refused") || e.contains("no answer"), "{e}");
     }
 }
