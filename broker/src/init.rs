@@ -310,10 +310,7 @@ pub fn run(plan: InitPlan) -> ! {
         fail(&mut ctl, what);
     }
     drop(err_r);
-    if tree.listener.is_none() {
-        tree.listener = receive_fd(&notes_r);
-        tree.tune();
-    }
+    tree.take_listener(&notes_r);
     drop(notes_r);
     let (program, pidfd, debugger, launch) = match launched {
         None => (child, pidfd, None, None),
@@ -428,8 +425,7 @@ fn await_exec(err_r: &OwnedFd, notes_r: &OwnedFd, tree: &mut Tree) -> Option<Str
         drop(fds);
         if second {
             if tree.listener.is_none() {
-                tree.listener = receive_fd(notes_r);
-                tree.tune();
+                tree.take_listener(notes_r);
             } else {
                 tree.serve(0);
             }
@@ -635,10 +631,15 @@ impl Tree {
         Tree { listener, list, spans: Vec::new(), dropped: 0, hz, watched: None, recorder, first_exec: None }
     }
 
-    /// An observed run hands over many calls: each wakes us synchronously where the
+    /// Takes the listener the program's process sent on `notes_r`, if it has not yet.
+    /// An observed run hands over many calls: each then wakes us synchronously where the
     /// kernel can.
-    fn tune(&self) {
+    fn take_listener(&mut self, notes_r: &OwnedFd) {
         use std::os::fd::AsFd;
+        if self.listener.is_some() {
+            return;
+        }
+        self.listener = receive_fd(notes_r);
         if let (Some(l), Some(_)) = (&self.listener, &self.recorder) {
             sys::notify_sync_wake_up(l.as_fd());
         }
