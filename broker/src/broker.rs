@@ -62,7 +62,8 @@ struct Run {
     slot: Option<u32>,
     /// Tag of the START request while the init has not said "running" yet.
     start_tag: Option<u64>,
-    outcome: Option<(ExitStatus, Usage, Option<OwnedFd>)>,
+    /// Status, usage, the observation's memfd, the core's memfd.
+    outcome: Option<(ExitStatus, Usage, Option<OwnedFd>, Option<OwnedFd>)>,
     /// The init reported that setup or exec failed: the run never started.
     failed: bool,
     term_deadline: Option<Instant>,
@@ -88,6 +89,10 @@ struct Run {
     wall_deadline: Option<Instant>,
     /// The wall-clock limit ended it.
     wall_hit: bool,
+    /// Its init traces the tree (core dumps): a debugger may attach once it has let go.
+    traced: bool,
+    /// A DEBUG waiting for the init to let go (its tag).
+    release_tag: Option<u64>,
 }
 
 /// A START waiting for the spawner.
@@ -98,6 +103,8 @@ struct PendingSpawn {
     cgroup: Option<crate::cgroup::SessionCgroup>,
     wall_seconds: u64,
     limits: shared::RunLimits,
+    /// The init will trace the tree (core dumps).
+    traced: bool,
 }
 
 /// What a session runs.
@@ -471,6 +478,7 @@ impl Broker {
             None => (None, Vec::new(), None),
         };
         let (wall_seconds, limits) = (spec.limits.wall_seconds, spec.limits);
+        let traced = spec.limits.core_bytes > 0 && !spec.debug;
         let req = SpawnRequest {
             dir: id.dir_name(),
             spec,
@@ -483,7 +491,7 @@ impl Broker {
         let stag = self.next_spawn;
         self.next_spawn += 1;
         self.spawner.send(stag, SpawnerCall::Session(req)).map_err(BrokerError::Spawner)?;
-        self.spawns.insert(stag, PendingSpawn { id, start_tag: tag, slot, cgroup, wall_seconds, limits });
+        self.spawns.insert(stag, PendingSpawn { id, start_tag: tag, slot, cgroup, wall_seconds, limits, traced });
         if let Some(s) = self.sessions.get_mut(&id) {
             s.spawning = true;
         }
@@ -498,9 +506,25 @@ impl Broker {
         if run.start_tag.is_some() || run.kill_deadline.is_some() || run.term_deadline.is_some() {
             return self.refuse(tag, Refusal::InvalidState, "session is starting or stopping");
         }
-        if run.debugger.is_some() || calling {
+        if run.debugger.is_some() || calling || run.release_tag.is_some() {
             return self.refuse(tag, Refusal::InvalidState, "a debugger is already attached");
         }
+        if run.traced {
+            // The init traces the program for core dumps: it lets go first.
+            if let Err(e) = run.ctl.send(0, InitCall::Release) {
+                return self.refuse(tag, Refusal::Internal, format!("the session's init: {e}"));
+            }
+            run.release_tag = Some(tag);
+            return Ok(());
+        }
+        self.ask_debugger(tag, id)
+    }
+
+    /// DEBUG, once nothing traces the program: the spawner starts gdbserver attached.
+    pub(super) fn ask_debugger(&mut self, tag: u64, id: SessionId) -> Result<(), BrokerError> {
+        let Some(run) = self.sessions.get_mut(&id).and_then(|s| s.run.as_mut()) else {
+            return self.refuse_missing_run(tag, id);
+        };
         let init_pidfd = match run.init_pidfd.try_clone() {
             Ok(fd) => fd,
             Err(e) => return self.refuse(tag, Refusal::Internal, format!("dup: {e}")),
@@ -658,6 +682,8 @@ impl Broker {
                     wall_deadline: (p.wall_seconds > 0)
                         .then(|| Instant::now() + Duration::from_secs(p.wall_seconds.min(100 * 365 * 86400))),
                     wall_hit: false,
+                    traced: p.traced,
+                    release_tag: None,
                 };
                 let base = self.next_token;
                 self.next_token += 2;

@@ -83,6 +83,7 @@ pub fn start(plan: ExecPlan, session_seccomp: &[seccompiler::BpfProgram]) -> Res
                     Err(_) => sys::exit_now(1),
                 },
                 terminal: None,
+                traced: false,
             };
             helper(plan, image, &mut ctl)
         }
@@ -171,6 +172,6 @@ fn helper(plan: ExecPlan, mut image: Image, ctl: &mut Tube) -> ! {
             Err(_) => break ExitStatus::Signal(libc::SIGKILL),
         }
     };
-    let _ = ctl.send(0, InitMsg::Exited { status, usage: Usage::default(), observed: None });
+    let _ = ctl.send(0, InitMsg::Exited { status, usage: Usage::default(), observed: None, core: None });
     sys::exit_now(0)
 }

@@ -26,7 +26,7 @@
 use crate::messages::{InitCall, InitMsg};
 use crate::sys;
 use nix::sys::signal::{kill, SigSet, Signal};
-use nix::sys::wait::{waitpid, WaitPidFlag, WaitStatus};
+use nix::sys::wait::waitpid;
 use nix::unistd::Pid;
 use shared::{ExitStatus, ProcSpan, Tube, Usage};
 use std::ffi::CString;
@@ -80,6 +80,9 @@ pub struct InitPlan {
     pub observe: shared::observe::Observe,
     /// Run the program on a terminal of this size.
     pub tty: Option<shared::Winsize>,
+    /// Keep a core dump (at most this many bytes) of a process of the tree that dies of a
+    /// core-dumping signal: the tree is traced (0: not).
+    pub core_bytes: u64,
 }
 
 /// What the program's process needs to exec (also an exec'd process's, `crate::exec`).
@@ -99,6 +102,8 @@ pub(crate) struct Image {
     pub(crate) notes: OwnedFd,
     /// The master of its terminal (its stdio then is the slave).
     pub(crate) terminal: Option<OwnedFd>,
+    /// The init traces it (core dumps): it waits to be traced before exec.
+    pub(crate) traced: bool,
 }
 
 /// What the process that execs gdbserver (START --debug) needs.
@@ -162,6 +167,7 @@ pub fn run(plan: InitPlan) -> ! {
         list_processes,
         observe,
         tty,
+        core_bytes,
     } = plan;
     let (notes_r, notes) = match nix::sys::socket::socketpair(
         nix::sys::socket::AddressFamily::Unix,
@@ -185,6 +191,7 @@ pub fn run(plan: InitPlan) -> ! {
         observe,
         notes,
         terminal: None,
+        traced: core_bytes > 0 && !debug,
     };
     let mut ctl = match Tube::new(ctl) {
         Ok(t) => t,
@@ -298,13 +305,19 @@ pub fn run(plan: InitPlan) -> ! {
         let argv = argv.iter().take(shared::observe::MAX_ARGS).map(|a| a.to_string_lossy().into_owned()).collect();
         (child.as_raw() as u32, path, argv)
     };
+    let traced = image.traced;
     drop(image);
     let _ = nix::fcntl::fcntl(notes_r.as_raw_fd(), nix::fcntl::FcntlArg::F_SETFL(nix::fcntl::OFlag::O_NONBLOCK));
     // The program's process sends its listener before exec (nothing if the kernel refused
     // one: the run then has no process list or observation, and nothing else changes).
-    // Its own exec may be observed: the listener is served while the exec is awaited.
+    // Its own exec may be observed: the listener is served while the exec is awaited. A
+    // traced process waits, after that message, until the init has seized it.
     let mut tree = Tree::new(None, list_processes, observe);
     tree.first_exec = Some(first_exec);
+    if traced {
+        tree.tracer = Some(crate::core::Tracer::new(core_bytes));
+        tree.seize = Some(child);
+    }
     if let Some(what) = await_exec(&err_r, &notes_r, &mut tree) {
         let _ = waitpid(child, None);
         fail(&mut ctl, what);
@@ -409,9 +422,10 @@ fn await_exec(err_r: &OwnedFd, notes_r: &OwnedFd, tree: &mut Tree) -> Option<Str
     use std::os::fd::AsFd;
     loop {
         let mut fds = vec![nix::poll::PollFd::new(err_r.as_fd(), nix::poll::PollFlags::POLLIN)];
-        match &tree.listener {
-            Some(l) => fds.push(nix::poll::PollFd::new(l.as_fd(), nix::poll::PollFlags::POLLIN)),
-            None => fds.push(nix::poll::PollFd::new(notes_r.as_fd(), nix::poll::PollFlags::POLLIN)),
+        match (&tree.listener, tree.noted) {
+            (Some(l), _) => fds.push(nix::poll::PollFd::new(l.as_fd(), nix::poll::PollFlags::POLLIN)),
+            (None, false) => fds.push(nix::poll::PollFd::new(notes_r.as_fd(), nix::poll::PollFlags::POLLIN)),
+            (None, true) => {}
         }
         if let Err(e) = nix::poll::poll(&mut fds, nix::poll::PollTimeout::NONE) {
             if e == nix::errno::Errno::EINTR {
@@ -421,7 +435,7 @@ fn await_exec(err_r: &OwnedFd, notes_r: &OwnedFd, tree: &mut Tree) -> Option<Str
         }
         let ready =
             |i: usize, fds: &[nix::poll::PollFd]| !fds[i].revents().unwrap_or(nix::poll::PollFlags::empty()).is_empty();
-        let (exec_done, second) = (ready(0, &fds), ready(1, &fds));
+        let (exec_done, second) = (ready(0, &fds), fds.len() > 1 && ready(1, &fds));
         drop(fds);
         if second {
             if tree.listener.is_none() {
@@ -534,16 +548,29 @@ pub(crate) fn exec_program(plan: &Image, err_w: OwnedFd) -> ! {
     // it is how the init learns the exit status of a program that is not its child), and
     // the calls START `observe` asks for.
     let exits = plan.list_processes || plan.launcher.is_some();
-    let listen = exits || plan.observe.any();
+    let listen = exits || plan.observe.any() || plan.traced;
     // The listener goes to the init with a sendmsg that the filter itself may observe
     // (net): that one call, on the descriptor `notes` was moved to, is left out — the
     // highest the limit allows, which closes at exec and which a program rarely reaches.
-    let filter = || policy::seccomp::observer(exits, &plan.observe, Some(notes as u64));
-    if let Some(Ok(listener)) = listen.then(|| sys::listener_for(filter())) {
-        let fds = [listener.as_raw_fd()];
-        let cmsg = [nix::sys::socket::ControlMessage::ScmRights(&fds)];
+    let filter = || policy::seccomp::observer(exits, &plan.observe, Some(notes as u64), plan.traced);
+    let listener = listen.then(|| sys::listener_for(filter())).and_then(Result::ok);
+    if listener.is_some() || plan.traced {
+        // Traced (core dumps): the init may trace us only once we are dumpable (the
+        // broker is not, and we are its copy until exec); nothing else is in the session
+        // yet. We wait for its word that it has: our program's first instruction is then
+        // traced, and so is every thread and child it makes.
+        if plan.traced {
+            let _ = nix::sys::prctl::set_dumpable(true);
+        }
+        let fds: Vec<std::os::fd::RawFd> = listener.iter().map(|l| l.as_raw_fd()).collect();
+        let rights = [nix::sys::socket::ControlMessage::ScmRights(&fds)];
+        let cmsg = if fds.is_empty() { &rights[..0] } else { &rights[..] };
         let iov = [std::io::IoSlice::new(b"L")];
-        let _ = nix::sys::socket::sendmsg::<()>(notes, &iov, &cmsg, nix::sys::socket::MsgFlags::empty(), None);
+        let _ = nix::sys::socket::sendmsg::<()>(notes, &iov, cmsg, nix::sys::socket::MsgFlags::empty(), None);
+        if plan.traced {
+            let mut go = [0u8; 1];
+            let _ = nix::unistd::read(notes, &mut go);
+        }
     }
     // `notes` and the listener are close-on-exec: the program gets neither.
     if policy::seccomp::install(&plan.seccomp).is_err() {
@@ -587,8 +614,9 @@ fn place(from: &[std::os::fd::RawFd]) -> Result<(), nix::errno::Errno> {
     Ok(())
 }
 
-/// The exit listener the program's process sent, if any.
-fn receive_fd(sock: &OwnedFd) -> Option<OwnedFd> {
+/// The note the program's process sent (`None`: none yet), with the exit listener if
+/// it has one.
+fn receive_note(sock: &OwnedFd) -> Option<Option<OwnedFd>> {
     let mut buf = [0u8; 1];
     let mut iov = [std::io::IoSliceMut::new(&mut buf)];
     let mut space = nix::cmsg_space!([std::os::fd::RawFd; 1]);
@@ -599,11 +627,16 @@ fn receive_fd(sock: &OwnedFd) -> Option<OwnedFd> {
         nix::sys::socket::MsgFlags::MSG_CMSG_CLOEXEC,
     )
     .ok()?;
-    let fd = msg.cmsgs().ok()?.find_map(|c| match c {
-        nix::sys::socket::ControlMessageOwned::ScmRights(fds) => fds.first().copied(),
-        _ => None,
-    })?;
-    shared::os::adopt_fd(fd).ok()
+    if msg.bytes == 0 {
+        return None;
+    }
+    let fd = msg.cmsgs().ok().and_then(|mut c| {
+        c.find_map(|c| match c {
+            nix::sys::socket::ControlMessageOwned::ScmRights(fds) => fds.first().copied(),
+            _ => None,
+        })
+    });
+    Some(fd.and_then(|fd| shared::os::adopt_fd(fd).ok()))
 }
 
 /// The processes that ended, as the exit listener told them.
@@ -622,13 +655,31 @@ struct Tree {
     recorder: Option<shared::observe::Recorder>,
     /// The forked process's own exec, until it is seen: (pid, path, argv).
     first_exec: Option<(u32, String, Vec<String>)>,
+    /// The program's process sent its note (with or without a listener).
+    noted: bool,
+    /// Core dumps: the tracing of the tree.
+    tracer: Option<crate::core::Tracer>,
+    /// The process to seize when its note comes (it waits for us then).
+    seize: Option<Pid>,
 }
 
 impl Tree {
     fn new(listener: Option<OwnedFd>, list: bool, observe: shared::observe::Observe) -> Tree {
         let hz = nix::unistd::sysconf(nix::unistd::SysconfVar::CLK_TCK).ok().flatten().unwrap_or(100).max(1) as u64;
         let recorder = observe.any().then(|| shared::observe::Recorder::new(observe));
-        Tree { listener, list, spans: Vec::new(), dropped: 0, hz, watched: None, recorder, first_exec: None }
+        Tree {
+            listener,
+            list,
+            spans: Vec::new(),
+            dropped: 0,
+            hz,
+            watched: None,
+            recorder,
+            first_exec: None,
+            noted: false,
+            tracer: None,
+            seize: None,
+        }
     }
 
     /// Takes the listener the program's process sent on `notes_r`, if it has not yet.
@@ -636,13 +687,39 @@ impl Tree {
     /// kernel can.
     fn take_listener(&mut self, notes_r: &OwnedFd) {
         use std::os::fd::AsFd;
-        if self.listener.is_some() {
+        if self.noted {
             return;
         }
-        self.listener = receive_fd(notes_r);
+        let Some(listener) = receive_note(notes_r) else { return };
+        self.noted = true;
+        self.listener = listener;
         if let (Some(l), Some(_)) = (&self.listener, &self.recorder) {
             sys::notify_sync_wake_up(l.as_fd());
         }
+        // A traced process waits for this word (it goes on even if it cannot be traced:
+        // the run then has no cores).
+        if let (Some(t), Some(pid)) = (&mut self.tracer, self.seize.take()) {
+            if !t.seize(pid.as_raw()) {
+                log::warn!("cannot trace the program for core dumps: {}", nix::errno::Errno::last());
+                self.tracer = None;
+            }
+            let _ = nix::unistd::write(notes_r, b"G");
+        }
+    }
+
+    /// The next change of a process of the tree that is not a tracee's stop (those the
+    /// tracer deals with here): its pid and raw wait status.
+    fn reap(&mut self) -> Option<(i32, i32)> {
+        while let Some((pid, status)) = sys::wait_raw(-1, false) {
+            let dealt = match &mut self.tracer {
+                Some(t) => t.on_wait(pid, status),
+                None => libc::WIFSTOPPED(status),
+            };
+            if !dealt {
+                return Some((pid, status));
+            }
+        }
+        None
     }
 
     /// Watch `pid`'s exit (a new program gdbserver launched: it replaces the last one).
@@ -690,6 +767,13 @@ impl Tree {
             let ev = pfd[0].revents().unwrap_or(nix::poll::PollFlags::empty());
             if ev.contains(nix::poll::PollFlags::POLLIN) {
                 match sys::notify_recv(l.as_fd()) {
+                    Ok(call) if call.nr == libc::SYS_ptrace => {
+                        // The tree's own debugger: the thread it traces is let go first.
+                        if let Some(t) = &mut self.tracer {
+                            t.before_ptrace(call.pid, call.args[0], call.args[1]);
+                        }
+                        let _ = sys::exit_continue(l.as_fd(), call.id);
+                    }
                     Ok(call) if call.exit().is_none() => {
                         // An observed call: noted, then always let go on.
                         let ours = matches!(call.nr, libc::SYS_execve | libc::SYS_execveat)
@@ -832,21 +916,19 @@ fn supervise(mut program: Pid, ctl: &mut Tube, mut tree: Tree, mut launch: Optio
             status = None;
             tree.watch(pid);
         }
-        // Reap everything that is ready; remember the program's status.
-        loop {
-            let reaped = waitpid(Pid::from_raw(-1), Some(WaitPidFlag::WNOHANG));
-            if let Ok(WaitStatus::Exited(pid, _) | WaitStatus::Signaled(pid, _, _)) = reaped {
-                if launch.as_ref().is_some_and(|l| l.gdbserver == pid) {
-                    launch = None;
-                }
+        // Reap everything that is ready (tracees' stops are the tracer's); remember the
+        // program's status.
+        while let Some((pid, raw)) = tree.reap() {
+            let pid = Pid::from_raw(pid);
+            if launch.as_ref().is_some_and(|l| l.gdbserver == pid) {
+                launch = None;
             }
-            match reaped {
-                Ok(WaitStatus::Exited(pid, code)) if pid == program => status = Some(ExitStatus::Code(code)),
-                Ok(WaitStatus::Signaled(pid, sig, _)) if pid == program => {
-                    status = Some(ExitStatus::Signal(sig as i32))
+            if pid == program {
+                if libc::WIFEXITED(raw) {
+                    status = Some(ExitStatus::Code(libc::WEXITSTATUS(raw)));
+                } else if libc::WIFSIGNALED(raw) {
+                    status = Some(ExitStatus::Signal(libc::WTERMSIG(raw)));
                 }
-                Ok(WaitStatus::StillAlive) | Err(_) => break,
-                Ok(_) => {}
             }
         }
         if launch.is_some() {
@@ -862,9 +944,7 @@ fn supervise(mut program: Pid, ctl: &mut Tube, mut tree: Tree, mut launch: Optio
             // exit to gdb, then leaves), then everything is killed.
             let grace = std::time::Instant::now() + std::time::Duration::from_millis(500);
             while kill(Pid::from_raw(-1), None).is_ok() && std::time::Instant::now() < grace {
-                while let Ok(WaitStatus::Exited(..) | WaitStatus::Signaled(..)) =
-                    waitpid(Pid::from_raw(-1), Some(WaitPidFlag::WNOHANG))
-                {}
+                while tree.reap().is_some() {}
                 tree.serve(5);
                 if tree.listener.is_none() {
                     std::thread::sleep(std::time::Duration::from_millis(5));
@@ -881,6 +961,7 @@ fn supervise(mut program: Pid, ctl: &mut Tube, mut tree: Tree, mut launch: Optio
                 .map_or(0, |last| last.saturating_sub(1));
             let tmp = tmp_usage();
             let observed = tree.recorder.take().and_then(|r| crate::observe::sealed(&r.finish()));
+            let (core, core_meta) = tree.tracer.as_mut().and_then(crate::core::Tracer::take_core).unzip();
             let usage = Usage {
                 user_us,
                 sys_us,
@@ -890,8 +971,9 @@ fn supervise(mut program: Pid, ctl: &mut Tube, mut tree: Tree, mut launch: Optio
                 tree_dropped: tree.dropped,
                 tmp,
                 cgroup: None,
+                core: core_meta.map(Box::new),
             };
-            let _ = ctl.send(0, InitMsg::Exited { status, usage, observed });
+            let _ = ctl.send(0, InitMsg::Exited { status, usage, observed, core });
             sys::exit_now(0);
         }
         // Sleep until a signal, a call of the broker or an exit notification.
@@ -910,12 +992,22 @@ fn supervise(mut program: Pid, ctl: &mut Tube, mut tree: Tree, mut launch: Optio
         }
         tree.serve(0);
         // The broker's calls; a broken link is the broker's death, which SIGKILLs us.
-        while let Ok(Some((_, InitCall::Signal(sig)))) = ctl.recv::<InitCall>() {
-            if let Ok(sig) = Signal::try_from(sig) {
-                // The program's process group (it called setsid: its pgid is its pid); if it
-                // left it, the program itself.
-                if kill(Pid::from_raw(-program.as_raw()), sig).is_err() {
-                    let _ = kill(program, sig);
+        while let Ok(Some((_, call))) = ctl.recv::<InitCall>() {
+            match call {
+                InitCall::Signal(sig) => {
+                    if let Ok(sig) = Signal::try_from(sig) {
+                        // The program's process group (it called setsid: its pgid is its
+                        // pid); if it left it, the program itself.
+                        if kill(Pid::from_raw(-program.as_raw()), sig).is_err() {
+                            let _ = kill(program, sig);
+                        }
+                    }
+                }
+                InitCall::Release => {
+                    if let Some(t) = &mut tree.tracer {
+                        t.release_all();
+                    }
+                    let _ = ctl.send(0, InitMsg::Released);
                 }
             }
         }

@@ -9,6 +9,7 @@
 
 mod broker;
 mod cgroup;
+mod core;
 mod exec;
 mod files;
 mod gdbserver;

@@ -429,7 +429,12 @@ pub enum InitMsg {
         usage: Usage,
         /// What the run touched (START `observe`): a sealed memfd holding the record.
         observed: Option<OwnedFd>,
+        /// The core dump `usage.core` describes, a sealed memfd.
+        core: Option<OwnedFd>,
     },
+    /// It traces nothing of the tree any more (the answer to [`InitCall::Release`]): a
+    /// debugger may attach.
+    Released,
 }
 
 /// A gdbserver that launched the session's program (START --debug).
@@ -448,7 +453,7 @@ impl InitMsg {
         let (refusal, message) = match self {
             InitMsg::Failed { message } => (shared::Refusal::Internal, message),
             InitMsg::NotExecuted { message } => (shared::Refusal::BadRequest, message),
-            InitMsg::Running { .. } | InitMsg::Exited { .. } => return None,
+            InitMsg::Running { .. } | InitMsg::Exited { .. } | InitMsg::Released => return None,
         };
         Some(shared::Reply::Refused { refusal, message })
     }
@@ -484,7 +489,11 @@ pub enum InitWire {
         usage: Usage,
         /// A memfd follows.
         observed: bool,
+        /// A core's memfd follows (`usage.core` says what it holds).
+        core: bool,
     },
+    /// See [`InitMsg::Released`].
+    Released,
 }
 
 impl Message for InitMsg {
@@ -503,16 +512,18 @@ impl Message for InitMsg {
             }
             InitMsg::Failed { message } => (InitWire::Failed { message }, vec![]),
             InitMsg::NotExecuted { message } => (InitWire::NotExecuted { message }, vec![]),
-            InitMsg::Exited { status, usage, observed } => {
-                (InitWire::Exited { status, usage, observed: observed.is_some() }, observed.into_iter().collect())
-            }
+            InitMsg::Exited { status, usage, observed, core } => (
+                InitWire::Exited { status, usage, observed: observed.is_some(), core: core.is_some() },
+                observed.into_iter().chain(core).collect(),
+            ),
+            InitMsg::Released => (InitWire::Released, vec![]),
         }
     }
 
     fn from_wire(wire: InitWire, fds: Vec<OwnedFd>) -> Result<Self, WireError> {
-        let expected = match wire {
-            InitWire::Running { tty, debugger, .. } => 1 + usize::from(tty) + 2 * usize::from(debugger),
-            InitWire::Exited { observed, .. } => usize::from(observed),
+        let expected = match &wire {
+            InitWire::Running { tty, debugger, .. } => 1 + usize::from(*tty) + 2 * usize::from(*debugger),
+            InitWire::Exited { observed, core, .. } => usize::from(*observed) + usize::from(*core),
             _ => 0,
         };
         if fds.len() != expected {
@@ -529,9 +540,16 @@ impl Message for InitMsg {
             }
             InitWire::Failed { message } => InitMsg::Failed { message },
             InitWire::NotExecuted { message } => InitMsg::NotExecuted { message },
-            InitWire::Exited { status, usage, observed } => {
-                InitMsg::Exited { status, usage, observed: observed.then(|| fds.into_iter().next()).flatten() }
+            InitWire::Exited { status, usage, observed, core } => {
+                if core != usage.core.is_some() {
+                    return Err(WireError::Combination("a core without its description, or the other way round"));
+                }
+                let mut fds = fds.into_iter();
+                let observed = if observed { fds.next() } else { None };
+                let core = if core { fds.next() } else { None };
+                InitMsg::Exited { status, usage, observed, core }
             }
+            InitWire::Released => InitMsg::Released,
         })
     }
 }
@@ -541,6 +559,9 @@ impl Message for InitMsg {
 pub enum InitCall {
     /// Send this signal to the program's process group (1..=64).
     Signal(i32),
+    /// Stop tracing the tree (a debugger is about to attach to the program); answered
+    /// with [`InitMsg::Released`].
+    Release,
 }
 
 impl Message for InitCall {

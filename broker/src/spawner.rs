@@ -176,6 +176,7 @@ fn spawn(req: SpawnRequest, session_seccomp: &[seccompiler::BpfProgram]) -> Resu
         list_processes: req.spec.list_processes,
         observe: req.spec.observe,
         tty: req.spec.tty,
+        core_bytes: req.spec.limits.core_bytes,
     };
     let flags = libc::CLONE_NEWPID | libc::CLONE_NEWNS | libc::CLONE_NEWNET | libc::CLONE_NEWIPC | libc::CLONE_NEWUTS;
     let into = req.into_cgroup;

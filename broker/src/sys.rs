@@ -385,3 +385,114 @@ pub fn attach_terminal(master: RawFd) -> Result<RawFd, Errno> {
     Errno::result(unsafe { libc::ioctl(slave, libc::TIOCSCTTY, 0) })?;
     Ok(slave)
 }
+
+/// Reads process `pid`'s memory at `addr` into `buf`; how many bytes it could (0 if none).
+pub fn read_memory_into(pid: i32, addr: u64, buf: &mut [u8]) -> usize {
+    let local = [libc::iovec { iov_base: buf.as_mut_ptr().cast(), iov_len: buf.len() }];
+    let remote = [libc::iovec { iov_base: addr as usize as *mut libc::c_void, iov_len: buf.len() }];
+    // SAFETY: process_vm_readv writes at most `buf.len()` bytes into `buf` and only reads
+    // the other process's memory; the remote address is never dereferenced here.
+    let n = unsafe { libc::process_vm_readv(pid, local.as_ptr(), 1, remote.as_ptr(), 1, 0) };
+    n.max(0) as usize
+}
+
+/// A `ptrace` request that passes no buffer (`SEIZE`, `INTERRUPT`, `CONT`, `DETACH`,
+/// `LISTEN`): `data` is a number (options, a signal), never an address.
+pub fn ptrace_plain(request: libc::c_uint, tid: i32, data: libc::c_long) -> Result<(), Errno> {
+    debug_assert!(matches!(
+        request,
+        libc::PTRACE_SEIZE | libc::PTRACE_INTERRUPT | libc::PTRACE_CONT | libc::PTRACE_DETACH | libc::PTRACE_LISTEN
+    ));
+    // SAFETY: for these requests the kernel reads `data` as a number and writes no memory
+    // of ours; `addr` is unused (0).
+    let r = unsafe { libc::ptrace(request, tid, 0 as libc::c_long, data) };
+    if r < 0 {
+        return Err(Errno::last());
+    }
+    Ok(())
+}
+
+/// `PTRACE_GETEVENTMSG`: a new child's pid after a fork/clone event stop.
+pub fn ptrace_event_msg(tid: i32) -> Result<u64, Errno> {
+    let mut msg: libc::c_ulong = 0;
+    // SAFETY: the kernel writes one `unsigned long` at the address given, `msg`'s.
+    let r = unsafe { libc::ptrace(libc::PTRACE_GETEVENTMSG, tid, 0 as libc::c_long, &mut msg as *mut libc::c_ulong) };
+    if r < 0 {
+        return Err(Errno::last());
+    }
+    Ok(msg as u64)
+}
+
+/// A stopped tracee's general registers (`PTRACE_GETREGS`), in `user_regs_struct` order,
+/// which is the order of an ELF core's `elf_gregset_t` on x86_64.
+#[cfg(target_arch = "x86_64")]
+pub fn ptrace_regs(tid: i32) -> Result<[u64; 27], Errno> {
+    const _: () = assert!(std::mem::size_of::<libc::user_regs_struct>() == 27 * 8);
+    let mut regs = [0u64; 27];
+    // SAFETY: the kernel writes one `user_regs_struct` (27 u64, checked above) at the
+    // address given, `regs`'s, which is that large.
+    let r = unsafe { libc::ptrace(libc::PTRACE_GETREGS, tid, 0 as libc::c_long, regs.as_mut_ptr()) };
+    if r < 0 {
+        return Err(Errno::last());
+    }
+    Ok(regs)
+}
+
+/// General registers: only x86_64 cores are written.
+#[cfg(not(target_arch = "x86_64"))]
+pub fn ptrace_regs(_tid: i32) -> Result<[u64; 27], Errno> {
+    Err(Errno::ENOSYS)
+}
+
+/// Floating-point registers: only x86_64 cores are written.
+#[cfg(not(target_arch = "x86_64"))]
+pub fn ptrace_fpregs(_tid: i32) -> Result<[u8; 512], Errno> {
+    Err(Errno::ENOSYS)
+}
+
+/// A stopped tracee's floating-point registers (`PTRACE_GETFPREGS`: the 512-byte
+/// `user_fpregs_struct`, an ELF core's `NT_PRFPREG`).
+#[cfg(target_arch = "x86_64")]
+pub fn ptrace_fpregs(tid: i32) -> Result<[u8; 512], Errno> {
+    const _: () = assert!(std::mem::size_of::<libc::user_fpregs_struct>() == 512);
+    let mut regs = [0u8; 512];
+    // SAFETY: the kernel writes one `user_fpregs_struct` (512 bytes, checked above) at the
+    // address given, `regs`'s.
+    let r = unsafe { libc::ptrace(libc::PTRACE_GETFPREGS, tid, 0 as libc::c_long, regs.as_mut_ptr()) };
+    if r < 0 {
+        return Err(Errno::last());
+    }
+    Ok(regs)
+}
+
+/// The `siginfo_t` (128 bytes) of the signal a tracee is stopped for (`PTRACE_GETSIGINFO`).
+pub fn ptrace_siginfo(tid: i32) -> Result<[u8; 128], Errno> {
+    const _: () = assert!(std::mem::size_of::<libc::siginfo_t>() == 128);
+    let mut info = [0u8; 128];
+    // SAFETY: the kernel writes one `siginfo_t` (128 bytes, checked above) at the address
+    // given, `info`'s.
+    let r = unsafe { libc::ptrace(libc::PTRACE_GETSIGINFO, tid, 0 as libc::c_long, info.as_mut_ptr()) };
+    if r < 0 {
+        return Err(Errno::last());
+    }
+    Ok(info)
+}
+
+/// `waitpid(pid, …, WNOHANG | __WALL)` (every thread and tracee): the pid and raw status
+/// of one change, if one is ready. Raw, because a tracee may stop for a real-time signal,
+/// which `nix`'s status decoding refuses.
+pub fn wait_raw(pid: i32, block: bool) -> Option<(i32, i32)> {
+    let flags = libc::__WALL | if block { 0 } else { libc::WNOHANG };
+    let mut status = 0;
+    loop {
+        // SAFETY: waitpid writes one int, `status`.
+        let r = unsafe { libc::waitpid(pid, &mut status, flags) };
+        if r > 0 {
+            return Some((r, status));
+        }
+        if r < 0 && Errno::last() == Errno::EINTR {
+            continue;
+        }
+        return None;
+    }
+}

@@ -126,6 +126,53 @@ fn upload(c: &mut Conn, from: Side, id: Uuid, path: &str, tar: bool, quiet: bool
     Ok(())
 }
 
+/// The `size` bytes that follow a reply (CORE's), into `path` (`-`: stdout) under a
+/// temporary name first, checked against `sha256` before they get their name.
+pub fn receive_checked(c: &mut Conn, size: u64, sha256: &str, path: &std::path::Path) -> Result<()> {
+    use sha2::Digest;
+    struct Hashing<W> {
+        out: W,
+        hash: sha2::Sha256,
+    }
+    impl<W: Write> Write for Hashing<W> {
+        fn write(&mut self, b: &[u8]) -> std::io::Result<usize> {
+            let n = self.out.write(b)?;
+            self.hash.update(&b[..n]);
+            Ok(n)
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            self.out.flush()
+        }
+    }
+    let mut body = (&mut c.reader).take(size);
+    let check = |n: u64, hash: sha2::Sha256| -> Result<()> {
+        check_len(n, size)?;
+        let got = hex::encode(hash.finalize());
+        if got != sha256 {
+            bail!("the bytes received hash to {got}, the rig said {sha256}");
+        }
+        Ok(())
+    };
+    if path.as_os_str() == "-" {
+        let mut out = Hashing { out: std::io::stdout().lock(), hash: sha2::Sha256::new() };
+        let n = std::io::copy(&mut body, &mut out).context("writing to stdout")?;
+        out.flush()?;
+        return check(n, out.hash);
+    }
+    let tmp = path
+        .with_file_name(format!(".{}.lantern-core", path.file_name().map(|n| n.to_string_lossy()).unwrap_or_default()));
+    let f = std::fs::File::create(&tmp).with_context(|| format!("creating {}", tmp.display()))?;
+    let mut out = Hashing { out: f, hash: sha2::Sha256::new() };
+    let done = std::io::copy(&mut body, &mut out)
+        .with_context(|| format!("writing {}", tmp.display()))
+        .and_then(|n| check(n, out.hash));
+    if let Err(e) = done {
+        let _ = std::fs::remove_file(&tmp);
+        return Err(e);
+    }
+    std::fs::rename(&tmp, path).with_context(|| format!("renaming to {}", path.display()))
+}
+
 fn download(c: &mut Conn, id: Uuid, path: &str, to: Side, quiet: bool) -> Result<()> {
     let got: Got = c.call(Command::Get { id, path: path.to_string() })?;
     for s in &got.skipped {

@@ -183,6 +183,15 @@ enum Cmd {
         /// Session id.
         id: Uuid,
     },
+    /// The session's last core dump (a process of a run died of SIGSEGV, SIGABRT...):
+    /// then `gdb ./prog FILE`.
+    Core {
+        /// Session id.
+        id: Uuid,
+        /// Where to write it (`-` for stdout; default `core.<first 8 of the id>`).
+        #[arg(short = 'o', long)]
+        output: Option<PathBuf>,
+    },
     /// Captured output of the last run: its stdout on stdout, its stderr on stderr.
     Logs {
         /// Session id.
@@ -547,6 +556,27 @@ fn run(cli: Cli) -> Result<ExitCode> {
                 for (k, val) in fields.as_object().into_iter().flatten().filter(|(k, _)| *k != "ok") {
                     println!("{k:>10}: {}", val.as_str().map_or_else(|| val.to_string(), str::to_string));
                 }
+            }
+        }
+        Cmd::Core { id, output } => {
+            let mut c = Conn::open(&target)?;
+            let got: proto::reply::CoreGot = c.call(Command::Core(id))?;
+            let path = output.unwrap_or_else(|| PathBuf::from(format!("core.{}", &id.to_string()[..8])));
+            cp::receive_checked(&mut c, got.core.bytes, &got.core.sha256, &path)?;
+            if json {
+                print_json(&got)?;
+            } else if path.as_os_str() != "-" {
+                let cut = if got.core.truncated { ", cut at the session's core_bytes" } else { "" };
+                eprintln!(
+                    "{}: core of pid {} ({}, signal {}, {} threads, {} bytes{cut}); gdb PROGRAM {}",
+                    path.display(),
+                    got.core.pid,
+                    got.core.comm,
+                    got.core.signal,
+                    got.core.threads,
+                    got.core.bytes,
+                    path.display()
+                );
             }
         }
         Cmd::Logs { id, follow, stream } => {

@@ -34,13 +34,14 @@ pub fn start_opts(args: Vec<String>, env: &[String], limits: &[String]) -> Resul
             "memory_bytes" => (&mut l.memory_bytes, proto::units::parse_bytes),
             "open_files" => (&mut l.open_files, proto::units::parse_count),
             "processes" => (&mut l.processes, proto::units::parse_count),
+            "core_bytes" => (&mut l.core_bytes, proto::units::parse_bytes),
             "cpus" => {
                 let m = proto::units::parse_cpus(v).map_err(|e| anyhow!("--limit {kv:?}: {e}"))?;
                 l.cpus = Some(proto::units::MilliCpus(m));
                 continue;
             }
             _ => bail!(
-                "--limit {k:?}: one of cpu_seconds, wall_seconds, address_space, tmp_bytes, memory_bytes, open_files, processes, cpus"
+                "--limit {k:?}: one of cpu_seconds, wall_seconds, address_space, tmp_bytes, memory_bytes, open_files, processes, cpus, core_bytes"
             ),
         };
         *slot = Some(parse(v).map_err(|e| anyhow!("--limit {kv:?}: {e}"))?);

@@ -89,6 +89,10 @@ pub struct Flags {
     /// Default memory of a whole session (cgroup), e.g. 1G (0 = unlimited; default 1G).
     #[arg(long, value_parser = parse_bytes)]
     pub memory: Option<u64>,
+    /// Largest core dump kept of a session's crashed process, e.g. 64M (0 = none, and
+    /// nothing is traced; default 256M). Kept cores count in --max-total-size.
+    #[arg(long, value_parser = parse_bytes)]
+    pub core_bytes: Option<u64>,
     /// Default CPUs of a whole session (cgroup CPU bandwidth), e.g. 0.5 or 1.5 (0 =
     /// unlimited; default 1).
     #[arg(long, value_parser = parse_cpus)]
@@ -207,6 +211,7 @@ pub struct FileConfig {
     processes: Option<u64>,
     tmp_size: Option<ByteSize>,
     memory: Option<ByteSize>,
+    core_bytes: Option<ByteSize>,
     cpus: Option<f64>,
     wall_seconds: Option<u64>,
     max_bundle_entries: Option<u64>,
@@ -487,6 +492,7 @@ impl Config {
                 tmp_bytes: flags.tmp_size.or(file.tmp_size.map(|b| b.0)).unwrap_or(64 << 20),
                 memory_bytes: flags.memory.or(file.memory.map(|b| b.0)).unwrap_or(1 << 30),
                 wall_seconds: flags.wall_seconds.or(file.wall_seconds).unwrap_or(3600),
+                core_bytes: flags.core_bytes.or(file.core_bytes.map(|b| b.0)).unwrap_or(256 << 20),
                 cpu_millis: match (flags.cpus, file.cpus) {
                     (Some(m), _) => m,
                     (None, Some(c)) => parse_cpus(&c.to_string())?,

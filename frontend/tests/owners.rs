@@ -147,7 +147,17 @@ impl Rig {
     fn exited(&mut self, id: shared::SessionId, code: i32) {
         let usage = Usage { user_us: 1500, ..Usage::default() };
         self.broker
-            .send(0, Reply::Exited { id, status: ExitStatus::Code(code), usage, limit_hit: None, observed: None })
+            .send(
+                0,
+                Reply::Exited {
+                    id,
+                    status: ExitStatus::Code(code),
+                    usage,
+                    limit_hit: None,
+                    observed: None,
+                    core: None,
+                },
+            )
             .unwrap();
     }
 }

@@ -117,6 +117,8 @@ pub fn tighten(base: RunLimits, asked: [Option<u64>; 8]) -> Result<RunLimits, Lo
         memory_bytes,
         wall_seconds,
         cpu_millis,
+        // Not a limit of the jail's: the frontend checks it (0 there means none).
+        core_bytes: base.core_bytes,
     })
 }
 
@@ -135,6 +137,7 @@ mod tests {
             memory_bytes: 0,
             wall_seconds: 3600,
             cpu_millis: 1000,
+            core_bytes: 0,
         };
         let t = tighten(base, [Some(5), Some(1 << 20), None, Some(4), Some(1 << 20), Some(0), Some(60), Some(500)])
             .unwrap();
@@ -149,6 +152,7 @@ mod tests {
                 memory_bytes: 0,
                 wall_seconds: 60,
                 cpu_millis: 500,
+                core_bytes: 0,
             }
         );
         assert_eq!(tighten(base, [None; 8]).unwrap(), base);

@@ -116,6 +116,9 @@ pub struct LimitOpts {
     /// CPUs of the whole session (cgroup CPU bandwidth), e.g. 0.5.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub cpus: Option<crate::units::MilliCpus>,
+    /// Largest core dump kept of the run, bytes (0: none).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub core_bytes: Option<u64>,
 }
 
 /// The size argument of UPLOAD, already checked to be a decimal number.
@@ -192,6 +195,9 @@ impl RemotePath {
 pub const MAX_PATH: usize = 4096 - 128;
 
 /// A parsed command.
+// One per command line, moved once: START's options make it large, and boxing them
+// would buy nothing.
+#[allow(clippy::large_enum_variant)]
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Command {
     /// `HELLO`
@@ -236,6 +242,8 @@ pub enum Command {
     Status(Uuid),
     /// `DELETE <id>`
     Delete(Uuid),
+    /// `CORE <id>`: the session's last core dump (the reply line, then its bytes).
+    Core(Uuid),
     /// `LOGS <id> [--follow] [--stream stdout|stderr]`
     Logs {
         /// Session.
@@ -310,6 +318,7 @@ impl Command {
             Command::List => "LIST",
             Command::Status(_) => "STATUS",
             Command::Delete(_) => "DELETE",
+            Command::Core(_) => "CORE",
             Command::Logs { .. } => "LOGS",
             Command::Receipt { .. } => "RECEIPT",
             Command::Events { .. } => "EVENTS",
@@ -358,6 +367,7 @@ impl Command {
             Command::List => "LIST".into(),
             Command::Status(id) => format!("STATUS {id}"),
             Command::Delete(id) => format!("DELETE {id}"),
+            Command::Core(id) => format!("CORE {id}"),
             Command::Logs { id, follow, stream } => {
                 let mut l = format!("LOGS {id}");
                 if *follow {
@@ -494,6 +504,7 @@ pub fn parse_line(line: &[u8]) -> Result<Option<Command>, Error> {
         "LIST" => Command::List,
         "STATUS" => Command::Status(parse_id(args.required("session id")?)?),
         "DELETE" => Command::Delete(parse_id(args.required("session id")?)?),
+        "CORE" => Command::Core(parse_id(args.required("session id")?)?),
         "LOGS" => {
             let id = parse_id(args.required("session id")?)?;
             let (mut follow, mut stream) = (false, None);
@@ -803,6 +814,7 @@ mod tests {
             Command::List,
             Command::Status(id),
             Command::Delete(id),
+            Command::Core(id),
             Command::Logs { id, follow: true, stream: None },
             Command::Logs { id, follow: false, stream: Some(Stream::Stderr) },
             Command::Logs { id, follow: true, stream: Some(Stream::Stdout) },

@@ -49,6 +49,10 @@ pub struct RunLimits {
     /// CPU bandwidth of the whole session (cgroup `cpu.max` / `cpu.cfs_quota_us`), in
     /// thousandths of a CPU; 0 = none.
     pub cpu_millis: u64,
+    /// Largest core dump kept of a process of the session that dies of a core-dumping
+    /// signal, bytes. Unlike the others, 0 means none: no core is taken (and nothing is
+    /// traced).
+    pub core_bytes: u64,
 }
 
 /// A cgroup limit that a run ran into.
@@ -136,6 +140,28 @@ pub struct Usage {
     pub tmp: TmpUsage,
     /// What the session's cgroups counted (the broker fills it in at the end).
     pub cgroup: Option<CgroupUsage>,
+    /// The core dump the init took of the last process of the tree that died of a
+    /// core-dumping signal (its memfd travels beside the message).
+    pub core: Option<Box<CoreMeta>>,
+}
+
+/// A core dump the session's init wrote (an ELF core file in a sealed memfd).
+#[derive(Encode, Decode, Debug, Clone, PartialEq, Eq, Default)]
+pub struct CoreMeta {
+    /// Its size, bytes.
+    pub bytes: u64,
+    /// sha256 of its bytes, as the init wrote them.
+    pub sha256: [u8; 32],
+    /// The signal the process died of.
+    pub signal: i32,
+    /// The process (thread group) in the session's PID namespace.
+    pub pid: u32,
+    /// Its name (`comm`).
+    pub comm: String,
+    /// Its threads, each with its registers in the core.
+    pub threads: u32,
+    /// The size limit cut memory out of it (the stacks come first).
+    pub truncated: bool,
 }
 
 /// A run's counters from its cgroups (v2 `memory.peak`, `cpu.stat`; v1 the equivalents).
@@ -405,6 +431,8 @@ pub enum Reply {
         /// What the run touched (START `observe`): a sealed memfd with the encoded record
         /// (`crate::observe::Observed`), written by the session's init: untrusted.
         observed: Option<OwnedFd>,
+        /// The core dump `usage.core` describes: a sealed memfd written by the init.
+        core: Option<OwnedFd>,
     },
     /// The session is gone.
     Deleted {
@@ -494,7 +522,7 @@ pub enum ReplyWire {
     ExecStarted { id: SessionId, exec: u32, ns_pid: u32, tty: bool },
     ExecExited { id: SessionId, exec: u32, status: ExitStatus },
     DebugEnded { id: SessionId },
-    Exited { id: SessionId, status: ExitStatus, usage: Usage, limit_hit: Option<LimitHit>, observed: bool },
+    Exited { id: SessionId, status: ExitStatus, usage: Usage, limit_hit: Option<LimitHit>, observed: bool, core: bool },
     Deleted { id: SessionId },
     Accepted { id: SessionId },
     Refused { refusal: Refusal, message: String },
@@ -608,9 +636,9 @@ impl Message for Reply {
                 fds.extend(debug);
                 (wire, fds)
             }
-            Reply::Exited { id, status, usage, limit_hit, observed } => (
-                ReplyWire::Exited { id, status, usage, limit_hit, observed: observed.is_some() },
-                observed.into_iter().collect(),
+            Reply::Exited { id, status, usage, limit_hit, observed, core } => (
+                ReplyWire::Exited { id, status, usage, limit_hit, observed: observed.is_some(), core: core.is_some() },
+                observed.into_iter().chain(core).collect(),
             ),
             Reply::Deleted { id } => (ReplyWire::Deleted { id }, vec![]),
             Reply::Accepted { id } => (ReplyWire::Accepted { id }, vec![]),
@@ -671,13 +699,18 @@ impl Message for Reply {
                 let [pidfd, stdout, stdin] = take_fds("started on a terminal", fds)?;
                 Reply::Started { id, ns_pid, pidfd, stdout, stderr: None, stdin, debug: None }
             }
-            ReplyWire::Exited { id, status, usage, limit_hit, observed: false } => {
-                let [] = take_fds("exited", fds)?;
-                Reply::Exited { id, status, usage, limit_hit, observed: None }
-            }
-            ReplyWire::Exited { id, status, usage, limit_hit, observed: true } => {
-                let [memfd] = take_fds("exited with an observation", fds)?;
-                Reply::Exited { id, status, usage, limit_hit, observed: Some(memfd) }
+            ReplyWire::Exited { id, status, usage, limit_hit, observed, core } => {
+                if core != usage.core.is_some() {
+                    return Err(WireError::Combination("a core without its description, or the other way round"));
+                }
+                let expected = usize::from(observed) + usize::from(core);
+                if fds.len() != expected {
+                    return Err(WireError::FdCount { kind: "exited", expected, got: fds.len() });
+                }
+                let mut fds = fds.into_iter();
+                let observed = if observed { fds.next() } else { None };
+                let core = if core { fds.next() } else { None };
+                Reply::Exited { id, status, usage, limit_hit, observed, core }
             }
             ReplyWire::Deleted { id } => {
                 let [] = take_fds("deleted", fds)?;

@@ -150,6 +150,8 @@ impl Broker {
                     }
                     run.reported = true;
                 }
+                // An exec helper traces nothing.
+                InitMsg::Released => {}
                 InitMsg::Exited { status, .. } => {
                     if !run.reported {
                         run.reported = true;

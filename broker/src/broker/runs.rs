@@ -41,6 +41,7 @@ impl Broker {
         let mut replies = Vec::new();
         let mut program_watch = None;
         let mut launched = None;
+        let mut released = None;
         loop {
             match run.ctl.recv::<InitMsg>() {
                 Ok(Some((_, InitMsg::Running { ns_pid, pidfd, tty, debugger }))) => {
@@ -89,8 +90,12 @@ impl Broker {
                         replies.push((tag, refused));
                     }
                 }
-                Ok(Some((_, InitMsg::Exited { status, usage, observed }))) => {
-                    run.outcome = Some((status, usage, observed))
+                Ok(Some((_, InitMsg::Exited { status, usage, observed, core }))) => {
+                    run.outcome = Some((status, usage, observed, core))
+                }
+                Ok(Some((_, InitMsg::Released))) => {
+                    run.traced = false;
+                    released = run.release_tag.take();
                 }
                 Ok(None) => break,
                 Err(_) => break,
@@ -111,6 +116,9 @@ impl Broker {
         for (tag, reply) in replies {
             self.tube.send(tag, reply)?;
         }
+        if let Some(tag) = released {
+            self.ask_debugger(tag, id)?;
+        }
         self.try_finish(id)
     }
 
@@ -125,8 +133,8 @@ impl Broker {
         }
         // Drain what the init sent just before it exited.
         while let Ok(Some((_, msg))) = run.ctl.recv::<InitMsg>() {
-            if let InitMsg::Exited { status, usage, observed } = msg {
-                run.outcome = Some((status, usage, observed));
+            if let InitMsg::Exited { status, usage, observed, core } = msg {
+                run.outcome = Some((status, usage, observed, core));
             }
         }
         let run = session.run.take().expect("checked above");
@@ -139,6 +147,10 @@ impl Broker {
             self.debug_tokens.remove(t);
             self.program_tokens.remove(t);
         }
+        if let Some(tag) = run.release_tag {
+            self.tube
+                .send(tag, Reply::Refused { refusal: Refusal::InvalidState, message: "the session ended".into() })?;
+        }
         if let Some(tag) = run.start_tag {
             // Never started: the init failed before saying "running" or said why.
             self.tube.send(
@@ -148,8 +160,8 @@ impl Broker {
         } else if !run.failed {
             // If the init vanished without a report it was SIGKILLed by us (kill safety).
             // (Or, with cgroup v2's memory.oom.group, by the kernel: the counters say so.)
-            let (status, mut usage, observed) =
-                run.outcome.unwrap_or((ExitStatus::Signal(libc::SIGKILL), Usage::default(), None));
+            let (status, mut usage, observed, core) =
+                run.outcome.unwrap_or((ExitStatus::Signal(libc::SIGKILL), Usage::default(), None, None));
             let (cgroup_hit, cgroup_usage) = match run.cgroup {
                 Some(mut c) => {
                     let (hit, mut u) = self.cgroups.finish(&mut c);
@@ -162,7 +174,13 @@ impl Broker {
             };
             usage.cgroup = cgroup_usage;
             let limit_hit = cgroup_hit.or(run.wall_hit.then_some(shared::LimitHit::Wall));
-            self.tube.send(0, Reply::Exited { id, status, usage, limit_hit, observed })?;
+            // The init is ours but runs as the session's uid: a core without its
+            // description (or the other way round) is dropped, not passed on.
+            let core = core.filter(|_| usage.core.is_some());
+            if core.is_none() {
+                usage.core = None;
+            }
+            self.tube.send(0, Reply::Exited { id, status, usage, limit_hit, observed, core })?;
             return self.after_finish(id, delete_tag);
         }
         if let Some(mut c) = run.cgroup {

@@ -166,7 +166,7 @@ fn a_run_starts_reports_and_ends_with_the_inits_status() {
     // The init reports the tree's end; the kill makes it (the sleep) exit.
     let usage = Usage { user_us: 5, sys_us: 6, max_rss_kib: 7, processes: 3, ..Usage::default() };
     h.inits[run]
-        .send(0, InitMsg::Exited { status: ExitStatus::Signal(9), usage: usage.clone(), observed: None })
+        .send(0, InitMsg::Exited { status: ExitStatus::Signal(9), usage: usage.clone(), observed: None, core: None })
         .unwrap();
     assert!(matches!(h.ask(4, Request::Kill { id: ID }), Reply::Accepted { id: ID }));
     let (t, reply) = recv::<Reply>(&mut h.frontend);

@@ -35,7 +35,8 @@ pub enum Mode {
     Stream(StreamKind),
     /// Carrying an attached run's frames both ways (`START --attach`).
     Attached,
-    /// Sending a GET's bytes ([`Conn::sending`]), then reading commands again.
+    /// Sending a GET's or CORE's bytes ([`Conn::sending`]: the file, the offset reached,
+    /// what is left), then reading commands again.
     Sending,
 }
 
@@ -72,7 +73,7 @@ pub struct Conn {
     /// The socket failed; drop it.
     pub dead: bool,
     /// A GET's bytes still to send, and how many.
-    pub sending: Option<(std::fs::File, u64)>,
+    pub sending: Option<(std::fs::File, u64, u64)>,
 }
 
 impl Conn {

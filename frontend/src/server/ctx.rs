@@ -107,7 +107,7 @@ pub enum Outcome {
     Send {
         /// The reply line.
         reply: Vec<u8>,
-        /// The bytes (a memfd, rewound).
+        /// The bytes (a memfd, read from its start).
         data: std::fs::File,
         /// How many.
         size: u64,

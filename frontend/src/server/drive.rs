@@ -56,7 +56,7 @@ impl Server {
             }
             Outcome::Send { reply, data, size } => {
                 c.out.extend_from_slice(&reply);
-                c.sending = Some((data, size));
+                c.sending = Some((data, 0, size));
                 c.mode = Mode::Sending;
             }
             Outcome::Relay { reply, id, identity, sock } => {
@@ -164,7 +164,7 @@ impl Server {
         let Some(c) = self.conns.get_mut(&t) else { return false };
         c.flush();
         let room = c.out_room();
-        let Some((file, left)) = c.sending.as_mut() else {
+        let Some((file, at, left)) = c.sending.as_mut() else {
             c.mode = Mode::Lines;
             return true;
         };
@@ -177,7 +177,8 @@ impl Server {
             return false;
         }
         let n = room.min(*left as usize).min(self.scratch.len());
-        match std::io::Read::read(file, &mut self.scratch[..n]) {
+        // At our own offset: a kept core is sent from one memfd to every client that asks.
+        match std::os::unix::fs::FileExt::read_at(file, &mut self.scratch[..n], *at) {
             Ok(0) | Err(_) => {
                 // The snapshot cannot end early; if it did, the framing is lost.
                 c.closing = true;
@@ -185,6 +186,7 @@ impl Server {
             }
             Ok(got) => {
                 *left -= got as u64;
+                *at += got as u64;
                 c.out.extend_from_slice(&self.scratch[..got]);
             }
         }
@@ -384,6 +386,7 @@ impl Server {
             Command::Delete(id) => self.lifecycle.delete(sh, &caller, id),
             Command::List => queries::list(sh, &caller),
             Command::Status(id) => queries::status(sh, &caller, id),
+            Command::Core(id) => queries::core(sh, &caller, id),
             Command::Receipt { id, run } => queries::receipt(sh, &caller, id, run),
             Command::Logs { id, follow, stream } => self.output.logs(sh, &caller, id, follow, stream),
             Command::Debug { id, stdio } => self.debug.debug(sh, &caller, id, stdio),

@@ -121,6 +121,16 @@ impl Lifecycle {
             Ok(l) => l,
             Err(e) => return Outcome::Refuse(Error::bad(e.to_string())),
         };
+        let mut limits = limits;
+        if let Some(asked) = req.core_bytes {
+            let rig = sh.cfg.limits.core_bytes;
+            if asked > rig {
+                return Outcome::Refuse(Error::bad(format!(
+                    "limit core_bytes={asked} is looser than this rig's {rig} (0 keeps no core dump)"
+                )));
+            }
+            limits.core_bytes = asked;
+        }
         if limits.tmp_bytes != 0 && limits.tmp_bytes < 4096 {
             return Outcome::Refuse(Error::bad("limit tmp_bytes must be at least 4096"));
         }
@@ -378,9 +388,10 @@ impl Lifecycle {
         status: shared::ExitStatus,
         usage: shared::Usage,
         limit_hit: Option<shared::LimitHit>,
-        observed: Option<proto::reply::Observed>,
+        (observed, core): (Option<proto::reply::Observed>, Option<std::os::fd::OwnedFd>),
     ) {
         sh.sessions.set_tmp_held(&id, usage.tmp.used_bytes);
+        let core = self.keep_core(sh, id, usage.core.as_deref(), core);
         let Some(s) = sh.sessions.get_mut(&id) else { return };
         s.state = State::Stopped;
         s.exit = Some(exit_reply(status));
@@ -397,6 +408,7 @@ impl Lifecycle {
         let summary = observed.as_ref().map(super::observed::summary);
         let mut receipt = receipt(s, &sh.jail, &sh.warnings);
         receipt.observed = observed;
+        receipt.core = core.clone();
         if s.receipts.len() == RECEIPTS_KEPT {
             s.receipts.pop_front();
         }
@@ -411,7 +423,44 @@ impl Lifecycle {
             sh.audit.log("limit_hit", json!({"id": id.to_string(), "owner": &*owner, "run": run, "limit": limit}));
             sh.emit(id, EventKind::LimitHit { run, limit });
         }
-        sh.emit(id, EventKind::Exited { run, exit, limit_hit: hit, observed: summary });
+        sh.emit(id, EventKind::Exited { run, exit, limit_hit: hit, observed: summary, core });
+    }
+
+    /// The core dump a run's init sent (a sealed memfd of the size it says, within the
+    /// run's `core_bytes`), kept for the session if the rig's budget has room for it.
+    fn keep_core(
+        &mut self,
+        sh: &mut Shared,
+        id: Uuid,
+        meta: Option<&shared::CoreMeta>,
+        fd: Option<std::os::fd::OwnedFd>,
+    ) -> Option<proto::reply::Core> {
+        let (meta, fd) = (meta?, fd?);
+        let s = sh.sessions.get(&id)?;
+        let (run, limit, owner) = (s.runs, s.limits.core_bytes, s.owner.clone());
+        let size = super::observed::sealed_size(&fd, "core dump")?;
+        if size != meta.bytes || size > limit {
+            log::warn!("session {id}: a core dump of {size} bytes (said {}, limit {limit}): dropped", meta.bytes);
+            return None;
+        }
+        let info = proto::reply::Core {
+            bytes: size,
+            sha256: hex::encode(meta.sha256),
+            signal: meta.signal,
+            pid: meta.pid,
+            comm: meta.comm.chars().take(16).collect(),
+            threads: meta.threads,
+            truncated: meta.truncated,
+            run,
+        };
+        let kept = super::model::KeptCore { file: std::fs::File::from(fd), info: info.clone() };
+        if sh.sessions.keep_core(&id, kept, sh.cfg.max_total_size).is_err() {
+            let why = format!("the rig's --max-total-size has no room for a core of {size} bytes");
+            log::warn!("session {id}: {why}: dropped");
+            sh.audit.log("core_dropped", json!({"id": id.to_string(), "owner": &*owner, "run": run, "why": why}));
+            return None;
+        }
+        Some(info)
     }
 }
 
@@ -474,5 +523,6 @@ fn receipt(s: &Session, jail: &Jail, warnings: &[String]) -> Receipt {
         warnings: warnings.to_vec(),
         timeline: s.timeline.iter().map(|(e, t)| Mark { event: e.to_string(), time: *t }).collect(),
         observed: None,
+        core: None,
     }
 }

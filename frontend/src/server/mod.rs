@@ -527,7 +527,7 @@ impl Server {
     fn on_broker(&mut self, incoming: Incoming) {
         let sh = &mut self.sh;
         match incoming {
-            Incoming::Event(Reply::Exited { id, status, usage, limit_hit, observed }) => {
+            Incoming::Event(Reply::Exited { id, status, usage, limit_hit, observed, core }) => {
                 let id = Uuid::from_bytes(id.0);
                 // Every process of the run is dead: the pipes hold their last bytes.
                 self.output.drain(sh, id);
@@ -535,7 +535,7 @@ impl Server {
                 let status = self.debug.take_exit(id).unwrap_or(status);
                 self.debug.forget(sh, id);
                 let observed = observed.and_then(observed::read);
-                self.lifecycle.on_exited(sh, id, status, usage, limit_hit, observed);
+                self.lifecycle.on_exited(sh, id, status, usage, limit_hit, (observed, core));
             }
             Incoming::Event(Reply::DebugEnded { id }) => self.debug.on_ended(sh, Uuid::from_bytes(id.0)),
             Incoming::Event(Reply::ExecExited { id, exec, status }) => {

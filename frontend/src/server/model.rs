@@ -120,6 +120,18 @@ pub struct Session {
     pub debug: Option<Box<DebugView>>,
     /// Bytes of its `/tmp` counted in the rig's budget (see [`Sessions::set_tmp_held`]).
     tmp_held: u64,
+    /// The last core dump a run left (see [`Sessions::keep_core`]).
+    core: Option<KeptCore>,
+}
+
+/// A core dump kept for a session: a sealed memfd (`CORE` sends it), counted in the rig's
+/// budget until the next one or DELETE.
+#[derive(Debug)]
+pub struct KeptCore {
+    /// The ELF core file.
+    pub file: std::fs::File,
+    /// What it is.
+    pub info: proto::reply::Core,
 }
 
 /// What STATUS shows of a DEBUGGING session.
@@ -153,6 +165,11 @@ impl DebugView {
 }
 
 impl Session {
+    /// The last core dump a run left, if one is kept.
+    pub fn core(&self) -> Option<&KeptCore> {
+        self.core.as_ref()
+    }
+
     /// A session just loaded, with the daemon's default `limits` and an output buffer of
     /// `log_buffer` bytes.
     pub fn loaded(n: NewSession, limits: RunLimits, log_buffer: usize) -> Session {
@@ -192,6 +209,7 @@ impl Session {
             tmp: None,
             exec_processes: Vec::new(),
             tmp_held: 0,
+            core: None,
         }
     }
 
@@ -240,6 +258,7 @@ pub fn limits_reply(l: &RunLimits) -> proto::reply::RunLimits {
         memory_bytes: n(l.memory_bytes),
         wall_seconds: n(l.wall_seconds),
         cpus: n(l.cpu_millis).map(proto::units::MilliCpus),
+        core_bytes: n(l.core_bytes),
     }
 }
 
@@ -305,8 +324,23 @@ impl Sessions {
     /// Removes a session and gives its bytes (its upload and its `/tmp`) back.
     pub fn remove(&mut self, id: &Uuid) -> Option<Session> {
         let s = self.map.remove(id)?;
-        self.loaded_bytes -= s.size + s.tmp_held;
+        self.loaded_bytes -= s.size + s.tmp_held + s.core.as_ref().map_or(0, |c| c.info.bytes);
         Some(s)
+    }
+
+    /// Keeps `core` as session `id`'s last core dump (the one before is let go), if the
+    /// rig's budget (`--max-total-size`) has room for it; else it is refused (and
+    /// returned, for the caller to say why).
+    pub fn keep_core(&mut self, id: &Uuid, core: KeptCore, budget: u64) -> Result<(), KeptCore> {
+        let Some(s) = self.map.get_mut(id) else { return Err(core) };
+        let old = s.core.as_ref().map_or(0, |c| c.info.bytes);
+        let others = self.loaded_bytes - old;
+        if others.saturating_add(core.info.bytes) > budget {
+            return Err(core);
+        }
+        self.loaded_bytes = others + core.info.bytes;
+        s.core = Some(core);
+        Ok(())
     }
 
     /// The bytes of session `id`'s `/tmp` now (kept between runs until DELETE) count in the

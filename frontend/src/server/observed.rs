@@ -11,13 +11,7 @@ use std::os::fd::{AsRawFd, OwnedFd};
 /// Reads the record: the descriptor must be a memfd sealed against writing, of at most
 /// [`observe::MAX_BYTES`]; anything else is dropped with a log line.
 pub fn read(fd: OwnedFd) -> Option<Observed> {
-    use nix::fcntl::{fcntl, FcntlArg, SealFlag};
-    let seals = fcntl(fd.as_raw_fd(), FcntlArg::F_GET_SEALS).ok().map(SealFlag::from_bits_truncate);
-    if !seals.is_some_and(|s| s.contains(SealFlag::F_SEAL_WRITE | SealFlag::F_SEAL_SHRINK)) {
-        log::warn!("a run's observation came in an unsealed descriptor: dropped");
-        return None;
-    }
-    let size = nix::sys::stat::fstat(fd.as_raw_fd()).ok()?.st_size.max(0) as usize;
+    let size = sealed_size(&fd, "observation")? as usize;
     if size > observe::MAX_BYTES {
         log::warn!("a run's observation is {size} bytes: dropped");
         return None;
@@ -38,6 +32,19 @@ pub fn read(fd: OwnedFd) -> Option<Observed> {
             None
         }
     }
+}
+
+/// The size of what a session's init sent in `fd` (an observation, a core dump), which
+/// must be a memfd sealed against writing and shrinking: it cannot change under us.
+/// `None`, with a log line, for anything else.
+pub fn sealed_size(fd: &OwnedFd, what: &str) -> Option<u64> {
+    use nix::fcntl::{fcntl, FcntlArg, SealFlag};
+    let seals = fcntl(fd.as_raw_fd(), FcntlArg::F_GET_SEALS).ok().map(SealFlag::from_bits_truncate);
+    if !seals.is_some_and(|s| s.contains(SealFlag::F_SEAL_WRITE | SealFlag::F_SEAL_SHRINK)) {
+        log::warn!("a run's {what} came in an unsealed descriptor: dropped");
+        return None;
+    }
+    Some(nix::sys::stat::fstat(fd.as_raw_fd()).ok()?.st_size.max(0) as u64)
 }
 
 fn failures(f: &[(i32, u32)]) -> BTreeMap<String, u32> {

@@ -96,7 +96,36 @@ pub fn status(sh: &Shared, caller: &Caller, id: Uuid) -> Outcome {
         },
         tmp: s.tmp.as_ref().map(|t| proto::reply::TmpStatus { used_bytes: t.used_bytes, size_bytes: t.size_bytes }),
         debug: s.debug.as_ref().filter(|_| s.state == State::Debugging).map(|d| d.status()),
+        core: s.core().map(|c| c.info.clone()),
     })
+}
+
+/// `CORE <id>`: the session's last core dump, its bytes after the reply line.
+pub fn core(sh: &mut Shared, caller: &Caller, id: Uuid) -> Outcome {
+    let s = match sh.sessions.visible(caller.identity.as_ref(), id) {
+        Ok(s) => s,
+        Err(e) => return Outcome::Refuse(e),
+    };
+    let Some(core) = s.core() else {
+        let why = match s.limits.core_bytes {
+            0 => "its runs keep no core dump (core_bytes 0)",
+            _ => "no process of its runs died of a core-dumping signal (or the core did not fit the rig's budget)",
+        };
+        return Outcome::Refuse(Error::not_found(format!("session {id} has no core dump: {why}")));
+    };
+    let data = match core.file.try_clone() {
+        Ok(f) => f,
+        Err(e) => return Outcome::Refuse(Error::internal(format!("dup: {e}"))),
+    };
+    let info = core.info.clone();
+    let owner = s.owner.clone();
+    sh.audit.log(
+        "core",
+        serde_json::json!({"identity": caller.name().as_ref(), "peer": caller.peer_str(), "id": id.to_string(),
+            "owner": &*owner, "bytes": info.bytes}),
+    );
+    let size = info.bytes;
+    Outcome::Send { reply: proto::line(&proto::reply::CoreGot { ok: proto::True, id, core: info }), data, size }
 }
 
 /// `RECEIPT <id> [--run N]`.

@@ -358,10 +358,24 @@ pub const OBSERVED_NET: &[i64] = &[libc::SYS_connect, libc::SYS_bind, libc::SYS_
 /// [`notifier`] for `exit_group` (when `exits`) and what `observe` asks: a call that is
 /// not asked for is never handed over, so it costs nothing. `sendmsg` on descriptor
 /// `quiet` is never handed over (the one that carries the listener to its supervisor).
-pub fn observer(exits: bool, observe: &shared::observe::Observe, quiet: Option<u64>) -> BpfProgram {
+/// With `ptrace` (the init traces the tree for core dumps), the `ptrace` calls that make
+/// a tracee are handed over too.
+pub fn observer(exits: bool, observe: &shared::observe::Observe, quiet: Option<u64>, ptrace: bool) -> BpfProgram {
     let mut t = Table::new(Action::Allow);
     if exits {
         t.set(libc::SYS_exit_group, Rule::always(Action::Notify));
+    }
+    if ptrace {
+        // The init traces the tree for core dumps: it lets go of a thread before the
+        // tree's own debugger traces it (TRACEME, ATTACH, SEIZE; the rest pass).
+        let asks = |req: u32| Case { all: vec![Check::low(0, Op::Eq(u64::from(req)))], then: Action::Notify };
+        t.set(
+            libc::SYS_ptrace,
+            Rule {
+                cases: vec![asks(libc::PTRACE_TRACEME), asks(libc::PTRACE_ATTACH), asks(libc::PTRACE_SEIZE)],
+                otherwise: Action::Allow,
+            },
+        );
     }
     let kinds = [(observe.files, OBSERVED_FILES), (observe.exec, OBSERVED_EXEC), (observe.net, OBSERVED_NET)];
     for (_, nrs) in kinds.iter().filter(|(on, _)| *on) {

@@ -442,10 +442,11 @@ fn the_notifier_notifies_only_what_it_was_given() {
 #[test]
 fn the_observer_notifies_only_what_is_asked() {
     use shared::observe::Observe;
-    let none = observer(false, &Observe::default(), None);
-    let exits = observer(true, &Observe::default(), None);
-    let files = observer(false, &Observe { files: true, ..Observe::default() }, None);
-    let net = observer(false, &Observe { net: true, ..Observe::default() }, Some(1023));
+    let none = observer(false, &Observe::default(), None, false);
+    let exits = observer(true, &Observe::default(), None, false);
+    let files = observer(false, &Observe { files: true, ..Observe::default() }, None, false);
+    let net = observer(false, &Observe { net: true, ..Observe::default() }, Some(1023), false);
+    let traced = observer(false, &Observe::default(), None, true);
     for nr in 0..512 {
         assert_eq!(call(std::slice::from_ref(&none), nr, NO_ARGS), Verdict::Allow, "unobserved syscall {nr}");
         let want = if nr == libc::SYS_exit_group { Verdict::Notify } else { Verdict::Allow };
@@ -461,4 +462,13 @@ fn the_observer_notifies_only_what_is_asked() {
     // The descriptor that carries the listener is left out, no other.
     assert_eq!(call(std::slice::from_ref(&net), libc::SYS_sendmsg, [1023, 0, 0, 0, 0, 0]), Verdict::Allow);
     assert_eq!(call(std::slice::from_ref(&net), libc::SYS_sendmsg, [3, 0, 0, 0, 0, 0]), Verdict::Notify);
+    // A traced tree (core dumps) hands over the ptrace calls that make a tracee, only.
+    let ptrace = |req: u32| call(std::slice::from_ref(&traced), libc::SYS_ptrace, [u64::from(req), 7, 0, 0, 0, 0]);
+    for req in [libc::PTRACE_TRACEME, libc::PTRACE_ATTACH, libc::PTRACE_SEIZE] {
+        assert_eq!(ptrace(req), Verdict::Notify, "ptrace request {req}");
+    }
+    for req in [libc::PTRACE_CONT, libc::PTRACE_PEEKDATA, libc::PTRACE_DETACH, libc::PTRACE_INTERRUPT] {
+        assert_eq!(ptrace(req), Verdict::Allow, "ptrace request {req}");
+    }
+    assert_eq!(call(std::slice::from_ref(&none), libc::SYS_ptrace, NO_ARGS), Verdict::Allow);
 }

@@ -56,6 +56,9 @@ pub enum EventKind {
         /// What it touched, when observed.
         #[serde(default, skip_serializing_if = "Option::is_none")]
         observed: Option<super::ObservedSummary>,
+        /// The core dump it left (`CORE` fetches it).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        core: Option<super::Core>,
     },
     /// A limit ended or capped the run.
     LimitHit {

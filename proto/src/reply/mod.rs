@@ -159,6 +159,9 @@ pub struct RunLimits {
     /// CPUs of the whole session (cgroup CPU bandwidth); absent: none.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub cpus: Option<crate::units::MilliCpus>,
+    /// Largest core dump kept, bytes (absent: none is taken).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub core_bytes: Option<u64>,
 }
 
 /// What the ELF header of a program says.
@@ -553,6 +556,45 @@ pub struct Status {
     /// DEBUGGING: the debugger's endpoint, or who is connected.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub debug: Option<DebugStatus>,
+    /// The last core dump a run of it left (`CORE` fetches it; kept until the next one
+    /// or DELETE).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub core: Option<Core>,
+}
+
+/// A core dump the rig kept of a process of a session that died of a core-dumping
+/// signal (STATUS, the receipt, the `exited` event, the reply to `CORE`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Core {
+    /// Its size, bytes.
+    pub bytes: u64,
+    /// sha256 of its bytes.
+    pub sha256: String,
+    /// The signal the process died of.
+    pub signal: i32,
+    /// The process, in the session's PID namespace.
+    pub pid: u32,
+    /// Its name.
+    pub comm: String,
+    /// Its threads.
+    pub threads: u32,
+    /// The session's `core_bytes` cut memory out of it (the threads' stacks come first).
+    pub truncated: bool,
+    /// Which run left it.
+    pub run: u32,
+}
+
+/// `CORE`: the reply line; `bytes` bytes of the ELF core file follow it, then the next
+/// reply.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CoreGot {
+    /// `true`.
+    pub ok: True,
+    /// The session.
+    pub id: Uuid,
+    /// The core.
+    #[serde(flatten)]
+    pub core: Core,
 }
 
 /// A session's `/tmp` (STATUS).

@@ -117,6 +117,10 @@ pub struct Receipt {
     /// What the run touched, when START asked to observe it (`debuglantern.receipt/2`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub observed: Option<Observed>,
+    /// The core dump the rig kept of a process of the run that died of a core-dumping
+    /// signal (the last one, when several did).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub core: Option<super::Core>,
 }
 
 /// What a run touched (START `observe`), as the session's init saw its calls. A result is
