@@ -104,11 +104,7 @@ impl Tracer {
         let (sig, event) = (libc::WSTOPSIG(status), status >> 16);
         // A child traced from its birth is first seen here (or at its parent's event).
         self.traced.insert(tid);
-        if matches!(event, PTRACE_EVENT_FORK | PTRACE_EVENT_VFORK | PTRACE_EVENT_CLONE) {
-            if let Ok(child) = sys::ptrace_event_msg(tid) {
-                self.traced.insert(child as i32);
-            }
-        }
+        self.note_child(tid, status);
         let pass = if event == 0 { sig } else { 0 };
         if self.released {
             self.traced.remove(&tid);
@@ -161,15 +157,20 @@ impl Tracer {
         }
         let Some(status) = wait_stop(tid) else { return };
         let (sig, event) = (libc::WSTOPSIG(status), status >> 16);
-        if matches!(event, PTRACE_EVENT_FORK | PTRACE_EVENT_VFORK | PTRACE_EVENT_CLONE) {
-            // Its new child is traced too; it is let go in turn by `release_all`, or
-            // stays traced (a single thread was asked for).
+        // Its new child, if it stopped at a fork, is traced too: let go in turn by
+        // `release_all`, or it stays traced (a single thread was asked for).
+        self.note_child(tid, status);
+        let pass = if event == 0 { sig } else { 0 };
+        let _ = sys::ptrace_plain(libc::PTRACE_DETACH, tid, pass as libc::c_long);
+    }
+
+    /// A stop of `tid` at a fork, vfork or clone: the new child is a tracee from birth.
+    fn note_child(&mut self, tid: i32, status: i32) {
+        if matches!(status >> 16, PTRACE_EVENT_FORK | PTRACE_EVENT_VFORK | PTRACE_EVENT_CLONE) {
             if let Ok(child) = sys::ptrace_event_msg(tid) {
                 self.traced.insert(child as i32);
             }
         }
-        let pass = if event == 0 { sig } else { 0 };
-        let _ = sys::ptrace_plain(libc::PTRACE_DETACH, tid, pass as libc::c_long);
     }
 
     /// Thread `tid` is stopped with `sig`, which will kill its process with a core: take it.
@@ -182,11 +183,7 @@ impl Tracer {
                 continue;
             }
             if let Some(status) = wait_stop(t) {
-                if matches!(status >> 16, PTRACE_EVENT_FORK | PTRACE_EVENT_VFORK | PTRACE_EVENT_CLONE) {
-                    if let Ok(child) = sys::ptrace_event_msg(t) {
-                        self.traced.insert(child as i32);
-                    }
-                }
+                self.note_child(t, status);
                 // Left stopped: the signal about to be delivered kills every thread.
                 threads.push(t);
             }
@@ -205,7 +202,7 @@ impl Tracer {
 fn wait_stop(tid: i32) -> Option<i32> {
     let deadline = Instant::now() + STOP_WAIT;
     loop {
-        match sys::wait_raw(tid, false) {
+        match sys::wait_raw(tid) {
             Some((_, status)) if libc::WIFSTOPPED(status) => return Some(status),
             Some(_) => return None,
             None if Instant::now() >= deadline => return None,

@@ -710,7 +710,7 @@ impl Tree {
     /// The next change of a process of the tree that is not a tracee's stop (those the
     /// tracer deals with here): its pid and raw wait status.
     fn reap(&mut self) -> Option<(i32, i32)> {
-        while let Some((pid, status)) = sys::wait_raw(-1, false) {
+        while let Some((pid, status)) = sys::wait_raw(-1) {
             let dealt = match &mut self.tracer {
                 Some(t) => t.on_wait(pid, status),
                 None => libc::WIFSTOPPED(status),

@@ -423,18 +423,28 @@ pub fn ptrace_event_msg(tid: i32) -> Result<u64, Errno> {
     Ok(msg as u64)
 }
 
+/// `ptrace(request, tid, 0, buf)` for a request that writes one `T` at `buf`.
+///
+/// # Safety
+/// `request` must be one that writes exactly `size_of::<T>()` bytes at its data address
+/// (each caller checks the kernel's struct against `T`'s size at compile time).
+unsafe fn ptrace_get<T>(request: libc::c_uint, tid: i32, buf: &mut T) -> Result<(), Errno> {
+    // SAFETY: by the caller's promise, the kernel writes one `T` at `buf`, which is one.
+    let r = unsafe { libc::ptrace(request, tid, 0 as libc::c_long, buf as *mut T) };
+    if r < 0 {
+        return Err(Errno::last());
+    }
+    Ok(())
+}
+
 /// A stopped tracee's general registers (`PTRACE_GETREGS`), in `user_regs_struct` order,
 /// which is the order of an ELF core's `elf_gregset_t` on x86_64.
 #[cfg(target_arch = "x86_64")]
 pub fn ptrace_regs(tid: i32) -> Result<[u64; 27], Errno> {
     const _: () = assert!(std::mem::size_of::<libc::user_regs_struct>() == 27 * 8);
     let mut regs = [0u64; 27];
-    // SAFETY: the kernel writes one `user_regs_struct` (27 u64, checked above) at the
-    // address given, `regs`'s, which is that large.
-    let r = unsafe { libc::ptrace(libc::PTRACE_GETREGS, tid, 0 as libc::c_long, regs.as_mut_ptr()) };
-    if r < 0 {
-        return Err(Errno::last());
-    }
+    // SAFETY: GETREGS writes one `user_regs_struct`, 27 u64 (checked above).
+    unsafe { ptrace_get(libc::PTRACE_GETREGS, tid, &mut regs) }?;
     Ok(regs)
 }
 
@@ -456,12 +466,8 @@ pub fn ptrace_fpregs(_tid: i32) -> Result<[u8; 512], Errno> {
 pub fn ptrace_fpregs(tid: i32) -> Result<[u8; 512], Errno> {
     const _: () = assert!(std::mem::size_of::<libc::user_fpregs_struct>() == 512);
     let mut regs = [0u8; 512];
-    // SAFETY: the kernel writes one `user_fpregs_struct` (512 bytes, checked above) at the
-    // address given, `regs`'s.
-    let r = unsafe { libc::ptrace(libc::PTRACE_GETFPREGS, tid, 0 as libc::c_long, regs.as_mut_ptr()) };
-    if r < 0 {
-        return Err(Errno::last());
-    }
+    // SAFETY: GETFPREGS writes one `user_fpregs_struct`, 512 bytes (checked above).
+    unsafe { ptrace_get(libc::PTRACE_GETFPREGS, tid, &mut regs) }?;
     Ok(regs)
 }
 
@@ -469,20 +475,16 @@ pub fn ptrace_fpregs(tid: i32) -> Result<[u8; 512], Errno> {
 pub fn ptrace_siginfo(tid: i32) -> Result<[u8; 128], Errno> {
     const _: () = assert!(std::mem::size_of::<libc::siginfo_t>() == 128);
     let mut info = [0u8; 128];
-    // SAFETY: the kernel writes one `siginfo_t` (128 bytes, checked above) at the address
-    // given, `info`'s.
-    let r = unsafe { libc::ptrace(libc::PTRACE_GETSIGINFO, tid, 0 as libc::c_long, info.as_mut_ptr()) };
-    if r < 0 {
-        return Err(Errno::last());
-    }
+    // SAFETY: GETSIGINFO writes one `siginfo_t`, 128 bytes (checked above).
+    unsafe { ptrace_get(libc::PTRACE_GETSIGINFO, tid, &mut info) }?;
     Ok(info)
 }
 
 /// `waitpid(pid, …, WNOHANG | __WALL)` (every thread and tracee): the pid and raw status
 /// of one change, if one is ready. Raw, because a tracee may stop for a real-time signal,
 /// which `nix`'s status decoding refuses.
-pub fn wait_raw(pid: i32, block: bool) -> Option<(i32, i32)> {
-    let flags = libc::__WALL | if block { 0 } else { libc::WNOHANG };
+pub fn wait_raw(pid: i32) -> Option<(i32, i32)> {
+    let flags = libc::__WALL | libc::WNOHANG;
     let mut status = 0;
     loop {
         // SAFETY: waitpid writes one int, `status`.
